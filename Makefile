@@ -1,0 +1,33 @@
+# `make demo` and `make test` each bring a fresh Debian machine (as root) up to
+# what they need, then run. The stamp keeps re-runs fast.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bootstrapped
+
+.PHONY: all deps demo test lint typecheck pytest clean
+
+all: test
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh
+	touch $@
+
+demo: deps
+	$(BIN)/nodemesh demo
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: deps
+	$(BIN)/mypy
+
+pytest: deps
+	$(BIN)/pytest -q -ra
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
