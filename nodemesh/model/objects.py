@@ -277,15 +277,34 @@ class RedirectOrigin(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class HTTPPolicy:
+    """The HTTP allow-list one network policy imposes on one redirected service.
+
+    `clients` selects the pods the policy applies to; `client_ips` are those
+    pods' IPs at this model version (Envoy tells clients apart by source IP).
+    A request from one of them is allowed only if some rule matches; Envoy
+    answers 403 otherwise.
+    """
+
+    owner: ObjectRef
+    clients: LabelSelector
+    client_ips: tuple[str, ...]
+    rules: tuple[HTTPRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class L7Redirect:
     """A service port whose connections go to the node-local Envoy.
 
-    Derived from the accepted CECs and CNPs. `proxy_port` is the node-local
-    Envoy listener port, allocated deterministically (see `ports.py`); the
-    listener is named `listener` in xDS. `clients` is None when every client is
-    steered (CEC), otherwise the selectors of the pods that are (CNP).
-    `http_rules` None means no HTTP enforcement (CEC only); a tuple is the
-    allow-list Envoy enforces, answering 403 otherwise.
+    Derived from the accepted CECs and CNPs, one per (service, port, protocol).
+    `proxy_port` is the node-local Envoy listener port, allocated
+    deterministically from the model; the listener is named `listener` in xDS
+    and serves the RouteConfiguration `route_config`.
+
+    `clients` says whose connections the kernel steers: None means every
+    client (a CEC `services` entry), otherwise the pods matching any selector
+    (CNP `rules.http`). `policies` are the HTTP allow-lists Envoy enforces;
+    empty means no HTTP enforcement. `owners` are the CECs/CNPs that caused it.
     """
 
     service: ServiceName
@@ -293,11 +312,11 @@ class L7Redirect:
     protocol: str
     proxy_port: int
     listener: str
+    route_config: str
     origin: RedirectOrigin
     owners: tuple[ObjectRef, ...]
     clients: tuple[LabelSelector, ...] | None
-    http_rules: tuple[HTTPRule, ...] | None
-    route_config: str  # the RouteConfiguration name the listener serves
+    policies: tuple[HTTPPolicy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
