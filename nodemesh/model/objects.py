@@ -336,3 +336,19 @@ class ObjectError:
     def __str__(self) -> str:
         keep = " (previous version kept)" if self.kept_previous else ""
         return f"{self.ref}: {self.field}: {self.reason}{keep}"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectWarning:
+    """Something accepted but worth telling the user, e.g. a deprecated field.
+
+    Unlike an ObjectError, the object is in effect; `field` is the dotted path
+    of what the warning is about ("spec.resources[0]...total_weight").
+    """
+
+    ref: ObjectRef
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.ref}: {self.field}: {self.reason}"

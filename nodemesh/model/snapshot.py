@@ -20,6 +20,7 @@ from nodemesh.model.objects import (
     L7Redirect,
     NetworkPolicy,
     ObjectError,
+    ObjectWarning,
     Pod,
     Service,
     ServiceName,
@@ -67,6 +68,8 @@ class MeshModel:
     backends: Mapping[ServiceName, Mapping[int, tuple[BackendAddress, ...]]] = field(
         default_factory=_frozen
     )
+    # Accepted objects that carry something worth telling (deprecated fields).
+    warnings: tuple[ObjectWarning, ...] = ()
 
     def backends_of(self, service: ServiceName, port: int) -> tuple[BackendAddress, ...]:
         """Backends of `service`'s port `port` (the Service port, not the target
