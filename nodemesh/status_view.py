@@ -1,0 +1,115 @@
+"""`nodemesh status`: which Envoys are in sync, and why not.
+
+The table reads like `istioctl proxy-status`: one row per connected Envoy,
+one column per xDS type with its state and version. Below it come the
+objects the control plane rejected and the NACKs clients sent, each naming
+the object, field or node, so the reason a config is not live is on screen.
+
+It reads `/debug/syncz` from the admin port, whose JSON shape is:
+
+    {"model": {"version", "generation", "errors": [{"object", "field",
+               "reason", "kept_previous"}], "warnings": [...same...]},
+     "sources": [{"name", "errors": [str]}],
+     "clients": [{"node", "cluster", "api", "types": {"CDS": {"state",
+                  "version", "acked_version", "last_ack", "error"}}}]}
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+XDS_COLUMNS = ("CDS", "LDS", "EDS", "RDS")
+
+
+class StatusError(Exception):
+    """The admin port could not be read."""
+
+
+def fetch_syncz(admin: str, timeout: float = 5.0) -> Mapping[str, Any]:
+    url = f"http://{admin}/debug/syncz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            data: Mapping[str, Any] = json.load(resp)
+            return data
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise StatusError(
+            f"cannot read {url}: {exc} (is `nodemesh serve` running? --admin sets the address)"
+        ) from exc
+
+
+def _short(version: str | None) -> str:
+    return (version or "-")[:10]
+
+
+def _cell(type_state: Mapping[str, Any] | None) -> str:
+    if not type_state:
+        return "NOT_SENT"
+    return f"{type_state.get('state', '?')} {_short(type_state.get('version'))}"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def format_status(syncz: Mapping[str, Any]) -> str:
+    model = syncz.get("model", {})
+    lines = [
+        f"model version {_short(model.get('version'))} (generation {model.get('generation', '?')})",
+        "",
+    ]
+    header = ["NODE", "API", *XDS_COLUMNS, "LAST ACK"]
+    rows = [header]
+    for client in sorted(syncz.get("clients", []), key=lambda c: str(c.get("node"))):
+        types = client.get("types", {})
+        acks = [t.get("last_ack") or "" for t in types.values()]
+        rows.append(
+            [
+                str(client.get("node", "?")),
+                str(client.get("api", "?")),
+                *(_cell(types.get(col)) for col in XDS_COLUMNS),
+                max(acks) if acks else "-",
+            ]
+        )
+    if len(rows) == 1:
+        lines.append("no Envoy is connected")
+    else:
+        lines.extend(_table(rows))
+    lines.extend(_problems(syncz))
+    return "\n".join(lines)
+
+
+def _problems(syncz: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    model = syncz.get("model", {})
+    rejected = [
+        f"  {e['object']}: {e['field']}: {e['reason']}"
+        + (" (previous version still serving)" if e.get("kept_previous") else "")
+        for e in model.get("errors", [])
+    ]
+    if rejected:
+        out += ["", "rejected objects:", *rejected]
+    warnings = [f"  {w['object']}: {w['field']}: {w['reason']}" for w in model.get("warnings", [])]
+    if warnings:
+        out += ["", "warnings:", *warnings]
+    source_errors = [
+        f"  {s['name']}: {err}" for s in syncz.get("sources", []) for err in s.get("errors", [])
+    ]
+    if source_errors:
+        out += ["", "source errors:", *source_errors]
+    nacks = [
+        f"  {c.get('node')} {name}: {t['error']}"
+        for c in syncz.get("clients", [])
+        for name, t in sorted(c.get("types", {}).items())
+        if t.get("error")
+    ]
+    if nacks:
+        out += ["", "rejected by Envoy (NACK):", *nacks]
+    return out
