@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Socket-level load balancing: VIP -> backend at connect()/sendmsg() time,
+ * and the reverse mapping that makes the application see the VIP. */
+#ifndef NM_LB_H
+#define NM_LB_H
+
+#include "maps.h"
+#include "l7.h"
+
+static __always_inline int nm_refuse(void)
+{
+	/* ECONNREFUSED rather than the default EPERM: the caller learns the
+	 * service exists but has nowhere to go, as with a closed port. */
+	bpf_set_retval(-NM_ECONNREFUSED);
+	return NM_SYS_REJECT;
+}
+
+static __always_inline void nm_remember_vip(__u64 cookie, __be32 peer, __be16 peer_port,
+					    const struct nm_service_key *fe)
+{
+	struct nm_revnat_key key = { .cookie = cookie, .addr = peer, .port = peer_port };
+	struct nm_origdst vip = { .addr = fe->vip, .port = fe->port };
+
+	bpf_map_update_elem(&nm_revnat_v1, &key, &vip, BPF_ANY);
+}
+
+/* Picks a backend slot. `sticky` (unconnected UDP) hashes the socket so one
+ * socket keeps talking to one backend; connect() picks at random. */
+static __always_inline __u32 nm_pick_slot(__u16 count, __u64 cookie, bool sticky)
+{
+	__u32 seed = sticky ? (__u32)(cookie ^ (cookie >> 32)) * 2654435761u
+			    : bpf_get_prandom_u32();
+
+	return (seed % count) + 1;
+}
+
+static __always_inline int nm_sock4_xlate(struct bpf_sock_addr *ctx, bool is_connect)
+{
+	struct nm_service_key key = {};
+	const struct nm_service_value *frontend, *backend;
+	const struct nm_l7redir_value *redir;
+	__u8 proto = ctx->protocol;
+	__u64 cookie;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return NM_SYS_PROCEED;
+	key.vip = ctx->user_ip4;
+	key.port = (__be16)ctx->user_port;
+	key.proto = proto;
+	frontend = bpf_map_lookup_elem(&nm_services_v1, &key);
+	if (!frontend)
+		return NM_SYS_PROCEED;
+
+	cookie = bpf_get_socket_cookie(ctx);
+	if (is_connect && proto == IPPROTO_TCP) {
+		redir = nm_l7_lookup(&key);
+		if (redir) {
+			nm_l7_steer(cookie, &key, redir);
+			nm_remember_vip(cookie, redir->proxy_addr, redir->proxy_port, &key);
+			ctx->user_ip4 = redir->proxy_addr;
+			ctx->user_port = redir->proxy_port;
+			return NM_SYS_PROCEED;
+		}
+	}
+
+	if (frontend->count == 0)
+		return nm_refuse();
+	key.slot = nm_pick_slot(frontend->count, cookie, !is_connect);
+	backend = bpf_map_lookup_elem(&nm_services_v1, &key);
+	if (!backend)
+		/* Only while the agent shrinks a service; the next connect
+		 * sees the new count. */
+		return nm_refuse();
+
+	nm_remember_vip(cookie, backend->addr, backend->port, &key);
+	ctx->user_ip4 = backend->addr;
+	ctx->user_port = backend->port;
+	return NM_SYS_PROCEED;
+}
+
+/* getpeername()/recvmsg(): show the VIP, not the backend or Envoy. */
+static __always_inline void nm_sock4_revnat(struct bpf_sock_addr *ctx)
+{
+	struct nm_revnat_key key = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.addr = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+	};
+	const struct nm_origdst *vip = bpf_map_lookup_elem(&nm_revnat_v1, &key);
+
+	if (!vip)
+		return;
+	ctx->user_ip4 = vip->addr;
+	ctx->user_port = vip->port;
+}
+
+#endif /* NM_LB_H */

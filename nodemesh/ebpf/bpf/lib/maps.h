@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The pinned maps. Each object that includes this header declares the same
+ * maps; LIBBPF_PIN_BY_NAME makes libbpf reuse one pinned instance of each, so
+ * the three objects (one per hook family) share state through the pins. */
+#ifndef NM_MAPS_H
+#define NM_MAPS_H
+
+#include "common.h"
+
+#define NM_SERVICES_MAX 65536
+#define NM_L7REDIR_MAX 16384
+#define NM_REVNAT_MAX 262144
+#define NM_REDIR_MAX 65536
+#define NM_ORIGDST_MAX 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct nm_service_key);
+	__type(value, struct nm_service_value);
+	__uint(max_entries, NM_SERVICES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_services_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct nm_l7redir_key);
+	__type(value, struct nm_l7redir_value);
+	__uint(max_entries, NM_L7REDIR_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_l7redir_v1 SEC(".maps");
+
+/* LRU: entries of closed sockets age out instead of needing a close hook. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct nm_revnat_key);
+	__type(value, struct nm_origdst);
+	__uint(max_entries, NM_REVNAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_revnat_v1 SEC(".maps");
+
+/* Steered sockets between connect() and the SYN, keyed by socket cookie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct nm_origdst);
+	__uint(max_entries, NM_REDIR_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_redir_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct nm_origdst_key);
+	__type(value, struct nm_origdst);
+	__uint(max_entries, NM_ORIGDST_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_origdst_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct nm_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_config_v1 SEC(".maps");
+
+#endif /* NM_MAPS_H */

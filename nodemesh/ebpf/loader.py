@@ -1,0 +1,231 @@
+"""Loads the BPF objects, pins their maps and attaches their programs.
+
+Everything the datapath needs survives the agent: maps are pinned under
+`<pin_dir>/maps/` and every attachment is a BPF link pinned under
+`<pin_dir>/links/`. A restarted agent reuses the pinned maps (libbpf checks
+their layout) and swaps new program code into the existing links with
+BPF_LINK_UPDATE, which is atomic, so connections never see a gap.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from nodemesh.ebpf import libbpf, pinned, preflight
+from nodemesh.ebpf.build import build_objects
+from nodemesh.ebpf.errors import LoadError, PrerequisiteMissing
+from nodemesh.ebpf.mirrors import U32, Config
+
+log = structlog.get_logger("nodemesh.ebpf.loader")
+
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/nodemesh")
+DEFAULT_CGROUP = Path("/sys/fs/cgroup/unified/nodemesh")
+# Programs attached to the proxy's cgroup rather than the mesh cgroup.
+PROXY_PROGRAMS = frozenset({"nm_getsockopt"})
+EPERM, EACCES = 1, 13
+
+
+@dataclass(frozen=True, slots=True)
+class DatapathConfig:
+    """Where the datapath lives.
+
+    `cgroup` is the mesh cgroup: every process under it gets Service
+    translation. `proxy_cgroup` is Envoy's (normally under `cgroup`, so its
+    upstream connections are translated too); it is never steered, and it is
+    where SO_ORIGINAL_DST is answered. None means no L7 steering target.
+    """
+
+    pin_dir: Path = DEFAULT_PIN_DIR
+    cgroup: Path = DEFAULT_CGROUP
+    proxy_cgroup: Path | None = None
+
+    @property
+    def maps_dir(self) -> Path:
+        return self.pin_dir / "maps"
+
+    @property
+    def links_dir(self) -> Path:
+        return self.pin_dir / "links"
+
+
+class _LinkInfo(ctypes.Structure):
+    """struct bpf_link_info, cgroup variant (linux/bpf.h)."""
+
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("cgroup_id", ctypes.c_uint64),
+        ("attach_type", ctypes.c_uint32),
+        ("tail", ctypes.c_uint8 * 36),
+    )
+
+
+def cgroup_id(path: Path) -> int:
+    """A cgroup2 directory's inode number is the id bpf_get_current_cgroup_id() returns."""
+    return os.stat(path).st_ino
+
+
+@dataclass
+class LoadReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+
+
+def _privilege_hint(exc: LoadError, what: str) -> LoadError:
+    return LoadError(
+        f"{what} was refused ({exc}); the agent needs CAP_BPF and CAP_NET_ADMIN "
+        "and write access to the pin directory"
+    )
+
+
+def _link_target(link_fd: int) -> int:
+    info = _LinkInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    ret = libbpf.lib().bpf_obj_get_info_by_fd(link_fd, ctypes.byref(info), ctypes.byref(size))
+    libbpf.check(ret, "read pinned link info")
+    return int(info.cgroup_id)
+
+
+def _attach(prog: int, name: str, target: Path, links_dir: Path, report: LoadReport) -> None:
+    lib = libbpf.lib()
+    prog_fd = lib.bpf_program__fd(prog)
+    pin = links_dir / name
+    if pin.exists():
+        link_fd = libbpf.check(lib.bpf_obj_get(str(pin).encode()), f"open pinned link {pin}")
+        try:
+            if _link_target(link_fd) == cgroup_id(target):
+                libbpf.check(lib.bpf_link_update(link_fd, prog_fd, None), f"update link {name}")
+                report.updated.append(name)
+                return
+            # Attached elsewhere (the cgroup flag changed): drop it, attach anew.
+            pin.unlink()
+        finally:
+            os.close(link_fd)
+    cg_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        attach_type = lib.bpf_program__expected_attach_type(prog)
+        link_fd = libbpf.check(
+            lib.bpf_link_create(prog_fd, cg_fd, attach_type, None), f"attach {name} to {target}"
+        )
+    finally:
+        os.close(cg_fd)
+    try:
+        libbpf.check(lib.bpf_obj_pin(link_fd, str(pin).encode()), f"pin link {pin}")
+    finally:
+        os.close(link_fd)
+    report.created.append(name)
+
+
+def _maps_of(obj: int) -> list[tuple[int, str]]:
+    lib = libbpf.lib()
+    out: list[tuple[int, str]] = []
+    m = lib.bpf_object__next_map(obj, None)
+    while m:
+        out.append((m, lib.bpf_map__name(m).decode()))
+        m = lib.bpf_object__next_map(obj, m)
+    return out
+
+
+def _programs_of(obj: int) -> list[tuple[int, str]]:
+    lib = libbpf.lib()
+    out: list[tuple[int, str]] = []
+    p = lib.bpf_object__next_program(obj, None)
+    while p:
+        out.append((p, lib.bpf_program__name(p).decode()))
+        p = lib.bpf_object__next_program(obj, p)
+    return out
+
+
+def _load_object(path: Path, config: DatapathConfig, report: LoadReport) -> None:
+    lib = libbpf.lib()
+    with libbpf.captured_log() as lines:
+        obj = lib.bpf_object__open_file(str(path).encode(), None)
+    if not obj or lib.libbpf_get_error(obj):
+        raise LoadError(f"libbpf could not open {path}: {' | '.join(lines[-3:])}")
+    try:
+        for m, name in _maps_of(obj):
+            if not name.startswith("."):
+                lib.bpf_map__set_pin_path(m, str(config.maps_dir / name).encode())
+        with libbpf.captured_log() as lines:
+            ret = lib.bpf_object__load(obj)
+        if ret < 0:
+            detail = "\n".join("\n".join(lines).splitlines()[-12:])
+            raise LoadError(f"the kernel refused {path.name} (errno {-ret}):\n{detail}")
+        for prog, name in _programs_of(obj):
+            target = config.proxy_cgroup if name in PROXY_PROGRAMS else config.cgroup
+            if target is None:
+                continue
+            _attach(prog, name, target, config.links_dir, report)
+    finally:
+        lib.bpf_object__close(obj)
+
+
+def load(config: DatapathConfig) -> LoadReport:
+    """Make the datapath live (or refresh its programs), reusing what is pinned."""
+    preflight.check_all(config.pin_dir, config.cgroup, config.proxy_cgroup)
+    objects = build_objects()
+    try:
+        config.maps_dir.mkdir(parents=True, exist_ok=True)
+        config.links_dir.mkdir(parents=True, exist_ok=True)
+    except PermissionError as exc:
+        raise PrerequisiteMissing(
+            f"cannot create {config.pin_dir} ({exc.strerror})",
+            "run the agent as the owner of the bpffs mount, or as root",
+        ) from exc
+    report = LoadReport()
+    for path in objects.values():
+        try:
+            _load_object(path, config, report)
+        except LoadError as exc:
+            if f"errno {EPERM})" in str(exc) or f"errno {EACCES})" in str(exc):
+                raise _privilege_hint(exc, f"loading {path.name}") from exc
+            raise
+    if config.proxy_cgroup is None:
+        _drop_link(config.links_dir / "nm_getsockopt", report)
+    write_config(config)
+    log.info("datapath loaded", created=report.created, updated=report.updated)
+    return report
+
+
+def _drop_link(pin: Path, report: LoadReport) -> None:
+    if pin.exists():
+        pin.unlink()
+        report.updated.append(f"-{pin.name}")
+
+
+def cleanup(config: DatapathConfig) -> list[str]:
+    """Remove every link (which detaches its program) and map pin we made.
+
+    Returns the paths removed. Programs and maps are freed by the kernel once
+    their last pin and fd are gone.
+    """
+    removed: list[str] = []
+    if not config.pin_dir.exists():
+        return removed
+    preflight.check_bpffs(config.pin_dir)
+    for sub in (config.links_dir, config.maps_dir):
+        if sub.is_dir():
+            for pin in sorted(sub.iterdir()):
+                pin.unlink()
+                removed.append(str(pin))
+    for directory in (config.links_dir, config.maps_dir, config.pin_dir):
+        if directory.is_dir():
+            # rmdir, not rmtree: anything we did not make stays, and says so.
+            directory.rmdir()
+            removed.append(str(directory))
+    log.info("datapath removed", removed=len(removed))
+    return removed
+
+
+def write_config(config: DatapathConfig) -> None:
+    """Tell the programs which cgroup is the proxy's (never steered)."""
+    proxy = cgroup_id(config.proxy_cgroup) if config.proxy_cgroup is not None else 0
+    with pinned.open_map(config.maps_dir, pinned.CONFIG) as cfg_map:
+        cfg_map.update(U32(0), Config(proxy_cgroup_id=proxy))

@@ -1,0 +1,148 @@
+"""ctypes mirrors of the BPF map key and value structs: exactly one per struct.
+
+Each mirror names the C struct in `bpf/lib/common.h` it must match byte for
+byte, spells out its padding as named fields, and marks network-order fields
+with a `_be` suffix (they hold the raw big-endian value; use the `ip`/`port`
+helpers). tests/ebpf/test_mirrors_btf.py compares every mirror against the
+compiled object's BTF: names, offsets, sizes and total size.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+from typing import ClassVar
+
+
+def ip_be(address: str) -> int:
+    """Dotted IPv4 -> the u32 whose memory holds it in network order."""
+    return int.from_bytes(ipaddress.IPv4Address(address).packed, "little")
+
+
+def ip_str(value_be: int) -> str:
+    return str(ipaddress.IPv4Address(value_be.to_bytes(4, "little")))
+
+
+def port_be(port: int) -> int:
+    return socket.htons(port)
+
+
+def port_host(value_be: int) -> int:
+    return socket.ntohs(value_be)
+
+
+class Mirror(ctypes.Structure):
+    """Base: `C_STRUCT` names the struct in bpf/lib/common.h this mirrors."""
+
+    C_STRUCT: ClassVar[str] = ""
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return tuple(int(getattr(self, name)) for name, *_ in self._fields_)
+
+
+class ServiceKey(Mirror):
+    C_STRUCT = "nm_service_key"
+    _fields_ = (
+        ("vip_be", ctypes.c_uint32),
+        ("port_be", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("slot", ctypes.c_uint32),
+    )
+
+
+class ServiceValue(Mirror):
+    C_STRUCT = "nm_service_value"
+    _fields_ = (
+        ("addr_be", ctypes.c_uint32),
+        ("port_be", ctypes.c_uint16),
+        ("count", ctypes.c_uint16),
+    )
+
+
+class L7RedirKey(Mirror):
+    C_STRUCT = "nm_l7redir_key"
+    _fields_ = (
+        ("cgroup_id", ctypes.c_uint64),
+        ("vip_be", ctypes.c_uint32),
+        ("port_be", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    )
+
+
+class L7RedirValue(Mirror):
+    C_STRUCT = "nm_l7redir_value"
+    _fields_ = (
+        ("proxy_addr_be", ctypes.c_uint32),
+        ("proxy_port_be", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    )
+
+
+class RevNatKey(Mirror):
+    C_STRUCT = "nm_revnat_key"
+    _fields_ = (
+        ("cookie", ctypes.c_uint64),
+        ("addr_be", ctypes.c_uint32),
+        ("port_be", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    )
+
+
+class OrigDst(Mirror):
+    C_STRUCT = "nm_origdst"
+    _fields_ = (
+        ("addr_be", ctypes.c_uint32),
+        ("port_be", ctypes.c_uint16),
+        ("proxy_port_be", ctypes.c_uint16),
+    )
+
+
+class OrigDstKey(Mirror):
+    C_STRUCT = "nm_origdst_key"
+    _fields_ = (
+        ("client_addr_be", ctypes.c_uint32),
+        ("client_port_be", ctypes.c_uint16),
+        ("proxy_port_be", ctypes.c_uint16),
+    )
+
+
+class Config(Mirror):
+    C_STRUCT = "nm_config"
+    _fields_ = (
+        ("proxy_cgroup_id", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    )
+
+
+class U32(Mirror):
+    """A bare __u32 key (array index); C_STRUCT empty: checked by size only."""
+
+    _fields_ = (("value", ctypes.c_uint32),)
+
+    def __init__(self, value: int = 0) -> None:
+        super().__init__(value)
+
+
+class U64(Mirror):
+    """A bare __u64 key (a socket cookie); checked by size only."""
+
+    _fields_ = (("value", ctypes.c_uint64),)
+
+    def __init__(self, value: int = 0) -> None:
+        super().__init__(value)
+
+
+ALL_MIRRORS: tuple[type[Mirror], ...] = (
+    ServiceKey,
+    ServiceValue,
+    L7RedirKey,
+    L7RedirValue,
+    RevNatKey,
+    OrigDst,
+    OrigDstKey,
+    Config,
+)

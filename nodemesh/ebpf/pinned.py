@@ -1,0 +1,47 @@
+"""The pinned maps by name: which mirrors key and value each, and its size.
+
+This mirrors `bpf/lib/maps.h`; tests/ebpf/test_mirrors_btf.py checks both the
+struct layouts and these capacities against the compiled object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodemesh.ebpf.maps import PinnedMap
+from nodemesh.ebpf.mirrors import (
+    U32,
+    U64,
+    Config,
+    L7RedirKey,
+    L7RedirValue,
+    Mirror,
+    OrigDst,
+    OrigDstKey,
+    RevNatKey,
+    ServiceKey,
+    ServiceValue,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MapSpec:
+    name: str
+    key: type[Mirror]
+    value: type[Mirror]
+    capacity: int
+
+
+SERVICES = MapSpec("nm_services_v1", ServiceKey, ServiceValue, 65536)
+L7REDIR = MapSpec("nm_l7redir_v1", L7RedirKey, L7RedirValue, 16384)
+REVNAT = MapSpec("nm_revnat_v1", RevNatKey, OrigDst, 262144)
+REDIR = MapSpec("nm_redir_v1", U64, OrigDst, 65536)
+ORIGDST = MapSpec("nm_origdst_v1", OrigDstKey, OrigDst, 65536)
+CONFIG = MapSpec("nm_config_v1", U32, Config, 1)
+
+ALL_MAPS = (SERVICES, L7REDIR, REVNAT, REDIR, ORIGDST, CONFIG)
+
+
+def open_map(maps_dir: Path, spec: MapSpec) -> PinnedMap[Mirror, Mirror]:
+    return PinnedMap(maps_dir / spec.name, spec.key, spec.value, spec.capacity)

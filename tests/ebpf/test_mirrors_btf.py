@@ -1,0 +1,42 @@
+"""The ctypes mirrors and map specs match the compiled objects' BTF."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+
+import pytest
+
+from nodemesh.ebpf import btfcheck
+from nodemesh.ebpf.build import OBJECTS, build_objects
+from nodemesh.ebpf.mirrors import Mirror
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("clang") is None or shutil.which("bpftool") is None,
+    reason="clang and bpftool come from scripts/bootstrap.sh",
+)
+
+
+@pytest.mark.parametrize("name", OBJECTS)
+def test_every_mirror_and_map_matches_btf(name: str) -> None:
+    obj = build_objects()[name]
+    assert btfcheck.check_object(obj) == []
+
+
+def test_a_drifted_mirror_is_caught() -> None:
+    class Drifted(Mirror):
+        C_STRUCT = "nm_service_key"
+        _fields_ = (
+            ("vip", ctypes.c_uint32),  # network order in C: must be named vip_be
+            ("port_be", ctypes.c_uint16),
+            ("pad", ctypes.c_uint8),
+            ("proto", ctypes.c_uint8),
+            ("slot", ctypes.c_uint16),
+        )
+
+    types = btfcheck.dump(build_objects()["nm_sock"])
+    problems = btfcheck.check_mirror(types, Drifted)
+    text = "\n".join(problems)
+    assert "'vip' should be 'vip_be'" in text
+    assert "'pad' should be 'proto'" in text
+    assert "slot: offset/size 8/2 != C 8/4" in text
