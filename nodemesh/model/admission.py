@@ -1,0 +1,149 @@
+"""Admission of CiliumEnvoyConfigs, with Cilium's semantics.
+
+A CEC is admitted when every validator accepts it, every Service it names in
+`spec.services` / `spec.backendServices` exists (with the ports it lists),
+and no older CEC already redirects one of its service ports. Older means
+earlier creationTimestamp, then namespace/name; the loser's error names the
+winner. A rejected CEC whose earlier version was admitted keeps that version
+in effect (unless that version itself now conflicts).
+
+Admission runs on every build that touches Services or CECs, so a CEC that
+was rejected for a missing Service is admitted once the Service appears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from nodemesh.model.objects import (
+    EnvoyConfig,
+    ObjectError,
+    ObjectRef,
+    RedirectedService,
+    Service,
+    ServiceName,
+)
+
+Validate = Callable[[EnvoyConfig], Sequence[ObjectError]]
+_Claims = dict[tuple[ServiceName, int], ObjectRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    configs: tuple[EnvoyConfig, ...]  # admitted, oldest first
+    errors: tuple[ObjectError, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    """One CEC: its latest parsed version (None if that failed to parse) and the
+    version admitted before (None if never)."""
+
+    candidate: EnvoyConfig | None
+    previous: EnvoyConfig | None
+
+    @property
+    def current(self) -> EnvoyConfig:
+        found = self.candidate or self.previous
+        assert found is not None
+        return found
+
+
+def age_key(config: EnvoyConfig) -> tuple[str, str, str]:
+    # An unset timestamp ("", objects written by hand) counts as oldest.
+    return (config.creation_timestamp, config.ref.namespace, config.ref.name)
+
+
+def admit(
+    contenders: Mapping[ObjectRef, Contender],
+    services: Mapping[ServiceName, Service],
+    validate: Validate,
+) -> Admission:
+    claims: _Claims = {}
+    admitted: list[EnvoyConfig] = []
+    errors: list[ObjectError] = []
+    for ref in sorted(contenders, key=lambda r: age_key(contenders[r].current)):
+        entry = contenders[ref]
+        problems: list[ObjectError] = []
+        if entry.candidate is not None:
+            problems = _check(entry.candidate, services, claims, validate)
+            if not problems:
+                admitted.append(entry.candidate)
+                continue
+        kept = entry.previous
+        conflicts = [] if kept is None else _conflicts(kept, services, claims)
+        if conflicts:
+            # The earlier version now loses to an older CEC: nothing of it stays.
+            errors.extend(c for c in conflicts if c not in problems)
+            kept = None
+        if kept is not None:
+            _claim(kept, services, claims)
+            admitted.append(kept)
+        errors.extend(replace(p, kept_previous=kept is not None) for p in problems)
+    return Admission(tuple(admitted), tuple(errors))
+
+
+def _check(
+    config: EnvoyConfig,
+    services: Mapping[ServiceName, Service],
+    claims: _Claims,
+    validate: Validate,
+) -> list[ObjectError]:
+    problems = list(validate(config))
+    for field, entries in (
+        ("spec.services", config.services),
+        ("spec.backendServices", config.backend_services),
+    ):
+        for index, entry in enumerate(entries):
+            problems.extend(_missing(config.ref, f"{field}[{index}]", entry, services))
+    if not problems:
+        problems = _conflicts(config, services, claims)
+        if not problems:
+            _claim(config, services, claims)
+    return problems
+
+
+def _missing(
+    ref: ObjectRef, field: str, entry: RedirectedService, services: Mapping[ServiceName, Service]
+) -> list[ObjectError]:
+    service = services.get(entry.service)
+    if service is None:
+        return [ObjectError(ref, f"{field}.name", f"Service {entry.service} does not exist")]
+    have = {p.port for p in service.ports}
+    return [
+        ObjectError(ref, f"{field}.ports[{i}]", f"Service {entry.service} has no port {port}")
+        for i, port in enumerate(entry.ports)
+        if port not in have
+    ]
+
+
+def _redirected_ports(
+    config: EnvoyConfig, services: Mapping[ServiceName, Service]
+) -> list[tuple[int, ServiceName, int]]:
+    out = []
+    for index, entry in enumerate(config.services):
+        service = services.get(entry.service)
+        if service is None:
+            continue
+        for port in service.ports:
+            if port.protocol == "TCP" and (not entry.ports or port.port in entry.ports):
+                out.append((index, entry.service, port.port))
+    return out
+
+
+def _conflicts(
+    config: EnvoyConfig, services: Mapping[ServiceName, Service], claims: _Claims
+) -> list[ObjectError]:
+    out = []
+    for index, service, port in _redirected_ports(config, services):
+        owner = claims.get((service, port))
+        if owner is not None and owner != config.ref:
+            reason = f"port {port} of Service {service} is already redirected by older {owner}"
+            out.append(ObjectError(config.ref, f"spec.services[{index}]", reason))
+    return out
+
+
+def _claim(config: EnvoyConfig, services: Mapping[ServiceName, Service], claims: _Claims) -> None:
+    for _, service, port in _redirected_ports(config, services):
+        claims.setdefault((service, port), config.ref)

@@ -1,0 +1,203 @@
+"""The accepted objects of a MeshStore and the snapshot assembled from them.
+
+Everything derived is cached and re-derived only when an input changed: the
+per-kind tuples, each Service's backends (only Services whose Service object
+or EndpointSlices changed), and the redirects (only when Services, pods,
+CECs or CNPs changed). A one-EndpointSlice change therefore costs one slice
+parse, one Service's backends and a few dict copies, not a rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from nodemesh.model.backends import service_backends
+from nodemesh.model.objects import (
+    EndpointSlice,
+    EnvoyConfig,
+    Kind,
+    L7Redirect,
+    ObjectError,
+    ObjectRef,
+    ObjectWarning,
+    Service,
+    ServiceName,
+)
+from nodemesh.model.parse import ModelObject
+from nodemesh.model.redirects import derive_redirects
+from nodemesh.model.snapshot import BackendAddress, MeshModel
+
+_CONFIG_KINDS = (Kind.ENVOY_CONFIG, Kind.CLUSTERWIDE_ENVOY_CONFIG)
+_POLICY_KINDS = (Kind.NETWORK_POLICY, Kind.CLUSTERWIDE_NETWORK_POLICY)
+_REDIRECT_INPUTS = (Kind.SERVICE, Kind.POD, *_CONFIG_KINDS, *_POLICY_KINDS)
+_MASK = (1 << 128) - 1
+Backends = Mapping[int, tuple[BackendAddress, ...]]
+
+
+def _digest(ref: ObjectRef, obj: ModelObject) -> int:
+    # repr of these frozen dataclasses is deterministic: tuples, str, int, enums.
+    text = f"{ref!r}\n{obj!r}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=16).digest(), "big")
+
+
+def _by_name(objects: Mapping[ObjectRef, Any]) -> tuple[Any, ...]:
+    return tuple(objects[r] for r in sorted(objects, key=lambda r: (r.namespace, r.name)))
+
+
+class Assembly:
+    def __init__(self, reserved_ports: Collection[int] = ()) -> None:
+        self._reserved = tuple(reserved_ports)
+        self._objects: dict[Kind, dict[ObjectRef, Any]] = {k: {} for k in Kind}
+        self._warnings: dict[ObjectRef, tuple[ObjectWarning, ...]] = {}
+        self._digests: dict[ObjectRef, int] = {}
+        self._sum = 0
+        self._tuples: dict[Kind, tuple[Any, ...]] = {k: () for k in Kind}
+        self._stale_kinds: set[Kind] = set()
+        self._services: dict[ServiceName, Service] = {}
+        self._services_view: Mapping[ServiceName, Service] = MappingProxyType({})
+        self._slices: dict[ServiceName, dict[ObjectRef, EndpointSlice]] = {}
+        self._backends: dict[ServiceName, Backends] = {}
+        self._backends_view: Mapping[ServiceName, Backends] = MappingProxyType({})
+        self._stale_backends: set[ServiceName] = set()
+        self._redirects: tuple[L7Redirect, ...] = ()
+        self.redirect_errors: tuple[ObjectError, ...] = ()
+        self._warnings_view: tuple[ObjectWarning, ...] = ()
+        self._stale_warnings = False
+
+    def has(self, ref: ObjectRef) -> bool:
+        return ref in self._digests
+
+    @property
+    def services(self) -> Mapping[ServiceName, Service]:
+        return self._services
+
+    @property
+    def configs(self) -> dict[ObjectRef, EnvoyConfig]:
+        return {**self._objects[Kind.ENVOY_CONFIG], **self._objects[Kind.CLUSTERWIDE_ENVOY_CONFIG]}
+
+    def counts(self) -> dict[Kind, int]:
+        return {kind: len(objects) for kind, objects in self._objects.items()}
+
+    def put(
+        self, ref: ObjectRef, obj: ModelObject | None, warnings: tuple[ObjectWarning, ...] | None
+    ) -> None:
+        """Make `obj` the accepted version of `ref` (None: no version). `warnings`
+        None keeps the warnings already recorded for it."""
+        if warnings is not None or obj is None:
+            if self._warnings.get(ref, ()) != (warnings or ()):
+                self._stale_warnings = True
+            if warnings:
+                self._warnings[ref] = warnings
+            else:
+                self._warnings.pop(ref, None)
+        held = self._objects[ref.kind]
+        old = held.get(ref)
+        if old == obj:
+            return
+        self._sum = (self._sum - self._digests.pop(ref, 0)) & _MASK
+        if obj is None:
+            del held[ref]
+        else:
+            held[ref] = obj
+            self._digests[ref] = _digest(ref, obj)
+            self._sum = (self._sum + self._digests[ref]) & _MASK
+        self._stale_kinds.add(ref.kind)
+        if ref.kind is Kind.SERVICE:
+            self._put_service(ref, obj)
+        elif ref.kind is Kind.ENDPOINT_SLICE:
+            self._put_slice(ref, old, obj)
+
+    def _put_service(self, ref: ObjectRef, obj: object) -> None:
+        name = ServiceName(ref.namespace, ref.name)
+        if isinstance(obj, Service):
+            self._services[name] = obj
+        else:
+            self._services.pop(name, None)
+        self._stale_backends.add(name)
+
+    def _put_slice(self, ref: ObjectRef, old: object, new: object) -> None:
+        for eps, keep in ((old, False), (new, True)):
+            if not isinstance(eps, EndpointSlice) or not eps.service_name:
+                continue
+            name = ServiceName(ref.namespace, eps.service_name)
+            held = self._slices.setdefault(name, {})
+            if keep:
+                held[ref] = eps
+            else:
+                held.pop(ref, None)
+            self._stale_backends.add(name)
+
+    def refresh(self) -> None:
+        """Re-derive whatever the last `put`s made stale."""
+        stale = self._stale_kinds
+        for kind in stale:
+            self._tuples[kind] = _by_name(self._objects[kind])
+        if stale & {Kind.SERVICE}:
+            self._services_view = MappingProxyType(dict(self._services))
+        if self._stale_backends:
+            for name in self._stale_backends:
+                service = self._services.get(name)
+                if service is None:
+                    self._backends.pop(name, None)
+                else:
+                    slices = self._slices.get(name, {}).values()
+                    self._backends[name] = service_backends(service, slices)
+            self._stale_backends = set()
+            self._backends_view = MappingProxyType(dict(self._backends))
+        if stale & set(_REDIRECT_INPUTS):
+            self._redirects, self.redirect_errors = derive_redirects(
+                self._services,
+                sorted(self.configs.values(), key=_age),
+                [
+                    *self._tuples[Kind.NETWORK_POLICY],
+                    *self._tuples[Kind.CLUSTERWIDE_NETWORK_POLICY],
+                ],
+                self._objects[Kind.POD].values(),
+                self._reserved,
+            )
+        if self._stale_warnings:
+            self._warnings_view = tuple(
+                w for ref in sorted(self._warnings, key=str) for w in self._warnings[ref]
+            )
+            self._stale_warnings = False
+        self._stale_kinds = set()
+
+    def version(self) -> str:
+        """Order-independent content hash of the accepted objects: the sum of
+        per-object digests (kept up to date on every put), hashed once more."""
+        return hashlib.blake2b(self._sum.to_bytes(16, "big"), digest_size=8).hexdigest()
+
+    def unchanged_since(self, model: MeshModel, errors: tuple[ObjectError, ...]) -> bool:
+        return (
+            model.version == self.version()
+            and model.errors == errors
+            and model.warnings == self._warnings_view
+        )
+
+    def snapshot(self, generation: int, errors: tuple[ObjectError, ...]) -> MeshModel:
+        tuples = self._tuples
+        return MeshModel(
+            version=self.version(),
+            generation=generation,
+            services=self._services_view,
+            endpoint_slices=tuples[Kind.ENDPOINT_SLICE],
+            pods=tuples[Kind.POD],
+            deployments=tuples[Kind.DEPLOYMENT],
+            envoy_configs=_merge(tuples, _CONFIG_KINDS),
+            network_policies=_merge(tuples, _POLICY_KINDS),
+            redirects=self._redirects,
+            errors=errors,
+            backends=self._backends_view,
+            warnings=self._warnings_view,
+        )
+
+
+def _age(config: EnvoyConfig) -> tuple[str, str, str]:
+    return (config.creation_timestamp, config.ref.namespace, config.ref.name)
+
+
+def _merge(tuples: dict[Kind, tuple[Any, ...]], kinds: tuple[Kind, ...]) -> tuple[Any, ...]:
+    return tuple(item for kind in kinds for item in tuples[kind])

@@ -1,0 +1,274 @@
+"""L7 redirects: which service ports the node-local Envoy must serve, and how.
+
+Derived from the accepted CiliumEnvoyConfigs and CiliumNetworkPolicies, one
+`L7Redirect` per (service, port, protocol). The names here are a contract with
+the xDS translator, which builds its listeners and routes under exactly these
+names:
+
+- a resource of a CEC is "<namespace>/<cec>/<resource>" ("<ccec>/<resource>"
+  for a clusterwide one), see `qualified_name`;
+- a CEC without a Listener gets a synthesized "<namespace>/<cec>/listener"
+  serving its (first) RouteConfiguration;
+- a redirect from network policies alone is "nodemesh/l7/<ns>/<svc>/<port>",
+  both as listener and as route configuration (the translator synthesizes a
+  route to the Service's own cluster).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from nodemesh.model.errors import PortAllocationError
+from nodemesh.model.objects import (
+    EgressRule,
+    EnvoyConfig,
+    HTTPPolicy,
+    HTTPRule,
+    L7Redirect,
+    LabelSelector,
+    NetworkPolicy,
+    ObjectError,
+    ObjectRef,
+    Pod,
+    RedirectOrigin,
+    Service,
+    ServiceName,
+    ServicePort,
+)
+from nodemesh.model.parse_cilium import LISTENER_TYPE, ROUTE_TYPE
+from nodemesh.model.ports import allocate_proxy_ports
+
+_ENDED_PHASES = ("Succeeded", "Failed")
+
+
+def qualified_name(config: ObjectRef, name: str) -> str:
+    """The xDS name of resource `name` from the CEC `config`."""
+    if config.namespace:
+        return f"{config.namespace}/{config.name}/{name}"
+    return f"{config.name}/{name}"
+
+
+def synthesized_listener(config: ObjectRef) -> str:
+    """The listener nodemesh adds for a CEC that brings only routes."""
+    return qualified_name(config, "listener")
+
+
+def policy_listener(service: ServiceName, port: int) -> str:
+    """Listener and route name of a redirect that only network policies ask for."""
+    return f"nodemesh/l7/{service.namespace}/{service.name}/{port}"
+
+
+def config_listener(config: EnvoyConfig, listener: str = "") -> tuple[str, str]:
+    """(qualified listener, qualified route config) a `services` entry redirects to.
+
+    `listener` is the entry's listener name ("" for the CEC's only one). The
+    route config is what that listener's HTTP connection manager names over
+    RDS, or "" when it routes inline or cannot be told.
+    """
+    own = [r for r in config.resources if r.type_url == LISTENER_TYPE]
+    chosen = next((r for r in own if r.name == listener), None) if listener else None
+    if chosen is None and own and not listener:
+        chosen = own[0]
+    if chosen is None:
+        routes = [r for r in config.resources if r.type_url == ROUTE_TYPE]
+        route = qualified_name(config.ref, routes[0].name) if routes else ""
+        return synthesized_listener(config.ref), route
+    rds = _rds_name(json.loads(chosen.body))
+    if rds and "/" not in rds:
+        rds = qualified_name(config.ref, rds)
+    return qualified_name(config.ref, chosen.name), rds or ""
+
+
+def _rds_name(listener: object) -> str | None:
+    """The first RDS route_config_name anywhere in a listener's JSON."""
+    if isinstance(listener, dict):
+        rds = listener.get("rds")
+        if isinstance(rds, dict):
+            name = rds.get("route_config_name", rds.get("routeConfigName"))
+            if isinstance(name, str):
+                return name
+        values: Iterable[object] = listener.values()
+    elif isinstance(listener, list):
+        values = listener
+    else:
+        return None
+    for value in values:
+        found = _rds_name(value)
+        if found:
+            return found
+    return None
+
+
+@dataclass(slots=True)
+class _PolicyPart:
+    clients: LabelSelector
+    rules: list[HTTPRule] = field(default_factory=list)
+    plain_allow: bool = False  # an L3/L4 rule of the same policy also allows this port
+
+
+@dataclass(slots=True)
+class _Pending:
+    service: Service
+    port: ServicePort
+    config: EnvoyConfig | None = None
+    listener: str = ""
+    route_config: str = ""
+    policies: dict[ObjectRef, _PolicyPart] = field(default_factory=dict)
+
+
+def derive_redirects(
+    services: Mapping[ServiceName, Service],
+    configs: Sequence[EnvoyConfig],
+    policies: Iterable[NetworkPolicy],
+    pods: Iterable[Pod],
+    reserved_ports: Collection[int] = (),
+) -> tuple[tuple[L7Redirect, ...], tuple[ObjectError, ...]]:
+    """All redirects of the model, sorted by (service, port, protocol).
+
+    `configs` are the admitted CECs, oldest first: should two still claim one
+    service port, the first keeps it (admission normally prevents that).
+    """
+    pending: dict[tuple[ServiceName, int, str], _Pending] = {}
+    for config in configs:
+        _add_config(pending, services, config)
+    policy_list = list(policies)
+    if policy_list:
+        ips = _client_ips(pods)
+        for policy in policy_list:
+            for rule in policy.egress:
+                _add_rule(pending, services, policy, rule)
+    else:
+        ips = {}
+    return _finish(pending, ips, reserved_ports)
+
+
+def _add_config(
+    pending: dict[tuple[ServiceName, int, str], _Pending],
+    services: Mapping[ServiceName, Service],
+    config: EnvoyConfig,
+) -> None:
+    for entry in config.services:
+        service = services.get(entry.service)
+        if service is None:
+            continue
+        listener, route = config_listener(config, entry.listener)
+        for port in service.ports:
+            if port.protocol != "TCP" or (entry.ports and port.port not in entry.ports):
+                continue
+            key = (entry.service, port.port, port.protocol)
+            item = pending.setdefault(key, _Pending(service, port))
+            if item.config is None:
+                item.config, item.listener, item.route_config = config, listener, route
+
+
+def _add_rule(
+    pending: dict[tuple[ServiceName, int, str], _Pending],
+    services: Mapping[ServiceName, Service],
+    policy: NetworkPolicy,
+    rule: EgressRule,
+) -> None:
+    for name in rule.to_services:
+        service = services.get(name)
+        if service is None:
+            continue
+        for port in service.ports:
+            if port.protocol != "TCP" or not _port_selected(rule, port):
+                continue
+            key = (name, port.port, port.protocol)
+            if rule.http is None and key not in pending:
+                continue  # plain L4 allow on a port nothing else redirects
+            item = pending.setdefault(key, _Pending(service, port))
+            part = item.policies.setdefault(policy.ref, _PolicyPart(policy.endpoint_selector))
+            if rule.http is None:
+                part.plain_allow = True
+            else:
+                part.rules.extend(r for r in rule.http if r not in part.rules)
+
+
+def _port_selected(rule: EgressRule, port: ServicePort) -> bool:
+    """toPorts name the service port or, as in Cilium, the backend (target) port."""
+    if not rule.to_ports:
+        return True
+    return any(
+        pp.protocol in ("ANY", port.protocol)
+        and (pp.port in (0, port.port) or pp.port == port.target_port)
+        for pp in rule.to_ports
+    )
+
+
+def _client_ips(pods: Iterable[Pod]) -> dict[str, list[Pod]]:
+    by_namespace: dict[str, list[Pod]] = defaultdict(list)
+    for pod in pods:
+        if pod.ips and pod.phase not in _ENDED_PHASES:
+            by_namespace[pod.ref.namespace].append(pod)
+    return by_namespace
+
+
+def _policy_ips(
+    owner: ObjectRef, clients: LabelSelector, pods: dict[str, list[Pod]]
+) -> tuple[str, ...]:
+    # A namespaced policy selects pods of its own namespace only.
+    pools = [pods.get(owner.namespace, [])] if owner.namespace else list(pods.values())
+    found = {
+        ip for pool in pools for pod in pool if clients.matches(dict(pod.labels)) for ip in pod.ips
+    }
+    return tuple(sorted(found))
+
+
+def _finish(
+    pending: dict[tuple[ServiceName, int, str], _Pending],
+    pods: dict[str, list[Pod]],
+    reserved_ports: Collection[int],
+) -> tuple[tuple[L7Redirect, ...], tuple[ObjectError, ...]]:
+    items = []
+    for key in sorted(pending):
+        item = pending[key]
+        if item.config is None and not any(p.rules for p in item.policies.values()):
+            continue  # only plain L4 allows: nothing for Envoy to do
+        if item.config is None:
+            item.listener = item.route_config = policy_listener(key[0], key[1])
+        items.append(item)
+    try:
+        ports = allocate_proxy_ports((i.listener for i in items), reserved_ports)
+    except PortAllocationError as exc:
+        errors = tuple(_owner_error(i, str(exc)) for i in items)
+        return (), errors
+    return tuple(_redirect(item, ports[item.listener], pods) for item in items), ()
+
+
+def _redirect(item: _Pending, proxy_port: int, pods: dict[str, list[Pod]]) -> L7Redirect:
+    policies = []
+    for owner in sorted(item.policies):
+        part = item.policies[owner]
+        rules = list(part.rules)
+        if part.plain_allow and rules and not any(r.allows_everything for r in rules):
+            rules.append(HTTPRule())  # an L4 allow of the same port lets everything through
+        if rules:
+            ips = _policy_ips(owner, part.clients, pods)
+            policies.append(HTTPPolicy(owner, part.clients, ips, tuple(rules)))
+    owners = [p.owner for p in policies]
+    clients: tuple[LabelSelector, ...] | None = None
+    if item.config is not None:
+        owners.insert(0, item.config.ref)
+    else:
+        clients = tuple(dict.fromkeys(p.clients for p in policies))
+    return L7Redirect(
+        service=item.service.service_name,
+        port=item.port.port,
+        protocol=item.port.protocol,
+        proxy_port=proxy_port,
+        listener=item.listener,
+        route_config=item.route_config,
+        origin=RedirectOrigin.ENVOY_CONFIG if item.config else RedirectOrigin.NETWORK_POLICY,
+        owners=tuple(owners),
+        clients=clients,
+        policies=tuple(policies),
+    )
+
+
+def _owner_error(item: _Pending, reason: str) -> ObjectError:
+    owner = item.config.ref if item.config else min(item.policies)
+    return ObjectError(owner, "spec", reason)
