@@ -10,7 +10,7 @@ all: test
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/bootstrap.sh
+$(STAMP): pyproject.toml scripts/bootstrap.sh $(wildcard proto/*/*/*.proto)
 	bash scripts/bootstrap.sh
 	touch $@
 

@@ -33,3 +33,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -e '.[dev,demo]'
+
+# The project's own protos (proto/) compile into nodemesh/_gen/ (gitignored),
+# importable as nodemesh._gen.<proto package>, e.g. nodemesh._gen.nodemesh.v1.
+mapfile -t protos < <(find proto -name '*.proto' | sort)
+if [ ${#protos[@]} -gt 0 ]; then
+    mkdir -p nodemesh/_gen
+    "$VENV/bin/python" -m grpc_tools.protoc -Iproto --python_out=nodemesh/_gen \
+        --pyi_out=nodemesh/_gen "${protos[@]}"
+fi
