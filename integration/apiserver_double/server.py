@@ -60,6 +60,11 @@ def _error(exc: StoreError) -> web.Response:
     return web.json_response(_status(exc.code, exc.reason, exc.message), status=exc.code)
 
 
+def _flag(value: str | None) -> bool:
+    """Query booleans as Go's strconv.ParseBool reads them (clients send "True")."""
+    return (value or "") in ("1", "t", "T", "true", "TRUE", "True")
+
+
 def _field_value(obj: Obj, path: str) -> str:
     cur: Any = obj
     for part in path.split("."):
@@ -219,7 +224,7 @@ class ApiServerDouble:
         name, sub, method = match["name"], match["sub"], request.method
         if name is None:
             if method == "GET":
-                if request.query.get("watch") in ("1", "true"):
+                if _flag(request.query.get("watch")):
                     return await self._watch(request, rtype, ns)
                 return self._list(request, rtype, ns)
             if method == "POST":
@@ -294,7 +299,7 @@ class ApiServerDouble:
     ) -> web.StreamResponse:
         query = request.query
         fsel, lsel = query.get("fieldSelector", ""), query.get("labelSelector", "")
-        bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
+        bookmarks = _flag(query.get("allowWatchBookmarks"))
         timeout = float(query.get("timeoutSeconds", "0") or 0) or 1800.0
         sub = Subscriber(rtype)
         self.store.subscribers.add(sub)  # before the replay, so nothing falls in between

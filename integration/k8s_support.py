@@ -1,0 +1,109 @@
+"""Shared helpers for the Kubernetes integration tests (not a test module)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from apiserver_double import ApiServerDouble
+from apiserver_double.synthetic import endpoint_slice, service
+
+from nodemesh.k8s_watch.client import KubeApi, make_api_client
+from nodemesh.k8s_watch.settings import WatchSettings
+from nodemesh.k8s_watch.source import WatchSource
+
+Raw = dict[str, Any]
+
+# Short timeouts so faults heal within a test; the protocol is the same.
+FAST = WatchSettings(
+    backoff_initial=0.05,
+    backoff_max=1.0,
+    watch_timeout_seconds=20,
+    read_timeout_grace=5.0,
+    connect_timeout=2.0,
+    list_page_size=3,  # forces limit/continue paging even on tiny test clusters
+)
+
+
+@dataclass
+class Recorder:
+    """A trivial ObjectSink keeping the latest raw object per (source, kind, ns, name)
+    and a log of calls, so tests can check nothing was applied twice."""
+
+    objects: dict[tuple[str, str, str, str], Raw] = field(default_factory=dict)
+    calls: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @staticmethod
+    def _key(source: str, raw: Mapping[str, Any]) -> tuple[str, str, str, str]:
+        meta = raw["metadata"]
+        return (source, raw["kind"], meta.get("namespace", ""), meta["name"])
+
+    def apply(self, source: str, raw: Mapping[str, Any]) -> None:
+        key = self._key(source, raw)
+        self.objects[key] = copy.deepcopy(dict(raw))
+        self.calls.append(("apply", key[1], f"{key[2]}/{key[3]}"))
+
+    def delete(self, source: str, kind: str, namespace: str, name: str) -> None:
+        self.objects.pop((source, kind, namespace, name), None)
+        self.calls.append(("delete", kind, f"{namespace}/{name}"))
+
+    def replace_all(self, source: str, raws: Iterable[Mapping[str, Any]]) -> None:
+        self.objects = {k: v for k, v in self.objects.items() if k[0] != source}
+        for raw in raws:
+            self.objects[self._key(source, raw)] = copy.deepcopy(dict(raw))
+        self.calls.append(("replace_all", source, ""))
+
+    def names(self, kind: str) -> set[str]:
+        return {f"{k[2]}/{k[3]}" for k in self.objects if k[1] == kind}
+
+    def get(self, kind: str, namespace: str, name: str) -> Raw | None:
+        for key, raw in self.objects.items():
+            if key[1:] == (kind, namespace, name):
+                return raw
+        return None
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Poll until `check()` holds; generous timeout for a loaded 2-core machine."""
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 - polling a plain predicate is the point
+            await asyncio.sleep(0.02)
+    assert check(), what
+
+
+def seed(double: ApiServerDouble, services: int = 5) -> None:
+    from apiserver_double import find_type
+
+    svc_t, eps_t = (
+        find_type("", "v1", "services"),
+        find_type("discovery.k8s.io", "v1", "endpointslices"),
+    )
+    assert svc_t and eps_t
+    for i in range(services):
+        double.store.create(svc_t, service("default", f"svc{i}", f"10.96.0.{i + 1}"))
+        double.store.create(eps_t, endpoint_slice("default", f"svc{i}", [f"10.244.0.{i + 1}"]))
+
+
+@asynccontextmanager
+async def running_source(
+    double: ApiServerDouble,
+    sink: Any,
+    settings: WatchSettings = FAST,
+    **kw: Any,
+) -> AsyncIterator[WatchSource]:
+    api_client = await make_api_client(double.url)
+    source = WatchSource(KubeApi(api_client, settings), sink, settings=settings, **kw)
+    task = asyncio.create_task(source.run(), name="watch-source")
+    try:
+        await source.wait_synced(30)
+        yield source
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+        await api_client.close()
+        if not task.cancelled() and task.exception() is not None:
+            raise AssertionError("the watch source failed") from task.exception()

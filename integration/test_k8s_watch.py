@@ -1,0 +1,137 @@
+"""The watcher against the API server double, with kubernetes-asyncio as the client."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from apiserver_double import ApiServerDouble, find_type
+from k8s_support import Recorder, eventually, running_source, seed
+
+from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, PODS, SERVICES, ResourceSpec
+
+SVC = find_type("", "v1", "services")
+EPS = find_type("discovery.k8s.io", "v1", "endpointslices")
+POD = find_type("", "v1", "pods")
+assert SVC and EPS and POD
+
+
+@pytest.fixture
+async def double() -> AsyncIterator[ApiServerDouble]:
+    server = ApiServerDouble(bookmark_interval=0.5)
+    seed(server, services=7)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def _svc(name: str, ip: str) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": ip, "ports": [{"port": 80, "protocol": "TCP"}]},
+    }
+
+
+async def test_initial_sync_lists_every_page(double: ApiServerDouble) -> None:
+    sink = Recorder()
+    async with running_source(double, sink, resources=(SERVICES, ENDPOINT_SLICES)) as source:
+        assert sink.names("Service") == {f"default/svc{i}" for i in range(7)}
+        assert len(sink.names("EndpointSlice")) == 7
+        # List items lack kind/apiVersion on the wire; the sink always gets them.
+        raw = sink.get("Service", "default", "svc3")
+        assert raw is not None and raw["apiVersion"] == "v1"
+        assert source.health.ready and source.health.reasons() == []
+    lists = [p for m, p in double.requests if m == "GET" and p == "/api/v1/services"]
+    assert len(lists) >= 3  # 7 items at page size 3: paging really happened
+
+
+async def test_add_modify_delete_flow(double: ApiServerDouble) -> None:
+    sink = Recorder()
+    async with running_source(double, sink, resources=(SERVICES,)):
+        double.store.create(SVC, _svc("new", "10.96.1.1"))
+        await eventually(lambda: "default/new" in sink.names("Service"))
+        changed = copy.deepcopy(double.store.get(SVC, "default", "new"))
+        changed["spec"]["clusterIP"] = "10.96.1.2"
+        double.store.update(SVC, changed)
+        await eventually(
+            lambda: (
+                (sink.get("Service", "default", "new") or {})["spec"]["clusterIP"] == "10.96.1.2"
+            )
+        )
+        double.store.delete(SVC, "default", "svc0")
+        await eventually(lambda: "default/svc0" not in sink.names("Service"))
+    assert len(sink.names("Service")) == 7
+
+
+async def test_dropped_watch_resumes_without_relist_or_duplicates(double: ApiServerDouble) -> None:
+    sink = Recorder()
+    async with running_source(double, sink, resources=(SERVICES,)):
+        double.drop_watches()
+        # Changes made while the watch is down arrive through the resumed watch.
+        double.store.create(SVC, _svc("during-drop", "10.96.2.1"))
+        double.store.delete(SVC, "default", "svc1")
+        await eventually(lambda: "default/during-drop" in sink.names("Service"))
+        await eventually(lambda: "default/svc1" not in sink.names("Service"))
+        watches = [p for m, p in double.requests if p == "/api/v1/services"]
+        assert len(watches) >= 2
+    relists = [c for c in sink.calls if c[0] == "replace_all"]
+    assert len(relists) == 1, "a dropped watch resumes from its resourceVersion, no relist"
+    applies = [c for c in sink.calls if c == ("apply", "Service", "default/during-drop")]
+    assert len(applies) == 1
+
+
+async def test_gone_relists_and_converges(double: ApiServerDouble) -> None:
+    sink = Recorder()
+    async with running_source(double, sink, resources=(SERVICES,)):
+        double.drop_watches()
+        # Everything below happens while no watch is open, then history is
+        # compacted: only a relist can learn it, and it must converge exactly.
+        double.store.create(SVC, _svc("after-compact", "10.96.3.1"))
+        double.store.delete(SVC, "default", "svc2")
+        changed = copy.deepcopy(double.store.get(SVC, "default", "svc3"))
+        changed["spec"]["clusterIP"] = "10.96.3.3"
+        double.store.update(SVC, changed)
+        double.compact()
+        await eventually(lambda: "default/after-compact" in sink.names("Service"))
+        want = {f"default/{o['metadata']['name']}" for o in double.store.items(SVC)}
+        await eventually(lambda: sink.names("Service") == want)
+        assert (sink.get("Service", "default", "svc3") or {})["spec"]["clusterIP"] == "10.96.3.3"
+    assert sum(1 for c in sink.calls if c[0] == "replace_all") >= 2
+
+
+async def test_broken_watch_line_is_skipped_and_the_rest_flows(double: ApiServerDouble) -> None:
+    sink = Recorder()
+    async with running_source(double, sink, resources=(SERVICES,)):
+        double.store.inject_raw(SVC, b'{"type": "ADDED", "object": {"metadata": ')
+        double.store.inject_raw(SVC, b'{"type": "SURPRISE", "object": {}}')
+        nameless = {"type": "ADDED", "object": {"kind": "Service", "metadata": {}}}
+        double.store.inject_raw(SVC, json.dumps(nameless).encode())
+        double.store.create(SVC, _svc("after-garbage", "10.96.4.1"))
+        await eventually(lambda: "default/after-garbage" in sink.names("Service"))
+    assert len(sink.names("Service")) == 8
+
+
+async def test_pod_field_selector_watches_only_this_node(double: ApiServerDouble) -> None:
+    def pod(name: str, node: str) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "curl"}},
+            "spec": {"nodeName": node},
+            "status": {"podIP": "10.244.9.9", "phase": "Running"},
+        }
+
+    double.store.create(POD, pod("mine", "node-a"))
+    double.store.create(POD, pod("theirs", "node-b"))
+    mine = ResourceSpec("", "v1", "pods", PODS.kind, field_selector="spec.nodeName=node-a")
+    sink = Recorder()
+    async with running_source(double, sink, resources=(mine,)):
+        assert sink.names("Pod") == {"default/mine"}
+        double.store.create(POD, pod("mine-2", "node-a"))
+        double.store.create(POD, pod("theirs-2", "node-b"))
+        await eventually(lambda: "default/mine-2" in sink.names("Pod"))
+    assert sink.names("Pod") == {"default/mine", "default/mine-2"}

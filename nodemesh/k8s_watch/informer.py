@@ -1,0 +1,133 @@
+"""One informer: turns a resource's list/watch stream into ObjectSink calls.
+
+It remembers a content fingerprint per object, so that
+- a change to only the status of a kind whose status nodemesh writes (the
+  cilium.io kinds) never reaches the model: our own status writes cannot
+  retrigger translation;
+- a replayed event (the same object version seen twice across a reconnect)
+  is not applied twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from nodemesh.k8s_watch.health import WatchHealth
+from nodemesh.k8s_watch.resources import ResourceSpec
+from nodemesh.k8s_watch.settings import WatchSettings
+from nodemesh.k8s_watch.sink import ObjectSink
+from nodemesh.k8s_watch.watching import SKIPPED, Changed, Listed, WatchApi, informer_stream
+
+log = structlog.get_logger("nodemesh.k8s_watch")
+
+Raw = dict[str, Any]
+Key = tuple[str, str]
+
+# Metadata the API server changes on every write; never content.
+_VOLATILE_META = ("resourceVersion", "managedFields", "generation")
+
+
+class MalformedObject(ValueError):
+    pass
+
+
+def fingerprint(spec: ResourceSpec, obj: Raw) -> str:
+    body = {k: v for k, v in obj.items() if k != "metadata"}
+    if spec.status_is_ours:
+        body.pop("status", None)
+    meta = obj.get("metadata") or {}
+    body["metadata"] = {k: v for k, v in meta.items() if k not in _VOLATILE_META}
+    encoded = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
+
+
+def normalize(spec: ResourceSpec, obj: Raw) -> tuple[Key, Raw]:
+    """Check the identity fields and fill in apiVersion/kind (list items lack them)."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise MalformedObject("metadata.name is missing or not a string")
+    ns = meta.get("namespace", "")
+    if spec.namespaced and (not isinstance(ns, str) or not ns):
+        raise MalformedObject("metadata.namespace is missing for a namespaced kind")
+    if obj.get("kind") != spec.kind.value or obj.get("apiVersion") != spec.api_version:
+        obj = {**obj, "apiVersion": spec.api_version, "kind": spec.kind.value}
+    return (ns if spec.namespaced else "", meta["name"]), obj
+
+
+class Informer:
+    def __init__(
+        self,
+        spec: ResourceSpec,
+        api: WatchApi,
+        sink: ObjectSink,
+        settings: WatchSettings,
+        health: WatchHealth,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self._api, self._sink, self._settings, self._health = api, sink, settings, health
+        self._on_change = on_change
+        self._seen: dict[Key, str] = {}
+        health.register(str(spec))
+
+    @property
+    def known(self) -> int:
+        return len(self._seen)
+
+    async def run(self) -> None:
+        async for item in informer_stream(self._api, self.spec, self._settings, self._health):
+            changed = self._relist(item) if isinstance(item, Listed) else self._event(item)
+            if changed and self._on_change is not None:
+                self._on_change()
+
+    def _skip(self, obj: Any, exc: Exception) -> None:
+        SKIPPED.labels(str(self.spec)).inc()
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        log.warning(
+            "object skipped",
+            resource=str(self.spec),
+            error=str(exc),
+            name=meta.get("name") if isinstance(meta, dict) else None,
+        )
+
+    def _relist(self, listed: Listed) -> bool:
+        raws: list[Raw] = []
+        seen: dict[Key, str] = {}
+        for item in listed.items:
+            try:
+                key, raw = normalize(self.spec, item)
+            except MalformedObject as exc:
+                self._skip(item, exc)
+                continue
+            raws.append(raw)
+            seen[key] = fingerprint(self.spec, raw)
+        if seen == self._seen and self._seen:
+            return False  # a relist that found nothing new (e.g. after a 410)
+        # One call for the whole set: objects missing from it are deleted in the
+        # same step, so the model never has a window without them or with stale ones.
+        self._sink.replace_all(self.spec.source, raws)
+        self._seen = seen
+        return True
+
+    def _event(self, change: Changed) -> bool:
+        try:
+            key, raw = normalize(self.spec, change.obj)
+        except MalformedObject as exc:
+            self._skip(change.obj, exc)
+            return False
+        if change.type == "DELETED":
+            if self._seen.pop(key, None) is None:
+                return False
+            self._sink.delete(self.spec.source, self.spec.kind.value, *key)
+            return True
+        fp = fingerprint(self.spec, raw)
+        if self._seen.get(key) == fp:
+            return False  # status-only change, or a replay of what we have
+        self._sink.apply(self.spec.source, raw)
+        self._seen[key] = fp
+        return True
