@@ -1,0 +1,283 @@
+"""Plan -> pinned maps, in an order that never leaves a VIP without backends.
+
+For each frontend the applier writes new or moved backend slots first, then
+the frontend's count; only then does it delete slots past the new count. A
+removed frontend loses its frontend entry first and its slots after. L7
+redirects are added after their frontend exists and removed before it goes.
+
+The starting point is always what is pinned, never an empty map: a restarted
+agent that applies the same plan writes nothing. A plan that would overflow a
+map, or that has a bad entry, is refused before the first write.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+from nodemesh.ebpf import pinned
+from nodemesh.ebpf.endpoints import PodCgroups
+from nodemesh.ebpf.errors import PlanError, PlanTooLarge
+from nodemesh.ebpf.maps import PinnedMap
+from nodemesh.ebpf.mirrors import (
+    L7RedirKey,
+    L7RedirValue,
+    Mirror,
+    ServiceKey,
+    ServiceValue,
+    ip_be,
+    port_be,
+)
+
+log = structlog.get_logger("nodemesh.ebpf.applier")
+
+IPPROTO: dict[int, int] = {pb.TCP: 6, pb.UDP: 17}
+MAX_BACKENDS = 0xFFFF  # nm_service_value.count is a __u16
+
+# (vip_be, port_be, proto) and (addr_be, port_be)
+Frontend = tuple[int, int, int]
+Addr = tuple[int, int]
+# (cgroup_id, vip_be, port_be, proto)
+L7Key = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """The plan compiled to map terms."""
+
+    frontends: dict[Frontend, list[Addr]]
+    redirects: dict[L7Key, Addr]
+    unresolved_clients: tuple[str, ...] = ()
+
+
+@dataclass
+class ApplyResult:
+    model_version: str
+    writes: int = 0
+    deletes: int = 0
+    unresolved_clients: tuple[str, ...] = ()
+    ops: list[str] = field(default_factory=list)
+
+
+def _ipv4(entry: str, field_name: str, value: str) -> int:
+    try:
+        return ip_be(str(ipaddress.IPv4Address(value)))
+    except ValueError as exc:
+        raise PlanError(f"{entry}: {field_name}: {value!r} is not an IPv4 address") from exc
+
+
+def _port(entry: str, field_name: str, value: int) -> int:
+    if not 1 <= value <= 0xFFFF:
+        raise PlanError(f"{entry}: {field_name}: {value} is not a port (1-65535)")
+    return port_be(value)
+
+
+def _proto(entry: str, value: int) -> int:
+    if value not in IPPROTO:
+        raise PlanError(f"{entry}: protocol: must be TCP or UDP, got {value}")
+    return IPPROTO[value]
+
+
+def _frontend(fe: pb.ServiceFrontend) -> tuple[Frontend, list[Addr]]:
+    key = (
+        _ipv4(fe.name, "vip", fe.vip),
+        _port(fe.name, "port", fe.port),
+        _proto(fe.name, fe.protocol),
+    )
+    if len(fe.backends) > MAX_BACKENDS:
+        raise PlanError(f"{fe.name}: backends: {len(fe.backends)} exceeds {MAX_BACKENDS}")
+    addrs: list[Addr] = []
+    for i, b in enumerate(fe.backends):
+        where = f"backends[{i}]"
+        addr = (
+            _ipv4(fe.name, f"{where}.address", b.address),
+            _port(fe.name, f"{where}.port", b.port),
+        )
+        if addr not in addrs:
+            addrs.append(addr)
+    return key, addrs
+
+
+def compile_plan(plan: pb.DatapathPlan, proxy_address: str | None, pods: PodCgroups) -> Desired:
+    frontends: dict[Frontend, list[Addr]] = {}
+    for fe in plan.frontends:
+        key, addrs = _frontend(fe)
+        if key in frontends:
+            raise PlanError(f"{fe.name}: vip/port/protocol: duplicates another frontend")
+        frontends[key] = addrs
+    redirects: dict[L7Key, Addr] = {}
+    unresolved: list[str] = []
+    for r in plan.redirects:
+        if proxy_address is None:
+            raise PlanError(f"{r.name}: the agent has no proxy address (--proxy-address)")
+        fe_key = (
+            _ipv4(r.name, "vip", r.vip),
+            _port(r.name, "port", r.port),
+            _proto(r.name, r.protocol),
+        )
+        if fe_key not in frontends:
+            raise PlanError(f"{r.name}: frontend: {r.frontend!r} is not in the plan")
+        target = (
+            _ipv4(r.name, "proxy address", proxy_address),
+            _port(r.name, "proxy_port", r.proxy_port),
+        )
+        cgroups: list[int] = [0] if r.all_clients else []
+        for client in r.clients:
+            cg = pods.cgroup_id(client.pod)
+            if cg is None:
+                unresolved.append(client.pod)  # not on this node (or not started yet)
+            else:
+                cgroups.append(cg)
+        for cg in cgroups:
+            redirects[(cg, *fe_key)] = target
+    return Desired(frontends, redirects, tuple(sorted(set(unresolved))))
+
+
+def _svc_key(fe: Frontend, slot: int) -> ServiceKey:
+    return ServiceKey(vip_be=fe[0], port_be=fe[1], proto=fe[2], slot=slot)
+
+
+def read_services(m: PinnedMap[Mirror, Mirror]) -> dict[Frontend, dict[int, ServiceValue]]:
+    """Pinned services, grouped: frontend -> slot -> value (slot 0 is the count)."""
+    out: dict[Frontend, dict[int, ServiceValue]] = {}
+    for key, value in m.items().values():
+        assert isinstance(key, ServiceKey) and isinstance(value, ServiceValue)
+        out.setdefault((key.vip_be, key.port_be, key.proto), {})[key.slot] = value
+    return out
+
+
+def read_redirects(m: PinnedMap[Mirror, Mirror]) -> dict[L7Key, Addr]:
+    out: dict[L7Key, Addr] = {}
+    for key, value in m.items().values():
+        assert isinstance(key, L7RedirKey) and isinstance(value, L7RedirValue)
+        out[(key.cgroup_id, key.vip_be, key.port_be, key.proto)] = (
+            value.proxy_addr_be,
+            value.proxy_port_be,
+        )
+    return out
+
+
+def _layout(current: list[Addr], desired: list[Addr]) -> list[Addr]:
+    """New slot order: survivors keep their slot where it still exists, so
+    connects in flight keep landing on the same backends."""
+    m = len(desired)
+    wanted = set(desired)
+    layout: list[Addr | None] = [a if a in wanted else None for a in current[:m]]
+    layout += [None] * (m - len(layout))
+    placed = {a for a in layout if a is not None}
+    rest = iter(a for a in desired if a not in placed)
+    return [a if a is not None else next(rest) for a in layout]
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    map: str  # "services" or "l7"
+    key: Mirror
+    value: Mirror | None  # None: delete
+
+    def __str__(self) -> str:
+        verb = "del" if self.value is None else "put"
+        return f"{verb} {self.map} {self.key.as_tuple()}"
+
+
+def _grow_ops(fe: Frontend, slots: dict[int, ServiceValue], desired: list[Addr]) -> list[Op]:
+    """Ops for a new or changed frontend, in the never-empty order."""
+    count = slots[0].count if 0 in slots else 0
+    current = [
+        (slots[i].addr_be, slots[i].port_be) if i in slots else (0, 0) for i in range(1, count + 1)
+    ]
+    layout = _layout(current, desired)
+    ops: list[Op] = []
+    for i, addr in enumerate(layout, start=1):
+        have = slots.get(i)
+        if have is None or (have.addr_be, have.port_be) != addr:
+            ops.append(
+                Op("services", _svc_key(fe, i), ServiceValue(addr_be=addr[0], port_be=addr[1]))
+            )
+    if 0 not in slots or count != len(layout):
+        ops.append(Op("services", _svc_key(fe, 0), ServiceValue(count=len(layout))))
+    # Past the new count, including strays a crashed agent may have left.
+    ops += [Op("services", _svc_key(fe, i), None) for i in sorted(slots) if i > len(layout)]
+    return ops
+
+
+def _remove_ops(fe: Frontend, slots: dict[int, ServiceValue]) -> list[Op]:
+    order = sorted(slots)  # slot 0, the frontend, goes first
+    return [Op("services", _svc_key(fe, i), None) for i in order]
+
+
+def _l7_op(key: L7Key, target: Addr | None) -> Op:
+    k = L7RedirKey(cgroup_id=key[0], vip_be=key[1], port_be=key[2], proto=key[3])
+    v = None if target is None else L7RedirValue(proxy_addr_be=target[0], proxy_port_be=target[1])
+    return Op("l7", k, v)
+
+
+def plan_ops(
+    desired: Desired,
+    services: dict[Frontend, dict[int, ServiceValue]],
+    redirects: dict[L7Key, Addr],
+) -> list[Op]:
+    """Every write and delete, in order, that takes the pinned state to `desired`."""
+    ops: list[Op] = []
+    for fe in sorted(desired.frontends):
+        ops += _grow_ops(fe, services.get(fe, {}), desired.frontends[fe])
+    for key in sorted(desired.redirects):
+        if redirects.get(key) != desired.redirects[key]:
+            ops.append(_l7_op(key, desired.redirects[key]))
+    ops += [_l7_op(key, None) for key in sorted(set(redirects) - set(desired.redirects))]
+    for fe in sorted(set(services) - set(desired.frontends)):
+        ops += _remove_ops(fe, services[fe])
+    return ops
+
+
+def _check_capacity(
+    spec: pinned.MapSpec, current: Iterable[tuple[int, ...]], ops: list[Op]
+) -> None:
+    # Peak occupancy: adds land before deletes, so count both at once.
+    keys = set(current) | {op.key.as_tuple() for op in ops if op.value is not None}
+    if len(keys) > spec.capacity:
+        raise PlanTooLarge(
+            f"{spec.name} would need {len(keys)} entries during the update but holds "
+            f"{spec.capacity}; nothing was written"
+        )
+
+
+def apply(
+    plan: pb.DatapathPlan, maps_dir: Path, proxy_address: str | None, pods: PodCgroups
+) -> ApplyResult:
+    """Bring the pinned maps to `plan`, starting from what they hold now."""
+    desired = compile_plan(plan, proxy_address, pods)
+    result = ApplyResult(plan.model_version, unresolved_clients=desired.unresolved_clients)
+    with (
+        pinned.open_map(maps_dir, pinned.SERVICES) as svc_map,
+        pinned.open_map(maps_dir, pinned.L7REDIR) as l7_map,
+    ):
+        services = read_services(svc_map)
+        redirects = read_redirects(l7_map)
+        ops = plan_ops(desired, services, redirects)
+        svc_keys = [_svc_key(fe, s).as_tuple() for fe, slots in services.items() for s in slots]
+        _check_capacity(pinned.SERVICES, svc_keys, [o for o in ops if o.map == "services"])
+        l7_keys = [_l7_op(k, None).key.as_tuple() for k in redirects]
+        _check_capacity(pinned.L7REDIR, l7_keys, [o for o in ops if o.map == "l7"])
+        for op in ops:
+            target = svc_map if op.map == "services" else l7_map
+            if op.value is None:
+                target.delete(op.key)
+                result.deletes += 1
+            else:
+                target.update(op.key, op.value)
+                result.writes += 1
+            result.ops.append(str(op))
+    log.info(
+        "plan applied",
+        model_version=plan.model_version,
+        writes=result.writes,
+        deletes=result.deletes,
+        unresolved_clients=list(result.unresolved_clients),
+    )
+    return result
