@@ -1,0 +1,290 @@
+"""MeshStore: keep-last-good, admission, versions, backends, change notification."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from nodemesh.model.objects import EnvoyConfig, Kind, ObjectError, ObjectRef, ServiceName
+from nodemesh.model.snapshot import MeshModel
+from nodemesh.model.store import MeshStore
+
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+WEB = ObjectRef(Kind.SERVICE, "shop", "web")
+
+
+def service(name: str = "web", port: Any = 80, **spec: Any) -> dict[str, Any]:
+    ports = [{"name": "http", "port": port, "targetPort": 8080}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"ports": ports, "selector": {"app": name}, **spec},
+    }
+
+
+def endpoint_slice(
+    name: str, service_name: str, ips: list[str], port: int = 8080
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port}],
+        "endpoints": [{"addresses": [ip]} for ip in ips],
+    }
+
+
+def cec(name: str, services: Sequence[str] = ("web",), created: str = "") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "shop"}
+    if created:
+        meta["creationTimestamp"] = created
+    return {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumEnvoyConfig",
+        "metadata": meta,
+        "spec": {
+            "services": [{"name": s} for s in services],
+            "resources": [{"@type": ROUTE, "name": "routes", "virtual_hosts": []}],
+        },
+    }
+
+
+def errors_of(model: MeshModel, name: str) -> list[ObjectError]:
+    return [e for e in model.errors if e.ref.name == name]
+
+
+def test_bad_update_keeps_last_good_version() -> None:
+    store = MeshStore()
+    store.apply("test", service(port=80))
+    first = store.build()
+    assert first.services[ServiceName("shop", "web")].ports[0].port == 80
+    store.apply("test", service(port=99999))
+    second = store.build()
+    (error,) = second.errors
+    assert (error.ref, error.field, error.kept_previous) == (WEB, "spec.ports[0].port", True)
+    assert second.services[ServiceName("shop", "web")].ports[0].port == 80
+    assert second.version == first.version
+    store.apply("test", service(port=81))
+    third = store.build()
+    assert third.errors == ()
+    assert third.services[ServiceName("shop", "web")].ports[0].port == 81
+
+
+def test_bad_object_without_previous_version_is_just_reported() -> None:
+    store = MeshStore()
+    store.apply("test", service("other"))
+    store.apply("test", service(port="eighty"))
+    model = store.build()
+    (error,) = model.errors
+    assert error.ref == WEB and not error.kept_previous
+    assert list(model.services) == [ServiceName("shop", "other")]
+    store.delete("test", "Service", "shop", "web")
+    assert store.build().errors == ()
+
+
+def test_build_only_when_something_changed() -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    model = store.build()
+    assert store.build() is model
+    store.apply("test", service())  # same content
+    assert store.build() is model
+    store.apply("test", service(port=81))
+    assert store.build().generation == model.generation + 1
+
+
+def test_missing_service_rejects_cec_until_it_appears() -> None:
+    store = MeshStore()
+    store.apply("test", cec("split"))
+    model = store.build()
+    (error,) = model.errors
+    assert error.ref == ObjectRef(Kind.ENVOY_CONFIG, "shop", "split")
+    assert error.field == "spec.services[0].name" and "shop/web" in error.reason
+    assert model.envoy_configs == () and model.redirects == ()
+    store.apply("test", service())
+    model = store.build()
+    assert model.errors == ()
+    assert [c.ref.name for c in model.envoy_configs] == ["split"]
+    assert [(r.service.name, r.port) for r in model.redirects] == [("web", 80)]
+
+
+def test_conflict_oldest_wins_and_loser_names_winner() -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    store.apply("test", cec("young", created="2024-06-01T00:00:00Z"))
+    store.apply("test", cec("old", created="2024-01-01T00:00:00Z"))
+    model = store.build()
+    assert [c.ref.name for c in model.envoy_configs] == ["old"]
+    (error,) = model.errors
+    assert error.ref.name == "young" and error.field == "spec.services[0]"
+    assert "CiliumEnvoyConfig shop/old" in error.reason
+    assert model.redirects[0].owners == (ObjectRef(Kind.ENVOY_CONFIG, "shop", "old"),)
+    # Same age: the name decides.
+    store.apply("test", cec("young", created="2024-01-01T00:00:00Z"))
+    model = store.build()
+    assert [c.ref.name for c in model.envoy_configs] == ["old"]
+    store.delete("test", "CiliumEnvoyConfig", "shop", "old")
+    model = store.build()
+    assert [c.ref.name for c in model.envoy_configs] == ["young"] and model.errors == ()
+
+
+def test_rejected_cec_update_keeps_previous_version() -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    store.apply("test", cec("split"))
+    good = store.build()
+    broken = cec("split", services=("web", "gone"))
+    store.apply("test", broken)
+    model = store.build()
+    (error,) = model.errors
+    assert error.kept_previous and error.field == "spec.services[1].name"
+    assert model.envoy_configs == good.envoy_configs
+    unparsable = copy.deepcopy(broken)
+    del unparsable["spec"]["resources"][0]["name"]
+    store.apply("test", unparsable)
+    model = store.build()
+    (error,) = model.errors
+    assert (error.field, error.kept_previous) == ("spec.resources[0].name", True)
+    assert model.envoy_configs == good.envoy_configs
+
+
+class RejectNamed:
+    """A validator in the shape the xDS translator provides."""
+
+    def __init__(self, bad: str) -> None:
+        self.bad = bad
+        self.calls = 0
+
+    def __call__(self, config: EnvoyConfig) -> Sequence[ObjectError]:
+        self.calls += 1
+        return [
+            ObjectError(config.ref, r.field, "invalid Envoy resource")
+            for r in config.resources
+            if r.name == self.bad
+        ]
+
+
+def test_validators_decide_admission_and_are_not_rerun_needlessly() -> None:
+    validator = RejectNamed("routes")
+    store = MeshStore([validator])
+    store.apply("test", service())
+    store.apply("test", cec("split"))
+    model = store.build()
+    (error,) = model.errors
+    assert (error.field, error.reason) == ("spec.resources[0]", "invalid Envoy resource")
+    assert model.envoy_configs == ()
+    calls = validator.calls
+    store.apply("test", service(port=81))  # Services change: admission re-runs
+    store.build()
+    assert validator.calls == calls
+
+
+def test_version_is_independent_of_order_and_source_names() -> None:
+    raws = [service(), service("db"), endpoint_slice("web-1", "web", ["10.0.0.1"]), cec("split")]
+    versions = set()
+    for seed in range(5):
+        shuffled = raws[:]
+        random.Random(seed).shuffle(shuffled)
+        store = MeshStore()
+        for raw in shuffled:
+            store.apply(f"source-{seed}", raw)
+        versions.add(store.build().version)
+    assert len(versions) == 1
+    store = MeshStore()
+    store.replace_all("files", raws)
+    model = store.build()
+    assert model.version in versions
+    store.apply("files", endpoint_slice("web-1", "web", ["10.0.0.2"]))
+    assert store.build().version != model.version
+
+
+def test_replace_all_deletes_missing_and_skips_unknown() -> None:
+    store = MeshStore()
+    store.replace_all("files", [service(), service("db")])
+    assert len(store.build().services) == 2
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    skipped = store.replace_all("files", [service("db"), config_map])
+    assert [s.reason for s in skipped] == ["v1 ConfigMap is not a kind nodemesh models"]
+    assert list(store.build().services) == [ServiceName("shop", "db")]
+
+
+def test_first_source_by_name_wins_for_shared_objects() -> None:
+    store = MeshStore()
+    store.apply("b-kube", service(port=81))
+    store.apply("a-files", service(port=80))
+    assert store.build().services[ServiceName("shop", "web")].ports[0].port == 80
+    store.delete("a-files", "Service", "shop", "web")
+    assert store.build().services[ServiceName("shop", "web")].ports[0].port == 81
+
+
+def test_backends_resolve_ports_by_name_across_slices() -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    store.apply("test", endpoint_slice("web-1", "web", ["10.0.0.1", "10.0.0.2"]))
+    store.apply("test", endpoint_slice("web-2", "web", ["10.0.0.3", "10.0.0.1"]))
+    wrong_name = endpoint_slice("web-3", "web", ["10.0.0.9"])
+    wrong_name["ports"][0]["name"] = "metrics"
+    store.apply("test", wrong_name)
+    model = store.build()
+    found = [(b.address, b.port) for b in model.backends_of(ServiceName("shop", "web"), 80)]
+    assert found == [("10.0.0.1", 8080), ("10.0.0.2", 8080), ("10.0.0.3", 8080)]
+    store.delete("test", "EndpointSlice", "shop", "web-1")
+    model = store.build()
+    found = [(b.address, b.port) for b in model.backends_of(ServiceName("shop", "web"), 80)]
+    assert found == [("10.0.0.3", 8080), ("10.0.0.1", 8080)]
+
+
+async def test_updates_coalesce_bursts_latest_wins() -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    seen: list[MeshModel] = []
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for model in store.updates(debounce=0.05):
+            seen.append(model)
+            started.set()
+            if any(len(m.endpoint_slices) == 50 for m in seen):
+                return
+
+    consumer = asyncio.create_task(consume(), name="consumer")
+    await asyncio.wait_for(started.wait(), timeout=30)
+    for index in range(50):
+        store.apply("test", endpoint_slice(f"web-{index}", "web", [f"10.0.1.{index}"]))
+        await asyncio.sleep(0)  # let the consumer run between changes
+    await asyncio.wait_for(consumer, timeout=30)
+    # The burst reached consumers as far fewer models than changes.
+    assert len(seen) < 10
+    assert len(seen[-1].endpoint_slices) == 50
+
+
+async def test_updates_generator_cleans_up() -> None:
+    store = MeshStore()
+    stream = store.updates(debounce=0.01)
+    await anext(stream)
+    await stream.aclose()
+    store.apply("test", service())  # no subscriber left to wake; must not fail
+    assert store.build().services
+
+
+@pytest.mark.parametrize("kind", ["CiliumEnvoyConfig", "Service"])
+def test_delete_removes_object(kind: str) -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    store.apply("test", cec("split"))
+    assert store.build().redirects
+    name = "split" if kind == "CiliumEnvoyConfig" else "web"
+    store.delete("test", kind, "shop", name)
+    model = store.build()
+    assert model.redirects == ()
