@@ -1,0 +1,120 @@
+"""Static checks on user resources: deprecated fields (converted or warned
+about) and weighted-cluster totals Envoy would reject.
+
+The article's RouteConfiguration sets `weighted_clusters.total_weight`, which
+the v3 API deprecated at 3.0: Envoy 1.40 still parses it but ignores it (the
+sum of the weights is the total). nodemesh drops it after checking that it
+agrees with that sum, so the split the user reads is the split Envoy makes;
+a total that disagrees is an error, because the user meant a different split.
+Any other field marked deprecated in the protos Envoy was built from is kept
+and reported as a warning naming it.
+
+Weights must sum to more than zero (Envoy NACKs a route otherwise), and each
+weighted entry needs a cluster name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from envoy.config.route.v3 import route_components_pb2
+from google.protobuf import any_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from nodemesh.xds.translate.errors import ResourceError
+from nodemesh.xds.translate.registry import pack, unpack
+
+
+@dataclass
+class Findings:
+    """Warnings (field, reason) and errors found while walking one resource."""
+
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[ResourceError] = field(default_factory=list)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _convert_total_weight(
+    weighted: route_components_pb2.WeightedCluster, path: str, findings: Findings
+) -> None:
+    total = weighted.total_weight.value
+    actual = sum(c.weight.value for c in weighted.clusters)
+    where = _join(path, "total_weight")
+    if total != actual:
+        findings.errors.append(
+            ResourceError(
+                where,
+                f"total_weight {total} does not equal the sum of the cluster weights "
+                f"({actual}); Envoy ignores total_weight, so fix the weights",
+            )
+        )
+        return
+    weighted.ClearField("total_weight")
+    findings.warnings.append(
+        (where, "deprecated field removed from the v3 API; dropped (it equals the weights' sum)")
+    )
+
+
+def _check_weights(
+    weighted: route_components_pb2.WeightedCluster, path: str, findings: Findings
+) -> None:
+    if sum(c.weight.value for c in weighted.clusters) == 0:
+        findings.errors.append(
+            ResourceError(_join(path, "clusters"), "the cluster weights sum to 0")
+        )
+    for index, entry in enumerate(weighted.clusters):
+        if not (entry.name or entry.cluster_header):
+            findings.errors.append(
+                ResourceError(
+                    _join(path, f"clusters[{index}].name"), "weighted cluster has no name"
+                )
+            )
+
+
+def _visit(message: Message, path: str, findings: Findings) -> bool:
+    """Walk one message; True when something was changed in place."""
+    changed = False
+    if isinstance(message, route_components_pb2.WeightedCluster):
+        _check_weights(message, path, findings)
+        if message.HasField("total_weight"):
+            _convert_total_weight(message, path, findings)
+            changed = True
+    for descriptor, value in message.ListFields():
+        name = _join(path, descriptor.name)
+        if descriptor.GetOptions().deprecated:
+            findings.warnings.append((name, "deprecated field; Envoy may drop it in a release"))
+        if descriptor.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if descriptor.is_repeated:
+            entry = descriptor.message_type
+            if entry is not None and entry.GetOptions().map_entry:
+                items = [(f"{name}[{k!r}]", v) for k, v in value.items() if isinstance(v, Message)]
+            else:
+                items = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
+            for item_path, item in items:
+                changed |= _visit_one(item, item_path, findings)
+        else:
+            changed |= _visit_one(value, name, findings)
+    return changed
+
+
+def _visit_one(message: Message, path: str, findings: Findings) -> bool:
+    if isinstance(message, any_pb2.Any):
+        inner = unpack(message)
+        if _visit(inner, path, findings):
+            message.CopyFrom(pack(inner))
+            return True
+        return False
+    return _visit(message, path, findings)
+
+
+def check_resource(message: Message, path: str = "") -> Findings:
+    """Convert or report every deprecated field set in `message` (in place), and
+    check weighted clusters."""
+    findings = Findings()
+    _visit(message, path, findings)
+    return findings

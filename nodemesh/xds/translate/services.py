@@ -1,0 +1,105 @@
+"""Service clusters: one EDS Cluster and one ClusterLoadAssignment per Service port.
+
+Service clusters are shared by every CEC and redirect that routes to the
+Service. They are named "<namespace>/<name>" when the Service has one port and
+"<namespace>/<name>:<port>" otherwise, which is also how users refer to them
+in routes ("<namespace>/<name>:<port>" is accepted for a one-port Service too).
+Endpoints come over ADS (EDS, API v3), so an endpoint change touches only the
+ClusterLoadAssignment.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+
+from nodemesh.model.objects import Service, ServiceName
+from nodemesh.model.snapshot import BackendAddress
+from nodemesh.xds.translate.errors import ResourceError
+
+# DNS-1123 labels, as Kubernetes names namespaces and Services; port by number or name.
+_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+SERVICE_REF = re.compile(rf"^({_LABEL})/({_LABEL})(?::([0-9]+|{_LABEL}))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRef:
+    """A cluster name in a user resource that names a Service ("ns/name[:port]")."""
+
+    raw: str
+    service: ServiceName
+    port: str | None  # as written: a number, a port name, or None
+
+
+def parse_service_ref(raw: str) -> ServiceRef | None:
+    match = SERVICE_REF.match(raw)
+    if match is None:
+        return None
+    return ServiceRef(raw, ServiceName(match[1], match[2]), match[3])
+
+
+def cluster_name(service: Service, port: int) -> str:
+    """The shared cluster name of one port of a Service."""
+    base = f"{service.ref.namespace}/{service.ref.name}"
+    return base if len(service.ports) == 1 else f"{base}:{port}"
+
+
+def resolve_port(service: Service, port: str | None) -> int:
+    """The Service port a reference means, or ResourceError("", reason)."""
+    numbers = [p.port for p in service.ports]
+    if port is None:
+        if len(numbers) == 1:
+            return numbers[0]
+        listed = ", ".join(str(n) for n in numbers) or "none"
+        raise ResourceError(
+            "",
+            f"Service {service.service_name} has ports {listed}: name one as "
+            f"{service.service_name}:<port>",
+        )
+    for candidate in service.ports:
+        if str(candidate.port) == port or candidate.name == port:
+            return candidate.port
+    raise ResourceError("", f"Service {service.service_name} has no port {port!r}")
+
+
+def build_cluster(name: str, connect_timeout_ms: int) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
+    cluster.connect_timeout.FromMilliseconds(connect_timeout_ms)
+    eds = cluster.eds_cluster_config
+    eds.service_name = name
+    eds.eds_config.ads.SetInParent()
+    eds.eds_config.resource_api_version = config_source_pb2.V3
+    return cluster
+
+
+def _health(backend: BackendAddress) -> int | None:
+    if backend.ready:
+        return int(health_check_pb2.HEALTHY)
+    if backend.serving:
+        # Terminating but still serving: Envoy uses it only when nothing else is left.
+        return int(health_check_pb2.DRAINING)
+    return None
+
+
+def build_load_assignment(
+    name: str, backends: tuple[BackendAddress, ...]
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Endpoints in a stable order (sorted), so equal input encodes equally."""
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    if not backends:
+        return assignment
+    locality = assignment.endpoints.add()
+    for backend in sorted(backends, key=lambda b: (b.address, b.port)):
+        health = _health(backend)
+        if health is None:
+            continue
+        entry = locality.lb_endpoints.add()
+        socket = entry.endpoint.address.socket_address
+        socket.address = backend.address
+        socket.port_value = backend.port
+        entry.health_status = health
+    return assignment
