@@ -67,7 +67,10 @@ class MeshStore:
 
     def apply(self, source: str, raw: Mapping[str, Any]) -> None:
         """Upsert one object. Raises ParseError when it cannot even be identified
-        (UnknownKindError for kinds the mesh does not model)."""
+        (UnknownKindError for kinds the mesh does not model).
+
+        The store keeps `raw` itself, not a copy: do not mutate it afterwards
+        (a change would go unnoticed); apply a new dict instead."""
         ref = object_ref(raw)
         held = self._sources.setdefault(source, {})
         if held.get(ref) != raw:
