@@ -1,0 +1,234 @@
+"""Immutable xDS snapshots: every resource a node (or a group) should hold.
+
+A snapshot is built once from the translator's output
+(`Mapping[type_url, Mapping[name, Message]]`) and never changes afterwards;
+streams read it concurrently without locks. Resources unchanged since the
+previous snapshot (same message object, or same bytes) reuse the previous
+encoding, so a one-endpoint change encodes one resource.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf.message import DecodeError, Message
+
+from nodemesh.xds.cache.errors import SnapshotError
+from nodemesh.xds.cache.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    EncodedResource,
+    content_hash,
+    is_valid_type_url,
+)
+
+_HCM_TYPE = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+_serials = itertools.count(1)
+# How many ancestors a snapshot remembers its change set against; streams
+# further behind than this fall back to a full diff.
+_CHANGE_HISTORY = 8
+_MAX_CHANGE_ENTRIES = 64
+
+ChangeSet = Mapping[str, frozenset[str]]
+
+
+def view_version(resources: Iterable[EncodedResource]) -> str:
+    """Content version of a set of resources: hash of the sorted (name,
+    version) pairs. Any replica computes the same string for the same set."""
+    pairs = sorted((r.name, r.version) for r in resources)
+    return content_hash(f"{name}\0{version}".encode() for name, version in pairs)
+
+
+class Snapshot:
+    """All resources of one node (or group) at one model version.
+
+    Contract: treat every mapping returned here as read-only; they are shared
+    by every stream.
+    """
+
+    def __init__(self, label: str, resources: Mapping[str, Mapping[str, EncodedResource]]) -> None:
+        self.label = label
+        self.serial = next(_serials)
+        self.resources: Mapping[str, Mapping[str, EncodedResource]] = MappingProxyType(
+            {t: MappingProxyType(dict(by_name)) for t, by_name in resources.items()}
+        )
+        self._type_versions: dict[str, str] = {}
+        self._wildcard_bodies: dict[str, bytes] = {}
+        self._versions: dict[str, Mapping[str, str]] = {}
+        # ancestor serial -> names changed (added, modified or removed) per type
+        self._changes: dict[int, dict[str, frozenset[str]]] = {}
+        self._issues: tuple[str, ...] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        resources: Mapping[str, Mapping[str, Message]],
+        label: str,
+        previous: Snapshot | None = None,
+    ) -> Snapshot:
+        """Encode `resources` once. Raises SnapshotError naming the type URL
+        and resource on bad input; `previous` lets unchanged resources reuse
+        their encoding."""
+        encoded: dict[str, dict[str, EncodedResource]] = {}
+        for type_url, by_name in resources.items():
+            if not is_valid_type_url(type_url):
+                raise SnapshotError(f"snapshot {label!r}: invalid type URL {type_url!r}")
+            old = previous.resources.get(type_url, {}) if previous is not None else {}
+            encoded[type_url] = {
+                name: _encode(type_url, name, message, old.get(name), label)
+                for name, message in by_name.items()
+            }
+        return cls(label, encoded)
+
+    def get(self, type_url: str) -> Mapping[str, EncodedResource]:
+        """Resources of one type by name (empty mapping when none)."""
+        return self.resources.get(type_url, _EMPTY)
+
+    def type_version(self, type_url: str) -> str:
+        """Content version of all resources of this type (the SotW wildcard
+        version_info)."""
+        version = self._type_versions.get(type_url)
+        if version is None:
+            version = view_version(self.get(type_url).values())
+            self._type_versions[type_url] = version
+        return version
+
+    def versions(self, type_url: str) -> Mapping[str, str]:
+        """name -> version of every resource of this type, built once and
+        shared (wildcard streams keep a reference instead of a copy)."""
+        versions = self._versions.get(type_url)
+        if versions is None:
+            versions = MappingProxyType({n: r.version for n, r in self.get(type_url).items()})
+            self._versions[type_url] = versions
+        return versions
+
+    def wildcard_body(self, type_url: str) -> bytes:
+        """The concatenated `resources` fields of a full-state SotW response,
+        encoded once per snapshot and shared by every wildcard stream."""
+        body = self._wildcard_bodies.get(type_url)
+        if body is None:
+            body = b"".join(r.sotw_field for r in self.get(type_url).values())
+            self._wildcard_bodies[type_url] = body
+        return body
+
+    def changes_since(self, serial: int) -> ChangeSet | None:
+        """Names changed per type since the snapshot with `serial`, or None
+        when that snapshot is not a recent ancestor (caller does a full diff)."""
+        if serial == self.serial:
+            return MappingProxyType({})
+        return self._changes.get(serial)
+
+    def link(self, previous: Snapshot) -> None:
+        """Record what changed since `previous` (and its recent ancestors).
+        The cache calls this once, before publishing the snapshot."""
+        if previous.serial in self._changes:
+            return  # the same snapshot published under several keys
+        step = diff_snapshots(previous, self)
+        if len(self._changes) > _MAX_CHANGE_ENTRIES:
+            self._changes.clear()  # bounded; streams fall back to a full diff
+        self._changes[previous.serial] = step
+        recent = sorted(previous._changes.items(), reverse=True)[: _CHANGE_HISTORY - 1]
+        for serial, older in recent:
+            merged = dict(older)
+            for type_url, names in step.items():
+                merged[type_url] = merged.get(type_url, frozenset()) | names
+            self._changes[serial] = merged
+
+    def consistency_issues(self) -> tuple[str, ...]:
+        """Go-control-plane's Consistent(), as a report: every route
+        configuration a listener names and every endpoint assignment an EDS
+        cluster names must exist. Never raises; computed once."""
+        if self._issues is None:
+            self._issues = self._check_consistency()
+        return self._issues
+
+    def _check_consistency(self) -> tuple[str, ...]:
+        issues: list[str] = []
+        routes = self.get(ROUTE)
+        for name, res in sorted(self.get(LISTENER).items()):
+            for rds_name in _listener_rds_names(res.message):
+                if rds_name not in routes:
+                    issues.append(f"listener {name!r} names missing route config {rds_name!r}")
+        endpoints = self.get(ENDPOINT)
+        for name, res in sorted(self.get(CLUSTER).items()):
+            eds_name = _cluster_eds_name(res.message)
+            if eds_name is not None and eds_name not in endpoints:
+                issues.append(f"cluster {name!r} names missing endpoints {eds_name!r}")
+        return tuple(issues)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{t.rsplit('.', 1)[-1]}={len(r)}" for t, r in self.resources.items())
+        return f"Snapshot(label={self.label!r}, serial={self.serial}, {counts})"
+
+
+_EMPTY: Mapping[str, EncodedResource] = MappingProxyType({})
+
+
+def _encode(
+    type_url: str, name: str, message: Message, old: EncodedResource | None, label: str
+) -> EncodedResource:
+    if not isinstance(message, Message):
+        raise SnapshotError(
+            f"snapshot {label!r}: resource {name!r} of {type_url} is not a protobuf message"
+        )
+    if old is not None and old.message is message:
+        return old
+    try:
+        fresh = EncodedResource(type_url, name, message)
+    except Exception as exc:
+        raise SnapshotError(
+            f"snapshot {label!r}: resource {name!r} of {type_url} cannot be encoded: {exc}"
+        ) from exc
+    if old is not None and old.version == fresh.version:
+        return old  # keep the shared object so identity checks stay cheap
+    return fresh
+
+
+def diff_snapshots(old: Snapshot, new: Snapshot) -> dict[str, frozenset[str]]:
+    """Names added, changed or removed per type between two snapshots."""
+    changes: dict[str, frozenset[str]] = {}
+    for type_url in set(old.resources) | set(new.resources):
+        before, after = old.get(type_url), new.get(type_url)
+        changed = {n for n, r in after.items() if before.get(n) is not r}
+        changed.update(n for n in before if n not in after)
+        if changed:
+            changes[type_url] = frozenset(changed)
+    return changes
+
+
+def _listener_rds_names(message: Message) -> list[str]:
+    if not isinstance(message, listener_pb2.Listener):
+        return []
+    names: list[str] = []
+    chains = list(message.filter_chains)
+    if message.HasField("default_filter_chain"):
+        chains.append(message.default_filter_chain)
+    for chain in chains:
+        for net_filter in chain.filters:
+            if net_filter.typed_config.type_url != _HCM_TYPE:
+                continue
+            hcm = hcm_pb2.HttpConnectionManager()
+            try:
+                net_filter.typed_config.Unpack(hcm)
+            except DecodeError:
+                continue
+            if hcm.HasField("rds"):
+                names.append(hcm.rds.route_config_name)
+    return names
+
+
+def _cluster_eds_name(message: Message) -> str | None:
+    if not isinstance(message, cluster_pb2.Cluster):
+        return None
+    if message.type != cluster_pb2.Cluster.EDS:
+        return None
+    return str(message.eds_cluster_config.service_name or message.name)

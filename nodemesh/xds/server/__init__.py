@@ -1,0 +1,35 @@
+"""ADS (SotW and delta) and CSDS server over the snapshot cache."""
+
+from nodemesh.xds.server.errors import (
+    ClientTooSlow,
+    InvalidRequest,
+    ServerConfigError,
+    TooManyNames,
+    XdsServerError,
+)
+from nodemesh.xds.server.server import AdsServer, ServerSettings, TlsSettings
+from nodemesh.xds.server.status import (
+    ClientResourceStatus,
+    ClientStatus,
+    ConfigStatus,
+    ResourceStatus,
+    TypeStatus,
+)
+from nodemesh.xds.server.stream import StreamSettings
+
+__all__ = [
+    "AdsServer",
+    "ClientResourceStatus",
+    "ClientStatus",
+    "ClientTooSlow",
+    "ConfigStatus",
+    "InvalidRequest",
+    "ResourceStatus",
+    "ServerConfigError",
+    "ServerSettings",
+    "StreamSettings",
+    "TlsSettings",
+    "TooManyNames",
+    "TypeStatus",
+    "XdsServerError",
+]

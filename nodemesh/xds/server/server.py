@@ -1,0 +1,256 @@
+"""The grpc.aio server: ADS (SotW and delta) and CSDS on TCP and/or a Unix
+domain socket, optional TLS/mTLS on TCP, two-stage graceful shutdown.
+
+Unknown type URLs: a request whose type_url is not a
+`type.googleapis.com/<message>` URL is malformed and ends the stream with
+INVALID_ARGUMENT (the protocol lets the server close the stream). A
+well-formed type URL the server holds no resources for is served as an empty
+type (names asked for are sent if they ever appear), because Envoy may ask
+over ADS for types this control plane does not produce (SDS, for example)
+and must not lose its whole stream for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.status.v3 import csds_pb2_grpc
+from google.protobuf.message import Message
+
+from nodemesh.xds.cache import SnapshotSource
+from nodemesh.xds.metrics import XdsMetrics, default_metrics
+from nodemesh.xds.server.delta import DeltaStream
+from nodemesh.xds.server.errors import ServerConfigError, XdsServerError, grpc_status_for
+from nodemesh.xds.server.sotw import SotwStream
+from nodemesh.xds.server.status import ClientStatus, frozen_types, type_status
+from nodemesh.xds.server.stream import AdsStream, StreamSettings
+
+log = structlog.get_logger("nodemesh.xds.server")
+
+_ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Server certificate and key (PEM); with `client_ca`, client
+    certificates are verified, and `require_client_cert` makes them mandatory
+    (mTLS)."""
+
+    cert_chain: Path
+    private_key: Path
+    client_ca: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Where and how to listen. `tcp_address` is host:port (port 0 picks a
+    free port, see `AdsServer.tcp_port`); `uds_path` is the node-local socket
+    Envoy uses, created with mode `uds_mode`."""
+
+    tcp_address: str | None = "127.0.0.1:18000"
+    uds_path: Path | None = None
+    uds_mode: int = 0o660
+    tls: TlsSettings | None = None
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    shutdown_grace: float = 5.0
+    max_receive_message_bytes: int = 16 * 1024 * 1024
+
+
+def _passthrough(payload: bytes) -> bytes:
+    # Responses are spliced from pre-encoded resource bytes; gRPC sends them as is.
+    return payload
+
+
+class AdsServer:
+    """ADS + CSDS server over one snapshot source."""
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        settings: ServerSettings | None = None,
+        metrics: XdsMetrics | None = None,
+    ) -> None:
+        self.source = source
+        self.settings = settings or ServerSettings()
+        self.metrics = metrics or default_metrics()
+        self.tcp_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._streams: dict[int, AdsStream] = {}
+        self._draining = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every configured address and start serving."""
+        if self.settings.tcp_address is None and self.settings.uds_path is None:
+            raise ServerConfigError("xDS server needs a tcp_address or a uds_path")
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_receive_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        # csds.py reads this package's status views; importing it here, not
+        # at module level, keeps that dependency one-way at import time.
+        from nodemesh.xds.csds import CsdsService
+
+        server.add_generic_rpc_handlers((self._ads_handler(),))
+        csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
+            CsdsService(self.clients), server
+        )
+        if self.settings.tcp_address is not None:
+            self.tcp_port = self._bind_tcp(server, self.settings.tcp_address)
+        uds = self.settings.uds_path
+        if uds is not None:
+            if uds.exists() and stat.S_ISSOCK(uds.stat().st_mode):
+                uds.unlink()  # a socket left by a previous run
+            server.add_insecure_port(f"unix:{uds}")
+        await server.start()
+        if uds is not None:
+            os.chmod(uds, self.settings.uds_mode)
+        self._server = server
+        log.info("xds_server_started", tcp_port=self.tcp_port, uds=str(uds) if uds else None)
+
+    def _bind_tcp(self, server: grpc.aio.Server, address: str) -> int:
+        tls = self.settings.tls
+        try:
+            if tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, _server_credentials(tls))
+        except RuntimeError as exc:
+            raise ServerConfigError(f"cannot listen on {address!r}: {exc}") from exc
+        if not port:
+            raise ServerConfigError(f"cannot listen on {address!r}")
+        return int(port)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Two-stage shutdown: stop accepting and ask every stream to finish
+        (they end with OK, so clients reconnect elsewhere), then give
+        in-flight work `grace` seconds before gRPC cancels what is left."""
+        if self._server is None:
+            return
+        self._draining = True
+        grace = self.settings.shutdown_grace if grace is None else grace
+        stopping = asyncio.create_task(self._server.stop(grace), name="xds-server-stop")
+        for stream in list(self._streams.values()):
+            stream.stop()
+        await stopping
+        self._server = None
+        if self.settings.uds_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.settings.uds_path.unlink()
+        log.info("xds_server_stopped")
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    # -- read-only status API ----------------------------------------------------
+
+    def clients(self) -> list[ClientStatus]:
+        """Every connected stream that has identified its node."""
+        out: list[ClientStatus] = []
+        for stream in list(self._streams.values()):
+            if stream.node is None:
+                continue
+            snapshot = self.source.snapshot(stream.node_key)
+            types = {t: type_status(s, snapshot) for t, s in sorted(stream.states.items())}
+            out.append(
+                ClientStatus(
+                    stream_id=stream.stream_id,
+                    api=stream.api,
+                    node_id=stream.node.id,
+                    cluster=stream.node.cluster,
+                    node_key=stream.node_key,
+                    peer=stream.peer,
+                    connected_at=stream.connected_at,
+                    snapshot_label=snapshot.label if snapshot is not None else None,
+                    node=stream.node,
+                    types=frozen_types(types),
+                )
+            )
+        return out
+
+    def config_dump(
+        self, node_key: str, type_url: str | None = None
+    ) -> Mapping[str, Mapping[str, Message]]:
+        """What the server holds for `node_key`, by type URL and name (shared
+        messages: do not modify)."""
+        snapshot = self.source.snapshot(node_key)
+        if snapshot is None:
+            return {}
+        types = [type_url] if type_url is not None else sorted(snapshot.resources)
+        return {t: {n: r.message for n, r in snapshot.get(t).items()} for t in types}
+
+    # -- gRPC plumbing -------------------------------------------------------------
+
+    def _ads_handler(self) -> grpc.GenericRpcHandler:
+        async def sotw(requests: AsyncIterator[Any], context: Any) -> None:
+            await self._serve(SotwStream, requests, context)
+
+        async def delta(requests: AsyncIterator[Any], context: Any) -> None:
+            await self._serve(DeltaStream, requests, context)
+
+        return grpc.method_handlers_generic_handler(
+            _ADS,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    sotw,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=_passthrough,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    delta,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=_passthrough,
+                ),
+            },
+        )
+
+    async def _serve(
+        self, stream_type: type[AdsStream], requests: AsyncIterator[Any], context: Any
+    ) -> None:
+        """Run one stream; the one place where errors become gRPC statuses."""
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "xDS server is shutting down")
+        stream = stream_type(self.source, self.settings.stream, self.metrics, context)
+        self._streams[stream.stream_id] = stream
+        try:
+            await stream.run(requests)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = grpc_status_for(exc)
+            if isinstance(exc, XdsServerError):
+                stream.log.warning("xds_stream_refused", code=code.name, error=message)
+            else:
+                stream.log.exception("xds_stream_failed")
+            await context.abort(code, message)
+        finally:
+            self._streams.pop(stream.stream_id, None)
+
+
+def _server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    try:
+        key = tls.private_key.read_bytes()
+        chain = tls.cert_chain.read_bytes()
+        ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
+    except OSError as exc:
+        raise ServerConfigError(f"TLS: cannot read {exc.filename}: {exc.strerror}") from exc
+    if tls.require_client_cert and ca is None:
+        raise ServerConfigError("TLS: require_client_cert needs client_ca")
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca, require_client_auth=tls.require_client_cert
+    )

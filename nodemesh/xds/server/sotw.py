@@ -1,0 +1,163 @@
+"""State-of-the-world ADS (StreamAggregatedResources), step by step against
+Envoy's "xDS REST and gRPC protocol" document.
+
+Versions are content-derived: a response's version_info is the hash of the
+sorted (name, version) pairs it carries, so a reconnecting client that
+reports the current version gets no needless push, and every replica agrees.
+Wildcard streams share the snapshot's encoded body and version maps; only
+named subscriptions (EDS/RDS) build per-stream views, of the names asked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from nodemesh.xds.cache import CLUSTER, EncodedResource, Snapshot, view_version
+from nodemesh.xds.cache.resources import WILDCARD_TYPES, length_delimited
+from nodemesh.xds.server.state import WILDCARD, Inflight, TypeState
+from nodemesh.xds.server.stream import AdsStream
+
+# DiscoveryResponse field numbers (envoy/service/discovery/v3/discovery.proto)
+_VERSION_INFO, _TYPE_URL, _NONCE = 1, 4, 5
+
+
+class _View:
+    """What one subscription should hold against one snapshot."""
+
+    __slots__ = ("resources", "shared", "version", "versions")
+
+    def __init__(
+        self,
+        resources: Mapping[str, EncodedResource],
+        versions: Mapping[str, str],
+        version: str,
+        shared: bool,
+    ) -> None:
+        self.resources = resources
+        self.versions = versions
+        self.version = version
+        self.shared = shared  # True: exactly the snapshot's full type
+
+
+class SotwStream(AdsStream):
+    """One StreamAggregatedResources stream."""
+
+    api = "sotw"
+
+    def handle_request(self, request: discovery_pb2.DiscoveryRequest) -> bool:
+        state = self.type_state(request.type_url)
+        nonce = request.response_nonce
+        # 1. A nonce that is not the latest we sent for this type answers a
+        #    superseded response: the spec says ignore the request entirely
+        #    (the client answers the newer response too).
+        if nonce and nonce != state.nonce:
+            self.log.debug("xds_stale_nonce", type_url=state.type_url, nonce=nonce)
+            return False
+        # 2. ACK or NACK of the latest response. NACK = error_detail set; the
+        #    client keeps its last good config, and nothing is resent because
+        #    of the NACK: only a new snapshot version triggers a push.
+        if nonce:
+            if request.HasField("error_detail"):
+                detail = request.error_detail
+                self.on_nack(state, nonce, detail.message, detail.code)
+            else:
+                self.on_ack(state, nonce, full_state=True)
+        # 3. Subscription: "*" is an explicit wildcard; for LDS/CDS the legacy
+        #    wildcard is an empty list on the first request, kept while the
+        #    client keeps sending empty lists.
+        names = set(request.resource_names)
+        first = not nonce and not state.responded
+        changed = self._subscribe(state, names, first)
+        # 4. A first request that reports the version we would send now is a
+        #    reconnecting client already in sync: adopt that state, no push.
+        if not nonce and request.version_info:
+            self._adopt(state, request.version_info)
+        # Named subscriptions changed (incl. re-subscribing a name dropped
+        # earlier): the next round answers with the new set.
+        return changed or not nonce
+
+    @staticmethod
+    def _subscribe(state: TypeState, names: set[str], first: bool) -> bool:
+        wildcard = WILDCARD in names or (
+            not names and state.type_url in WILDCARD_TYPES and (first or state.wildcard)
+        )
+        names.discard(WILDCARD)
+        changed = wildcard != state.wildcard or names != state.names
+        state.wildcard, state.names = wildcard, names
+        return changed
+
+    def _adopt(self, state: TypeState, version_info: str) -> None:
+        snapshot = self.source.snapshot(self.node_key)
+        if snapshot is None:
+            return
+        view = self._view(state, snapshot)
+        if view.version != version_info:
+            return
+        state.sent, state.sent_resources, state.acked = view.versions, view.resources, view.versions
+        state.sent_version = state.acked_version = version_info
+        state.responded = True
+        self.log.info("xds_resume_in_sync", type_url=state.type_url, version=version_info)
+
+    @staticmethod
+    def _view(state: TypeState, snapshot: Snapshot) -> _View:
+        """Everything of the type for a wildcard; for named types only the
+        requested names that exist (names not yet present are sent once
+        they appear; a removed EDS/RDS resource is simply not sent)."""
+        type_url = state.type_url
+        if state.wildcard:
+            return _View(
+                snapshot.get(type_url),
+                snapshot.versions(type_url),
+                snapshot.type_version(type_url),
+                shared=True,
+            )
+        all_resources = snapshot.get(type_url)
+        picked = {n: all_resources[n] for n in sorted(state.names) if n in all_resources}
+        versions = {n: r.version for n, r in picked.items()}
+        return _View(picked, versions, view_version(picked.values()), shared=False)
+
+    def build_response(self, state: TypeState, snapshot: Snapshot) -> bytes | None:
+        view = self._view(state, snapshot)
+        if state.type_url == CLUSTER:
+            view = self._hold_removed_clusters(state, view, snapshot)
+        # Nothing new: same content as the last response (or adopted state).
+        if state.responded and view.version == state.sent_version:
+            return None
+        # Named types: an empty answer to names that do not exist yet says
+        # nothing; wait until they appear.
+        if not view.resources and not state.responded and not state.wildcard:
+            return None
+        if view.shared:
+            body = snapshot.wildcard_body(state.type_url)  # encoded once, shared
+        else:
+            body = b"".join(r.sotw_field for r in view.resources.values())
+        nonce = self.next_nonce()
+        payload = (
+            length_delimited(_VERSION_INFO, view.version.encode())
+            + body
+            + length_delimited(_TYPE_URL, state.type_url.encode())
+            + length_delimited(_NONCE, nonce.encode())
+        )
+        inflight = Inflight(nonce, view.version, time.monotonic(), view.versions)
+        self.sent_response(state, inflight, len(view.resources), len(payload))
+        state.sent, state.sent_resources = view.versions, view.resources
+        return payload
+
+    def _hold_removed_clusters(self, state: TypeState, view: _View, snapshot: Snapshot) -> _View:
+        """Make-before-break: CDS is full state, so dropping a cluster from
+        the response deletes it. Keep sending clusters the client holds until
+        it has ACKed the listeners/routes that stop using them."""
+        if state.sent is view.versions or state.sent_version == view.version:
+            return view
+        removed = state.sent_resources.keys() - view.resources.keys()
+        if not removed or self.routes_converged(snapshot):
+            return view
+        self.log.info("xds_hold_cluster_removal", clusters=sorted(removed))
+        resources = dict(view.resources)
+        for name in sorted(removed):
+            resources[name] = state.sent_resources[name]
+        versions = {n: r.version for n, r in resources.items()}
+        return _View(resources, versions, view_version(resources.values()), shared=False)

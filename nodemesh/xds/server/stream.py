@@ -1,0 +1,279 @@
+"""What SotW and delta ADS streams share: the reader and sender tasks,
+coalescing, bounded writes, ACK/NACK bookkeeping, make-before-break holds,
+logging and metrics.
+
+Each stream runs two named tasks in a TaskGroup:
+- the reader applies client requests to per-type state and wakes the sender;
+- the sender waits for a wake-up, lets a burst of snapshot changes settle
+  (bounded by `coalesce_delay`), then walks the types in make-before-break
+  order and writes at most one response per type, built from the latest
+  snapshot at that moment. Nothing is queued: while a write is blocked on a
+  slow client, newer snapshots only mark the stream dirty, and the next
+  round sends the latest state. A write that does not complete within
+  `send_timeout` closes the stream (RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from envoy.config.core.v3 import base_pb2
+
+from nodemesh.xds.cache import CLUSTER, LISTENER, ROUTE, Snapshot, SnapshotSource, short_name
+from nodemesh.xds.cache.resources import is_valid_type_url, push_rank
+from nodemesh.xds.metrics import XdsMetrics
+from nodemesh.xds.server.errors import ClientTooSlow, InvalidRequest, TooManyNames
+from nodemesh.xds.server.state import Inflight, TypeState
+
+log = structlog.get_logger("nodemesh.xds.server")
+
+_stream_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Per-stream limits and timing.
+
+    coalesce_delay: a burst of snapshot changes within this window becomes
+        one push (istiod debounces similarly, 100 ms by default).
+    send_timeout: a client that has not taken a response off the wire
+        within this time is disconnected rather than buffered for.
+    max_names: bound on resource names one stream may subscribe to, across
+        types; beyond it the stream fails with RESOURCE_EXHAUSTED.
+    """
+
+    coalesce_delay: float = 0.1
+    send_timeout: float = 30.0
+    max_names: int = 100_000
+
+
+class AdsStream(ABC):
+    """One ADS stream; subclasses implement the SotW or delta variant."""
+
+    api: str = ""
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        settings: StreamSettings,
+        metrics: XdsMetrics,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        self.stream_id = next(_stream_ids)
+        self.source = source
+        self.settings = settings
+        self.metrics = metrics
+        self.peer = context.peer()
+        self.connected_at = time.time()
+        self.node: base_pb2.Node | None = None
+        self.node_key = ""
+        self.states: dict[str, TypeState] = {}
+        self._context = context
+        self._wake = asyncio.Event()
+        self._changed_at: float | None = None
+        self._cancel_watch: Callable[[], None] | None = None
+        self._nonces = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.log = log.bind(stream_id=self.stream_id, api=self.api, peer=self.peer)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def run(self, requests: AsyncIterator[Any]) -> None:
+        """Serve the stream until the client closes it, `stop()` is called or
+        an error ends it (raised as the first XdsServerError, or as is)."""
+        self.metrics.connected_streams.labels(api=self.api).inc()
+        try:
+            async with asyncio.TaskGroup() as group:
+                sender = group.create_task(self._send_loop(), name=f"ads-{self.stream_id}-send")
+                reader = group.create_task(
+                    self._read_loop(requests, sender), name=f"ads-{self.stream_id}-read"
+                )
+                self._tasks = [sender, reader]
+        except BaseExceptionGroup as group_error:
+            raise _first_error(group_error) from None
+        finally:
+            self._tasks = []
+            if self._cancel_watch is not None:
+                self._cancel_watch()
+            self.metrics.connected_streams.labels(api=self.api).dec()
+            self.log.info("xds_disconnect")
+
+    def stop(self) -> None:
+        """End the stream cleanly (status OK): used to drain on shutdown."""
+        for task in self._tasks:
+            task.cancel()
+
+    async def _read_loop(self, requests: AsyncIterator[Any], sender: asyncio.Task[None]) -> None:
+        async for request in requests:
+            if self.node is None:
+                self._bind_node(request)
+            if not is_valid_type_url(request.type_url):
+                raise InvalidRequest(
+                    f"{type(request).__name__}.type_url {request.type_url!r} is not a "
+                    "type.googleapis.com/<message> type URL"
+                )
+            if self.handle_request(request):
+                self._wake.set()
+            self._check_name_bound()
+        sender.cancel()  # client half-closed: nothing more to answer
+
+    def _bind_node(self, request: Any) -> None:
+        if not request.HasField("node") or not request.node.id:
+            raise InvalidRequest(
+                f"{type(request).__name__}.node.id is required on the first request of a stream"
+            )
+        self.node = request.node
+        self.node_key = self.source.node_key(request.node)
+        self.log = self.log.bind(node_id=request.node.id, node_key=self.node_key)
+        self._cancel_watch = self.source.watch(self.node_key, self._on_snapshot)
+        self.log.info("xds_connect", cluster=request.node.cluster)
+
+    def _check_name_bound(self) -> None:
+        total = sum(len(s.names) for s in self.states.values())
+        if total > self.settings.max_names:
+            raise TooManyNames(
+                f"stream subscribes to {total} resource names, "
+                f"more than the limit of {self.settings.max_names}"
+            )
+
+    def _on_snapshot(self) -> None:
+        if self._changed_at is None:
+            self._changed_at = asyncio.get_running_loop().time()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Re-evaluate every type on the next round without coalescing delay."""
+        self._wake.set()
+
+    # -- sending -----------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            if self._changed_at is not None:
+                # Coalesce: the first change of a burst starts the clock; every
+                # later change within the window rides along for free.
+                remaining = self._changed_at + self.settings.coalesce_delay - loop.time()
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+                self._changed_at = None
+            self._wake.clear()
+            snapshot = self.source.snapshot(self.node_key)
+            if snapshot is None:
+                continue
+            # Make-before-break: CDS, EDS, LDS, RDS, then anything else; all
+            # from one snapshot, so one model version per round.
+            for type_url in sorted(self.states, key=push_rank):
+                state = self.states[type_url]
+                payload = self.build_response(state, snapshot)
+                if payload is not None:
+                    await self._write(state, payload)
+
+    async def _write(self, state: TypeState, payload: bytes) -> None:
+        try:
+            await asyncio.wait_for(self._context.write(payload), self.settings.send_timeout)
+        except TimeoutError:
+            raise ClientTooSlow(
+                f"client did not read a {short_name(state.type_url)} response within "
+                f"{self.settings.send_timeout:g}s"
+            ) from None
+        kind = short_name(state.type_url)
+        self.metrics.pushes_total.labels(type=kind).inc()
+        self.metrics.bytes_sent_total.labels(type=kind).inc(len(payload))
+
+    def next_nonce(self) -> str:
+        return format(next(self._nonces), "x")
+
+    def sent_response(self, state: TypeState, inflight: Inflight, count: int, size: int) -> None:
+        """Bookkeeping after a response was built (before it is written)."""
+        state.nonce = inflight.nonce
+        state.sent_version = inflight.version_info
+        state.responded = True
+        state.remember(inflight)
+        self.log.info(
+            "xds_push",
+            type_url=state.type_url,
+            version=inflight.version_info,
+            nonce=inflight.nonce,
+            resources=count,
+            bytes=size,
+        )
+
+    # -- ACK / NACK ----------------------------------------------------------------
+
+    def on_ack(self, state: TypeState, nonce: str, full_state: bool) -> None:
+        done = state.record_ack(nonce, full_state)
+        kind = short_name(state.type_url)
+        self.metrics.acks_total.labels(type=kind).inc()
+        if done is not None:
+            self.metrics.push_to_ack_seconds.labels(type=kind).observe(
+                time.monotonic() - done.sent_at
+            )
+        self.log.info("xds_ack", type_url=state.type_url, version=state.acked_version, nonce=nonce)
+        if state.type_url in (LISTENER, ROUTE) and CLUSTER in self.states:
+            # Held cluster removals may now be safe (make-before-break).
+            self.wake()
+
+    def on_nack(self, state: TypeState, nonce: str, message: str, code: int) -> None:
+        state.record_nack(nonce, message, code)
+        self.metrics.nacks_total.labels(type=short_name(state.type_url)).inc()
+        self.log.warning(
+            "xds_nack",
+            type_url=state.type_url,
+            version=state.nack.version_info if state.nack else "",
+            nonce=nonce,
+            error=message,
+        )
+
+    def routes_converged(self, snapshot: Snapshot) -> bool:
+        """True when the client has ACKed the current listeners and routes it
+        subscribes to. Until then, clusters the old routes may still use are
+        not removed (make-before-break)."""
+        for type_url in (LISTENER, ROUTE):
+            state = self.states.get(type_url)
+            if state is None:
+                continue
+            if state.inflight or state.acked != self.desired_versions(state, snapshot):
+                return False
+        return True
+
+    @staticmethod
+    def desired_versions(state: TypeState, snapshot: Snapshot) -> dict[str, str]:
+        """name -> version the client should hold for `state`'s subscription."""
+        resources = snapshot.get(state.type_url)
+        if state.wildcard:
+            return {n: r.version for n, r in resources.items()}
+        return {n: resources[n].version for n in state.names if n in resources}
+
+    # -- the variant's part ----------------------------------------------------------
+
+    def type_state(self, type_url: str) -> TypeState:
+        state = self.states.get(type_url)
+        if state is None:
+            state = self.states[type_url] = TypeState(type_url)
+        return state
+
+    @abstractmethod
+    def handle_request(self, request: Any) -> bool:
+        """Apply one request; True if the sender should re-evaluate."""
+
+    @abstractmethod
+    def build_response(self, state: TypeState, snapshot: Snapshot) -> bytes | None:
+        """The serialized response for `state` against `snapshot`, or None."""
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        return exc
+    return group

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ads_harness import Harness
+
+from nodemesh.xds.cache import SnapshotCache
+from nodemesh.xds.metrics import XdsMetrics
+from nodemesh.xds.server import AdsServer, ServerSettings, StreamSettings
+
+MakeHarness = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def make_harness() -> AsyncIterator[MakeHarness]:
+    """Start a real server with the given StreamSettings overrides."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(**stream: Any) -> Harness:
+            stream.setdefault("coalesce_delay", 0.02)
+            registry = CollectorRegistry()
+            metrics = XdsMetrics.create(registry)
+            cache = SnapshotCache(metrics=metrics)
+            settings = ServerSettings(tcp_address="127.0.0.1:0", stream=StreamSettings(**stream))
+            server = AdsServer(cache, settings, metrics)
+            await server.start()
+            stack.push_async_callback(server.stop, 1.0)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.tcp_port}")
+            stack.push_async_callback(channel.close)
+            return Harness(cache, server, channel, registry)
+
+        yield make
+
+
+@pytest.fixture
+async def harness(make_harness: MakeHarness) -> Harness:
+    return await make_harness()
+
+
+@pytest.fixture(params=["sotw", "delta"])
+def api(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

@@ -1,0 +1,109 @@
+"""Wildcard and named subscriptions, in SotW and delta, over real streams."""
+
+from __future__ import annotations
+
+import pytest
+from ads_harness import Harness, endpoints, mesh, names_of, publish, wait_until
+
+from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER
+
+
+@pytest.mark.parametrize("wildcard", [[], ["*"]], ids=["legacy-empty", "star"])
+async def test_wildcard_cds_gets_every_cluster(
+    harness: Harness, api: str, wildcard: list[str]
+) -> None:
+    publish(harness.cache, "node-1", mesh(clusters=("a", "b", "c")))
+    client = await harness.client(api)
+    if api == "sotw":
+        await client.request(CLUSTER, wildcard)
+    else:
+        await client.request(CLUSTER, subscribe=wildcard)
+    resp = await client.recv()
+    assert resp.type_url == CLUSTER
+    assert names_of(resp) == ["a", "b", "c"]
+    assert resp.nonce
+    await client.close()
+
+
+async def test_wildcard_lds_legacy_empty_stays_wildcard_on_ack(harness: Harness) -> None:
+    """SotW: ACKs of a legacy wildcard also carry an empty list; the
+    subscription stays a wildcard and new listeners arrive."""
+    publish(harness.cache, "node-1", mesh())
+    client = await harness.sotw()
+    await client.request(LISTENER)
+    first = await client.recv()
+    await client.ack(first)
+    resources = mesh()
+    extra = mesh(port=10001)[LISTENER]["http"]
+    extra.name = "http2"
+    resources[LISTENER]["http2"] = extra
+    publish(harness.cache, "node-1", resources, "v2")
+    second = await client.recv()
+    assert names_of(second) == ["http", "http2"]
+    await client.close()
+
+
+async def test_named_subscription_waits_for_missing_name(harness: Harness, api: str) -> None:
+    """EDS names requested before they exist are sent once they appear."""
+    publish(harness.cache, "node-1", mesh(clusters=("a",)))
+    client = await harness.client(api)
+    if api == "sotw":
+        await client.request(ENDPOINT, ["a", "later"])
+    else:
+        await client.request(ENDPOINT, subscribe=["a", "later"])
+    first = await client.recv()
+    assert names_of(first) == ["a"]
+    await client.ack(first, ["a", "later"]) if api == "sotw" else await client.ack(first)
+    resources = mesh(clusters=("a",))
+    resources[ENDPOINT]["later"] = endpoints("later", 9999)
+    publish(harness.cache, "node-1", resources, "v2")
+    second = await client.recv()
+    assert "later" in names_of(second)
+    if api == "delta":
+        assert names_of(second) == ["later"]  # only what changed
+    await client.close()
+
+
+async def test_resubscribed_name_is_sent_again(harness: Harness, api: str) -> None:
+    publish(harness.cache, "node-1", mesh(clusters=("a", "b")))
+    client = await harness.client(api)
+    if api == "sotw":
+        await client.request(ENDPOINT, ["a", "b"])
+        r1 = await client.recv()
+        assert names_of(r1) == ["a", "b"]
+        await client.ack(r1, ["a"])  # drop b
+        r2 = await client.recv()
+        assert names_of(r2) == ["a"]
+        await client.ack(r2, ["a", "b"])  # and ask for it again
+        r3 = await client.recv()
+        assert names_of(r3) == ["a", "b"]
+    else:
+        await client.request(ENDPOINT, subscribe=["a", "b"])
+        r1 = await client.recv()
+        assert names_of(r1) == ["a", "b"]
+        await client.ack(r1)
+        await client.request(ENDPOINT, unsubscribe=["b"])
+        await client.request(ENDPOINT, subscribe=["b"])
+        r2 = await client.recv()
+        assert names_of(r2) == ["b"]
+    await client.close()
+
+
+async def test_unknown_well_formed_type_is_served_empty(harness: Harness, api: str) -> None:
+    """A type the server holds nothing for (SDS here) does not end the
+    stream; other types keep flowing on it."""
+    publish(harness.cache, "node-1", mesh())
+    client = await harness.client(api)
+    secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+    if api == "sotw":
+        await client.request(secret, ["cert"])
+        await client.request(CLUSTER)
+    else:
+        await client.request(secret, subscribe=["cert"])
+        await client.request(CLUSTER)
+    resp = await client.recv()
+    assert resp.type_url == CLUSTER
+    await wait_until(
+        lambda: any(secret in c.types for c in harness.server.clients()), what="SDS state"
+    )
+    await client.close()
