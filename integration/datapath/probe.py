@@ -1,0 +1,164 @@
+"""Test servers and clients that run inside pods and print JSON.
+
+probe.py tcp-server PORT NAME       answer each connection with who we are
+probe.py udp-server PORT NAME       and whom we see as the peer, then close
+probe.py tcp-client HOST PORT N     N connects; one JSON line of results
+probe.py udp-client HOST PORT N     N sockets, one datagram each
+probe.py tcp-loop HOST PORT STOP    connect until the file STOP exists
+probe.py tcp-hold HOST PORT         one connection kept open; "ping" on stdin
+probe.py origdst-server PORT        a proxy stand-in: reports SO_ORIGINAL_DST
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import Counter
+
+SO_ORIGINAL_DST = 80
+
+
+def _fmt(addr: tuple[str, int]) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _answer(conn: socket.socket, name: str) -> None:
+    with conn:
+        peer = _fmt(conn.getpeername())
+        conn.sendall(json.dumps({"backend": name, "peer": peer}).encode() + b"\n")
+        try:
+            while conn.recv(4096):  # held connections send pings
+                conn.sendall(json.dumps({"backend": name, "peer": peer}).encode() + b"\n")
+        except OSError:
+            pass
+
+
+def tcp_server(port: int, name: str) -> None:
+    srv = socket.create_server(("0.0.0.0", port), backlog=512)
+    print("ready", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=_answer, args=(conn, name), daemon=True).start()
+
+
+def udp_server(port: int, name: str) -> None:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("0.0.0.0", port))
+    print("ready", flush=True)
+    while True:
+        _, peer = srv.recvfrom(2048)
+        srv.sendto(json.dumps({"backend": name, "peer": _fmt(peer)}).encode(), peer)
+
+
+def origdst_server(port: int) -> None:
+    srv = socket.create_server(("0.0.0.0", port), backlog=512)
+    print("ready", flush=True)
+    while True:
+        conn, peer = srv.accept()
+        with conn:
+            raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            dport, dip = struct.unpack("!2xH4s8x", raw)
+            orig = f"{socket.inet_ntoa(dip)}:{dport}"
+            reply = {"backend": "proxy", "peer": _fmt(peer), "orig": orig}
+            conn.sendall(json.dumps(reply).encode())
+
+
+def _one_tcp(host: str, port: int) -> dict[str, object]:
+    start = time.monotonic()
+    s = socket.socket()
+    s.settimeout(10)
+    try:
+        s.connect((host, port))
+        peername = _fmt(s.getpeername())
+        data = b""
+        while not data.endswith(b"\n") and not data.endswith(b"}"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        reply = json.loads(data)
+        reply["getpeername"] = peername
+        return reply
+    except OSError as exc:
+        code = exc.errno or 0
+        return {"error": errno.errorcode.get(code, str(exc)), "seconds": time.monotonic() - start}
+    finally:
+        s.close()
+
+
+def tcp_client(host: str, port: int, count: int) -> None:
+    print(json.dumps([_one_tcp(host, port) for _ in range(count)]), flush=True)
+
+
+def udp_client(host: str, port: int, count: int) -> None:
+    out: list[dict[str, object]] = []
+    for _ in range(count):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            try:
+                s.sendto(b"hi", (host, port))
+                data, src = s.recvfrom(2048)
+                reply = json.loads(data)
+                reply["from"] = _fmt(src)
+                out.append(reply)
+            except OSError as exc:
+                out.append({"error": errno.errorcode.get(exc.errno or 0, str(exc))})
+    print(json.dumps(out), flush=True)
+
+
+def tcp_loop(host: str, port: int, stop: str) -> None:
+    """Connect back to back until told to stop; count backends and errors."""
+    backends: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    print("ready", flush=True)
+    while not os.path.exists(stop):
+        r = _one_tcp(host, port)
+        if "error" in r:
+            errors[str(r["error"])] += 1
+        else:
+            backends[str(r["backend"])] += 1
+    print(json.dumps({"backends": backends, "errors": errors}), flush=True)
+
+
+def tcp_hold(host: str, port: int) -> None:
+    """One long-lived connection: each stdin line sends a ping, prints the answer."""
+    s = socket.create_connection((host, port), timeout=10)
+    f = s.makefile("rb")
+    print(f.readline().decode().strip(), flush=True)
+    for _ in sys.stdin:
+        try:
+            s.sendall(b"ping")
+            line = f.readline().decode().strip()
+            print(line or json.dumps({"error": "EOF"}), flush=True)
+        except OSError as exc:
+            print(json.dumps({"error": errno.errorcode.get(exc.errno or 0, str(exc))}), flush=True)
+
+
+def main() -> None:
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "tcp-server":
+        tcp_server(int(args[0]), args[1])
+    elif mode == "udp-server":
+        udp_server(int(args[0]), args[1])
+    elif mode == "origdst-server":
+        origdst_server(int(args[0]))
+    elif mode == "tcp-client":
+        tcp_client(args[0], int(args[1]), int(args[2]))
+    elif mode == "udp-client":
+        udp_client(args[0], int(args[1]), int(args[2]))
+    elif mode == "tcp-loop":
+        tcp_loop(args[0], int(args[1]), args[2])
+    elif mode == "tcp-hold":
+        tcp_hold(args[0], int(args[1]))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()
