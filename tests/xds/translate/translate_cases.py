@@ -1,0 +1,76 @@
+"""The translations the golden files hold, and helpers to look at translations.
+
+`CASES` maps a golden file's name to a function producing its Translation;
+the golden test compares `render(...)` with the file, and the Envoy test feeds
+the same translations to a real Envoy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import translate_models as m
+from google.protobuf import json_format
+
+from nodemesh.model.objects import Kind, ObjectRef
+from nodemesh.xds.translate import ROUTE, Translation, Translator, translate
+
+
+def render(translation: Translation) -> dict[str, Any]:
+    """A translation as sorted JSON-ready data: resources, errors, warnings."""
+    resources = {
+        url.rpartition(".")[2]: {
+            name: json_format.MessageToDict(message, preserving_proto_field_name=True)
+            for name, message in sorted(named.items())
+        }
+        for url, named in translation.resources.items()
+    }
+    return {
+        "model_version": translation.model_version,
+        "resources": resources,
+        "errors": sorted(str(e) for e in translation.errors),
+        "warnings": sorted(str(w) for w in translation.warnings),
+    }
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+BROKEN_REF = ObjectRef(Kind.ENVOY_CONFIG, m.DEFAULT, "broken")
+
+
+def bad_config_keeps_previous() -> Translation:
+    """v1: the canary. v2: its route now also sends to default/httpbin-v3, which
+    does not exist, and a new CEC has a resource of an unknown @type. The
+    canary's v1 resources stay; the new CEC contributes nothing."""
+    translator = Translator()
+    translator.translate(m.canary_model())
+    route = json.loads(json.dumps(m.ARTICLE_ROUTE))
+    weighted = route["virtual_hosts"][0]["routes"][0]["route"]["weighted_clusters"]
+    weighted["clusters"].append({"name": "default/httpbin-v3", "weight": 0})
+    broken = m.envoy_config(
+        BROKEN_REF,
+        [
+            (ROUTE, {"name": "ok-route", "virtual_hosts": []}),
+            ("type.googleapis.com/envoy.config.listener.v3.Listenr", {"name": "typo"}),
+        ],
+    )
+    v2 = m.model(
+        m.CANARY_SERVICES,
+        m.CANARY_BACKENDS,
+        configs=[m.canary_config(route), broken],
+        redirects=[m.canary_redirect()],
+        version="v2",
+    )
+    return translator.translate(v2)
+
+
+CASES: dict[str, Callable[[], Translation]] = {
+    "canary": lambda: translate(m.canary_model()),
+    "policy_rules": lambda: translate(m.policy_model()),
+    "own_listener": lambda: translate(m.own_listener_model()),
+    "bad_config_keeps_previous": bad_config_keeps_previous,
+}

@@ -1,0 +1,311 @@
+"""Mesh models built by hand from the model's frozen types, for translator tests.
+
+Each model is what the model builder would publish for the manifests named in
+its docstring; building them directly keeps these tests independent of the
+parser and the store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+from nodemesh.model.objects import (
+    EnvoyConfig,
+    EnvoyResource,
+    HTTPPolicy,
+    HTTPRule,
+    Kind,
+    L7Redirect,
+    LabelSelector,
+    ObjectRef,
+    RedirectedService,
+    RedirectOrigin,
+    Service,
+    ServiceName,
+    ServicePort,
+    pairs,
+)
+from nodemesh.model.snapshot import BackendAddress, MeshModel
+from nodemesh.xds.translate.registry import CLUSTER, LISTENER, ROUTE
+
+DEFAULT = "default"
+CEC_REF = ObjectRef(Kind.ENVOY_CONFIG, DEFAULT, "httpbin-traffic-split")
+CNP_REF = ObjectRef(Kind.NETWORK_POLICY, DEFAULT, "httpbin-l7-policy")
+CURL = LabelSelector(match_labels=pairs({"app": "curl"}))
+
+
+def service(name: str, *ports: int, ip: str = "", namespace: str = DEFAULT) -> Service:
+    return Service(
+        ref=ObjectRef(Kind.SERVICE, namespace, name),
+        cluster_ips=(ip,) if ip else (),
+        ports=tuple(ServicePort(f"p{p}", p, "TCP", p) for p in ports),
+        selector=pairs({"app": name}),
+    )
+
+
+def backend(address: str, port: int, ready: bool = True) -> BackendAddress:
+    return BackendAddress(address, port, "node-1", None, ready, ready, not ready)
+
+
+def resource(type_url: str, index: int, body: Mapping[str, Any]) -> EnvoyResource:
+    return EnvoyResource(
+        type_url=type_url,
+        name=str(body.get("name", body.get("cluster_name", ""))),
+        body=json.dumps(body, sort_keys=True, separators=(",", ":")),
+        field=f"spec.resources[{index}]",
+    )
+
+
+def envoy_config(
+    ref: ObjectRef,
+    resources: Sequence[tuple[str, Mapping[str, Any]]],
+    services: Sequence[ServiceName] = (),
+    created: str = "2026-01-01T00:00:00Z",
+) -> EnvoyConfig:
+    return EnvoyConfig(
+        ref=ref,
+        services=tuple(RedirectedService(s) for s in services),
+        backend_services=(),
+        resources=tuple(resource(t, i, b) for i, (t, b) in enumerate(resources)),
+        creation_timestamp=created,
+    )
+
+
+def model(
+    services: Sequence[Service],
+    backends: Mapping[ServiceName, Mapping[int, tuple[BackendAddress, ...]]],
+    configs: Sequence[EnvoyConfig] = (),
+    redirects: Sequence[L7Redirect] = (),
+    version: str = "v1",
+) -> MeshModel:
+    return MeshModel(
+        version=version,
+        generation=1,
+        services=MappingProxyType({s.service_name: s for s in services}),
+        envoy_configs=tuple(configs),
+        redirects=tuple(redirects),
+        backends=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in backends.items()}),
+    )
+
+
+# --- the article's canary (examples/canary) --------------------------------
+
+ARTICLE_ROUTE: dict[str, Any] = {
+    "name": "httpbin-listener-route",
+    "virtual_hosts": [
+        {
+            "name": "httpbin-vh",
+            "domains": ["httpbin"],
+            "routes": [
+                {
+                    "match": {"prefix": "/"},
+                    "route": {
+                        "weighted_clusters": {
+                            "clusters": [
+                                {"name": "default/httpbin-v1", "weight": 90},
+                                {"name": "default/httpbin-v2", "weight": 10},
+                            ],
+                            "total_weight": 100,
+                        }
+                    },
+                }
+            ],
+        }
+    ],
+}
+
+HTTPBIN = ServiceName(DEFAULT, "httpbin")
+V1 = ServiceName(DEFAULT, "httpbin-v1")
+V2 = ServiceName(DEFAULT, "httpbin-v2")
+CANARY_SERVICES = (
+    service("httpbin", 80),
+    service("httpbin-v1", 80, ip="10.96.0.11"),
+    service("httpbin-v2", 80, ip="10.96.0.12"),
+)
+CANARY_BACKENDS = {
+    V1: {80: (backend("127.0.0.1", 18081),)},
+    V2: {80: (backend("127.0.0.1", 18082),)},
+}
+
+
+def canary_config(route: Mapping[str, Any] = ARTICLE_ROUTE) -> EnvoyConfig:
+    return envoy_config(CEC_REF, [(ROUTE, route)], services=[HTTPBIN])
+
+
+def canary_redirect(client_ips: tuple[str, ...] = (), proxy_port: int = 15001) -> L7Redirect:
+    return L7Redirect(
+        service=HTTPBIN,
+        port=80,
+        protocol="TCP",
+        proxy_port=proxy_port,
+        listener="default/httpbin-traffic-split/listener",
+        route_config="default/httpbin-traffic-split/httpbin-listener-route",
+        origin=RedirectOrigin.ENVOY_CONFIG,
+        owners=(CEC_REF, CNP_REF),
+        clients=None,
+        policies=(HTTPPolicy(CNP_REF, CURL, client_ips, (HTTPRule(),)),),
+    )
+
+
+def canary_model(route: Mapping[str, Any] = ARTICLE_ROUTE, version: str = "v1") -> MeshModel:
+    """examples/canary: httpbin-deployment.yaml, traffic-split.yaml, local-backends.yaml."""
+    return model(
+        CANARY_SERVICES,
+        CANARY_BACKENDS,
+        configs=[canary_config(route)],
+        redirects=[canary_redirect()],
+        version=version,
+    )
+
+
+# --- a CNP with path and method rules, no CEC ------------------------------
+
+API = ServiceName(DEFAULT, "api")
+POLICY_REF = ObjectRef(Kind.NETWORK_POLICY, DEFAULT, "api-readonly")
+ADMIN_REF = ObjectRef(Kind.NETWORK_POLICY, DEFAULT, "api-admin")
+
+
+def policy_redirect(
+    rules: tuple[HTTPRule, ...], client_ips: tuple[str, ...], proxy_port: int = 15002
+) -> L7Redirect:
+    """rules.http of two policies on api:8080: `rules` for the frontend pods and
+    an admin policy allowing everything for the admin pod."""
+    frontend = LabelSelector(match_labels=pairs({"app": "frontend"}))
+    admin = LabelSelector(match_labels=pairs({"app": "admin"}))
+    return L7Redirect(
+        service=API,
+        port=8080,
+        protocol="TCP",
+        proxy_port=proxy_port,
+        listener="nodemesh/l7/default/api/8080",
+        route_config="nodemesh/l7/default/api/8080",
+        origin=RedirectOrigin.NETWORK_POLICY,
+        owners=(ADMIN_REF, POLICY_REF),
+        clients=(frontend, admin),
+        policies=(
+            HTTPPolicy(ADMIN_REF, admin, ("10.0.0.9",), (HTTPRule(),)),
+            HTTPPolicy(POLICY_REF, frontend, client_ips, rules),
+        ),
+    )
+
+
+READONLY_RULES = (
+    HTTPRule(method="GET", path="/public/.*"),
+    HTTPRule(method="GET|HEAD", path="/status", headers=("X-Probe", "X-Env: prod")),
+)
+
+
+def policy_model(
+    rules: tuple[HTTPRule, ...] = READONLY_RULES,
+    client_ips: tuple[str, ...] = ("10.0.0.5", "10.0.0.6"),
+) -> MeshModel:
+    api = service("api", 8080, ip="10.96.0.20")
+    return model(
+        [api],
+        {API: {8080: (backend("10.0.1.1", 8080), backend("10.0.1.2", 8080, ready=False))}},
+        redirects=[policy_redirect(rules, client_ips)],
+    )
+
+
+# --- a CEC bringing its own listener and cluster ---------------------------
+
+OWN_REF = ObjectRef(Kind.ENVOY_CONFIG, "shop", "edge")
+CART = ServiceName("shop", "cart")
+
+OWN_LISTENER: dict[str, Any] = {
+    "name": "edge-listener",
+    "filter_chains": [
+        {
+            "filters": [
+                {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                        "http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "edge",
+                        "rds": {"route_config_name": "edge-routes"},
+                        "http_filters": [
+                            {
+                                "name": "envoy.filters.http.router",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/"
+                                    "envoy.extensions.filters.http.router.v3.Router"
+                                },
+                            }
+                        ],
+                    },
+                }
+            ]
+        }
+    ],
+}
+OWN_ROUTE: dict[str, Any] = {
+    "name": "edge-routes",
+    "virtual_hosts": [
+        {
+            "name": "cart",
+            "domains": ["*"],
+            "routes": [
+                {"match": {"prefix": "/legacy"}, "route": {"cluster": "legacy"}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "shop/cart:http"}},
+            ],
+        }
+    ],
+}
+OWN_CLUSTER: dict[str, Any] = {
+    "name": "legacy",
+    "connect_timeout": "2s",
+    "type": "STATIC",
+    "load_assignment": {
+        "cluster_name": "legacy",
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {
+                                "socket_address": {"address": "127.0.0.1", "port_value": 19000}
+                            }
+                        }
+                    }
+                ]
+            }
+        ],
+    },
+}
+
+
+def own_listener_model() -> MeshModel:
+    """A CEC in namespace shop with its own listener, route and static cluster,
+    redirecting shop/cart (two ports; routes name the http one)."""
+    cart = Service(
+        ref=ObjectRef(Kind.SERVICE, "shop", "cart"),
+        cluster_ips=("10.96.0.30",),
+        ports=(ServicePort("http", 80, "TCP", 8080), ServicePort("grpc", 9090, "TCP", 9090)),
+        selector=pairs({"app": "cart"}),
+    )
+    config = envoy_config(
+        OWN_REF,
+        [(LISTENER, OWN_LISTENER), (ROUTE, OWN_ROUTE), (CLUSTER, OWN_CLUSTER)],
+        services=[CART],
+    )
+    redirect = L7Redirect(
+        service=CART,
+        port=80,
+        protocol="TCP",
+        proxy_port=15003,
+        listener="shop/edge/edge-listener",
+        route_config="shop/edge/edge-routes",
+        origin=RedirectOrigin.ENVOY_CONFIG,
+        owners=(OWN_REF,),
+        clients=None,
+    )
+    return model(
+        [cart],
+        {CART: {80: (backend("10.0.2.1", 8080),), 9090: (backend("10.0.2.1", 9090),)}},
+        configs=[config],
+        redirects=[redirect],
+    )
