@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -22,6 +23,7 @@ from nodemesh.k8s_watch.resources import ResourceSpec
 from nodemesh.k8s_watch.settings import WatchSettings
 from nodemesh.k8s_watch.sink import ObjectSink
 from nodemesh.k8s_watch.watching import SKIPPED, Changed, Listed, WatchApi, informer_stream
+from nodemesh.model.errors import ParseError
 
 log = structlog.get_logger("nodemesh.k8s_watch")
 
@@ -34,6 +36,29 @@ _VOLATILE_META = ("resourceVersion", "managedFields", "generation")
 
 class MalformedObject(ValueError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What the status reporter needs of a watched object: its uid (Events
+    link to it), its generation (observedGeneration), and the conditions its
+    status holds now (so nothing is rewritten that is already there)."""
+
+    uid: str
+    generation: int
+    conditions: tuple[Mapping[str, Any], ...]
+
+
+def object_meta(raw: Raw) -> ObjectMeta:
+    meta = raw.get("metadata") or {}
+    status = raw.get("status")
+    conds = status.get("conditions") if isinstance(status, dict) else None
+    generation = meta.get("generation")
+    return ObjectMeta(
+        str(meta.get("uid", "")),
+        generation if isinstance(generation, int) else 0,
+        tuple(c for c in conds if isinstance(c, dict)) if isinstance(conds, list) else (),
+    )
 
 
 def fingerprint(spec: ResourceSpec, obj: Raw) -> str:
@@ -73,11 +98,15 @@ class Informer:
         self._api, self._sink, self._settings, self._health = api, sink, settings, health
         self._on_change = on_change
         self._seen: dict[Key, str] = {}
+        self._meta: dict[Key, ObjectMeta] = {}
         health.register(str(spec))
 
     @property
     def known(self) -> int:
         return len(self._seen)
+
+    def meta(self, namespace: str, name: str) -> ObjectMeta | None:
+        return self._meta.get((namespace if self.spec.namespaced else "", name))
 
     async def run(self) -> None:
         async for item in informer_stream(self._api, self.spec, self._settings, self._health):
@@ -98,6 +127,7 @@ class Informer:
     def _relist(self, listed: Listed) -> bool:
         raws: list[Raw] = []
         seen: dict[Key, str] = {}
+        self._meta = {}
         for item in listed.items:
             try:
                 key, raw = normalize(self.spec, item)
@@ -106,11 +136,14 @@ class Informer:
                 continue
             raws.append(raw)
             seen[key] = fingerprint(self.spec, raw)
+            self._meta[key] = object_meta(raw)
         if seen == self._seen and self._seen:
             return False  # a relist that found nothing new (e.g. after a 410)
         # One call for the whole set: objects missing from it are deleted in the
         # same step, so the model never has a window without them or with stale ones.
-        self._sink.replace_all(self.spec.source, raws)
+        skipped = self._sink.replace_all(self.spec.source, raws)
+        for error in skipped if isinstance(skipped, tuple) else ():
+            self._skip({}, error)
         self._seen = seen
         return True
 
@@ -121,13 +154,19 @@ class Informer:
             self._skip(change.obj, exc)
             return False
         if change.type == "DELETED":
+            self._meta.pop(key, None)
             if self._seen.pop(key, None) is None:
                 return False
             self._sink.delete(self.spec.source, self.spec.kind.value, *key)
             return True
         fp = fingerprint(self.spec, raw)
+        self._meta[key] = object_meta(raw)
         if self._seen.get(key) == fp:
             return False  # status-only change, or a replay of what we have
-        self._sink.apply(self.spec.source, raw)
+        try:
+            self._sink.apply(self.spec.source, raw)
+        except ParseError as exc:
+            self._skip(raw, exc)  # not even identifiable: nothing to report it on
+            return False
         self._seen[key] = fp
         return True

@@ -13,6 +13,11 @@ class ObjectSink(Protocol):
     (`replace_all`) of one resource type never touches objects of another,
     nor those the file source fed. `raw` is the object as the API server sent
     it, with `apiVersion` and `kind` always filled in.
+
+    `apply` may raise nodemesh.model.errors.ParseError for an object it cannot
+    even identify; `replace_all` may return such errors for skipped objects.
+    Everything else wrong with an object is the model's to report
+    (MeshModel.errors), not the sink's to raise.
     """
 
     def apply(self, source: str, raw: Mapping[str, Any]) -> object: ...

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from nodemesh.k8s_watch.health import WatchHealth
-from nodemesh.k8s_watch.informer import Informer
+from nodemesh.k8s_watch.informer import Informer, ObjectMeta
 from nodemesh.k8s_watch.resources import ResourceSpec, default_resources
 from nodemesh.k8s_watch.settings import WatchSettings
 from nodemesh.k8s_watch.sink import ObjectSink
@@ -41,6 +41,13 @@ class WatchSource:
         self.informers = [
             Informer(spec, api, sink, self.settings, self.health, on_change) for spec in specs
         ]
+
+    def lookup(self, kind: str, namespace: str, name: str) -> ObjectMeta | None:
+        """Metadata of a watched object, or None if it is not (or no longer) known."""
+        for informer in self.informers:
+            if informer.spec.kind.value == kind:
+                return informer.meta(namespace, name)
+        return None
 
     async def run(self) -> None:
         log.info("watching", resources=[str(i.spec) for i in self.informers])

@@ -1,0 +1,80 @@
+"""`KubernetesSource`: the Kubernetes side of a nodemesh process, in one object.
+
+It watches the API server into a MeshStore and, when asked to, reports
+conditions and Events back from every model the store publishes. The
+process that owns the store (the agent or `nodemesh serve`) runs it in its
+own TaskGroup beside the xDS server and the datapath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import structlog
+
+from nodemesh.k8s_watch.client import KubeApi
+from nodemesh.k8s_watch.conditions import NackSource
+from nodemesh.k8s_watch.health import WatchHealth
+from nodemesh.k8s_watch.reporter import StatusReporter
+from nodemesh.k8s_watch.resources import ResourceSpec
+from nodemesh.k8s_watch.settings import WatchSettings
+from nodemesh.k8s_watch.source import WatchSource
+from nodemesh.model.snapshot import MeshModel
+from nodemesh.model.store import MeshStore
+
+log = structlog.get_logger("nodemesh.k8s_watch")
+
+
+class KubernetesSource:
+    def __init__(
+        self,
+        api: KubeApi,
+        store: MeshStore,
+        *,
+        node: str,
+        settings: WatchSettings | None = None,
+        resources: Iterable[ResourceSpec] | None = None,
+        report_status: bool = True,
+        nacks: NackSource | None = None,
+        retry_interval: float = 5.0,
+    ) -> None:
+        self.settings = settings or WatchSettings()
+        self.store = store
+        self.watch = WatchSource(api, store, settings=self.settings, resources=resources)
+        self.reporter = (
+            StatusReporter(api, self.watch, node=node, settings=self.settings)
+            if report_status
+            else None
+        )
+        self._nacks = nacks
+        self._retry_interval = retry_interval
+        self._latest: MeshModel | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def health(self) -> WatchHealth:
+        return self.watch.health
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.watch.run(), name="k8s-watch")
+            if self.reporter is not None:
+                tg.create_task(self._follow_models(), name="k8s-model-follow")
+                tg.create_task(
+                    self.reporter.run(
+                        lambda: self._latest, self._wake, self._nacks, self._retry_interval
+                    ),
+                    name="k8s-status-reporter",
+                )
+
+    def nacks_changed(self) -> None:
+        """The xDS side calls this when a NACK arrives or clears, so conditions
+        follow without waiting for the retry interval."""
+        self._wake.set()
+
+    async def _follow_models(self) -> None:
+        await self.watch.wait_synced()
+        async for model in self.store.updates():
+            self._latest = model
+            self._wake.set()
