@@ -11,7 +11,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nodemesh",
         description="Sidecar-less service mesh: xDS control plane and eBPF node agent.",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Each subcommand module registers itself and sets `func`.
+    from nodemesh.ebpf import cli as agent_cli
+
+    agent_cli.register(sub)
     return parser
 
 
@@ -21,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return 0
+    func = getattr(args, "func", None)
+    return int(func(args)) if func is not None else 0
 
 
 if __name__ == "__main__":
