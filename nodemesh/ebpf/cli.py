@@ -1,0 +1,145 @@
+"""`nodemesh agent`: the node agent's datapath half, and its operator commands.
+
+    nodemesh agent [--plan FILE | --model-dir DIR] [--watch]   load, apply, keep in step
+    nodemesh agent --cleanup                                   remove everything it made
+    nodemesh agent dump [--plan FILE | --model-dir DIR]        plan vs pinned, side by side
+
+Every `DatapathError` becomes one line on stderr (exit 1; 3 for a missing
+prerequisite); this is the one place that mapping happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from google.protobuf import json_format
+
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+from nodemesh.ebpf import applier, dump, loader, planner, preflight
+from nodemesh.ebpf.endpoints import DirectoryPodCgroups
+from nodemesh.ebpf.errors import DatapathError, PlanError, PrerequisiteMissing
+
+log = structlog.get_logger("nodemesh.ebpf.cli")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("agent", help="eBPF node agent: datapath load, apply, dump, cleanup")
+    p.add_argument("--pin-dir", type=Path, default=loader.DEFAULT_PIN_DIR)
+    p.add_argument("--cgroup", type=Path, default=loader.DEFAULT_CGROUP, help="mesh cgroup")
+    p.add_argument("--proxy-cgroup", type=Path, help="the node Envoy's cgroup")
+    p.add_argument("--proxy-address", help="IPv4 address pods reach the node Envoy at")
+    p.add_argument("--pod-cgroups", type=Path, help="dir of <namespace>_<name> pod cgroups")
+    p.add_argument("--node-name", default="")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--plan", type=Path, help="a DatapathPlan as JSON")
+    src.add_argument("--model-dir", type=Path, help="a directory of Kubernetes YAML")
+    p.add_argument("--watch", action="store_true", help="re-apply when the plan file changes")
+    p.add_argument("--cleanup", action="store_true", help="remove all programs, maps and pins")
+    p.add_argument("action", nargs="?", choices=["dump"], help="dump: plan vs pinned")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> loader.DatapathConfig:
+    return loader.DatapathConfig(
+        pin_dir=args.pin_dir, cgroup=args.cgroup, proxy_cgroup=args.proxy_cgroup
+    )
+
+
+def read_plan(args: argparse.Namespace) -> pb.DatapathPlan | None:
+    if args.plan is not None:
+        try:
+            return json_format.Parse(args.plan.read_text(), pb.DatapathPlan())
+        except (OSError, json_format.ParseError) as exc:
+            raise PlanError(f"{args.plan}: {exc}") from exc
+    if args.model_dir is not None:
+        return planner.plan(_model_from_dir(args.model_dir), args.node_name)
+    return None
+
+
+def _model_from_dir(directory: Path) -> Any:
+    from nodemesh.model.store import MeshStore
+
+    docs: list[dict[str, Any]] = []
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+        except (OSError, yaml.YAMLError) as exc:
+            raise PlanError(f"{path}: {exc}") from exc
+    store = MeshStore()
+    store.replace_all("file", docs)
+    return store.build()
+
+
+def _apply(args: argparse.Namespace, plan: pb.DatapathPlan) -> None:
+    pods = DirectoryPodCgroups(args.pod_cgroups or args.cgroup)
+    applier.apply(plan, _config(args).maps_dir, args.proxy_address, pods)
+
+
+async def _watch(args: argparse.Namespace) -> None:
+    """Poll the plan file; apply each new version. Errors keep the last good state."""
+    stamp = args.plan.stat().st_mtime_ns if args.plan else 0
+    while True:
+        await asyncio.sleep(0.2)
+        now = args.plan.stat().st_mtime_ns if args.plan and args.plan.exists() else stamp
+        if now == stamp:
+            continue
+        stamp = now
+        try:
+            plan = read_plan(args)
+            if plan is not None:
+                _apply(args, plan)
+        except DatapathError as exc:
+            log.error("plan not applied; the previous one stays", error=str(exc))
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(_watch(args), name="plan-watch")
+        print("agent ready", flush=True)
+        await stop.wait()
+        # The datapath stays pinned and live; only the agent goes away.
+        watcher.cancel()
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.cleanup:
+        removed = loader.cleanup(config)
+        print(f"removed {len(removed)} pins under {config.pin_dir}")
+        return 0
+    plan = read_plan(args)
+    if args.action == "dump":
+        preflight.check_bpffs(config.pin_dir)
+        if not config.maps_dir.is_dir():
+            raise DatapathError(f"nothing is pinned under {config.pin_dir}; has the agent run?")
+        pods = DirectoryPodCgroups(args.pod_cgroups or args.cgroup)
+        print(dump.render(plan, config.maps_dir, args.proxy_address, pods))
+        return 0
+    loader.load(config)
+    if plan is not None:
+        _apply(args, plan)
+    if args.watch:
+        asyncio.run(_serve(args))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except PrerequisiteMissing as exc:
+        print(f"nodemesh agent: missing: {exc.missing}\n  fix: {exc.fix}", file=sys.stderr)
+        return 3
+    except DatapathError as exc:
+        print(f"nodemesh agent: error: {exc}", file=sys.stderr)
+        return 1

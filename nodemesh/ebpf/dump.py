@@ -1,0 +1,76 @@
+"""`nodemesh agent dump`: the plan and what is pinned, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+from nodemesh.ebpf import applier, pinned
+from nodemesh.ebpf.endpoints import PodCgroups
+from nodemesh.ebpf.mirrors import ServiceValue, ip_str, port_host
+
+PROTO_NAMES = {6: "TCP", 17: "UDP"}
+
+
+def _fe_label(fe: applier.Frontend) -> str:
+    return f"{ip_str(fe[0])}:{port_host(fe[1])}/{PROTO_NAMES.get(fe[2], fe[2])}"
+
+
+def _addrs(addrs: list[applier.Addr] | None) -> str:
+    if addrs is None:
+        return "-"
+    return ",".join(f"{ip_str(a)}:{port_host(p)}" for a, p in addrs) or "(no backends)"
+
+
+def _pinned_backends(slots: dict[int, ServiceValue]) -> list[applier.Addr]:
+    count = slots[0].count if 0 in slots else 0
+    return [
+        (slots[i].addr_be, slots[i].port_be) if i in slots else (0, 0) for i in range(1, count + 1)
+    ]
+
+
+def _state(plan: list[applier.Addr] | None, have: list[applier.Addr] | None) -> str:
+    if plan is None:
+        return "STALE (not in plan)"
+    if have is None:
+        return "MISSING"
+    return "in sync" if sorted(plan) == sorted(have) else "DIFFERS"
+
+
+def render(
+    plan: pb.DatapathPlan | None, maps_dir: Path, proxy_address: str | None, pods: PodCgroups
+) -> str:
+    empty = pb.DatapathPlan()
+    desired = applier.compile_plan(plan or empty, proxy_address, pods)
+    with pinned.open_map(maps_dir, pinned.SERVICES) as m:
+        services = applier.read_services(m)
+    with pinned.open_map(maps_dir, pinned.L7REDIR) as m:
+        redirects = applier.read_redirects(m)
+    version = plan.model_version if plan is not None else "(no plan given)"
+    rows = [("FRONTEND", "PLAN", "PINNED", "STATE")]
+    for fe in sorted(set(desired.frontends) | set(services)):
+        want = desired.frontends.get(fe) if plan is not None else None
+        have = _pinned_backends(services[fe]) if fe in services else None
+        rows.append((_fe_label(fe), _addrs(want), _addrs(have), _state(want, have)))
+    rows.append(("L7 REDIRECT (cgroup)", "PLAN", "PINNED", "STATE"))
+    for key in sorted(set(desired.redirects) | set(redirects)):
+        want_r = desired.redirects.get(key) if plan is not None else None
+        have_r = redirects.get(key)
+        label = f"{_fe_label(key[1:])} cg={key[0] or 'any'}"
+        rows.append(
+            (
+                label,
+                _addrs([want_r] if want_r else None),
+                _addrs([have_r] if have_r else None),
+                _state([want_r] if want_r else None, [have_r] if have_r else None),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"plan model version: {version}"]
+    if desired.unresolved_clients:
+        lines.append(f"client pods not on this node: {', '.join(desired.unresolved_clients)}")
+    for r in rows:
+        lines.append(
+            "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        )
+    return "\n".join(lines)
