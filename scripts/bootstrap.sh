@@ -36,9 +36,10 @@ fi
 
 # The project's own protos (proto/) compile into nodemesh/_gen/ (gitignored),
 # importable as nodemesh._gen.<proto package>, e.g. nodemesh._gen.nodemesh.v1.
+# No .pyi: mypy checks stub files even under follow_imports=skip, and protoc's
+# stubs are not strict-clean; the generated modules are typed Any instead.
 mapfile -t protos < <(find proto -name '*.proto' | sort)
 if [ ${#protos[@]} -gt 0 ]; then
     mkdir -p nodemesh/_gen
-    "$VENV/bin/python" -m grpc_tools.protoc -Iproto --python_out=nodemesh/_gen \
-        --pyi_out=nodemesh/_gen "${protos[@]}"
+    "$VENV/bin/python" -m grpc_tools.protoc -Iproto --python_out=nodemesh/_gen "${protos[@]}"
 fi
