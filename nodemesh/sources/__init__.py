@@ -1,0 +1,1 @@
+"""Sources feed raw Kubernetes-shaped objects into a MeshStore."""
