@@ -56,17 +56,31 @@ def udp_server(port: int, name: str) -> None:
         srv.sendto(json.dumps({"backend": name, "peer": _fmt(peer)}).encode(), peer)
 
 
+def _answer_origdst(conn: socket.socket) -> None:
+    with conn:
+        raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        dport, dip = struct.unpack("!2xH4s8x", raw)
+        reply = {
+            "backend": "proxy",
+            "peer": _fmt(conn.getpeername()),
+            "orig": f"{socket.inet_ntoa(dip)}:{dport}",
+        }
+        line = json.dumps(reply).encode() + b"\n"
+        conn.sendall(line)
+        try:
+            while conn.recv(4096):
+                conn.sendall(line)
+        except OSError:
+            pass
+
+
 def origdst_server(port: int) -> None:
+    """Stands in for Envoy: asks the kernel where each connection was headed."""
     srv = socket.create_server(("0.0.0.0", port), backlog=512)
     print("ready", flush=True)
     while True:
-        conn, peer = srv.accept()
-        with conn:
-            raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-            dport, dip = struct.unpack("!2xH4s8x", raw)
-            orig = f"{socket.inet_ntoa(dip)}:{dport}"
-            reply = {"backend": "proxy", "peer": _fmt(peer), "orig": orig}
-            conn.sendall(json.dumps(reply).encode())
+        conn, _ = srv.accept()
+        threading.Thread(target=_answer_origdst, args=(conn,), daemon=True).start()
 
 
 def _one_tcp(host: str, port: int) -> dict[str, object]:
@@ -77,7 +91,7 @@ def _one_tcp(host: str, port: int) -> dict[str, object]:
         s.connect((host, port))
         peername = _fmt(s.getpeername())
         data = b""
-        while not data.endswith(b"\n") and not data.endswith(b"}"):
+        while not data.endswith(b"\n"):
             chunk = s.recv(4096)
             if not chunk:
                 break
