@@ -96,6 +96,8 @@ def _one_tcp(host: str, port: int) -> dict[str, object]:
             if not chunk:
                 break
             data += chunk
+        if not data:
+            return {"error": "EOF", "seconds": time.monotonic() - start}
         reply = json.loads(data)
         reply["getpeername"] = peername
         return reply
