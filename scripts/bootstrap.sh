@@ -10,8 +10,9 @@ PYTHON=${PYTHON:-python3}
 
 # clang/llvm/libbpf-dev compile the BPF programs; bpftool inspects them;
 # iptables, iproute2, libcap2-bin (capsh/setpriv) and hey/wrk serve the datapath
-# tests and benchmarks; shellcheck checks the shipped scripts.
-APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iptables iproute2 libcap2-bin util-linux shellcheck wrk hey)
+# tests and benchmarks; shellcheck checks the shipped scripts; docker-compose
+# (v1, no engine needed) checks docker-compose.yml with `config -q`.
+APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iptables iproute2 libcap2-bin util-linux shellcheck wrk hey docker-compose)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
