@@ -9,18 +9,27 @@ Service that does not exist, or an ambiguous port, rejects the CEC.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
-from nodemesh.model.objects import ObjectError, Service, ServiceName
+from nodemesh.model.objects import (
+    EnvoyConfig,
+    ObjectError,
+    ObjectRef,
+    ObjectWarning,
+    Service,
+    ServiceName,
+)
+from nodemesh.model.snapshot import MeshModel
 from nodemesh.xds.translate import registry
-from nodemesh.xds.translate.envoy_config import ParsedConfig
+from nodemesh.xds.translate.envoy_config import ParsedConfig, parse_config
 from nodemesh.xds.translate.errors import ResourceError
 from nodemesh.xds.translate.references import keep, map_listener, map_route_clusters
-from nodemesh.xds.translate.result import ConfigOutput, ServiceCluster
-from nodemesh.xds.translate.services import cluster_name, resolve_port
+from nodemesh.xds.translate.result import ConfigOutput, ServiceCluster, TranslateOptions
+from nodemesh.xds.translate.services import SERVICE_REF, cluster_name, resolve_port
 
 
 def _resolve(
@@ -85,3 +94,139 @@ def config_output(
     clusters = tuple(sorted(set(resolved.values()), key=lambda c: c.name))
     output = ConfigOutput(resources, dict(parsed.fields), clusters, tuple(parsed.warnings))
     return output, []
+
+
+# --- the config stage: every CEC of the model, conflicts, last good ---------
+
+_RESERVED_PREFIX = "nodemesh/"
+# A CEC's memoized output: the parse it came from and the Services it resolved.
+OutputMemo = dict[ObjectRef, tuple[ParsedConfig, tuple[Service | None, ...], ConfigOutput]]
+
+
+def node_selects(config: EnvoyConfig, options: TranslateOptions) -> bool:
+    """Whether a CEC applies to the node these options describe."""
+    if config.node_selector is None or options.node_name is None:
+        return True
+    labels = dict(options.node_labels)
+    labels.setdefault("kubernetes.io/hostname", options.node_name)
+    return config.node_selector.matches(labels)
+
+
+@dataclass(eq=False)
+class ConfigStage:
+    """What all CECs contribute in one round, and the memos it used."""
+
+    resources: dict[str, dict[str, Message]] = field(
+        default_factory=lambda: {url: {} for url in registry.RESOURCE_TYPES}
+    )
+    owner: dict[tuple[str, str], ObjectRef] = field(default_factory=dict)
+    needed: dict[str, ServiceCluster] = field(default_factory=dict)
+    errors: list[ObjectError] = field(default_factory=list)
+    warnings: list[ObjectWarning] = field(default_factory=list)
+    last_good: dict[ObjectRef, ConfigOutput] = field(default_factory=dict)
+    parsed: dict[EnvoyConfig, ParsedConfig] = field(default_factory=dict)
+    outputs: OutputMemo = field(default_factory=dict)
+
+    def signature(self) -> tuple[tuple[str, int], ...]:
+        """Identity of what the redirect stage reads (listeners and routes)."""
+        return tuple(
+            (name, id(message))
+            for url in (registry.LISTENER, registry.ROUTE)
+            for name, message in self.resources[url].items()
+        )
+
+
+class ConfigStageBuilder:
+    """Builds a ConfigStage from a model, given the previous round's."""
+
+    def __init__(
+        self,
+        model: MeshModel,
+        options: TranslateOptions,
+        previous: ConfigStage | None,
+        last_good: Mapping[ObjectRef, ConfigOutput],
+    ) -> None:
+        self.model = model
+        self.options = options
+        self.previous = previous or ConfigStage()
+        self.previous_good = last_good
+        self.stage = ConfigStage()
+
+    def build(self) -> ConfigStage:
+        configs = [c for c in self.model.envoy_configs if node_selects(c, self.options)]
+        for config in sorted(configs, key=lambda c: (c.creation_timestamp, c.ref)):
+            self._config(config)
+        return self.stage
+
+    def _output(self, config: EnvoyConfig) -> tuple[ConfigOutput | None, list[ObjectError]]:
+        parsed = self.previous.parsed.get(config) or parse_config(config)
+        self.stage.parsed[config] = parsed
+        services = self.model.services
+        key = tuple(services.get(ref.service) for ref, _ in parsed.service_refs)
+        cached = self.previous.outputs.get(config.ref)
+        if cached is not None and cached[0] is parsed and cached[1] == key:
+            self.stage.outputs[config.ref] = cached
+            return cached[2], []
+        output, errors = config_output(parsed, services)
+        if output is not None:
+            self.stage.outputs[config.ref] = (parsed, key, output)
+        return output, errors
+
+    def _config(self, config: EnvoyConfig) -> None:
+        output, errors = self._output(config)
+        if output is not None:
+            errors = self._conflicts(config.ref, output)
+        if not errors and output is not None:
+            self._accept(config, output)
+            return
+        previous = self.previous_good.get(config.ref)
+        if previous is not None and self._conflicts(config.ref, previous):
+            previous = None
+        self.stage.errors.extend(replace(e, kept_previous=previous is not None) for e in errors)
+        if previous is not None:
+            self._accept(config, previous)
+
+    def _conflicts(self, ref: ObjectRef, output: ConfigOutput) -> list[ObjectError]:
+        errors = []
+        for type_url, named in output.resources.items():
+            kind = type_url.rpartition(".")[2]
+            for name in named:
+                where = f"{output.owners.get(name, 'spec.resources')}.name"
+                other = self.stage.owner.get((type_url, name))
+                if other is not None:
+                    reason = f"{kind} {name!r} is already defined by {other}"
+                elif name.startswith(_RESERVED_PREFIX):
+                    reason = f"{kind} name {name!r} is reserved for nodemesh"
+                elif type_url == registry.CLUSTER and self._is_service_cluster(name):
+                    reason = f"cluster {name!r} would replace the cluster of that Service"
+                else:
+                    continue
+                errors.append(ObjectError(ref, where, reason))
+        return errors
+
+    def _is_service_cluster(self, name: str) -> bool:
+        match = SERVICE_REF.match(name)
+        return match is not None and ServiceName(match[1], match[2]) in self.model.services
+
+    def _accept(self, config: EnvoyConfig, output: ConfigOutput) -> None:
+        stage = self.stage
+        stage.last_good[config.ref] = output
+        stage.warnings.extend(output.warnings)
+        for type_url, named in output.resources.items():
+            for name, message in named.items():
+                stage.resources[type_url][name] = message
+                stage.owner[(type_url, name)] = config.ref
+        for cluster in output.service_clusters:
+            stage.needed[cluster.name] = cluster
+        for entry in (*config.services, *config.backend_services):
+            self._feed(entry.service, entry.ports)
+
+    def _feed(self, name: ServiceName, ports: tuple[int, ...]) -> None:
+        """spec.services and spec.backendServices feed EDS for their ports."""
+        service = self.model.services.get(name)
+        if service is None:
+            return  # the model store reports missing Services of a CEC
+        for port in service.ports:
+            if not ports or port.port in ports:
+                cluster = cluster_name(service, port.port)
+                self.stage.needed.setdefault(cluster, ServiceCluster(cluster, name, port.port))

@@ -59,30 +59,50 @@ def bind(
         listener.listener_filters.append(_ORIGINAL_DST)
 
 
-def http_listener(
-    name: str,
-    route_config: str,
-    stat_prefix: str,
-    rbac: hcm_pb2.HttpFilter | None,
-) -> listener_pb2.Listener:
-    """An HTTP listener serving `route_config` over RDS (unbound: see `bind`)."""
-    manager = hcm_pb2.HttpConnectionManager(
-        stat_prefix=stat_name(stat_prefix, name),
-        # "httpbin" and "httpbin:80" are the same virtual host to a client.
-        strip_any_host_port=True,
-    )
-    manager.rds.route_config_name = route_config
-    manager.rds.config_source.ads.SetInParent()
-    manager.rds.config_source.resource_api_version = config_source_pb2.V3
-    if rbac is not None:
-        manager.http_filters.append(rbac)
-    manager.http_filters.append(_ROUTER)
-    listener = listener_pb2.Listener(name=name)
-    chain = listener.filter_chains.add()
-    network_filter = chain.filters.add()
-    network_filter.name = HCM_FILTER
-    network_filter.typed_config.CopyFrom(pack(manager))
-    return listener
+class HttpListeners:
+    """Synthesized HTTP listeners (unbound: see `bind`).
+
+    Thousands of them differ only in name, route and stat prefix, so each is
+    copied from a prototype connection manager per RBAC filter (the filters
+    are shared between redirects with the same policies) and packed once.
+    """
+
+    def __init__(self, stat_prefix: str) -> None:
+        self.stat_prefix = stat_prefix
+        self._prototypes: dict[int, tuple[object, hcm_pb2.HttpConnectionManager]] = {}
+
+    def _prototype(self, rbac: hcm_pb2.HttpFilter | None) -> hcm_pb2.HttpConnectionManager:
+        known = self._prototypes.get(id(rbac))
+        if known is not None and known[0] is rbac:
+            return known[1]
+        manager = hcm_pb2.HttpConnectionManager(
+            # "httpbin" and "httpbin:80" are the same virtual host to a client.
+            strip_any_host_port=True,
+        )
+        manager.rds.config_source.ads.SetInParent()
+        manager.rds.config_source.resource_api_version = config_source_pb2.V3
+        if rbac is not None:
+            manager.http_filters.append(rbac)
+        manager.http_filters.append(_ROUTER)
+        if len(self._prototypes) > 1024:
+            self._prototypes.clear()  # bounded: filters of models long gone
+        self._prototypes[id(rbac)] = (rbac, manager)
+        return manager
+
+    def build(
+        self, name: str, route_config: str, rbac: hcm_pb2.HttpFilter | None
+    ) -> listener_pb2.Listener:
+        """An HTTP listener serving `route_config` over RDS."""
+        manager = hcm_pb2.HttpConnectionManager()
+        manager.CopyFrom(self._prototype(rbac))
+        manager.stat_prefix = stat_name(self.stat_prefix, name)
+        manager.rds.route_config_name = route_config
+        listener = listener_pb2.Listener(name=name)
+        network_filter = listener.filter_chains.add().filters.add()
+        network_filter.name = HCM_FILTER
+        network_filter.typed_config.type_url = HCM_TYPE
+        network_filter.typed_config.value = manager.SerializeToString(deterministic=True)
+        return listener
 
 
 def with_rbac(listener: listener_pb2.Listener, rbac: hcm_pb2.HttpFilter) -> None:

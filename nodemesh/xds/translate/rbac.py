@@ -19,7 +19,6 @@ its redirect's destination, so one service port's rules never open another.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
 from envoy.config.core.v3 import address_pb2
@@ -38,7 +37,8 @@ RBAC_FILTER = "envoy.filters.http.rbac"
 
 
 def _cidr(ip: str) -> address_pb2.CidrRange:
-    length = 32 if ipaddress.ip_address(ip).version == 4 else 128
+    # The model holds pod IPs Kubernetes validated: a colon means IPv6.
+    length = 128 if ":" in ip else 32
     return address_pb2.CidrRange(address_prefix=ip, prefix_len={"value": length})
 
 
@@ -118,9 +118,11 @@ def _restricts(redirect: L7Redirect) -> bool:
 def _redirect_policies(
     redirect: L7Redirect,
     destination: rbac_pb2.Permission | None,
+    shared: bool,
     warnings: list[ObjectWarning],
 ) -> dict[str, rbac_pb2.Policy]:
-    where = f"{redirect.service}:{redirect.port}"
+    # Policy names need the service port only where one listener serves several.
+    where = f"{redirect.service}:{redirect.port} " if shared else ""
     policies: dict[str, rbac_pb2.Policy] = {}
     covered: list[str] = []
     restricted = _restricts(redirect)
@@ -132,7 +134,7 @@ def _redirect_policies(
             _scoped(_rule_permission(rule, policy, f"rules.http[{r}]", warnings), destination)
             for r, rule in enumerate(policy.rules)
         ]
-        policies[f"{where} {policy.owner} #{index}"] = rbac_pb2.Policy(
+        policies[f"{where}{policy.owner} #{index}"] = rbac_pb2.Policy(
             principals=[_from_ips(policy.client_ips)], permissions=permissions
         )
     if redirect.clients is None or not restricted:
@@ -143,7 +145,7 @@ def _redirect_policies(
             if covered
             else rbac_pb2.Principal(any=True)
         )
-        policies[f"{where} clients without a policy"] = rbac_pb2.Policy(
+        policies[f"{where}clients without a policy"] = rbac_pb2.Policy(
             principals=[others], permissions=[_scoped(rbac_pb2.Permission(any=True), destination)]
         )
     return policies
@@ -160,7 +162,8 @@ def rbac_filter(
         return None
     policies: dict[str, rbac_pb2.Policy] = {}
     for redirect, destination in redirects:
-        policies.update(_redirect_policies(redirect, destination, warnings))
+        shared = len(redirects) > 1
+        policies.update(_redirect_policies(redirect, destination, shared, warnings))
     rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=policies)
     config = rbac_filter_pb2.RBAC(rules=rules)
     return hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(config))

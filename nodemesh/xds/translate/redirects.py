@@ -11,7 +11,7 @@ of connections.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from envoy.config.listener.v3 import listener_pb2
@@ -21,22 +21,17 @@ from google.protobuf.message import Message
 from nodemesh.model.objects import L7Redirect, ObjectError, ObjectWarning, RedirectOrigin
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.xds.translate import registry
+from nodemesh.xds.translate.configs import ConfigStage
 from nodemesh.xds.translate.listeners import (
+    HttpListeners,
     bind,
     destination_of,
-    http_listener,
     service_route,
     with_rbac,
 )
 from nodemesh.xds.translate.rbac import rbac_filter
 from nodemesh.xds.translate.result import ServiceCluster, TranslateOptions
 from nodemesh.xds.translate.services import cluster_name
-
-
-@dataclass
-class Found:
-    errors: list[ObjectError] = field(default_factory=list)
-    warnings: list[ObjectWarning] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,85 +41,114 @@ class _Built:
     warnings: tuple[ObjectWarning, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Rbac:
+    http_filter: Message | None
+    warnings: tuple[ObjectWarning, ...]
+
+
+@dataclass(eq=False)
+class RedirectStage:
+    """One round's redirect listeners and routes, with the inputs they came from
+    (to be reused whole when those are the same next round) and the memos."""
+
+    redirects: tuple[L7Redirect, ...] = ()
+    services: object = None
+    signature: tuple[tuple[str, int], ...] = ()
+    config_needed: Mapping[str, ServiceCluster] = field(default_factory=dict)
+    listeners: dict[str, Message] = field(default_factory=dict)
+    routes: dict[str, Message] = field(default_factory=dict)
+    needed: dict[str, ServiceCluster] = field(default_factory=dict)
+    errors: list[ObjectError] = field(default_factory=list)
+    warnings: list[ObjectWarning] = field(default_factory=list)
+    listener_memo: dict[str, _Built] = field(default_factory=dict)
+    route_memo: dict[str, _Built] = field(default_factory=dict)
+    rbac_memo: dict[tuple[object, ...], _Rbac] = field(default_factory=dict)
+
+
+def _reusable(previous: RedirectStage, model: MeshModel, signature: object, needed: object) -> bool:
+    return (
+        previous.services is model.services
+        and previous.signature == signature
+        and previous.config_needed == needed
+        and (previous.redirects is model.redirects or previous.redirects == model.redirects)
+    )
+
+
 class RedirectBuilder:
-    """Listeners for redirects, memoized by their inputs across models."""
+    """Builds a round's RedirectStage; memoizes listeners by their inputs."""
 
     def __init__(self, options: TranslateOptions) -> None:
         self.options = options
-        self._listeners: dict[str, _Built] = {}
-        self._routes: dict[str, _Built] = {}
+        self.previous = RedirectStage()
+        self._http = HttpListeners(options.stat_prefix)
 
-    def build(
-        self,
-        model: MeshModel,
-        out: dict[str, dict[str, Message]],
-        needed: dict[str, ServiceCluster],
-    ) -> Found:
-        """Add every redirect's listener (and route) to `out`, and the service
-        clusters they route to to `needed`."""
+    def build(self, model: MeshModel, configs: ConfigStage) -> RedirectStage:
+        """Listeners (and routes) for every redirect, plus the service clusters
+        they and the CECs route to."""
+        signature = configs.signature()
+        if _reusable(self.previous, model, signature, configs.needed):
+            return self.previous
         groups: dict[str, list[L7Redirect]] = {}
         for redirect in model.redirects:
             groups.setdefault(redirect.listener, []).append(redirect)
-        found = Found()
-        listeners: dict[str, _Built] = {}
-        routes: dict[str, _Built] = {}
+        stage = RedirectStage(
+            model.redirects, model.services, signature, configs.needed, needed=dict(configs.needed)
+        )
         ports: dict[int, str] = {}
         for name in sorted(groups):
             group = groups[name]
-            if self._port_clash(name, group, ports, found):
+            if self._port_clash(name, group, ports, stage):
                 continue
-            route = self._route(model, out, group, needed, routes, found)
-            if route is None:
-                continue
-            built = self._listener(model, out, name, route, group, listeners)
-            out[registry.LISTENER][name] = built.message
-            found.warnings.extend(built.warnings)
-        self._listeners, self._routes = listeners, routes
-        return found
+            route = self._route(model, configs.resources, group, stage)
+            if route is not None:
+                built = self._listener(model, configs.resources, name, route, group, stage)
+                stage.listeners[name] = built.message
+                stage.warnings.extend(built.warnings)
+        self.previous = stage
+        return stage
 
     def _port_clash(
-        self, name: str, group: list[L7Redirect], ports: dict[int, str], found: Found
+        self, name: str, group: list[L7Redirect], ports: dict[int, str], stage: RedirectStage
     ) -> bool:
         for redirect in group:
             other = ports.setdefault(redirect.proxy_port, name)
             if other != name:
-                for owner in redirect.owners:
-                    found.errors.append(
-                        ObjectError(
-                            owner,
-                            "spec",
-                            f"proxy port {redirect.proxy_port} of {redirect.service}:"
-                            f"{redirect.port} is already the port of listener {other!r}",
-                        )
+                stage.errors.extend(
+                    ObjectError(
+                        owner,
+                        "spec",
+                        f"proxy port {redirect.proxy_port} of {redirect.service}:"
+                        f"{redirect.port} is already the port of listener {other!r}",
                     )
+                    for owner in redirect.owners
+                )
                 return True
         return False
 
     def _route(
         self,
         model: MeshModel,
-        out: dict[str, dict[str, Message]],
+        cec: Mapping[str, Mapping[str, Message]],
         group: list[L7Redirect],
-        needed: dict[str, ServiceCluster],
-        routes: dict[str, _Built],
-        found: Found,
+        stage: RedirectStage,
     ) -> str | None:
         """The route config the group's listener serves, synthesized when needed."""
         first = group[0]
         name = first.route_config or first.listener
         if first.origin is RedirectOrigin.ENVOY_CONFIG and (
-            name in out[registry.ROUTE] or name in out[registry.LISTENER]
+            name in cec[registry.ROUTE] or first.listener in cec[registry.LISTENER]
         ):
             return name
         service = model.services.get(first.service)
         if service is None:
-            found.errors.extend(
+            stage.errors.extend(
                 ObjectError(o, "spec", f"redirected Service {first.service} does not exist")
                 for o in first.owners
             )
             return None
         if first.origin is RedirectOrigin.ENVOY_CONFIG:
-            found.errors.append(
+            stage.errors.append(
                 ObjectError(
                     first.owners[0],
                     "spec.resources",
@@ -133,13 +157,13 @@ class RedirectBuilder:
                 )
             )
         cluster = cluster_name(service, first.port)
-        needed.setdefault(cluster, ServiceCluster(cluster, first.service, first.port))
-        key: tuple[object, ...] = (cluster,)
-        built = self._routes.get(name)
-        if built is None or built.key != key:
-            built = _Built(key, service_route(name, cluster), ())
-        routes[name] = built
-        out[registry.ROUTE][name] = built.message
+        if cluster not in stage.needed:
+            stage.needed[cluster] = ServiceCluster(cluster, first.service, first.port)
+        built = self.previous.route_memo.get(name)
+        if built is None or built.key[0] != cluster:
+            built = _Built((cluster,), service_route(name, cluster), ())
+        stage.route_memo[name] = built
+        stage.routes[name] = built.message
         return name
 
     def _destinations(
@@ -157,32 +181,46 @@ class RedirectBuilder:
             result.append((redirect, destination))
         return result
 
+    def _rbac(self, model: MeshModel, group: list[L7Redirect], stage: RedirectStage) -> _Rbac:
+        """The group's RBAC filter. A lone redirect's depends on its policies only,
+        so services sharing one network policy share one filter message."""
+        key: tuple[object, ...] | None = None
+        if len(group) == 1:
+            key = (group[0].policies, group[0].clients is None)
+            known = stage.rbac_memo.get(key) or self.previous.rbac_memo.get(key)
+            if known is not None:
+                stage.rbac_memo[key] = known
+                return known
+        warnings: list[ObjectWarning] = []
+        http_filter = rbac_filter(self._destinations(model, group), warnings)
+        made = _Rbac(http_filter, tuple(warnings))
+        if key is not None:
+            stage.rbac_memo[key] = made
+        return made
+
     def _listener(
         self,
         model: MeshModel,
-        out: dict[str, dict[str, Message]],
+        cec: Mapping[str, Mapping[str, Message]],
         name: str,
         route: str,
         group: list[L7Redirect],
-        listeners: dict[str, _Built],
+        stage: RedirectStage,
     ) -> _Built:
-        own = out[registry.LISTENER].get(name)
+        own = cec[registry.LISTENER].get(name)
         key: tuple[object, ...] = (tuple(group), route, own)
-        built = self._listeners.get(name)
-        if built is not None and (built.key == key):
-            listeners[name] = built
-            return built
-        warnings: list[ObjectWarning] = []
-        rbac = rbac_filter(self._destinations(model, group), warnings)
-        if own is not None:
-            listener = listener_pb2.Listener()
-            listener.CopyFrom(own)
-            if rbac is not None:
-                with_rbac(listener, rbac)
-        else:
-            listener = http_listener(name, route, self.options.stat_prefix, rbac)
-        ports = sorted({r.proxy_port for r in group})
-        bind(listener, self.options.listener_address, ports, self.options.use_original_dst)
-        built = _Built(key, listener, tuple(warnings))
-        listeners[name] = built
+        built = self.previous.listener_memo.get(name)
+        if built is None or built.key != key:
+            rbac = self._rbac(model, group, stage)
+            if own is not None:
+                listener = listener_pb2.Listener()
+                listener.CopyFrom(own)
+                if rbac.http_filter is not None:
+                    with_rbac(listener, rbac.http_filter)
+            else:
+                listener = self._http.build(name, route, rbac.http_filter)
+            ports = sorted({r.proxy_port for r in group})
+            bind(listener, self.options.listener_address, ports, self.options.use_original_dst)
+            built = _Built(key, listener, rbac.warnings)
+        stage.listener_memo[name] = built
         return built

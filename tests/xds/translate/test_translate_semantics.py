@@ -183,9 +183,9 @@ def test_restricted_clients_and_unrestricted_others() -> None:
     translation = translate(replace(m.canary_model(), redirects=(redirect,)))
     rules_pb = _rbac(translation.resources[LISTENER]["default/httpbin-traffic-split/listener"])
     assert rules_pb.action == rbac_pb2.RBAC.ALLOW
-    others = rules_pb.policies["default/httpbin:80 clients without a policy"].principals[0]
+    others = rules_pb.policies["clients without a policy"].principals[0]
     assert others.not_id.direct_remote_ip.address_prefix == "10.0.0.5"
-    curl = rules_pb.policies[f"default/httpbin:80 {m.CNP_REF} #0"]
+    curl = rules_pb.policies[f"{m.CNP_REF} #0"]
     assert curl.permissions[0].header.name == ":path"
     assert curl.permissions[0].header.string_match.safe_regex.regex == "/get"
 
