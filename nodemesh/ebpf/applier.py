@@ -91,16 +91,15 @@ def _frontend(fe: pb.ServiceFrontend) -> tuple[Frontend, list[Addr]]:
     )
     if len(fe.backends) > MAX_BACKENDS:
         raise PlanError(f"{fe.name}: backends: {len(fe.backends)} exceeds {MAX_BACKENDS}")
-    addrs: list[Addr] = []
+    addrs: dict[Addr, None] = {}  # ordered and deduplicated
     for i, b in enumerate(fe.backends):
         where = f"backends[{i}]"
         addr = (
             _ipv4(fe.name, f"{where}.address", b.address),
             _port(fe.name, f"{where}.port", b.port),
         )
-        if addr not in addrs:
-            addrs.append(addr)
-    return key, addrs
+        addrs.setdefault(addr)
+    return key, list(addrs)
 
 
 def compile_plan(plan: pb.DatapathPlan, proxy_address: str | None, pods: PodCgroups) -> Desired:
