@@ -13,8 +13,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each subcommand module registers itself and sets `func`.
+    from nodemesh import cli_controlplane
     from nodemesh.ebpf import cli as agent_cli
 
+    cli_controlplane.register(sub)
     agent_cli.register(sub)
     return parser
 

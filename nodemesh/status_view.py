@@ -29,16 +29,27 @@ class StatusError(Exception):
     """The admin port could not be read."""
 
 
-def fetch_syncz(admin: str, timeout: float = 5.0) -> Mapping[str, Any]:
-    url = f"http://{admin}/debug/syncz"
+def fetch_json(admin: str, path: str, timeout: float = 5.0) -> Any:
+    """GET a JSON document from the admin port; HTTP errors carry the server's reason."""
+    url = f"http://{admin}{path}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            data: Mapping[str, Any] = json.load(resp)
-            return data
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        raise StatusError(f"{url}: HTTP {exc.code}: {reason}") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise StatusError(
             f"cannot read {url}: {exc} (is `nodemesh serve` running? --admin sets the address)"
         ) from exc
+
+
+def fetch_syncz(admin: str, timeout: float = 5.0) -> Mapping[str, Any]:
+    data: Mapping[str, Any] = fetch_json(admin, "/debug/syncz", timeout)
+    return data
 
 
 def _short(version: str | None) -> str:

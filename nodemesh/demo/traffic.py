@@ -38,28 +38,35 @@ class LoopResult:
 async def request_loop(
     url: str,
     host: str,
-    count: int,
+    count: int | None,
     concurrency: int = 4,
     workload_of: Mapping[str, str] | None = None,
     expect_status: int = 200,
+    stop: asyncio.Event | None = None,
 ) -> LoopResult:
-    """Send `count` GETs to `url` with `Host: host`, `concurrency` at a time.
+    """Send `count` GETs to `url` with `Host: host`, `concurrency` at a time
+    (`count` None: until `stop` is set).
 
     A response counts for the workload that answered (`workload_of` maps the
     backend's replica name to a workload; by default the version header is
     used). A connection error or an unexpected status counts as a failure.
     """
     result = LoopResult()
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(count):
-        queue.put_nowait(i)
+    started = 0
+
+    def take() -> bool:
+        nonlocal started
+        if (stop is not None and stop.is_set()) or (count is not None and started >= count):
+            return False
+        started += 1
+        return True
+
     connector = aiohttp.TCPConnector(force_close=True, limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
-            while not queue.empty():
-                queue.get_nowait()
+            while take():
                 await _one_request(session, url, host, result, workload_of, expect_status)
 
         async with asyncio.TaskGroup() as group:

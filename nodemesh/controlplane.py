@@ -1,0 +1,222 @@
+"""The control plane process: sources -> model -> xDS, in one event loop.
+
+This is the one wiring module for `nodemesh serve` (and the demo): it joins
+the model store and its sources, the translator, the snapshot cache, the ADS
+server and the admin port. None of those know about each other; each model
+version flows one way from the store to the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import structlog
+from google.protobuf import json_format
+from prometheus_client import Gauge
+
+from nodemesh.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminServer
+from nodemesh.model.objects import ObjectError, ObjectWarning
+from nodemesh.model.snapshot import MeshModel
+from nodemesh.model.store import MeshStore
+from nodemesh.sources.files import FileSource
+from nodemesh.xds.cache import SnapshotCache, short_name
+from nodemesh.xds.server import AdsServer, ClientStatus, ServerSettings, StreamSettings, TlsSettings
+from nodemesh.xds.translate import TranslateOptions, Translation, Translator, validate_envoy_config
+
+log = structlog.get_logger("nodemesh.controlplane")
+
+TRANSLATE_ERRORS = Gauge(
+    "nodemesh_translate_object_errors",
+    "Objects (or fields of them) the Envoy translation rejected, by kind",
+    ["kind"],
+)
+
+TYPE_ALIASES = {
+    "clusters": "CDS",
+    "endpoints": "EDS",
+    "listeners": "LDS",
+    "routes": "RDS",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlaneConfig:
+    """Everything `nodemesh serve` can be told. Defaults suit one node."""
+
+    source_dirs: Sequence[Path] = ()
+    xds_tcp: str | None = "127.0.0.1:18000"
+    xds_socket: Path | None = None
+    tls: TlsSettings | None = None
+    admin_host: str = DEFAULT_ADMIN_HOST
+    admin_port: int = DEFAULT_ADMIN_PORT
+    push_delay: float = 0.1
+    translate: TranslateOptions = field(default_factory=TranslateOptions)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _problem(item: ObjectError | ObjectWarning) -> dict[str, Any]:
+    return {
+        "object": str(item.ref),
+        "field": item.field,
+        "reason": item.reason,
+        "kept_previous": getattr(item, "kept_previous", False),
+    }
+
+
+class ControlPlane:
+    """Runs until cancelled. `ready` is set once the first model is served."""
+
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        self.config = config
+        self.store = MeshStore(validators=[validate_envoy_config])
+        self.sources = [
+            FileSource(directory, self.store, source_name=f"files:{directory}")
+            for directory in config.source_dirs
+        ]
+        self.cache = SnapshotCache()
+        self.translator = Translator(config.translate)
+        self.server = AdsServer(
+            self.cache,
+            ServerSettings(
+                tcp_address=config.xds_tcp,
+                uds_path=config.xds_socket,
+                tls=config.tls,
+                stream=StreamSettings(coalesce_delay=config.push_delay),
+            ),
+        )
+        self.admin = AdminServer(
+            self, prometheus_client.REGISTRY, config.admin_host, config.admin_port
+        )
+        self.admin_port: int | None = None
+        self.model: MeshModel | None = None
+        self.translation: Translation | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        for source in self.sources:
+            source.load()  # the first model includes every file, not a partial set
+        await self.server.start()
+        try:
+            self.admin_port = await self.admin.start()
+            async with asyncio.TaskGroup() as group:
+                for source in self.sources:
+                    group.create_task(source.run(), name=f"source {source.directory}")
+                group.create_task(self._publish_models(), name="model-to-xds")
+        finally:
+            await self.admin.stop()
+            await self.server.stop()
+
+    async def _publish_models(self) -> None:
+        async for model in self.store.updates():
+            self.publish(model)
+
+    def publish(self, model: MeshModel) -> None:
+        """Translate one model version and hand it to every stream."""
+        started = time.perf_counter()
+        translation = self.translator.translate(model)
+        snapshot = self.cache.build_snapshot(translation.resources, label=model.version)
+        self.cache.set_default_snapshot(snapshot)
+        self.model, self.translation = model, translation
+        by_kind: dict[str, int] = {}
+        for error in translation.errors:
+            by_kind[error.ref.kind.value] = by_kind.get(error.ref.kind.value, 0) + 1
+            log.error(
+                "object_rejected", object=str(error.ref), field=error.field, reason=error.reason
+            )
+        for kind in {e.ref.kind.value for e in (*translation.errors, *model.errors)} | set(by_kind):
+            TRANSLATE_ERRORS.labels(kind=kind).set(by_kind.get(kind, 0))
+        log.info(
+            "model_published",
+            version=model.version,
+            generation=model.generation,
+            errors=len(model.errors) + len(translation.errors),
+            seconds=round(time.perf_counter() - started, 6),
+        )
+        self.ready.set()
+
+    # -- AdminView ---------------------------------------------------------------
+
+    def not_ready_reasons(self) -> Sequence[str]:
+        if self.model is None:
+            return ["no mesh model has been published yet"]
+        # A broken file keeps its last good content and is only reported; an
+        # unreadable source directory means the model may be missing objects.
+        return [
+            f"source directory {source.directory} is not readable"
+            for source in self.sources
+            if not source.directory.is_dir()
+        ]
+
+    def syncz(self) -> Mapping[str, Any]:
+        model, translation = self.model, self.translation
+        errors = (*model.errors, *translation.errors) if model and translation else ()
+        warnings = (*model.warnings, *translation.warnings) if model and translation else ()
+        return {
+            "model": {
+                "version": model.version if model else None,
+                "generation": model.generation if model else None,
+                "errors": [_problem(e) for e in errors],
+                "warnings": _unique([_problem(w) for w in warnings]),
+            },
+            "sources": [
+                {"name": str(s.directory), "errors": [str(e) for e in s.errors]}
+                for s in self.sources
+            ],
+            "clients": [_client_json(c) for c in self.server.clients()],
+        }
+
+    def config_dump(self, node: str, resource_type: str | None) -> Mapping[str, Any] | None:
+        if self.cache.snapshot(node) is None:
+            return None
+        wanted = TYPE_ALIASES.get(resource_type or "", resource_type)
+        dump = self.cache.config_dump(node)
+        return {
+            short_name(type_url): {
+                name: json_format.MessageToDict(message, preserving_proto_field_name=True)
+                for name, message in sorted(resources.items())
+            }
+            for type_url, resources in sorted(dump.items())
+            if wanted is None or short_name(type_url) == wanted
+        }
+
+
+def _unique(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per object and field: the model and the translator may both
+    flag the same field (e.g. a deprecated one); the later, more specific
+    message wins."""
+    by_key = {(p["object"], p["field"]): p for p in problems}
+    return list(by_key.values())
+
+
+def _client_json(client: ClientStatus) -> dict[str, Any]:
+    return {
+        "node": client.node_id,
+        "cluster": client.cluster,
+        "api": client.api,
+        "peer": client.peer,
+        "connected_at": _iso(client.connected_at),
+        "model_version": client.snapshot_label,
+        "types": {
+            status.short_name: {
+                "state": status.status.value,
+                "version": status.last_acked_version or status.last_sent_version,
+                "acked_version": status.last_acked_version,
+                "last_ack": _iso(status.last_ack_time),
+                "error": status.last_nack_error,
+                "resources": len(status.resources),
+            }
+            for status in client.types.values()
+        },
+    }

@@ -1,0 +1,211 @@
+"""`nodemesh demo`: the article's canary through a real Envoy, no Kubernetes.
+
+The control plane serves `examples/canary/` over ADS on a Unix socket; a real
+Envoy boots from `envoy/bootstrap.yaml`; one httpbin-compatible backend runs
+per Deployment replica; then the article's curl loop runs against Envoy's
+listener for the `httpbin` Service and the observed split is judged against
+the configured one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from envoy.config.route.v3 import route_pb2
+
+from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
+from nodemesh.demo.backends import BackendFleet
+from nodemesh.demo.canary import (
+    DemoError,
+    backend_specs,
+    configured_weights,
+    find_redirect,
+    load_weighted_envoy_config,
+    with_weights,
+)
+from nodemesh.demo.traffic import LoopResult, format_split, judge_split, request_loop
+from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
+from nodemesh.status_view import format_status
+from nodemesh.xds.translate import ROUTE
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "canary"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    source_dir: Path = EXAMPLES
+    requests: int = 400
+    rounds: int = 1  # 0: until interrupted
+    weights: tuple[int, ...] | None = None
+    host: str = "httpbin"
+    namespace: str = "default"
+    node_id: str = "demo-node"
+    concurrency: int = 8
+    api_type: str = "DELTA_GRPC"
+
+
+Out = Callable[[str], None]
+
+
+class Demo:
+    def __init__(self, options: DemoOptions, workdir: Path, out: Out) -> None:
+        self.options = options
+        self.out = out
+        self.plane = ControlPlane(
+            ControlPlaneConfig(
+                source_dirs=(options.source_dir,),
+                xds_tcp=None,
+                xds_socket=workdir / "xds.sock",
+                admin_port=0,
+            )
+        )
+        self.envoy = EnvoyProcess(
+            workdir,
+            render_bootstrap(xds_socket=workdir / "xds.sock", api_type=options.api_type),
+            options.node_id,
+        )
+        self.url = ""
+
+    def route(self) -> route_pb2.RouteConfiguration:
+        model, translation = self.plane.model, self.plane.translation
+        assert model is not None and translation is not None
+        redirect = find_redirect(model, self.options.namespace, self.options.host)
+        route = translation.resources[ROUTE].get(redirect.route_config)
+        if not isinstance(route, route_pb2.RouteConfiguration):
+            raise DemoError(f"no RouteConfiguration {redirect.route_config!r} was translated")
+        return route
+
+    async def start(self, started: float) -> None:
+        model = self.plane.store.current
+        redirect = find_redirect(model, self.options.namespace, self.options.host)
+        fleet = BackendFleet(backend_specs(model))
+        await fleet.start()
+        self.fleet = fleet
+        await self.envoy.start()
+        await self.envoy.wait_for_listener(redirect.proxy_port)
+        self.url = f"http://127.0.0.1:{redirect.proxy_port}/headers"
+        first = await self._first_request_served(started)
+        self.out(
+            f"nodemesh demo: {self.options.source_dir} (model {model.version[:12]})\n"
+            f"  control plane  unix:{self.plane.config.xds_socket} "
+            f"({self.options.api_type}), admin 127.0.0.1:{self.plane.admin_port}\n"
+            f"  envoy          node {self.options.node_id}, listener {redirect.listener} "
+            f"on 127.0.0.1:{redirect.proxy_port}\n"
+            + "".join(
+                f"  backend        {s.replica} ({s.workload}) on {s.host}:{s.port}\n"
+                for s in fleet.specs
+            )
+            + f"  first request served {first:.2f} s after start"
+        )
+
+    async def _first_request_served(self, started: float) -> float:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            probe = await request_loop(self.url, self.options.host, 1, 1)
+            if probe.ok:
+                return time.monotonic() - started
+            await asyncio.sleep(0.05)
+        raise DemoError(f"Envoy never answered on {self.url}: {self.envoy.log_tail()}")
+
+    async def measure(self, label: str) -> bool:
+        weights = configured_weights(self.route(), self.options.host)
+        result = await self._loop(self.options.requests)
+        verdicts = judge_split(weights, result.by_workload)
+        ok = all(v.within for v in verdicts) and not result.failures
+        self.out(
+            f"\n{label}: {result.total} requests with Host: {self.options.host}, "
+            f"{len(result.failures)} failed\n{format_split(verdicts)}"
+        )
+        return ok
+
+    async def _loop(self, count: int | None, stop: asyncio.Event | None = None) -> LoopResult:
+        workloads = {s.replica: s.workload for s in self.fleet.specs}
+        return await request_loop(
+            self.url, self.options.host, count, self.options.concurrency, workloads, stop=stop
+        )
+
+    async def change_weights(self, weights: tuple[int, ...]) -> bool:
+        """Apply new weights while a request loop runs; True if none failed."""
+        source = self.plane.sources[0]
+        raw = load_weighted_envoy_config(self.options.source_dir)
+        stop = asyncio.Event()
+        background = asyncio.create_task(self._loop(None, stop), name="demo-during-change")
+        await asyncio.sleep(0.3)
+        self.plane.store.apply(source_name(source.directory), with_weights(raw, weights))
+        await self.wait_synced()
+        await asyncio.sleep(0.3)
+        stop.set()
+        during = await background
+        self.out(
+            f"\nlive change to weights {','.join(map(str, weights))}: "
+            f"{during.total} requests during the change, {len(during.failures)} failed"
+        )
+        return not during.failures
+
+    async def wait_synced(self, timeout: float = 30.0) -> None:
+        """Until the demo Envoy has ACKed the model version now published."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.plane.model
+            for client in self.plane.server.clients():
+                if (
+                    model is not None
+                    and client.node_id == self.options.node_id
+                    and client.snapshot_label == model.version
+                    and client.types
+                    and all(t.status.value == "SYNCED" for t in client.types.values())
+                ):
+                    return
+            await asyncio.sleep(0.05)
+        raise DemoError(f"Envoy did not ACK the new configuration within {timeout:.0f} s")
+
+    async def stop(self) -> None:
+        await self.envoy.stop()
+        fleet = getattr(self, "fleet", None)
+        if fleet is not None:
+            await fleet.stop()
+
+
+def source_name(directory: Path) -> str:
+    """The store source name ControlPlane gives a source directory."""
+    return f"files:{directory}"
+
+
+async def run_demo(options: DemoOptions, out: Out = print) -> int:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="nodemesh-demo-") as tmp:
+        demo = Demo(options, Path(tmp), out)
+        plane_task = asyncio.create_task(demo.plane.run(), name="control-plane")
+        try:
+            await asyncio.wait_for(demo.plane.ready.wait(), timeout=30)
+            await demo.start(started)
+            ok = await demo.measure("configured split")
+            if options.weights is not None:
+                ok = await demo.change_weights(options.weights) and ok
+                ok = await demo.measure("after the live change") and ok
+            round_no = 1
+            while options.rounds == 0 or round_no < options.rounds:
+                round_no += 1
+                ok = await demo.measure(f"round {round_no}") and ok
+            out("\n" + format_status(demo.plane.syncz()))
+            out("\nresult: " + ("split within tolerance" if ok else "FAILED"))
+            return 0 if ok else 1
+        finally:
+            await demo.stop()
+            plane_task.cancel()
+            await asyncio.gather(plane_task, return_exceptions=True)
+
+
+def parse_weights(text: str) -> tuple[int, ...]:
+    try:
+        weights = tuple(int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise DemoError(f"--weights: {text!r} is not a comma-separated list of integers") from exc
+    if any(w < 0 for w in weights) or sum(weights) == 0:
+        raise DemoError(f"--weights: {text!r} needs non-negative weights with a positive sum")
+    return weights
