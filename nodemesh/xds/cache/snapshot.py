@@ -77,7 +77,11 @@ class Snapshot:
     ) -> Snapshot:
         """Encode `resources` once. Raises SnapshotError naming the type URL
         and resource on bad input; `previous` lets unchanged resources reuse
-        their encoding."""
+        their encoding.
+
+        Contract: a message handed to a snapshot is never mutated afterwards.
+        A message object that is identical (`is`) to the previous snapshot's
+        is taken as unchanged without re-encoding it."""
         encoded: dict[str, dict[str, EncodedResource]] = {}
         for type_url, by_name in resources.items():
             if not is_valid_type_url(type_url):

@@ -42,17 +42,19 @@ class DeltaStream(AdsStream):
                 self.on_nack(state, nonce, detail.message, detail.code)
             else:
                 self.on_ack(state, nonce, full_state=False)
-        # 2. First request of the type: what the client already holds from a
-        #    previous stream. Those names are not re-sent if unchanged.
-        if first:
-            state.sent = dict(request.initial_resource_versions)
-            state.recheck.update(state.sent)
-        # 3. Subscriptions. The legacy wildcard is an empty subscribe list on
+        # 2. Subscriptions. The legacy wildcard is an empty subscribe list on
         #    the first request of LDS/CDS; "*" subscribes to the wildcard
         #    explicitly and unsubscribing "*" ends it.
         subscribe = set(request.resource_names_subscribe)
         unsubscribe = set(request.resource_names_unsubscribe)
         changed = self._subscribe(state, subscribe, unsubscribe, first)
+        # 3. First request of the type: what the client already holds from a
+        #    previous stream (for names it still subscribes to). Unchanged
+        #    ones are not re-sent; ones that no longer exist are removed.
+        if first:
+            initial = request.initial_resource_versions
+            state.sent = {n: v for n, v in initial.items() if state.subscribed(n)}
+            state.recheck.update(state.sent)
         return changed or first
 
     def _subscribe(

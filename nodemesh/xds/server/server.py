@@ -232,12 +232,20 @@ class AdsServer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._streams.pop(stream.stream_id, None)
             code, message = grpc_status_for(exc)
             if isinstance(exc, XdsServerError):
                 stream.log.warning("xds_stream_refused", code=code.name, error=message)
             else:
                 stream.log.exception("xds_stream_failed")
-            await context.abort(code, message)
+            try:
+                await asyncio.wait_for(
+                    context.abort(code, message), self.settings.stream.send_timeout
+                )
+            except TimeoutError:
+                # The status is queued behind responses a client never read;
+                # it gets it if it ever reads again. Do not wait for that.
+                raise exc from None
         finally:
             self._streams.pop(stream.stream_id, None)
 

@@ -312,7 +312,12 @@ async def wait_until(predicate: Any, timeout: float = TIMEOUT, what: str = "cond
     """Poll until `predicate()` is true (robust on a loaded machine)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():
+    while True:
+        try:
+            if predicate():
+                return
+        except (IndexError, KeyError, AssertionError):
+            pass  # the state being polled is not there yet
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
