@@ -156,6 +156,20 @@ def tcp_hold(host: str, port: int) -> None:
             print(json.dumps({"error": errno.errorcode.get(exc.errno or 0, str(exc))}), flush=True)
 
 
+def http_get(url: str) -> None:
+    """Fetch a URL (Envoy's admin on the node's loopback) until it answers."""
+    import urllib.request
+
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                print(resp.read().decode(), flush=True)
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} never answered")
+
+
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "tcp-server":
@@ -170,6 +184,8 @@ def main() -> None:
         udp_client(args[0], int(args[1]), int(args[2]))
     elif mode == "tcp-loop":
         tcp_loop(args[0], int(args[1]), args[2])
+    elif mode == "http-get":
+        http_get(args[0])
     elif mode == "tcp-hold":
         tcp_hold(args[0], int(args[1]))
     else:
