@@ -245,7 +245,11 @@ class DeltaClient(_Client):
             req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.call.write(self._with_node(req))
 
-    async def ack(self, resp: discovery_pb2.DeltaDiscoveryResponse) -> None:
+    async def ack(
+        self, resp: discovery_pb2.DeltaDiscoveryResponse, names: Sequence[str] = ()
+    ) -> None:
+        """ACK; `names` is accepted for symmetry with SotW and ignored (delta
+        subscriptions change only through subscribe/unsubscribe)."""
         await self.request(resp.type_url, nonce=resp.nonce)
 
     async def nack(self, resp: discovery_pb2.DeltaDiscoveryResponse, error: str) -> None:
