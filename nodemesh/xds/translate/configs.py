@@ -120,6 +120,7 @@ class ConfigStage:
         default_factory=lambda: {url: {} for url in registry.RESOURCE_TYPES}
     )
     owner: dict[tuple[str, str], ObjectRef] = field(default_factory=dict)
+    fields: dict[tuple[str, str], str] = field(default_factory=dict)  # where it was written
     needed: dict[str, ServiceCluster] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
     warnings: list[ObjectWarning] = field(default_factory=list)
@@ -216,6 +217,7 @@ class ConfigStageBuilder:
             for name, message in named.items():
                 stage.resources[type_url][name] = message
                 stage.owner[(type_url, name)] = config.ref
+                stage.fields[(type_url, name)] = output.owners.get(name, "spec.resources")
         for cluster in output.service_clusters:
             stage.needed[cluster.name] = cluster
         for entry in (*config.services, *config.backend_services):

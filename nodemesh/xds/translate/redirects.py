@@ -57,6 +57,7 @@ class RedirectStage:
     signature: tuple[tuple[str, int], ...] = ()
     config_needed: Mapping[str, ServiceCluster] = field(default_factory=dict)
     listeners: dict[str, Message] = field(default_factory=dict)
+    unbound: set[str] = field(default_factory=set)  # CEC listeners left out
     routes: dict[str, Message] = field(default_factory=dict)
     needed: dict[str, ServiceCluster] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
@@ -105,8 +106,26 @@ class RedirectBuilder:
                 built = self._listener(model, configs.resources, name, route, group, stage)
                 stage.listeners[name] = built.message
                 stage.warnings.extend(built.warnings)
+        self._unbound(configs, stage)
         self.previous = stage
         return stage
+
+    def _unbound(self, configs: ConfigStage, stage: RedirectStage) -> None:
+        """CEC listeners without an address that no redirect binds: Envoy would
+        reject them (and with them the whole listener update), so leave them out."""
+        for name, listener in configs.resources[registry.LISTENER].items():
+            if name in stage.listeners or listener.HasField("address"):
+                continue
+            key = (registry.LISTENER, name)
+            stage.unbound.add(name)
+            stage.errors.append(
+                ObjectError(
+                    configs.owner[key],
+                    f"{configs.fields[key]}.address",
+                    f"listener {name!r} has no address and no redirected service uses it "
+                    "(spec.services), so it has no proxy port; not served",
+                )
+            )
 
     def _port_clash(
         self, name: str, group: list[L7Redirect], ports: dict[int, str], stage: RedirectStage

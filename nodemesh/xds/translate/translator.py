@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from types import MappingProxyType
 
 from google.protobuf.message import Message
@@ -73,7 +74,9 @@ class Translator:
         resources: dict[str, Mapping[str, Message]] = {
             registry.CLUSTER: _merged(configs.resources[registry.CLUSTER], endpoints.clusters),
             registry.ENDPOINT: _merged(configs.resources[registry.ENDPOINT], endpoints.assignments),
-            registry.LISTENER: _merged(configs.resources[registry.LISTENER], redirects.listeners),
+            registry.LISTENER: _merged(
+                configs.resources[registry.LISTENER], redirects.listeners, redirects.unbound
+            ),
             registry.ROUTE: _merged(configs.resources[registry.ROUTE], redirects.routes),
         }
         return Translation(
@@ -85,11 +88,18 @@ class Translator:
         )
 
 
-def _merged(first: Mapping[str, Message], second: Mapping[str, Message]) -> Mapping[str, Message]:
+def _merged(
+    first: Mapping[str, Message],
+    second: Mapping[str, Message],
+    without: AbstractSet[str] = frozenset(),
+) -> Mapping[str, Message]:
     """Read-only union; `second` wins (a redirect binds a CEC's own listener)."""
     if not first:
         return MappingProxyType(dict(second))
-    return MappingProxyType({**first, **second})
+    merged = {**first, **second}
+    for name in without:
+        del merged[name]
+    return MappingProxyType(merged)
 
 
 def translate(

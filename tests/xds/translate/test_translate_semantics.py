@@ -226,3 +226,23 @@ def test_shared_listener_ties_rules_to_each_destination() -> None:
     rules_pb = _rbac(listener)
     scoped = rules_pb.policies[f"default/api:9090 {m.POLICY_REF} #1"].permissions[0]
     assert scoped.and_rules.rules[0].destination_port == 15009
+
+
+def test_cec_listener_without_address_or_redirect_is_left_out() -> None:
+    own = m.own_listener_model()
+    unbound = translate(replace(own, redirects=()))
+    [error] = unbound.errors
+    assert error.ref == m.OWN_REF and error.field == "spec.resources[0].address"
+    assert "shop/edge/edge-listener" not in unbound.resources[LISTENER]
+    assert "shop/edge/edge-routes" in unbound.resources[ROUTE]  # the rest still serves
+    with_address = m.OWN_LISTENER | {
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 18000}}
+    }
+    config = m.envoy_config(
+        m.OWN_REF,
+        [(LISTENER, with_address), (ROUTE, m.OWN_ROUTE), (CLUSTER, m.OWN_CLUSTER)],
+    )
+    served = translate(replace(own, envoy_configs=(config,), redirects=()))
+    assert served.errors == ()
+    listener = served.resources[LISTENER]["shop/edge/edge-listener"]
+    assert listener.address.socket_address.port_value == 18000
