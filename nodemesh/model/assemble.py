@@ -9,6 +9,7 @@ parse, one Service's backends and a few dict copies, not a rebuild.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Collection, Mapping
 from types import MappingProxyType
@@ -43,8 +44,30 @@ def _digest(ref: ObjectRef, obj: ModelObject) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=16).digest(), "big")
 
 
-def _by_name(objects: Mapping[ObjectRef, Any]) -> tuple[Any, ...]:
-    return tuple(objects[r] for r in sorted(objects, key=lambda r: (r.namespace, r.name)))
+class _Order:
+    """One kind's objects kept sorted by (namespace, name) as they come, change
+    and go, so a snapshot copies a list instead of sorting thousands of objects
+    for a one-object change."""
+
+    __slots__ = ("keys", "objects")
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[str, str]] = []
+        self.objects: list[Any] = []
+
+    def put(self, ref: ObjectRef, obj: Any) -> None:
+        key = (ref.namespace, ref.name)
+        index = bisect.bisect_left(self.keys, key)
+        present = index < len(self.keys) and self.keys[index] == key
+        if obj is None:
+            if present:
+                del self.keys[index]
+                del self.objects[index]
+        elif present:
+            self.objects[index] = obj
+        else:
+            self.keys.insert(index, key)
+            self.objects.insert(index, obj)
 
 
 class Assembly:
@@ -55,6 +78,7 @@ class Assembly:
         self._digests: dict[ObjectRef, int] = {}
         self._sum = 0
         self._tuples: dict[Kind, tuple[Any, ...]] = {k: () for k in Kind}
+        self._order: dict[Kind, _Order] = {k: _Order() for k in Kind}
         self._stale_kinds: set[Kind] = set()
         self._services: dict[ServiceName, Service] = {}
         self._services_view: Mapping[ServiceName, Service] = MappingProxyType({})
@@ -98,6 +122,7 @@ class Assembly:
         if old == obj:
             return
         self._sum = (self._sum - self._digests.pop(ref, 0)) & _MASK
+        self._order[ref.kind].put(ref, obj)
         if obj is None:
             del held[ref]
         else:
@@ -134,7 +159,7 @@ class Assembly:
         """Re-derive whatever the last `put`s made stale."""
         stale = self._stale_kinds
         for kind in stale:
-            self._tuples[kind] = _by_name(self._objects[kind])
+            self._tuples[kind] = tuple(self._order[kind].objects)
         if stale & {Kind.SERVICE}:
             self._services_view = MappingProxyType(dict(self._services))
         if self._stale_backends:

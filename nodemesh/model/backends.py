@@ -21,29 +21,40 @@ def service_backends(
     """Per Service port number, its backends (ready, serving and terminating
     ones alike; consumers choose). FQDN slices are left out: nothing
     downstream can program a host name as a backend."""
-    ordered = sorted((s for s in slices if s.address_type != "FQDN"), key=lambda s: s.ref.name)
+    usable = [s for s in slices if s.address_type != "FQDN"]
+    if len(usable) > 1:
+        usable.sort(key=_slice_name)
     out: dict[int, tuple[BackendAddress, ...]] = {}
     for sp in service.ports:
         found: dict[tuple[str, int], BackendAddress] = {}
-        for eps in ordered:
-            number = next(
-                (p.port for p in eps.ports if p.name == sp.name and p.protocol == sp.protocol),
-                None,
-            )
+        for eps in usable:
+            number = _slice_port(eps, sp.name, sp.protocol)
             if number is None:
                 continue
             for ep in eps.endpoints:
-                key = (ep.addresses[0], number)
+                address = ep.addresses[0]
+                key = (address, number)
                 # During a move an endpoint can sit in two slices: count it once.
                 if key not in found:
                     found[key] = BackendAddress(
-                        address=ep.addresses[0],
-                        port=number,
-                        node_name=ep.node_name,
-                        pod_name=ep.pod_name,
-                        ready=ep.ready,
-                        serving=ep.serving,
-                        terminating=ep.terminating,
+                        address,
+                        number,
+                        ep.node_name,
+                        ep.pod_name,
+                        ep.ready,
+                        ep.serving,
+                        ep.terminating,
                     )
         out[sp.port] = tuple(found.values())
     return MappingProxyType(out)
+
+
+def _slice_name(eps: EndpointSlice) -> str:
+    return eps.ref.name
+
+
+def _slice_port(eps: EndpointSlice, name: str, protocol: str) -> int | None:
+    for port in eps.ports:
+        if port.name == name and port.protocol == protocol:
+            return port.port
+    return None

@@ -59,6 +59,7 @@ _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 _PROTOCOLS = ("TCP", "UDP", "SCTP")
 _ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+_NO_CONDITIONS: Mapping[str, Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +96,13 @@ def object_ref(raw: Mapping[str, Any]) -> ObjectRef:
     return ref
 
 
-def parse_object(raw: Mapping[str, Any]) -> ParseResult:
-    """Parse one raw object. Raises ParseError (UnknownKindError for other kinds)."""
-    ref = object_ref(raw)
+def parse_object(raw: Mapping[str, Any], ref: ObjectRef | None = None) -> ParseResult:
+    """Parse one raw object. Raises ParseError (UnknownKindError for other kinds).
+
+    `ref`, when the caller already has it from `object_ref(raw)`, saves reading
+    it again."""
+    if ref is None:
+        ref = object_ref(raw)
     top = Fields(ref, raw)
     return _PARSERS[ref.kind](ref, top)
 
@@ -206,7 +211,13 @@ def _endpoint_slice(ref: ObjectRef, top: Fields) -> ParseResult:
         number = port.port("port")
         assert number is not None
         ports.append(EndpointPort(port.opt_str("name", "") or "", number, _protocol(port)))
-    endpoints = tuple(_endpoint(e, address_type) for e in top.maps("endpoints"))
+    raw_endpoints = top.data.get("endpoints") or []
+    if not isinstance(raw_endpoints, list):
+        raise top.error("endpoints", "must be a list")
+    endpoints = tuple(
+        _endpoint(ref, f"endpoints[{index}]", entry, address_type)
+        for index, entry in enumerate(raw_endpoints)
+    )
     obj = EndpointSlice(
         ref=ref,
         service_name=labels_of(top).get(SERVICE_NAME_LABEL, ""),
@@ -217,23 +228,67 @@ def _endpoint_slice(ref: ObjectRef, top: Fields) -> ParseResult:
     return ParseResult(obj)
 
 
-def _endpoint(entry: Fields, address_type: str) -> Endpoint:
-    addresses = []
-    for path, value in entry.items("addresses"):
-        if address_type == "FQDN":
-            if not isinstance(value, str) or not value:
-                raise ParseError(entry.ref, path, "must be a host name")
-            addresses.append(value)
-            continue
-        address = check_ip(entry.ref, path, value)
-        if (":" in address) != (address_type == "IPv6"):
-            raise ParseError(entry.ref, path, f"{address} is not an {address_type} address")
-        addresses.append(address)
-    if not addresses:
-        raise entry.error("addresses", "needs at least one address")
-    conditions = entry.opt_map("conditions") or Fields(entry.ref, {}, "")
+def _endpoint(ref: ObjectRef, path: str, data: Any, address_type: str) -> Endpoint:
+    # The hot loop of a big mesh (50,000 of these): plain dict reads and
+    # exact type checks; anything unusual takes the slow path, which raises
+    # naming the field or accepts what is merely unusual.
+    try:
+        addresses = data["addresses"]
+        conditions = data.get("conditions") or _NO_CONDITIONS
+        ready = conditions.get("ready")
+        serving = conditions.get("serving")
+        terminating = conditions.get("terminating")
+        node_name = data.get("nodeName")
+        zone = data.get("zone")
+        target = data.get("targetRef")
+    except (KeyError, TypeError, AttributeError):
+        return _endpoint_slow(
+            Fields(ref, data, path) if isinstance(data, Mapping) else None, ref, path, address_type
+        )
+    pod_name = None
+    if target is not None:
+        if type(target) is not dict:
+            return _endpoint_slow(Fields(ref, data, path), ref, path, address_type)
+        if target.get("kind") == "Pod":
+            pod_name = target.get("name")
+    if (
+        type(addresses) is not list
+        or not addresses
+        or (ready is not None and type(ready) is not bool)
+        or (serving is not None and type(serving) is not bool)
+        or (terminating is not None and type(terminating) is not bool)
+        or (node_name is not None and type(node_name) is not str)
+        or (zone is not None and type(zone) is not str)
+        or (pod_name is not None and type(pod_name) is not str)
+    ):
+        return _endpoint_slow(Fields(ref, data, path), ref, path, address_type)
+    checked = [
+        _address(ref, f"{path}.addresses[{i}]", value, address_type)
+        for i, value in enumerate(addresses)
+    ]
     # Kubernetes: an unset `ready` is to be read as ready, an unset `serving`
     # as equal to `ready`, an unset `terminating` as not terminating.
+    if ready is None:
+        ready = True
+    return Endpoint(
+        tuple(checked),
+        ready,
+        ready if serving is None else serving,
+        terminating is True,
+        node_name,
+        pod_name,
+        zone,
+    )
+
+
+def _endpoint_slow(entry: Fields | None, ref: ObjectRef, path: str, address_type: str) -> Endpoint:
+    """The same reading through Fields: raises naming the bad field."""
+    if entry is None:
+        raise ParseError(ref, path, "must be a mapping")
+    addresses = [_address(ref, p, value, address_type) for p, value in entry.items("addresses")]
+    if not addresses:
+        raise entry.error("addresses", "needs at least one address")
+    conditions = entry.opt_map("conditions") or Fields(ref, {}, f"{path}.conditions")
     ready = conditions.opt_bool("ready")
     ready = True if ready is None else ready
     serving = conditions.opt_bool("serving")
@@ -250,6 +305,17 @@ def _endpoint(entry: Fields, address_type: str) -> Endpoint:
         pod_name=pod_name,
         zone=entry.opt_str("zone"),
     )
+
+
+def _address(ref: ObjectRef, path: str, value: Any, address_type: str) -> str:
+    if address_type == "FQDN":
+        if not isinstance(value, str) or not value:
+            raise ParseError(ref, path, "must be a host name")
+        return value
+    address = check_ip(ref, path, value)
+    if (":" in address) != (address_type == "IPv6"):
+        raise ParseError(ref, path, f"{address} is not an {address_type} address")
+    return address
 
 
 def _deployment(ref: ObjectRef, top: Fields) -> ParseResult:

@@ -18,6 +18,7 @@ Not thread-safe: call every method from the thread running the event loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -122,6 +123,18 @@ class MeshStore:
         """A new snapshot if anything changed since the last build, else `current`."""
         if not self._dirty:
             return self._current
+        # A full build allocates a few hundred thousand acyclic objects; the
+        # cyclic GC would rescan them over and over for nothing (measured: 2-4x
+        # slower). Nothing built here forms cycles, so pausing it is safe.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._build()
+        finally:
+            if paused:
+                gc.enable()
+
+    def _build(self) -> MeshModel:
         started = time.perf_counter()
         dirty, self._dirty = self._dirty, set()
         for ref in dirty:
@@ -150,7 +163,7 @@ class MeshStore:
             self._assembly.put(ref, None, ())
             return
         try:
-            result = parse_object(raw)
+            result = parse_object(raw, ref)
         except ParseError as exc:
             if exc.ref is None:
                 exc = ParseError(ref, exc.field, exc.reason)
