@@ -1,0 +1,99 @@
+"""The snapshot cache alone: encode-once, change tracking, consistency, grouping."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "server"))
+
+from ads_harness import cluster, endpoints, mesh
+
+from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache, SnapshotError
+from nodemesh.xds.metrics import XdsMetrics
+
+
+def _cache(**kwargs: object) -> SnapshotCache:
+    return SnapshotCache(metrics=XdsMetrics.create(CollectorRegistry()), **kwargs)  # type: ignore[arg-type]
+
+
+def test_unchanged_resources_share_their_encoding() -> None:
+    cache = _cache()
+    first = cache.build_snapshot(mesh(clusters=("a", "b")), "v1", "n")
+    cache.set_snapshot("n", first)
+    resources = mesh(clusters=("a", "b"))  # equal content, new objects
+    resources[ENDPOINT]["b"] = endpoints("b", 9)
+    second = cache.build_snapshot(resources, "v2", "n")
+    assert second.get(CLUSTER)["a"] is first.get(CLUSTER)["a"]
+    assert second.get(ENDPOINT)["a"] is first.get(ENDPOINT)["a"]
+    assert second.get(ENDPOINT)["b"] is not first.get(ENDPOINT)["b"]
+    cache.set_snapshot("n", second)
+    changes = second.changes_since(first.serial)
+    assert changes == {ENDPOINT: frozenset({"b"})}
+
+
+def test_changes_chain_across_a_burst() -> None:
+    cache = _cache()
+    snaps = [cache.build_snapshot(mesh(clusters=("a",)), "v0", "n")]
+    cache.set_snapshot("n", snaps[0])
+    for i, name in enumerate(("x", "y", "z"), start=1):
+        resources = mesh(clusters=("a",))
+        resources[ENDPOINT][name] = endpoints(name, i)
+        snaps.append(cache.build_snapshot(resources, f"v{i}", "n"))
+        cache.set_snapshot("n", snaps[-1])
+    # z's snapshot no longer has x or y: both count as changed since v0
+    assert snaps[-1].changes_since(snaps[0].serial) == {ENDPOINT: frozenset({"x", "y", "z"})}
+    assert snaps[-1].changes_since(-5) is None  # unknown ancestor: full diff
+
+
+def test_wire_bytes_decode_to_the_message() -> None:
+    snapshot = _cache().build_snapshot(mesh(), "v")
+    resource = snapshot.get(CLUSTER)["a"]
+    assert resource.to_any().type_url == CLUSTER
+    decoded = type(resource.message)()
+    resource.to_any().Unpack(decoded)
+    assert decoded == resource.message
+
+
+def test_consistency_is_reported_not_raised() -> None:
+    cache = _cache()
+    resources = mesh(clusters=("a",))
+    del resources[ROUTE]["routes"]
+    resources[CLUSTER]["orphan"] = cluster("orphan")
+    issues = cache.set_snapshot("n", cache.build_snapshot(resources, "v"))
+    assert any("listener 'http'" in i and "'routes'" in i for i in issues)
+    assert any("cluster 'orphan'" in i for i in issues)
+    assert cache.snapshot("n") is not None
+    assert cache.set_snapshot("ok", cache.build_snapshot(mesh(), "v")) == ()
+
+
+def test_bad_input_names_type_and_resource() -> None:
+    cache = _cache()
+    with pytest.raises(SnapshotError, match="invalid type URL 'clusters'"):
+        cache.build_snapshot({"clusters": {}}, "v")
+    with pytest.raises(SnapshotError, match=r"'x' of .*Listener is not a protobuf message"):
+        cache.build_snapshot({LISTENER: {"x": "not a message"}}, "v")  # type: ignore[dict-item]
+
+
+def test_node_hash_groups_nodes_and_default_applies() -> None:
+    cache = _cache(node_hash=lambda node: node.cluster)
+    one = base_pb2.Node(id="envoy-1", cluster="edge")
+    two = base_pb2.Node(id="envoy-2", cluster="edge")
+    assert cache.node_key(one) == cache.node_key(two) == "edge"
+    default = cache.build_snapshot(mesh(), "default")
+    cache.set_default_snapshot(default)
+    assert cache.snapshot("edge") is default
+    edge = cache.build_snapshot(mesh(clusters=("e",)), "edge")
+    woke: list[str] = []
+    cancel = cache.watch("edge", lambda: woke.append("edge"))
+    cache.set_snapshot("edge", edge)
+    assert cache.snapshot("edge") is edge
+    assert woke == ["edge"]
+    cancel()
+    cache.clear_snapshot("edge")
+    assert cache.snapshot("edge") is default
+    assert woke == ["edge"]
