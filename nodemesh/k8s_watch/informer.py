@@ -1,6 +1,6 @@
 """One informer: turns a resource's list/watch stream into ObjectSink calls.
 
-It remembers a content fingerprint per object, so that
+It remembers each object's content (see `content`), so that
 - a change to only the status of a kind whose status nodemesh writes (the
   cilium.io kinds) never reaches the model: our own status writes cannot
   retrigger translation;
@@ -10,14 +10,13 @@ It remembers a content fingerprint per object, so that
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from nodemesh.k8s_watch.compact import CompactObject
 from nodemesh.k8s_watch.health import WatchHealth
 from nodemesh.k8s_watch.resources import ResourceSpec
 from nodemesh.k8s_watch.settings import WatchSettings
@@ -32,6 +31,7 @@ Key = tuple[str, str]
 
 # Metadata the API server changes on every write; never content.
 _VOLATILE_META = ("resourceVersion", "managedFields", "generation")
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
 class MalformedObject(ValueError):
@@ -61,14 +61,20 @@ def object_meta(raw: Raw) -> ObjectMeta:
     )
 
 
-def fingerprint(spec: ResourceSpec, obj: Raw) -> str:
+def content(spec: ResourceSpec, obj: Raw) -> CompactObject:
+    """What the model may depend on: the object without what the API server
+    changes on every write, and without status where the status is ours. Two
+    versions with equal content compare equal (canonical JSON bytes)."""
     body = {k: v for k, v in obj.items() if k != "metadata"}
     if spec.status_is_ours:
         body.pop("status", None)
     meta = obj.get("metadata") or {}
-    body["metadata"] = {k: v for k, v in meta.items() if k not in _VOLATILE_META}
-    encoded = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
+    body["metadata"] = kept = {k: v for k, v in meta.items() if k not in _VOLATILE_META}
+    notes = kept.get("annotations")
+    if isinstance(notes, dict) and _LAST_APPLIED in notes:
+        # kubectl's copy of the whole object: never meaningful, often large.
+        kept["annotations"] = {k: v for k, v in notes.items() if k != _LAST_APPLIED}
+    return CompactObject(body)
 
 
 def normalize(spec: ResourceSpec, obj: Raw) -> tuple[Key, Raw]:
@@ -97,7 +103,8 @@ class Informer:
         self.spec = spec
         self._api, self._sink, self._settings, self._health = api, sink, settings, health
         self._on_change = on_change
-        self._seen: dict[Key, str] = {}
+        # The same CompactObject the sink holds: remembering costs no memory.
+        self._seen: dict[Key, CompactObject] = {}
         self._meta: dict[Key, ObjectMeta] = {}
         health.register(str(spec))
 
@@ -125,8 +132,8 @@ class Informer:
         )
 
     def _relist(self, listed: Listed) -> bool:
-        raws: list[Raw] = []
-        seen: dict[Key, str] = {}
+        raws: list[CompactObject] = []
+        seen: dict[Key, CompactObject] = {}
         self._meta = {}
         for item in listed.items:
             try:
@@ -134,8 +141,9 @@ class Informer:
             except MalformedObject as exc:
                 self._skip(item, exc)
                 continue
-            raws.append(raw)
-            seen[key] = fingerprint(self.spec, raw)
+            compact = content(self.spec, raw)
+            raws.append(compact)
+            seen[key] = compact
             self._meta[key] = object_meta(raw)
         if seen == self._seen and self._seen:
             return False  # a relist that found nothing new (e.g. after a 410)
@@ -159,14 +167,14 @@ class Informer:
                 return False
             self._sink.delete(self.spec.source, self.spec.kind.value, *key)
             return True
-        fp = fingerprint(self.spec, raw)
+        compact = content(self.spec, raw)
         self._meta[key] = object_meta(raw)
-        if self._seen.get(key) == fp:
+        if self._seen.get(key) == compact:
             return False  # status-only change, or a replay of what we have
         try:
-            self._sink.apply(self.spec.source, raw)
+            self._sink.apply(self.spec.source, compact)
         except ParseError as exc:
             self._skip(raw, exc)  # not even identifiable: nothing to report it on
             return False
-        self._seen[key] = fp
+        self._seen[key] = compact
         return True

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nodemesh.k8s_watch.informer import MalformedObject, fingerprint, normalize
+from nodemesh.k8s_watch.informer import MalformedObject, content, normalize
 from nodemesh.k8s_watch.resources import CLUSTERWIDE_ENVOY_CONFIGS, ENVOY_CONFIGS, PODS
 
 
@@ -23,19 +23,42 @@ def test_status_and_resource_version_are_not_content_for_cilium_kinds() -> None:
     later = copy.deepcopy(cec)
     later["metadata"]["resourceVersion"] = "9"
     later["status"] = {"conditions": [{"type": "Accepted", "status": "True"}]}
-    assert fingerprint(ENVOY_CONFIGS, cec) == fingerprint(ENVOY_CONFIGS, later)
+    assert content(ENVOY_CONFIGS, cec) == content(ENVOY_CONFIGS, later)
     later["spec"]["services"][0]["name"] = "b"
-    assert fingerprint(ENVOY_CONFIGS, cec) != fingerprint(ENVOY_CONFIGS, later)
+    assert content(ENVOY_CONFIGS, cec) != content(ENVOY_CONFIGS, later)
     labelled = copy.deepcopy(cec)
     labelled["metadata"]["labels"] = {"team": "a"}
-    assert fingerprint(ENVOY_CONFIGS, cec) != fingerprint(ENVOY_CONFIGS, labelled)
+    assert content(ENVOY_CONFIGS, cec) != content(ENVOY_CONFIGS, labelled)
+
+
+def test_last_applied_annotation_is_not_content_but_other_annotations_are() -> None:
+    cec = _cec()
+    applied = copy.deepcopy(cec)
+    applied["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+        "team": "a",
+    }
+    kept = content(ENVOY_CONFIGS, applied)
+    assert kept["metadata"]["annotations"] == {"team": "a"}
+    assert kept != content(ENVOY_CONFIGS, cec)
+
+
+def test_content_reads_like_the_object_and_compares_by_value() -> None:
+    compact = content(ENVOY_CONFIGS, _cec())
+    assert compact["spec"] == {"services": [{"name": "a", "namespace": "default"}]}
+    assert set(compact) == {"metadata", "spec"} and len(compact) == 2
+    assert "resourceVersion" not in compact["metadata"]
+    assert compact == {
+        "metadata": {"name": "x", "namespace": "default"},
+        **{"spec": compact["spec"]},
+    }
 
 
 def test_pod_status_is_content() -> None:
     pod = {"metadata": {"name": "p", "namespace": "default"}, "status": {"podIP": "10.0.0.1"}}
     moved = copy.deepcopy(pod)
     moved["status"]["podIP"] = "10.0.0.2"
-    assert fingerprint(PODS, pod) != fingerprint(PODS, moved)
+    assert content(PODS, pod) != content(PODS, moved)
 
 
 def test_normalize_fills_kind_and_checks_identity() -> None:

@@ -1,0 +1,199 @@
+"""Kubernetes watch benchmark against the API server double.
+
+    .venv/bin/python bench/k8s_sync.py [--services 5000] [--endpoints 10] [--changes 30]
+
+The double runs in its own process (so its CPU and memory are not ours),
+serving N Services with one EndpointSlice of M endpoints each. This process
+is the agent's Kubernetes side: WatchSource (kubernetes-asyncio) feeding the
+real MeshStore. It measures, in one run:
+
+- initial sync to first model: from start to a built model holding every
+  Service and backend (target <= 5 s);
+- one EndpointSlice change to model: PUT on the double until the built model
+  has the new endpoint (target <= 50 ms), over --changes changes;
+- agent RSS after sync (target <= 150 MiB);
+- side by side: listing every EndpointSlice through kubernetes-asyncio's
+  typed models (what a default client does) against our raw-JSON path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s
+
+from nodemesh.k8s_watch.client import KubeApi, make_api_client
+from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, default_resources
+from nodemesh.k8s_watch.settings import WatchSettings
+from nodemesh.k8s_watch.source import WatchSource
+from nodemesh.k8s_watch.watching import list_all
+from nodemesh.model.objects import ServiceName
+from nodemesh.model.store import MeshStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_double(services: int, endpoints: int) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "integration")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "apiserver_double",
+            "--services",
+            str(services),
+            "--endpoints",
+            str(endpoints),
+            "--bookmark-interval",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"double failed to start: {line!r}")
+    return proc, line.split()[-1]
+
+
+@dataclass
+class Agent:
+    store: MeshStore
+    source: WatchSource
+    changed: asyncio.Event
+    task: asyncio.Task[None]
+    client: Any
+
+
+async def sync(url: str, services: int) -> tuple[float, float, Agent]:
+    client = await make_api_client(url)
+    store = MeshStore()
+    changed = asyncio.Event()
+    settings = WatchSettings()
+    source = WatchSource(
+        KubeApi(client, settings),
+        store,
+        settings=settings,
+        resources=default_resources("node-a"),
+        on_change=changed.set,
+    )
+    started = time.perf_counter()
+    task = asyncio.create_task(source.run(), name="watch-source")
+    await source.wait_synced(120)
+    synced = time.perf_counter() - started
+    model = store.build()
+    first_model = time.perf_counter() - started
+    assert len(model.services) == services, len(model.services)
+    return synced, first_model, Agent(store, source, changed, task, client)
+
+
+async def endpoint_changes(url: str, agent: Agent, n: int) -> list[float]:
+    store, changed = agent.store, agent.changed
+    path = "/apis/discovery.k8s.io/v1/namespaces/ns7/endpointslices/svc7-abcde"
+    target = ServiceName("ns7", "svc7")
+    out = []
+    async with aiohttp.ClientSession(url) as http:
+        for i in range(n):
+            async with http.get(path) as resp:
+                eps = await resp.json()
+            new = copy.deepcopy(eps)
+            addr = f"10.200.{i // 250}.{i % 250 + 1}"
+            new["endpoints"][0]["addresses"] = [addr]
+            changed.clear()
+            t0 = time.perf_counter()
+            async with http.put(path, json=new) as resp:
+                assert resp.status == 200, await resp.text()
+            while True:
+                await changed.wait()
+                changed.clear()
+                model = store.build()
+                if any(b.address == addr for b in model.backends_of(target, 80)):
+                    break
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+async def typed_vs_raw(url: str) -> tuple[float, float]:
+    client = await make_api_client(url)
+    try:
+        t0 = time.perf_counter()
+        typed = await k8s.DiscoveryV1Api(client).list_endpoint_slice_for_all_namespaces()
+        typed_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        raw = await list_all(KubeApi(client, WatchSettings(list_page_size=0)), ENDPOINT_SLICES)
+        raw_s = time.perf_counter() - t0
+        assert len(typed.items) == len(raw.items)
+        return typed_s, raw_s
+    finally:
+        await client.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    proc, url = start_double(args.services, args.endpoints)
+    try:
+        rss_before = rss_mib()
+        synced, first, agent = await sync(url, args.services)
+        rss_sync = rss_mib()
+        lat = await endpoint_changes(url, agent, args.changes)
+        rss_after = rss_mib()
+        agent.task.cancel()
+        await asyncio.wait([agent.task])
+        await agent.client.close()
+        typed_s, raw_s = await typed_vs_raw(url)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lat_ms = sorted(x * 1000 for x in lat)
+    p95 = lat_ms[max(0, int(len(lat_ms) * 0.95) - 1)]
+    n_eps = args.services * args.endpoints
+    print(
+        f"cluster: {args.services} Services, {n_eps} endpoints "
+        f"({args.services} EndpointSlices), double in its own process"
+    )
+    print(f"{'measure':<44}{'result':>14}{'target':>12}")
+    print(f"{'initial list+watch synced (s)':<44}{synced:>14.2f}{'':>12}")
+    print(f"{'initial sync to first model (s)':<44}{first:>14.2f}{'<= 5':>12}")
+    print(
+        f"{'EndpointSlice change to model, median (ms)':<44}"
+        f"{statistics.median(lat_ms):>14.1f}{'<= 50':>12}"
+    )
+    print(f"{'EndpointSlice change to model, p95 (ms)':<44}{p95:>14.1f}{'':>12}")
+    print(f"{'agent RSS before sync (MiB)':<44}{rss_before:>14.1f}{'':>12}")
+    print(f"{'agent RSS after sync (MiB)':<44}{rss_sync:>14.1f}{'<= 150':>12}")
+    print(f"{'agent RSS after changes (MiB)':<44}{rss_after:>14.1f}{'':>12}")
+    print(f"{'agent peak RSS, whole run (MiB)':<44}{peak:>14.1f}{'':>12}")
+    print("side by side, one unpaged list of every EndpointSlice:")
+    print(f"{'  kubernetes-asyncio typed models (s)':<44}{typed_s:>14.2f}")
+    print(f"{'  nodemesh raw JSON path (s)':<44}{raw_s:>14.2f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--services", type=int, default=5000)
+    parser.add_argument("--endpoints", type=int, default=10)
+    parser.add_argument("--changes", type=int, default=30)
+    asyncio.run(main(parser.parse_args()))
