@@ -84,8 +84,14 @@ class Demo:
         model = self.plane.store.current
         redirect = find_redirect(model, self.options.namespace, self.options.host)
         fleet = BackendFleet(backend_specs(model))
-        await fleet.start()
         self.fleet = fleet
+        try:
+            await fleet.start()
+        except OSError as exc:
+            raise DemoError(
+                f"cannot start the backends the EndpointSlices in {self.options.source_dir} "
+                f"name ({', '.join(f'{s.host}:{s.port}' for s in fleet.specs)}): {exc}"
+            ) from exc
         await self.envoy.start()
         await self.envoy.wait_for_listener(redirect.proxy_port)
         self.url = f"http://127.0.0.1:{redirect.proxy_port}/headers"
