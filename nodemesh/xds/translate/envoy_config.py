@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 from nodemesh.model.objects import EnvoyConfig, EnvoyResource, ObjectError, ObjectWarning
 from nodemesh.xds.translate import registry
 from nodemesh.xds.translate.checks import check_resource
+from nodemesh.xds.translate.constraints import check_constraints
 from nodemesh.xds.translate.errors import ResourceError
 from nodemesh.xds.translate.references import map_listener, map_route_clusters
 from nodemesh.xds.translate.services import ServiceRef, parse_service_ref
@@ -102,6 +103,8 @@ def _load(parsed: ParsedConfig) -> list[tuple[EnvoyResource, Message, str]]:
             parsed.warnings.append(ObjectWarning(parsed.config.ref, where, reason))
         for err in findings.errors:
             parsed.error(err.field, err.reason)
+        for where, reason in check_constraints(message, resource.field):
+            parsed.error(where, reason)
         loaded.append((resource, message, name))
     return loaded
 
