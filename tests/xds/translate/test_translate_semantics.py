@@ -12,7 +12,15 @@ import translate_models as m
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 
-from nodemesh.model.objects import HeaderMatch, HTTPRule, Kind, LabelSelector, ObjectRef, pairs
+from nodemesh.model.objects import (
+    HeaderMatch,
+    HTTPRule,
+    Kind,
+    LabelSelector,
+    ObjectRef,
+    RedirectedService,
+    pairs,
+)
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.xds.translate import (
     CLUSTER,
@@ -246,3 +254,40 @@ def test_cec_listener_without_address_or_redirect_is_left_out() -> None:
     assert served.errors == ()
     listener = served.resources[LISTENER]["shop/edge/edge-listener"]
     assert listener.address.socket_address.port_value == 18000
+
+
+def test_conflicting_qualified_names_reject_the_newer_config() -> None:
+    """A clusterwide CEC named "default" defining "httpbin-traffic-split/httpbin-
+    listener-route" would collide with the canary's route: the older one wins."""
+    clusterwide = ObjectRef(Kind.CLUSTERWIDE_ENVOY_CONFIG, "", "default")
+    route = m.ARTICLE_ROUTE | {"name": "httpbin-traffic-split/httpbin-listener-route"}
+    newer = m.envoy_config(clusterwide, [(ROUTE, route)], created="2026-06-01T00:00:00Z")
+    translation = translate(_with_configs(newer))
+    [error] = translation.errors
+    assert error.ref == clusterwide and error.field == "spec.resources[0].name"
+    assert "already defined by CiliumEnvoyConfig default/httpbin-traffic-split" in error.reason
+    older = replace(newer, creation_timestamp="2025-01-01T00:00:00Z")
+    [error] = translate(_with_configs(older)).errors
+    assert error.ref == m.CEC_REF
+
+
+def test_backend_services_feed_eds_for_their_ports() -> None:
+    multi = m.service("multi", 80, 9090)
+    config = replace(
+        m.envoy_config(CCEC, [(ROUTE, _route("default/httpbin-v1"))]),
+        backend_services=(RedirectedService(multi.service_name, ports=(9090,)),),
+    )
+    base = _with_configs(config)
+    backends = {**base.backends, multi.service_name: {9090: (m.backend("10.0.3.1", 9090),)}}
+    model = replace(
+        base,
+        services=MappingProxyType({**base.services, multi.service_name: multi}),
+        backends=MappingProxyType(backends),
+    )
+    translation = translate(model)
+    assert "default/multi:9090" in translation.resources[CLUSTER]
+    assert "default/multi:80" not in translation.resources[CLUSTER]
+    assignment = translation.resources[ENDPOINT]["default/multi:9090"]
+    assert (
+        assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value == 9090
+    )
