@@ -10,13 +10,18 @@ parse, one Service's backends and a few dict copies, not a rebuild.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
-from collections.abc import Collection, Mapping
+import json
+import operator
+from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from nodemesh.model.backends import service_backends
 from nodemesh.model.objects import (
+    Endpoint,
+    EndpointPort,
     EndpointSlice,
     EnvoyConfig,
     Kind,
@@ -38,9 +43,34 @@ _MASK = (1 << 128) - 1
 Backends = Mapping[int, tuple[BackendAddress, ...]]
 
 
+def _getter(cls: type[Any], skip: tuple[str, ...] = ()) -> Callable[[Any], tuple[Any, ...]]:
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    get = operator.attrgetter(*names)
+    return get if len(names) > 1 else lambda obj: (get(obj),)
+
+
+# Every field, read at C speed: the slices are most of a big mesh, and the
+# dataclass repr (Python-level, per nested object) was a fifth of a full build.
+_SLICE_TOP = _getter(EndpointSlice, ("ports", "endpoints"))
+_SLICE_PORT = _getter(EndpointPort)
+_SLICE_ENDPOINT = _getter(Endpoint)
+# JSON of tuples of str/int/bool/None is C-fast and deterministic; anything
+# else (the ObjectRef, a field someone adds later) falls back to its repr.
+_encode = json.JSONEncoder(separators=(",", ":"), default=repr).encode
+
+
 def _digest(ref: ObjectRef, obj: ModelObject) -> int:
-    # repr of these frozen dataclasses is deterministic: tuples, str, int, enums.
-    text = f"{ref!r}\n{obj!r}".encode()
+    # Both reprs are deterministic: tuples, str, int, bool, None and enums.
+    if isinstance(obj, EndpointSlice):
+        flat = (
+            "EndpointSlice",
+            _SLICE_TOP(obj),
+            tuple(map(_SLICE_PORT, obj.ports)),
+            tuple(map(_SLICE_ENDPOINT, obj.endpoints)),
+        )
+        text = _encode(flat).encode()
+    else:
+        text = repr(obj).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=16).digest(), "big")
 
 
