@@ -7,6 +7,9 @@ probe.py udp-client HOST PORT N     N sockets, one datagram each
 probe.py tcp-loop HOST PORT STOP    connect until the file STOP exists
 probe.py tcp-hold HOST PORT         one connection kept open; "ping" on stdin
 probe.py origdst-server PORT        a proxy stand-in: reports SO_ORIGINAL_DST
+probe.py http-server PORT NAME      HTTP: answer GETs with who we are and the peer
+probe.py http-client HOST PORT N H  N GETs with Host: H, one connection each
+probe.py http-get URL               print a URL's body (retries until it answers)
 """
 
 from __future__ import annotations
@@ -170,6 +173,48 @@ def http_get(url: str) -> None:
     raise SystemExit(f"{url} never answered")
 
 
+def http_server(port: int, name: str) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"backend": name, "peer": _fmt(self.client_address)}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    print("ready", flush=True)
+    srv.serve_forever()
+
+
+def http_client(host: str, port: int, count: int, host_header: str) -> None:
+    """N GETs, one connection each; the backend's JSON or the error per request."""
+    import http.client
+
+    out: list[dict[str, object]] = []
+    for _ in range(count):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", "/get", headers={"Host": host_header, "Connection": "close"})
+            resp = conn.getresponse()
+            body = resp.read()
+            reply = json.loads(body) if resp.status == 200 else {"body": body.decode()[:200]}
+            reply["status"] = resp.status
+            reply["via"] = resp.getheader("server", "")
+            out.append(reply)
+        except OSError as exc:
+            out.append({"error": errno.errorcode.get(exc.errno or 0, str(exc))})
+        finally:
+            conn.close()
+    print(json.dumps(out), flush=True)
+
+
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "tcp-server":
@@ -184,6 +229,10 @@ def main() -> None:
         udp_client(args[0], int(args[1]), int(args[2]))
     elif mode == "tcp-loop":
         tcp_loop(args[0], int(args[1]), args[2])
+    elif mode == "http-server":
+        http_server(int(args[0]), args[1])
+    elif mode == "http-client":
+        http_client(args[0], int(args[1]), int(args[2]), args[3])
     elif mode == "http-get":
         http_get(args[0])
     elif mode == "tcp-hold":

