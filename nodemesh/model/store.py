@@ -28,7 +28,7 @@ import structlog
 from nodemesh.model import metrics
 from nodemesh.model.admission import Contender, admit
 from nodemesh.model.assemble import Assembly
-from nodemesh.model.errors import ParseError
+from nodemesh.model.errors import ParseError, UnknownKindError
 from nodemesh.model.objects import EnvoyConfig, Kind, ObjectError, ObjectRef
 from nodemesh.model.parse import ParseResult, object_ref, parse_object
 from nodemesh.model.snapshot import MeshModel
@@ -79,7 +79,12 @@ class MeshStore:
             self._touch(ref)
 
     def delete(self, source: str, kind: str, namespace: str, name: str) -> None:
-        kind_ = Kind(kind)
+        """Remove one object the source held (no-op if it held none). Raises
+        UnknownKindError for a kind the mesh does not model."""
+        try:
+            kind_ = Kind(kind)
+        except ValueError:
+            raise UnknownKindError("", kind, namespace, name) from None
         ref = ObjectRef(kind_, "" if kind_.cluster_scoped else namespace or "default", name)
         if self._sources.get(source, {}).pop(ref, None) is not None:
             self._touch(ref)

@@ -226,3 +226,42 @@ def test_port_allocation_refuses_overflow() -> None:
     with pytest.raises(PortAllocationError):
         allocate_proxy_ports(["a", "b", "c"], reserved=[10], low=10, high=12)
     assert sorted(allocate_proxy_ports(["a", "b"], low=10, high=12).values()) == [10, 11]
+
+
+def test_many_redirected_services_get_distinct_stable_ports() -> None:
+    raws: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": f"svc-{i}", "namespace": f"ns-{i % 7}"},
+            "spec": {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 8080}]},
+        }
+        for i in range(400)
+    ]
+    raws.append(
+        {
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumClusterwideNetworkPolicy",
+            "metadata": {"name": "all-http"},
+            "spec": {
+                "endpointSelector": {},
+                "egress": [
+                    {
+                        "toServices": [
+                            {"k8sService": {"serviceName": f"svc-{i}", "namespace": f"ns-{i % 7}"}}
+                            for i in range(400)
+                        ],
+                        "rules": {"http": [{"method": "GET"}]},
+                    }
+                ],
+            },
+        }
+    )
+    first = MeshStore()
+    first.replace_all("a", raws)
+    redirects = first.build().redirects
+    assert len(redirects) == 800
+    assert len({r.proxy_port for r in redirects}) == 800
+    second = MeshStore()
+    second.replace_all("b", list(reversed(raws)))
+    assert second.build().redirects == redirects

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from nodemesh.model.errors import UnknownKindError
 from nodemesh.model.objects import EnvoyConfig, Kind, ObjectError, ObjectRef, ServiceName
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
@@ -288,3 +289,11 @@ def test_delete_removes_object(kind: str) -> None:
     store.delete("test", kind, "shop", name)
     model = store.build()
     assert model.redirects == ()
+
+
+def test_delete_of_unknown_kind_is_refused_clearly() -> None:
+    store = MeshStore()
+    with pytest.raises(UnknownKindError):
+        store.delete("test", "ConfigMap", "shop", "x")
+    store.delete("test", "Service", "shop", "never-applied")  # no-op
+    assert store.build().generation == 0
