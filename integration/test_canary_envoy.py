@@ -10,18 +10,17 @@ previous config serving.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import yaml
+from canary_copy import copy_canary
 
 from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.demo.backends import BackendFleet
 from nodemesh.demo.canary import backend_specs, find_redirect, load_weighted_envoy_config
-from nodemesh.demo.run import EXAMPLES
 from nodemesh.demo.traffic import judge_split, request_loop
 from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
 
@@ -70,8 +69,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    src = tmp_path / "canary"
-    shutil.copytree(EXAMPLES, src)
+    src = copy_canary(tmp_path)
     sock = tmp_path / "xds.sock"
     plane = ControlPlane(
         ControlPlaneConfig(source_dirs=(src,), xds_tcp=None, xds_socket=sock, admin_port=0)
