@@ -206,7 +206,13 @@ class MeshStore:
             return cached[1]
         found: list[ObjectError] = []
         for validator in self._validators:
-            found.extend(validator(config))
+            try:
+                found.extend(validator(config))
+            except Exception as exc:
+                # A validator bug must not take the whole model down: this one
+                # CEC is refused (its previous version kept) and the bug logged.
+                log.exception("validator_failed", object=str(config.ref))
+                found.append(ObjectError(config.ref, "spec", f"validator failed: {exc!r}"))
         self._validated[config.ref] = (config, tuple(found))
         return found
 

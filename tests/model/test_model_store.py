@@ -297,3 +297,16 @@ def test_delete_of_unknown_kind_is_refused_clearly() -> None:
         store.delete("test", "ConfigMap", "shop", "x")
     store.delete("test", "Service", "shop", "never-applied")  # no-op
     assert store.build().generation == 0
+
+
+def test_a_failing_validator_rejects_only_that_config() -> None:
+    def broken(config: EnvoyConfig) -> Sequence[ObjectError]:
+        raise RuntimeError("bug in validator")
+
+    store = MeshStore([broken])
+    store.apply("test", service())
+    store.apply("test", cec("split"))
+    model = store.build()
+    (error,) = model.errors
+    assert error.ref.name == "split" and "bug in validator" in error.reason
+    assert list(model.services) == [ServiceName("shop", "web")]
