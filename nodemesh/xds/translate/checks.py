@@ -104,6 +104,9 @@ def _visit(message: Message, path: str, findings: Findings) -> bool:
 
 def _visit_one(message: Message, path: str, findings: Findings) -> bool:
     if isinstance(message, any_pb2.Any):
+        if not message.type_url:
+            findings.errors.append(ResourceError(path, "typed config without an @type"))
+            return False
         inner = unpack(message)
         if _visit(inner, path, findings):
             message.CopyFrom(pack(inner))

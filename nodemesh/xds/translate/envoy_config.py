@@ -68,11 +68,14 @@ def _parse_resource(resource: EnvoyResource) -> Message:
         body = json.loads(resource.body)
     except json.JSONDecodeError as exc:
         raise ResourceError("", f"not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ResourceError("", f"must be a JSON object, not {type(body).__name__}")
     body.pop("@type", None)
     registry.ensure_embedded_types(body)
     try:
         return json_format.ParseDict(body, cls())
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, AttributeError, TypeError, ValueError) as exc:
+        # The JSON parser raises more than ParseError on some malformed input.
         raise ResourceError("", f"does not parse as {cls.DESCRIPTOR.full_name}: {exc}") from exc
 
 
@@ -98,15 +101,24 @@ def _load(parsed: ParsedConfig) -> list[tuple[EnvoyResource, Message, str]]:
             )
             continue
         seen.add((resource.type_url, name))
-        findings = check_resource(message, resource.field)
-        for where, reason in findings.warnings:
-            parsed.warnings.append(ObjectWarning(parsed.config.ref, where, reason))
-        for err in findings.errors:
-            parsed.error(err.field, err.reason)
-        for where, reason in check_constraints(message, resource.field):
-            parsed.error(where, reason)
+        try:
+            _check(parsed, resource, message)
+        except ResourceError as exc:
+            parsed.error(f"{resource.field}.{exc.field}", exc.reason)
+            continue
         loaded.append((resource, message, name))
     return loaded
+
+
+def _check(parsed: ParsedConfig, resource: EnvoyResource, message: Message) -> None:
+    findings = check_resource(message, resource.field)
+    for where, reason in findings.warnings:
+        parsed.warnings.append(ObjectWarning(parsed.config.ref, where, reason))
+    for err in findings.errors:
+        parsed.error(err.field, err.reason)
+    if not findings.errors:
+        for where, reason in check_constraints(message, resource.field):
+            parsed.error(where, reason)
 
 
 def _local_names(loaded: list[tuple[EnvoyResource, Message, str]], type_url: str) -> set[str]:

@@ -100,8 +100,11 @@ def ensure_type(type_url: str, field: str) -> None:
 def _type_urls(value: AnyValue, path: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, dict):
         for key, item in value.items():
-            if key == "@type" and isinstance(item, str):
-                yield item, f"{path}.@type" if path else "@type"
+            if key == "@type":
+                where = f"{path}.@type" if path else "@type"
+                if not isinstance(item, str):
+                    raise UnknownTypeError(where, f"@type must be a type URL string, not {item!r}")
+                yield item, where
             else:
                 yield from _type_urls(item, f"{path}.{key}" if path else str(key))
     elif isinstance(value, list):

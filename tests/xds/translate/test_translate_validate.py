@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import translate_models as m
 
-from nodemesh.model.objects import ObjectError
-from nodemesh.xds.translate import CLUSTER, LISTENER, ROUTE, validate_envoy_config
+from nodemesh.model.objects import ObjectError, ObjectRef
+from nodemesh.xds.translate import CLUSTER, LISTENER, ROUTE, translate, validate_envoy_config
 
 RDS_PATH = "filter_chains[0].filters[0].typed_config.rds.route_config_name"
 WEIGHTED = "virtual_hosts[0].routes[0].route.weighted_clusters"
@@ -102,11 +103,11 @@ def test_duplicate_and_missing_names() -> None:
     assert [e.field for e in errors] == ["spec.resources[1].name", "spec.resources[2].name"]
 
 
-def test_invalid_json_body() -> None:
+@pytest.mark.parametrize("body", ["{not json", "[1, 2]", '"text"'])
+def test_body_that_is_not_a_json_object(body: str) -> None:
     config = m.envoy_config(m.CEC_REF, [(ROUTE, {"name": "r"})])
-    broken = config.resources[0].__class__(ROUTE, "r", "{not json", "spec.resources[0]")
-    bad = config.__class__(config.ref, (), (), (broken,))
-    [error] = validate_envoy_config(bad)
+    broken = replace(config.resources[0], body=body)
+    [error] = validate_envoy_config(replace(config, resources=(broken,)))
     assert error.field == "spec.resources[0]" and "JSON" in error.reason
 
 
@@ -123,3 +124,42 @@ def test_service_shaped_names_are_left_to_the_translator(raw: str) -> None:
         ],
     }
     assert _errors((ROUTE, route)) == []
+
+
+WEIRD_LISTENERS: list[Any] = [
+    {"name": "x", "filter_chains": [{"filters": [{"name": "a", "typed_config": {}}]}]},
+    {"name": 5},
+    {"name": "x", "address": "nope"},
+    {"name": "x", "filter_chains": "nope"},
+    {"name": "x", "filter_chains": [{"filters": [{"name": "a", "typed_config": {"@type": 7}}]}]},
+    {
+        "name": "x",
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                            "http_connection_manager.v3.HttpConnectionManager",
+                            "rds": {},
+                        },
+                    }
+                ]
+            }
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize("index", range(len(WEIRD_LISTENERS)))
+def test_malformed_resources_are_errors_never_crashes(index: int) -> None:
+    config = m.envoy_config(
+        ObjectRef(m.CEC_REF.kind, "default", "weird"), [(LISTENER, WEIRD_LISTENERS[index])]
+    )
+    errors = validate_envoy_config(config)
+    assert errors and all(e.field.startswith("spec.resources[0]") for e in errors)
+    base = m.canary_model()
+    translation = translate(replace(base, envoy_configs=(*base.envoy_configs, config)))
+    assert {e.ref.name for e in translation.errors} == {"weird"}
+    assert "default/httpbin-traffic-split/httpbin-listener-route" in translation.resources[ROUTE]
