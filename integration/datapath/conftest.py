@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from datapath.node import NODE_IP, MeshNode
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, loader
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups
+
+from .node import NODE_IP, MeshNode
 
 
 def _need_root() -> None:

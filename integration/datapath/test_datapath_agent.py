@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from datapath.node import NODE_IP, MeshNode
-from datapath.plans import frontend, plan
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+
+from .node import NODE_IP, MeshNode
+from .plans import frontend, plan
 
 pytestmark = pytest.mark.privileged
 

@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 import yaml
 
-from datapath.node import MeshNode, Pod
-from datapath.test_datapath_agent import agent_argv
 from nodemesh.node_envoy import find_envoy_binary, render_bootstrap
+
+from .node import MeshNode, Pod
+from .test_datapath_agent import agent_argv
 
 pytestmark = [pytest.mark.privileged, pytest.mark.envoy]
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from datapath.conftest import Datapath
-from datapath.node import MeshNode
-from datapath.plans import frontend, plan
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+
+from .conftest import Datapath
+from .node import MeshNode
+from .plans import frontend, plan
 
 pytestmark = pytest.mark.privileged
 

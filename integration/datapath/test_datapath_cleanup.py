@@ -13,11 +13,12 @@ import pytest
 from google.protobuf import json_format
 from pyroute2 import netns
 
-from datapath.node import NODE_IP, MeshNode
-from datapath.plans import frontend, plan, redirect
-from datapath.test_datapath_agent import agent_argv
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import loader
+
+from .node import NODE_IP, MeshNode
+from .plans import frontend, plan, redirect
+from .test_datapath_agent import agent_argv
 
 pytestmark = pytest.mark.privileged
 

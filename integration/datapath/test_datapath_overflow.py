@@ -6,12 +6,13 @@ import ipaddress
 
 import pytest
 
-from datapath.conftest import Datapath
-from datapath.node import MeshNode
-from datapath.plans import frontend, plan
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, pinned
 from nodemesh.ebpf.errors import PlanTooLarge
+
+from .conftest import Datapath
+from .node import MeshNode
+from .plans import frontend, plan
 
 pytestmark = pytest.mark.privileged
 

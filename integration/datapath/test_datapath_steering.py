@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from datapath.conftest import Datapath
-from datapath.node import MeshNode, Pod
-from datapath.plans import frontend, plan, redirect
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+
+from .conftest import Datapath
+from .node import MeshNode, Pod
+from .plans import frontend, plan, redirect
 
 pytestmark = pytest.mark.privileged
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from datapath.conftest import Datapath
-from datapath.node import MeshNode
-from datapath.plans import frontend
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+
+from .conftest import Datapath
+from .node import MeshNode
+from .plans import frontend
 
 pytestmark = pytest.mark.privileged
 
