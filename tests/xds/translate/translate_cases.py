@@ -40,32 +40,50 @@ def dumps(data: Any) -> str:
 
 
 BROKEN_REF = ObjectRef(Kind.ENVOY_CONFIG, m.DEFAULT, "broken")
+NEW_REF = ObjectRef(Kind.ENVOY_CONFIG, m.DEFAULT, "new")
 
 
 def bad_config_keeps_previous() -> Translation:
-    """v1: the canary. v2: its route now also sends to default/httpbin-v3, which
-    does not exist, and a new CEC has a resource of an unknown @type. The
-    canary's v1 resources stay; the new CEC contributes nothing."""
+    """v1: the canary, and a CEC "broken" with one good route. v2: the canary's
+    route now also sends to default/httpbin-v3, which does not exist, and
+    "broken" gains a resource of an unknown @type. Both keep their v1
+    resources, and their errors say so; a third CEC, new in v2 and bad from
+    the start, contributes nothing."""
+    good_route = {"name": "ok-route", "virtual_hosts": [_vhost("default/httpbin-v1")]}
+    typo = ("type.googleapis.com/envoy.config.listener.v3.Listenr", {"name": "typo"})
     translator = Translator()
-    translator.translate(m.canary_model())
+    translator.translate(
+        m.model(
+            m.CANARY_SERVICES,
+            m.CANARY_BACKENDS,
+            configs=[m.canary_config(), m.envoy_config(BROKEN_REF, [(ROUTE, good_route)])],
+            redirects=[m.canary_redirect()],
+        )
+    )
     route = json.loads(json.dumps(m.ARTICLE_ROUTE))
     weighted = route["virtual_hosts"][0]["routes"][0]["route"]["weighted_clusters"]
     weighted["clusters"].append({"name": "default/httpbin-v3", "weight": 0})
-    broken = m.envoy_config(
-        BROKEN_REF,
-        [
-            (ROUTE, {"name": "ok-route", "virtual_hosts": []}),
-            ("type.googleapis.com/envoy.config.listener.v3.Listenr", {"name": "typo"}),
-        ],
-    )
+    changed_route = good_route | {"virtual_hosts": [_vhost("default/httpbin-v2")]}
     v2 = m.model(
         m.CANARY_SERVICES,
         m.CANARY_BACKENDS,
-        configs=[m.canary_config(route), broken],
+        configs=[
+            m.canary_config(route),
+            m.envoy_config(BROKEN_REF, [(ROUTE, changed_route), typo]),
+            m.envoy_config(NEW_REF, [(ROUTE, {"name": "never", "virtual_hosts": []}), typo]),
+        ],
         redirects=[m.canary_redirect()],
         version="v2",
     )
     return translator.translate(v2)
+
+
+def _vhost(cluster: str) -> dict[str, Any]:
+    return {
+        "name": "vh",
+        "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+    }
 
 
 CASES: dict[str, Callable[[], Translation]] = {
