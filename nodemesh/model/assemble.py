@@ -203,7 +203,7 @@ class Assembly:
             self._stale_backends = set()
             self._backends_view = MappingProxyType(dict(self._backends))
         if stale & set(_REDIRECT_INPUTS):
-            self._redirects, self.redirect_errors = derive_redirects(
+            redirects, self.redirect_errors = derive_redirects(
                 self._services,
                 sorted(self.configs.values(), key=_age),
                 [
@@ -213,6 +213,10 @@ class Assembly:
                 self._objects[Kind.POD].values(),
                 self._reserved,
             )
+            # Consumers skip work when the tuple is the very same object, so an
+            # unchanged outcome (the usual case of a pod or Service edit) keeps it.
+            if redirects != self._redirects:
+                self._redirects = redirects
         if self._stale_warnings:
             self._warnings_view = tuple(
                 w for ref in sorted(self._warnings, key=str) for w in self._warnings[ref]

@@ -310,3 +310,22 @@ def test_a_failing_validator_rejects_only_that_config() -> None:
     (error,) = model.errors
     assert error.ref.name == "split" and "bug in validator" in error.reason
     assert list(model.services) == [ServiceName("shop", "web")]
+
+
+def test_unchanged_parts_are_shared_between_versions() -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    store.apply("test", service("db"))
+    store.apply("test", endpoint_slice("web-1", "web", ["10.0.0.1"]))
+    store.apply("test", endpoint_slice("db-1", "db", ["10.0.0.2"]))
+    store.apply("test", cec("split"))
+    first = store.build()
+    store.apply("test", endpoint_slice("db-1", "db", ["10.0.0.3"]))
+    second = store.build()
+    web, db = ServiceName("shop", "web"), ServiceName("shop", "db")
+    assert second.backends[web] is first.backends[web]
+    assert second.backends[db] is not first.backends[db]
+    assert second.services[web] is first.services[web]
+    assert second.redirects is first.redirects
+    store.apply("test", service("db", port=5432))  # redirects are re-derived, equal
+    assert store.build().redirects is first.redirects
