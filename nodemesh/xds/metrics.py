@@ -79,6 +79,28 @@ class XdsMetrics:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TypeCounters:
+    """The labelled children for one resource type, looked up once per
+    stream instead of on every push (labels() is a locked dict lookup)."""
+
+    pushes: Counter
+    nacks: Counter
+    acks: Counter
+    push_to_ack: Histogram
+    bytes_sent: Counter
+
+    @classmethod
+    def of(cls, metrics: XdsMetrics, kind: str) -> TypeCounters:
+        return cls(
+            pushes=metrics.pushes_total.labels(type=kind),
+            nacks=metrics.nacks_total.labels(type=kind),
+            acks=metrics.acks_total.labels(type=kind),
+            push_to_ack=metrics.push_to_ack_seconds.labels(type=kind),
+            bytes_sent=metrics.bytes_sent_total.labels(type=kind),
+        )
+
+
 _default: XdsMetrics | None = None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -37,6 +38,7 @@ _serials = itertools.count(1)
 # further behind than this fall back to a full diff.
 _CHANGE_HISTORY = 8
 _MAX_CHANGE_ENTRIES = 64
+_MAX_NAMED_VIEWS = 1024
 
 ChangeSet = Mapping[str, frozenset[str]]
 
@@ -46,6 +48,16 @@ def view_version(resources: Iterable[EncodedResource]) -> str:
     version) pairs. Any replica computes the same string for the same set."""
     pairs = sorted((r.name, r.version) for r in resources)
     return content_hash(f"{name}\0{version}".encode() for name, version in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class NamedView:
+    """A named subscription's share of one snapshot (read-only)."""
+
+    resources: Mapping[str, EncodedResource]
+    versions: Mapping[str, str]
+    version: str
+    body: bytes
 
 
 class Snapshot:
@@ -64,6 +76,7 @@ class Snapshot:
         self._type_versions: dict[str, str] = {}
         self._wildcard_bodies: dict[str, bytes] = {}
         self._versions: dict[str, Mapping[str, str]] = {}
+        self._named: dict[tuple[str, frozenset[str]], NamedView] = {}
         # ancestor serial -> names changed (added, modified or removed) per type
         self._changes: dict[int, dict[str, frozenset[str]]] = {}
         self._issues: tuple[str, ...] | None = None
@@ -114,6 +127,26 @@ class Snapshot:
             versions = MappingProxyType({n: r.version for n, r in self.get(type_url).items()})
             self._versions[type_url] = versions
         return versions
+
+    def named_view(self, type_url: str, names: frozenset[str]) -> NamedView:
+        """The resources of `names` that exist, with their SotW version and
+        encoded body, memoized per snapshot: streams asking for the same
+        names (every Envoy of a group, typically) share one view."""
+        key = (type_url, names)
+        view = self._named.get(key)
+        if view is None:
+            resources = self.get(type_url)
+            picked = {n: resources[n] for n in sorted(names) if n in resources}
+            view = NamedView(
+                resources=MappingProxyType(picked),
+                versions=MappingProxyType({n: r.version for n, r in picked.items()}),
+                version=view_version(picked.values()),
+                body=b"".join(r.sotw_field for r in picked.values()),
+            )
+            if len(self._named) >= _MAX_NAMED_VIEWS:
+                self._named.clear()  # bounded; rebuilt on demand
+            self._named[key] = view
+        return view
 
     def wildcard_body(self, type_url: str) -> bytes:
         """The concatenated `resources` fields of a full-state SotW response,

@@ -27,7 +27,7 @@ _VERSION_INFO, _TYPE_URL, _NONCE = 1, 4, 5
 class _View:
     """What one subscription should hold against one snapshot."""
 
-    __slots__ = ("resources", "shared", "version", "versions")
+    __slots__ = ("body", "resources", "shared", "version", "versions")
 
     def __init__(
         self,
@@ -35,7 +35,9 @@ class _View:
         versions: Mapping[str, str],
         version: str,
         shared: bool,
+        body: bytes | None = None,
     ) -> None:
+        self.body = body  # pre-joined resources field, when shared per snapshot
         self.resources = resources
         self.versions = versions
         self.version = version
@@ -86,7 +88,9 @@ class SotwStream(AdsStream):
         )
         names.discard(WILDCARD)
         changed = wildcard != state.wildcard or names != state.names
-        state.wildcard, state.names = wildcard, names
+        if changed:
+            state.wildcard, state.names = wildcard, names
+            state.names_key = frozenset(names)
         return changed
 
     def _adopt(self, state: TypeState, version_info: str) -> None:
@@ -114,10 +118,8 @@ class SotwStream(AdsStream):
                 snapshot.type_version(type_url),
                 shared=True,
             )
-        all_resources = snapshot.get(type_url)
-        picked = {n: all_resources[n] for n in sorted(state.names) if n in all_resources}
-        versions = {n: r.version for n, r in picked.items()}
-        return _View(picked, versions, view_version(picked.values()), shared=False)
+        view = snapshot.named_view(type_url, state.names_key)
+        return _View(view.resources, view.versions, view.version, shared=False, body=view.body)
 
     def build_response(self, state: TypeState, snapshot: Snapshot) -> bytes | None:
         view = self._view(state, snapshot)
@@ -132,6 +134,8 @@ class SotwStream(AdsStream):
             return None
         if view.shared:
             body = snapshot.wildcard_body(state.type_url)  # encoded once, shared
+        elif view.body is not None:
+            body = view.body  # shared by streams asking for the same names
         else:
             body = b"".join(r.sotw_field for r in view.resources.values())
         nonce = self.next_nonce()

@@ -53,6 +53,7 @@ class TypeState:
     type_url: str
     wildcard: bool = False
     names: set[str] = field(default_factory=set)
+    names_key: frozenset[str] = frozenset()  # SotW: `names`, hashable and cached
     # What we believe the client holds: name -> version. SotW: the last
     # response's set. Delta: cumulative (updates minus removals).
     # Wildcard SotW streams share the snapshot's own mappings here (no

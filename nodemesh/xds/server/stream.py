@@ -29,7 +29,7 @@ from envoy.config.core.v3 import base_pb2
 
 from nodemesh.xds.cache import CLUSTER, LISTENER, ROUTE, Snapshot, SnapshotSource, short_name
 from nodemesh.xds.cache.resources import is_valid_type_url, push_rank
-from nodemesh.xds.metrics import XdsMetrics
+from nodemesh.xds.metrics import TypeCounters, XdsMetrics
 from nodemesh.xds.server.errors import ClientTooSlow, InvalidRequest, TooManyNames
 from nodemesh.xds.server.state import Inflight, TypeState
 
@@ -82,6 +82,7 @@ class AdsStream(ABC):
         self._cancel_watch: Callable[[], None] | None = None
         self._nonces = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
+        self._type_counters: dict[str, TypeCounters] = {}
         self.log = log.bind(stream_id=self.stream_id, api=self.api, peer=self.peer)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -180,15 +181,23 @@ class AdsStream(ABC):
 
     async def _write(self, state: TypeState, payload: bytes) -> None:
         try:
-            await asyncio.wait_for(self._context.write(payload), self.settings.send_timeout)
+            async with asyncio.timeout(self.settings.send_timeout):
+                await self._context.write(payload)
         except TimeoutError:
             raise ClientTooSlow(
                 f"client did not read a {short_name(state.type_url)} response within "
                 f"{self.settings.send_timeout:g}s"
             ) from None
-        kind = short_name(state.type_url)
-        self.metrics.pushes_total.labels(type=kind).inc()
-        self.metrics.bytes_sent_total.labels(type=kind).inc(len(payload))
+        counters = self._counters(state.type_url)
+        counters.pushes.inc()
+        counters.bytes_sent.inc(len(payload))
+
+    def _counters(self, type_url: str) -> TypeCounters:
+        counters = self._type_counters.get(type_url)
+        if counters is None:
+            counters = TypeCounters.of(self.metrics, short_name(type_url))
+            self._type_counters[type_url] = counters
+        return counters
 
     def next_nonce(self) -> str:
         return format(next(self._nonces), "x")
@@ -212,12 +221,10 @@ class AdsStream(ABC):
 
     def on_ack(self, state: TypeState, nonce: str, full_state: bool) -> None:
         done = state.record_ack(nonce, full_state)
-        kind = short_name(state.type_url)
-        self.metrics.acks_total.labels(type=kind).inc()
+        counters = self._counters(state.type_url)
+        counters.acks.inc()
         if done is not None:
-            self.metrics.push_to_ack_seconds.labels(type=kind).observe(
-                time.monotonic() - done.sent_at
-            )
+            counters.push_to_ack.observe(time.monotonic() - done.sent_at)
         self.log.info("xds_ack", type_url=state.type_url, version=state.acked_version, nonce=nonce)
         if state.type_url in (LISTENER, ROUTE) and CLUSTER in self.states:
             # Held cluster removals may now be safe (make-before-break).
@@ -225,7 +232,7 @@ class AdsStream(ABC):
 
     def on_nack(self, state: TypeState, nonce: str, message: str, code: int) -> None:
         state.record_nack(nonce, message, code)
-        self.metrics.nacks_total.labels(type=short_name(state.type_url)).inc()
+        self._counters(state.type_url).nacks.inc()
         self.log.warning(
             "xds_nack",
             type_url=state.type_url,
