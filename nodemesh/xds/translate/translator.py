@@ -18,10 +18,12 @@ previous Translation carries the last-good memory over.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from types import MappingProxyType
 
+import structlog
 from google.protobuf.message import Message
 
 from nodemesh.model.objects import ObjectRef
@@ -29,8 +31,11 @@ from nodemesh.model.snapshot import MeshModel
 from nodemesh.xds.translate import registry
 from nodemesh.xds.translate.configs import ConfigStage, ConfigStageBuilder
 from nodemesh.xds.translate.endpoints import EndpointStage, endpoint_stage
+from nodemesh.xds.translate.metrics import RESOURCES, STAGES, TRANSLATE_SECONDS
 from nodemesh.xds.translate.redirects import RedirectBuilder
 from nodemesh.xds.translate.result import ConfigOutput, TranslateOptions, Translation
+
+log = structlog.get_logger(__name__)
 
 
 class Translator:
@@ -54,22 +59,45 @@ class Translator:
         self._endpoints: EndpointStage | None = None
 
     def translate(self, model: MeshModel) -> Translation:
+        """Not thread-safe: one Translator serves one sequence of models."""
+        started = time.perf_counter()
         # Like the model store's build: a full translation allocates many acyclic
         # objects, which the cyclic GC would rescan for nothing; pause it.
         paused = gc.isenabled()
         gc.disable()
         try:
-            return self._translate(model)
+            translation = self._translate(model)
         finally:
             if paused:
                 gc.enable()
+        seconds = time.perf_counter() - started
+        TRANSLATE_SECONDS.observe(seconds)
+        counts = {
+            url.rpartition(".")[2]: len(named) for url, named in translation.resources.items()
+        }
+        for kind, count in counts.items():
+            RESOURCES.labels(type=kind).set(count)
+        log.debug(
+            "translated",
+            version=model.version,
+            seconds=round(seconds, 6),
+            errors=len(translation.errors),
+            **counts,
+        )
+        return translation
 
     def _translate(self, model: MeshModel) -> Translation:
         configs = ConfigStageBuilder(model, self.options, self._configs, self._last_good).build()
+        previous_redirects, previous_endpoints = self._redirects.previous, self._endpoints
         redirects = self._redirects.build(model, configs)
         endpoints = endpoint_stage(
             model, redirects.needed, self._endpoints, self.options.connect_timeout_ms
         )
+        STAGES.labels(stage="redirects", mode=_mode(redirects is previous_redirects)).inc()
+        patched = (
+            previous_endpoints is not None and endpoints.clusters is previous_endpoints.clusters
+        )
+        STAGES.labels(stage="endpoints", mode="patched" if patched else "rebuilt").inc()
         self._configs, self._endpoints, self._last_good = configs, endpoints, configs.last_good
         resources: dict[str, Mapping[str, Message]] = {
             registry.CLUSTER: _merged(configs.resources[registry.CLUSTER], endpoints.clusters),
@@ -86,6 +114,10 @@ class Translator:
             warnings=(*configs.warnings, *redirects.warnings),
             last_good=MappingProxyType(dict(configs.last_good)),
         )
+
+
+def _mode(reused: bool) -> str:
+    return "reused" if reused else "rebuilt"
 
 
 def _merged(

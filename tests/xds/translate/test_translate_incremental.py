@@ -8,6 +8,7 @@ from dataclasses import replace
 from types import MappingProxyType
 
 import translate_models as m
+from prometheus_client import REGISTRY
 
 from nodemesh.model.objects import HTTPRule
 from nodemesh.model.snapshot import MeshModel
@@ -74,3 +75,26 @@ def test_equal_but_rebuilt_model_reuses_every_message() -> None:
     for url, named in second.resources.items():
         for name, message in named.items():
             assert message is first.resources[url][name], (url, name)
+
+
+def _stage(stage: str, mode: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "nodemesh_xds_translate_stages_total", {"stage": stage, "mode": mode}
+    )
+    return value or 0.0
+
+
+def test_metrics_show_what_each_round_reused() -> None:
+    translator = Translator()
+    v1 = m.canary_model()
+    translator.translate(v1)
+    reused, patched = _stage("redirects", "reused"), _stage("endpoints", "patched")
+    moved = MappingProxyType({80: (m.backend("127.0.0.1", 18091),)})
+    v2 = replace(v1, version="v2", backends=MappingProxyType({**v1.backends, m.V1: moved}))
+    translator.translate(v2)
+    assert _stage("redirects", "reused") == reused + 1
+    assert _stage("endpoints", "patched") == patched + 1
+    rebuilt = _stage("redirects", "rebuilt")
+    translator.translate(replace(v2, redirects=()))
+    assert _stage("redirects", "rebuilt") == rebuilt + 1
+    assert REGISTRY.get_sample_value("nodemesh_xds_translate_resources", {"type": "Listener"}) == 0
