@@ -110,6 +110,7 @@ class ApiServerDouble:
         self._runner: web.AppRunner | None = None
         self._continues: dict[str, tuple[int, list[Obj]]] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) log for tests
+        self.authorizations: set[str] = set()  # Authorization headers seen
 
     @property
     def url(self) -> str:
@@ -151,6 +152,8 @@ class ApiServerDouble:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path))
+        if "Authorization" in request.headers:
+            self.authorizations.add(request.headers["Authorization"])
         path = request.path.rstrip("/")
         if path in ("/healthz", "/readyz", "/livez"):
             return web.Response(text="ok")

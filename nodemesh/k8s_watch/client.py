@@ -52,6 +52,8 @@ async def make_api_client(
         elif "KUBERNETES_SERVICE_HOST" in os.environ and not kubeconfig:
             load_incluster_config(client_configuration=cfg)
         else:
+            if kubeconfig and not os.path.exists(kubeconfig):
+                raise ConfigError(f"kubeconfig {kubeconfig} does not exist")
             await load_kube_config(
                 config_file=kubeconfig, context=context, client_configuration=cfg
             )

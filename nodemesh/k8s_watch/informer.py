@@ -49,6 +49,15 @@ class ObjectMeta:
     conditions: tuple[Mapping[str, Any], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One listed object, ready for the sink."""
+
+    key: Key
+    content: CompactObject
+    meta: ObjectMeta
+
+
 def object_meta(raw: Raw) -> ObjectMeta:
     meta = raw.get("metadata") or {}
     status = raw.get("status")
@@ -116,7 +125,10 @@ class Informer:
         return self._meta.get((namespace if self.spec.namespaced else "", name))
 
     async def run(self) -> None:
-        async for item in informer_stream(self._api, self.spec, self._settings, self._health):
+        stream = informer_stream(
+            self._api, self.spec, self._settings, self._health, prepare=self._prepare
+        )
+        async for item in stream:
             changed = self._relist(item) if isinstance(item, Listed) else self._event(item)
             if changed and self._on_change is not None:
                 self._on_change()
@@ -131,25 +143,23 @@ class Informer:
             name=meta.get("name") if isinstance(meta, dict) else None,
         )
 
+    def _prepare(self, item: Raw) -> Prepared | None:
+        try:
+            key, raw = normalize(self.spec, item)
+        except MalformedObject as exc:
+            self._skip(item, exc)
+            return None
+        return Prepared(key, content(self.spec, raw), object_meta(raw))
+
     def _relist(self, listed: Listed) -> bool:
-        raws: list[CompactObject] = []
-        seen: dict[Key, CompactObject] = {}
-        self._meta = {}
-        for item in listed.items:
-            try:
-                key, raw = normalize(self.spec, item)
-            except MalformedObject as exc:
-                self._skip(item, exc)
-                continue
-            compact = content(self.spec, raw)
-            raws.append(compact)
-            seen[key] = compact
-            self._meta[key] = object_meta(raw)
+        prepared: list[Prepared] = listed.items
+        seen = {p.key: p.content for p in prepared}
+        self._meta = {p.key: p.meta for p in prepared}
         if seen == self._seen and self._seen:
             return False  # a relist that found nothing new (e.g. after a 410)
         # One call for the whole set: objects missing from it are deleted in the
         # same step, so the model never has a window without them or with stale ones.
-        skipped = self._sink.replace_all(self.spec.source, raws)
+        skipped = self._sink.replace_all(self.spec.source, [p.content for p in prepared])
         for error in skipped if isinstance(skipped, tuple) else ():
             self._skip({}, error)
         self._seen = seen
@@ -165,7 +175,11 @@ class Informer:
             self._meta.pop(key, None)
             if self._seen.pop(key, None) is None:
                 return False
-            self._sink.delete(self.spec.source, self.spec.kind.value, *key)
+            try:
+                self._sink.delete(self.spec.source, self.spec.kind.value, *key)
+            except ParseError as exc:
+                self._skip(change.obj, exc)
+                return False
             return True
         compact = content(self.spec, raw)
         self._meta[key] = object_meta(raw)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,9 +61,10 @@ class WatchApi(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Listed:
-    """A complete list: the whole current set of objects at `resource_version`."""
+    """A complete list: the whole current set of objects at `resource_version`,
+    each passed through the caller's `prepare` (None results left out)."""
 
-    items: list[Raw]
+    items: list[Any]
     resource_version: str
 
 
@@ -83,14 +84,24 @@ class Connected:
     """The watch request was accepted: the server is reachable again."""
 
 
-async def list_all(api: WatchApi, spec: ResourceSpec) -> Listed:
+def _as_is(item: Raw) -> Any:
+    return item
+
+
+async def list_all(
+    api: WatchApi, spec: ResourceSpec, prepare: Callable[[Raw], Any] = _as_is
+) -> Listed:
     """All pages of one list. The resourceVersion is the first page's: every
-    continuation is served from that same snapshot, or fails with 410."""
+    continuation is served from that same snapshot, or fails with 410.
+
+    `prepare` runs on each page as it arrives, so a large cluster never has
+    every object as parsed JSON in memory at once, only one page."""
     page = await api.list_page(spec)
-    items, rv = list(page.items), page.resource_version
+    rv = page.resource_version
+    items = [p for p in map(prepare, page.items) if p is not None]
     while page.continue_token:
         page = await api.list_page(spec, page.continue_token)
-        items.extend(page.items)
+        items.extend(p for p in map(prepare, page.items) if p is not None)
     return Listed(items, rv)
 
 
@@ -139,7 +150,11 @@ def _rv_of(obj: Raw) -> str | None:
 
 
 async def informer_stream(
-    api: WatchApi, spec: ResourceSpec, settings: WatchSettings, health: WatchHealth
+    api: WatchApi,
+    spec: ResourceSpec,
+    settings: WatchSettings,
+    health: WatchHealth,
+    prepare: Callable[[Raw], Any] = _as_is,
 ) -> AsyncIterator[Listed | Changed]:
     """List, then watch, forever. See the module docstring for the rules."""
     resource, backoff = str(spec), Backoff(settings)
@@ -148,7 +163,7 @@ async def informer_stream(
     while True:
         try:
             if rv is None:
-                listed = await list_all(api, spec)
+                listed = await list_all(api, spec, prepare)
                 RELISTS.labels(resource, cause).inc()
                 log.info("listed", resource=resource, count=len(listed.items), cause=cause)
                 rv = listed.resource_version
