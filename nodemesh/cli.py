@@ -15,9 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Each subcommand module registers itself and sets `func`.
     from nodemesh import cli_controlplane
     from nodemesh.ebpf import cli as agent_cli
+    from nodemesh.k8s_watch import cli as k8s_cli
 
     cli_controlplane.register(sub)
     agent_cli.register(sub)
+    k8s_cli.register(sub)
     return parser
 
 
