@@ -123,13 +123,9 @@ class MeshNode:
         self, argv: Sequence[str], cgroup: Path | None, ns: str, **kw: object
     ) -> subprocess.Popen[str]:
         cmd = [sys.executable, str(LAUNCHER), str(cgroup or ""), ns, "--", *argv]
-        proc: subprocess.Popen[str] = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stdin=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            **kw,  # type: ignore[call-overload]
+        opts: dict[str, object] = {"stdout": subprocess.PIPE, "stdin": subprocess.PIPE, **kw}
+        proc: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
+            cmd, text=True, start_new_session=True, **opts
         )
         self.procs.append(proc)
         return proc
