@@ -17,13 +17,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from google.protobuf import any_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from nodemesh.xds.translate.errors import ResourceError
-from nodemesh.xds.translate.registry import pack, unpack
+from nodemesh.xds.translate.references import HCM_TYPE
+from nodemesh.xds.translate.registry import TYPE_PREFIX, pack, unpack
+
+_ROUTER_TYPE = TYPE_PREFIX + router_pb2.Router.DESCRIPTOR.full_name
 
 
 @dataclass
@@ -121,3 +129,28 @@ def check_resource(message: Message, path: str = "") -> Findings:
     findings = Findings()
     _visit(message, path, findings)
     return findings
+
+
+def check_http_filters(listener: listener_pb2.Listener, path: str) -> list[ResourceError]:
+    """Envoy NACKs an HTTP filter chain whose last filter is not terminal or
+    whose terminal filter is not last; the router is the terminal filter."""
+    errors = []
+    chains = [(f"filter_chains[{i}]", c) for i, c in enumerate(listener.filter_chains)]
+    if listener.HasField("default_filter_chain"):
+        chains.append(("default_filter_chain", listener.default_filter_chain))
+    for where, chain in chains:
+        for index, network_filter in enumerate(chain.filters):
+            if network_filter.typed_config.type_url != HCM_TYPE:
+                continue
+            manager = unpack(network_filter.typed_config)
+            assert isinstance(manager, hcm_pb2.HttpConnectionManager)
+            routers = [f.typed_config.type_url == _ROUTER_TYPE for f in manager.http_filters]
+            if routers and (not routers[-1] or routers.count(True) > 1):
+                errors.append(
+                    ResourceError(
+                        _join(path, f"{where}.filters[{index}].typed_config.http_filters"),
+                        "the router (envoy.filters.http.router) must be the last HTTP filter, "
+                        "and only the last",
+                    )
+                )
+    return errors

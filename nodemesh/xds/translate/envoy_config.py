@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 
 from nodemesh.model.objects import EnvoyConfig, EnvoyResource, ObjectError, ObjectWarning
 from nodemesh.xds.translate import registry
-from nodemesh.xds.translate.checks import check_resource
+from nodemesh.xds.translate.checks import check_http_filters, check_resource
 from nodemesh.xds.translate.constraints import check_constraints
 from nodemesh.xds.translate.errors import ResourceError
 from nodemesh.xds.translate.references import map_listener, map_route_clusters
@@ -116,6 +116,9 @@ def _check(parsed: ParsedConfig, resource: EnvoyResource, message: Message) -> N
         parsed.warnings.append(ObjectWarning(parsed.config.ref, where, reason))
     for err in findings.errors:
         parsed.error(err.field, err.reason)
+    if isinstance(message, listener_pb2.Listener):
+        for err in check_http_filters(message, resource.field):
+            parsed.error(err.field, err.reason)
     if not findings.errors:
         for where, reason in check_constraints(message, resource.field):
             parsed.error(where, reason)

@@ -116,7 +116,8 @@ def with_rbac(listener: listener_pb2.Listener, rbac: hcm_pb2.HttpFilter) -> None
                 continue
             manager = unpack(network_filter.typed_config)
             assert isinstance(manager, hcm_pb2.HttpConnectionManager)
-            filters = [rbac, *manager.http_filters]
+            # An empty list means Envoy's default router: keep it behind the RBAC filter.
+            filters = [rbac, *(manager.http_filters or [_ROUTER])]
             manager.ClearField("http_filters")
             manager.http_filters.extend(filters)
             network_filter.typed_config.CopyFrom(pack(manager))

@@ -7,6 +7,8 @@ catches protos Envoy rejects (validation rules, unknown filters, bad regexes).
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,15 @@ import translate_models as m
 from envoy_static import envoy_validate, static_bootstrap, write_bootstrap
 from translate_cases import CASES
 
-from nodemesh.model.objects import HeaderMatch, HTTPRule
-from nodemesh.xds.translate import TranslateOptions, Translation, translate
+from nodemesh.model.objects import HeaderMatch, HTTPPolicy, HTTPRule
+from nodemesh.xds.translate import (
+    CLUSTER,
+    LISTENER,
+    ROUTE,
+    TranslateOptions,
+    Translation,
+    translate,
+)
 
 pytestmark = pytest.mark.envoy
 
@@ -47,3 +56,24 @@ def test_envoy_rejects_what_it_should(tmp_path: Path) -> None:
     translation = translate(m.policy_model((HTTPRule(path="/(unclosed"),)))
     result = envoy_validate(write_bootstrap(static_bootstrap(translation), tmp_path / "bad.json"))
     assert result.returncode != 0
+
+
+def test_envoy_accepts_rbac_put_into_a_cec_listener_without_http_filters(
+    tmp_path: Path,
+) -> None:
+    """An empty http_filters list means Envoy's default router; the RBAC filter
+    nodemesh adds must not leave it without one."""
+    listener = copy.deepcopy(m.OWN_LISTENER)
+    del listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    own = m.own_listener_model()
+    config = m.envoy_config(
+        m.OWN_REF,
+        [(LISTENER, listener), (ROUTE, m.OWN_ROUTE), (CLUSTER, m.OWN_CLUSTER)],
+        services=[m.CART],
+    )
+    rules = (HTTPRule(path="/cart/.*"),)
+    policy = HTTPPolicy(m.POLICY_REF, m.CURL, ("10.0.0.5",), rules)
+    redirect = replace(own.redirects[0], policies=(policy,))
+    translation = translate(replace(own, envoy_configs=(config,), redirects=(redirect,)))
+    assert translation.errors == ()
+    _validated(translation, tmp_path / "own.json")

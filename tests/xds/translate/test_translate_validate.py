@@ -163,3 +163,16 @@ def test_malformed_resources_are_errors_never_crashes(index: int) -> None:
     translation = translate(replace(base, envoy_configs=(*base.envoy_configs, config)))
     assert {e.ref.name for e in translation.errors} == {"weird"}
     assert "default/httpbin-traffic-split/httpbin-listener-route" in translation.resources[ROUTE]
+
+
+@pytest.mark.parametrize("order", [["rbac"], ["router", "rbac"], ["router", "router"]])
+def test_router_must_be_the_last_http_filter(order: list[str]) -> None:
+    types = {
+        "router": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+        "rbac": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+    }
+    listener = copy.deepcopy(m.OWN_LISTENER)
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"] = [{"name": n, "typed_config": {"@type": types[n]}} for n in order]
+    [error] = _errors((LISTENER, listener), (ROUTE, m.OWN_ROUTE), (CLUSTER, m.OWN_CLUSTER))
+    assert error.field == "spec.resources[0].filter_chains[0].filters[0].typed_config.http_filters"
