@@ -10,18 +10,14 @@ parse, one Service's backends and a few dict copies, not a rebuild.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import hashlib
-import json
-import operator
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from nodemesh.model.backends import service_backends
+from nodemesh.model.digest import object_digest
 from nodemesh.model.objects import (
-    Endpoint,
-    EndpointPort,
     EndpointSlice,
     EnvoyConfig,
     Kind,
@@ -43,37 +39,6 @@ _MASK = (1 << 128) - 1
 Backends = Mapping[int, tuple[BackendAddress, ...]]
 
 
-def _getter(cls: type[Any], skip: tuple[str, ...] = ()) -> Callable[[Any], tuple[Any, ...]]:
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
-    get = operator.attrgetter(*names)
-    return get if len(names) > 1 else lambda obj: (get(obj),)
-
-
-# Every field, read at C speed: the slices are most of a big mesh, and the
-# dataclass repr (Python-level, per nested object) was a fifth of a full build.
-_SLICE_TOP = _getter(EndpointSlice, ("ports", "endpoints"))
-_SLICE_PORT = _getter(EndpointPort)
-_SLICE_ENDPOINT = _getter(Endpoint)
-# JSON of tuples of str/int/bool/None is C-fast and deterministic; anything
-# else (the ObjectRef, a field someone adds later) falls back to its repr.
-_encode = json.JSONEncoder(separators=(",", ":"), default=repr).encode
-
-
-def _digest(ref: ObjectRef, obj: ModelObject) -> int:
-    # Both reprs are deterministic: tuples, str, int, bool, None and enums.
-    if isinstance(obj, EndpointSlice):
-        flat = (
-            "EndpointSlice",
-            _SLICE_TOP(obj),
-            tuple(map(_SLICE_PORT, obj.ports)),
-            tuple(map(_SLICE_ENDPOINT, obj.endpoints)),
-        )
-        text = _encode(flat).encode()
-    else:
-        text = repr(obj).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=16).digest(), "big")
-
-
 class _Order:
     """One kind's objects kept sorted by (namespace, name) as they come, change
     and go, so a snapshot copies a list instead of sorting thousands of objects
@@ -82,11 +47,13 @@ class _Order:
     __slots__ = ("keys", "objects")
 
     def __init__(self) -> None:
-        self.keys: list[tuple[str, str]] = []
+        # "\0" sorts before every character a name may hold, so this orders
+        # exactly as (namespace, name) while comparing one string, not a tuple.
+        self.keys: list[str] = []
         self.objects: list[Any] = []
 
     def put(self, ref: ObjectRef, obj: Any) -> None:
-        key = (ref.namespace, ref.name)
+        key = f"{ref.namespace}\0{ref.name}"
         index = bisect.bisect_left(self.keys, key)
         present = index < len(self.keys) and self.keys[index] == key
         if obj is None:
@@ -157,7 +124,7 @@ class Assembly:
             del held[ref]
         else:
             held[ref] = obj
-            self._digests[ref] = _digest(ref, obj)
+            self._digests[ref] = object_digest(obj)
             self._sum = (self._sum + self._digests[ref]) & _MASK
         self._stale_kinds.add(ref.kind)
         if ref.kind is Kind.SERVICE:
