@@ -414,9 +414,9 @@ def main() -> None:
             bench.wait_ready()
             print(
                 f"HTTP GET, {args.rate} req/s for {args.seconds}s per cell (10 workers); "
-                f"max: 50 workers, keep-alive off"
+                f"max: 50 workers, keep-alive off; median of {args.rounds} rounds"
             )
-            print("\n".join(latency_table(bench, args.seconds, args.rate)))
+            print("\n".join(latency_table(bench, args.seconds, args.rate, args.rounds)))
             print()
             print("memory (RSS)")
             print("\n".join(memory_table(bench, [int(c) for c in args.sidecars.split(",")])))
