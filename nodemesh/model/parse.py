@@ -232,7 +232,6 @@ def _endpoint(ref: ObjectRef, index: int, data: Any, address_type: str) -> Endpo
     # The hot loop of a big mesh (50,000 of these): plain dict reads and
     # exact type checks; anything unusual takes the slow path, which raises
     # naming the field or accepts what is merely unusual.
-    path = f"endpoints[{index}]"
     try:
         addresses = data["addresses"]
         conditions = data.get("conditions") or _NO_CONDITIONS
@@ -243,13 +242,11 @@ def _endpoint(ref: ObjectRef, index: int, data: Any, address_type: str) -> Endpo
         zone = data.get("zone")
         target = data.get("targetRef")
     except (KeyError, TypeError, AttributeError):
-        return _endpoint_slow(
-            Fields(ref, data, path) if isinstance(data, Mapping) else None, ref, path, address_type
-        )
+        return _endpoint_slow(ref, index, data, address_type)
     pod_name = None
     if target is not None:
         if type(target) is not dict:
-            return _endpoint_slow(Fields(ref, data, path), ref, path, address_type)
+            return _endpoint_slow(ref, index, data, address_type)
         if target.get("kind") == "Pod":
             pod_name = target.get("name")
     if (
@@ -262,10 +259,10 @@ def _endpoint(ref: ObjectRef, index: int, data: Any, address_type: str) -> Endpo
         or (zone is not None and type(zone) is not str)
         or (pod_name is not None and type(pod_name) is not str)
     ):
-        return _endpoint_slow(Fields(ref, data, path), ref, path, address_type)
+        return _endpoint_slow(ref, index, data, address_type)
     checked = [_fast_address(value, address_type) for value in addresses]
     if None in checked:
-        return _endpoint_slow(Fields(ref, data, path), ref, path, address_type)
+        return _endpoint_slow(ref, index, data, address_type)
     # Kubernetes: an unset `ready` is to be read as ready, an unset `serving`
     # as equal to `ready`, an unset `terminating` as not terminating.
     if ready is None:
@@ -281,10 +278,12 @@ def _endpoint(ref: ObjectRef, index: int, data: Any, address_type: str) -> Endpo
     )
 
 
-def _endpoint_slow(entry: Fields | None, ref: ObjectRef, path: str, address_type: str) -> Endpoint:
+def _endpoint_slow(ref: ObjectRef, index: int, data: Any, address_type: str) -> Endpoint:
     """The same reading through Fields: raises naming the bad field."""
-    if entry is None:
+    path = f"endpoints[{index}]"
+    if not isinstance(data, Mapping):
         raise ParseError(ref, path, "must be a mapping")
+    entry = Fields(ref, data, path)
     addresses = [_address(ref, p, value, address_type) for p, value in entry.items("addresses")]
     if not addresses:
         raise entry.error("addresses", "needs at least one address")
