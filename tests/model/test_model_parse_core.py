@@ -121,15 +121,20 @@ def test_endpoint_slice_conditions_follow_kubernetes_defaults() -> None:
         ({"addressType": "IPv5"}, "addressType"),
         ({"endpoints": [{"addresses": ["fe80::1"]}]}, "endpoints[0].addresses[0]"),
         ({"endpoints": [{"addresses": []}]}, "endpoints[0].addresses"),
-        ({"endpoints": [{"addresses": ["x"], "conditions": {"ready": "yes"}}]}, None),
+        ({"endpoints": [{"addresses": ["x"]}]}, "endpoints[0].addresses[0]"),
+        (
+            {"endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}]},
+            "endpoints[0].conditions.ready",
+        ),
+        ({"endpoints": [{"addresses": ["10.0.0.1"], "nodeName": 3}]}, "endpoints[0].nodeName"),
+        ({"endpoints": ["10.0.0.1"]}, "endpoints[0]"),
         ({"ports": [{"name": "http", "port": -1}]}, "ports[0].port"),
     ],
 )
-def test_endpoint_slice_errors(change: dict[str, Any], field: str | None) -> None:
+def test_endpoint_slice_errors(change: dict[str, Any], field: str) -> None:
     err = error_of(slice_(**change))
     assert err.ref == ObjectRef(Kind.ENDPOINT_SLICE, "shop", "web-abc")
-    if field is not None:
-        assert err.field == field
+    assert err.field == field
 
 
 def test_unknown_kind_is_its_own_error() -> None:
