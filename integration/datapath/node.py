@@ -156,7 +156,10 @@ class MeshNode:
     def _stop_procs(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:  # not a group leader (started elsewhere)
+                    proc.kill()
             proc.wait(timeout=30)
 
     def teardown(self) -> None:

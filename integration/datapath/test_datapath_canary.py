@@ -29,7 +29,7 @@ import yaml
 from nodemesh.node_envoy import find_envoy_binary, render_bootstrap
 
 from .node import MeshNode, Pod
-from .test_datapath_agent import agent_argv
+from .test_datapath_agent import LEAST, agent_argv
 
 pytestmark = [pytest.mark.privileged, pytest.mark.envoy]
 
@@ -169,13 +169,6 @@ def test_article_canary_split_for_curl_only(node: MeshNode, tmp_path: Path) -> N
         node.netns,
     )
 
-    def apply_agent() -> None:
-        argv = agent_argv(
-            node, f"--model-dir={sources}", "--node-name=node-a", f"--pod-cgroups={node.mesh}"
-        )
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr + done.stdout
-
     def until_served(pod: Pod) -> None:
         # A steered connect is refused until Envoy has its listener; poll.
         for _ in range(300):
@@ -186,7 +179,18 @@ def test_article_canary_split_for_curl_only(node: MeshNode, tmp_path: Path) -> N
 
     docs = article_docs()
     (sources / "article-cnp.yaml").write_text(yaml.safe_dump(docs["CiliumNetworkPolicy"]))
-    apply_agent()
+    # The agent follows the same directory, with only CAP_BPF and CAP_NET_ADMIN.
+    agent = subprocess.Popen(
+        [*LEAST, *agent_argv(node, f"--model-dir={sources}", "--node-name=node-a", "--watch")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    node.procs.append(agent)
+    assert agent.stdout is not None
+    while (line := agent.stdout.readline()) and line.strip() != "agent ready":
+        pass
+    assert line, "agent exited before ready"
     until_served(pods["curl"])
 
     via_envoy = _get(node, pods["curl"], VIPS["httpbin"], 20, "httpbin")
@@ -206,8 +210,13 @@ def test_article_canary_split_for_curl_only(node: MeshNode, tmp_path: Path) -> N
             break
     else:
         pytest.fail("Envoy never got the CiliumEnvoyConfig's listener")
-    apply_agent()
-    until_served(pods["curl"])
+    # Poll until the agent has followed too: the split shows v2 at some point.
+    for _ in range(300):
+        if any(
+            r.get("backend") == "httpbin-v2"
+            for r in _get(node, pods["curl"], VIPS["httpbin"], 10, "httpbin")
+        ):
+            break
 
     split = _get(node, pods["curl"], VIPS["httpbin"], 300, "httpbin")
     assert {r.get("status") for r in split} == {200}

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 from google.protobuf import json_format
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, dump, loader, planner, preflight
+from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups
 from nodemesh.ebpf.errors import DatapathError, PlanError, PrerequisiteMissing
+from nodemesh.model.store import MeshStore
+from nodemesh.sources.files import FileSource
 
 log = structlog.get_logger("nodemesh.ebpf.cli")
 
@@ -40,7 +42,9 @@ def register(subparsers: Any) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--plan", type=Path, help="a DatapathPlan as JSON")
     src.add_argument("--model-dir", type=Path, help="a directory of Kubernetes YAML")
-    p.add_argument("--watch", action="store_true", help="re-apply when the plan file changes")
+    p.add_argument(
+        "--watch", action="store_true", help="keep running: follow the plan file or model dir"
+    )
     p.add_argument("--cleanup", action="store_true", help="remove all programs, maps and pins")
     p.add_argument("action", nargs="?", choices=["dump"], help="dump: plan vs pinned")
     p.set_defaults(func=run)
@@ -59,22 +63,21 @@ def read_plan(args: argparse.Namespace) -> pb.DatapathPlan | None:
         except (OSError, json_format.ParseError) as exc:
             raise PlanError(f"{args.plan}: {exc}") from exc
     if args.model_dir is not None:
-        return planner.plan(_model_from_dir(args.model_dir), args.node_name)
+        store, _ = _store_from_dir(args.model_dir)
+        return planner.plan(store.build(), args.node_name)
     return None
 
 
-def _model_from_dir(directory: Path) -> Any:
-    from nodemesh.model.store import MeshStore
-
-    docs: list[dict[str, Any]] = []
-    for path in sorted(directory.glob("*.y*ml")):
-        try:
-            docs += [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
-        except (OSError, yaml.YAMLError) as exc:
-            raise PlanError(f"{path}: {exc}") from exc
+def _store_from_dir(directory: Path) -> tuple[MeshStore, FileSource]:
+    """A model store fed by the shared file source (the same YAML `nodemesh serve` reads)."""
+    if not directory.is_dir():
+        raise PlanError(f"--model-dir {directory}: not a directory")
     store = MeshStore()
-    store.replace_all("file", docs)
-    return store.build()
+    source = FileSource(directory, store)
+    source.load()
+    for problem in source.errors:
+        log.warning("source problem", problem=str(problem))
+    return store, source
 
 
 def _apply(args: argparse.Namespace, plan: pb.DatapathPlan) -> None:
@@ -105,11 +108,20 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with asyncio.TaskGroup() as tg:
-        watcher = tg.create_task(_watch(args), name="plan-watch")
+        tasks = []
+        if args.model_dir is not None:
+            store, source = _store_from_dir(args.model_dir)
+            settings = AgentSettings(_config(args), args.proxy_address, args.node_name)
+            agent = DatapathAgent(settings, DirectoryPodCgroups(args.pod_cgroups or args.cgroup))
+            tasks.append(tg.create_task(source.run(), name="file-source"))
+            tasks.append(tg.create_task(agent.run(store.updates()), name="datapath"))
+        else:
+            tasks.append(tg.create_task(_watch(args), name="plan-watch"))
         print("agent ready", flush=True)
         await stop.wait()
         # The datapath stays pinned and live; only the agent goes away.
-        watcher.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 def _run(args: argparse.Namespace) -> int:
