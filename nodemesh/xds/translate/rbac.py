@@ -19,6 +19,7 @@ its redirect's destination, so one service port's rules never open another.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from envoy.config.core.v3 import address_pb2
@@ -30,10 +31,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
-from nodemesh.model.objects import HTTPPolicy, HTTPRule, L7Redirect, ObjectWarning
+from nodemesh.model.objects import HTTPPolicy, HTTPRule, L7Redirect, ObjectError, ObjectWarning
 from nodemesh.xds.translate.registry import pack
 
 RBAC_FILTER = "envoy.filters.http.rbac"
+# What building a filter found to tell: warnings, and errors for rules it could not use.
+Notes = list[ObjectWarning | ObjectError]
+# Constructs Python's re accepts (the model checks syntax with it) but RE2 does not.
+_NOT_RE2 = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")
+_NOTHING = rbac_pb2.Permission(not_rule=rbac_pb2.Permission(any=True))
 
 
 def _cidr(ip: str) -> address_pb2.CidrRange:
@@ -72,20 +78,27 @@ def _split_header(header: str) -> tuple[str, str | None]:
 
 
 def _rule_permission(
-    rule: HTTPRule, policy: HTTPPolicy, where: str, warnings: list[ObjectWarning]
+    rule: HTTPRule, policy: HTTPPolicy, where: str, notes: Notes
 ) -> rbac_pb2.Permission:
     conditions: list[rbac_pb2.Permission] = []
-    if rule.method:
-        conditions.append(_regex(":method", rule.method))
-    if rule.path:
-        conditions.append(_regex(":path", rule.path))
-    if rule.host:
-        conditions.append(_regex(":authority", rule.host))
+    for key, header, regex in (
+        ("method", ":method", rule.method),
+        ("path", ":path", rule.path),
+        ("host", ":authority", rule.host),
+    ):
+        if not regex:
+            continue
+        if _NOT_RE2.search(regex):
+            # Envoy would reject the whole listener; this rule alone allows nothing.
+            reason = f"{regex!r} uses look-around or a back-reference, which Envoy's RE2 lacks"
+            notes.append(ObjectError(policy.owner, f"{where}.{key}", f"{reason}; rule ignored"))
+            return _NOTHING
+        conditions.append(_regex(header, regex))
     conditions.extend(_header(*_split_header(h)) for h in rule.headers)
     for index, match in enumerate(rule.header_matches):
         if match.mismatch:
             # Cilium performs the action instead of denying; RBAC cannot edit headers.
-            warnings.append(
+            notes.append(
                 ObjectWarning(
                     policy.owner,
                     f"{where}.headerMatches[{index}].mismatch",
@@ -119,7 +132,7 @@ def _redirect_policies(
     redirect: L7Redirect,
     destination: rbac_pb2.Permission | None,
     shared: bool,
-    warnings: list[ObjectWarning],
+    notes: Notes,
 ) -> dict[str, rbac_pb2.Policy]:
     # Policy names need the service port only where one listener serves several.
     where = f"{redirect.service}:{redirect.port} " if shared else ""
@@ -131,7 +144,7 @@ def _redirect_policies(
         if not policy.client_ips:
             continue  # no client pod has an IP yet: the policy allows no one
         permissions = [
-            _scoped(_rule_permission(rule, policy, f"rules.http[{r}]", warnings), destination)
+            _scoped(_rule_permission(rule, policy, f"rules.http[{r}]", notes), destination)
             for r, rule in enumerate(policy.rules)
         ]
         policies[f"{where}{policy.owner} #{index}"] = rbac_pb2.Policy(
@@ -153,7 +166,7 @@ def _redirect_policies(
 
 def rbac_filter(
     redirects: Sequence[tuple[L7Redirect, rbac_pb2.Permission | None]],
-    warnings: list[ObjectWarning],
+    notes: Notes,
 ) -> hcm_pb2.HttpFilter | None:
     """The RBAC HTTP filter enforcing the redirects' policies, or None when no
     redirect carries one. Each redirect comes with the destination condition
@@ -163,7 +176,7 @@ def rbac_filter(
     policies: dict[str, rbac_pb2.Policy] = {}
     for redirect, destination in redirects:
         shared = len(redirects) > 1
-        policies.update(_redirect_policies(redirect, destination, shared, warnings))
+        policies.update(_redirect_policies(redirect, destination, shared, notes))
     rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=policies)
     config = rbac_filter_pb2.RBAC(rules=rules)
     return hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=pack(config))

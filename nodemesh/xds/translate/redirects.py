@@ -29,7 +29,7 @@ from nodemesh.xds.translate.listeners import (
     service_route,
     with_rbac,
 )
-from nodemesh.xds.translate.rbac import rbac_filter
+from nodemesh.xds.translate.rbac import Notes, rbac_filter
 from nodemesh.xds.translate.result import ServiceCluster, TranslateOptions
 from nodemesh.xds.translate.services import cluster_name
 
@@ -38,13 +38,13 @@ from nodemesh.xds.translate.services import cluster_name
 class _Built:
     key: tuple[object, ...]
     message: Message
-    warnings: tuple[ObjectWarning, ...]
+    notes: tuple[ObjectWarning | ObjectError, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class _Rbac:
     http_filter: Message | None
-    warnings: tuple[ObjectWarning, ...]
+    notes: tuple[ObjectWarning | ObjectError, ...]
 
 
 @dataclass(eq=False)
@@ -105,7 +105,11 @@ class RedirectBuilder:
             if route is not None:
                 built = self._listener(model, configs.resources, name, route, group, stage)
                 stage.listeners[name] = built.message
-                stage.warnings.extend(built.warnings)
+                for note in built.notes:
+                    if isinstance(note, ObjectError):
+                        stage.errors.append(note)
+                    else:
+                        stage.warnings.append(note)
         self._unbound(configs, stage)
         self.previous = stage
         return stage
@@ -210,9 +214,9 @@ class RedirectBuilder:
             if known is not None:
                 stage.rbac_memo[key] = known
                 return known
-        warnings: list[ObjectWarning] = []
-        http_filter = rbac_filter(self._destinations(model, group), warnings)
-        made = _Rbac(http_filter, tuple(warnings))
+        notes: Notes = []
+        http_filter = rbac_filter(self._destinations(model, group), notes)
+        made = _Rbac(http_filter, tuple(notes))
         if key is not None:
             stage.rbac_memo[key] = made
         return made
@@ -240,6 +244,6 @@ class RedirectBuilder:
                 listener = self._http.build(name, route, rbac.http_filter)
             ports = sorted({r.proxy_port for r in group})
             bind(listener, self.options.listener_address, ports, self.options.use_original_dst)
-            built = _Built(key, listener, rbac.warnings)
+            built = _Built(key, listener, rbac.notes)
         stage.listener_memo[name] = built
         return built

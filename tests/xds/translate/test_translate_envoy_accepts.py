@@ -77,3 +77,11 @@ def test_envoy_accepts_rbac_put_into_a_cec_listener_without_http_filters(
     translation = translate(replace(own, envoy_configs=(config,), redirects=(redirect,)))
     assert translation.errors == ()
     _validated(translation, tmp_path / "own.json")
+
+
+def test_rule_with_a_regex_re2_lacks_is_dropped_and_envoy_still_accepts(tmp_path: Path) -> None:
+    rules = (HTTPRule(path="/(?!admin).*"), HTTPRule(method="GET"))
+    translation = translate(m.policy_model(rules))
+    [error] = translation.errors
+    assert error.ref == m.POLICY_REF and error.field == "rules.http[0].path"
+    _validated(translation, tmp_path / "re2.json")
