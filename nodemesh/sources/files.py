@@ -240,6 +240,10 @@ def _read(path: Path, stamp: tuple[int, int], old: _FileState | None) -> _FileSt
         return _FileState(stamp, digest, kept, FileProblem(str(path), f"not UTF-8: {exc.reason}"))
     except yaml.YAMLError as exc:
         return _FileState(stamp, digest, kept, _yaml_problem(path, exc))
+    except (ValueError, RecursionError) as exc:
+        # What the YAML library lets through for pathological input (absurd
+        # nesting, out-of-range values): still this file's problem only.
+        return _FileState(stamp, digest, kept, FileProblem(str(path), f"cannot load: {exc!r}"))
     for index, doc in enumerate(docs):
         if not isinstance(doc, Mapping):
             reason = f"document {index + 1} is not a mapping (a Kubernetes object)"

@@ -181,3 +181,14 @@ async def test_hot_reload_while_running(tmp_path: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_unreadable_content_is_that_files_problem_only(tmp_path: Path) -> None:
+    store = MeshStore()
+    source = FileSource(tmp_path, store)
+    (tmp_path / "a.yaml").write_text(service_yaml("web"))
+    (tmp_path / "b.yaml").write_bytes(b"kind: \xff\xfe\n")
+    source.load()
+    (problem,) = source.errors
+    assert problem.path == str(tmp_path / "b.yaml") and "UTF-8" in problem.reason
+    assert services_of(store) == {"web": 80}
