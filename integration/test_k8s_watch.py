@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from apiserver_double import ApiServerDouble, find_type
+from apiserver_double.synthetic import endpoint_slice
 from k8s_support import Recorder, eventually, running_source, seed
+from prometheus_client import REGISTRY
 
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, PODS, SERVICES, ResourceSpec
 
@@ -101,6 +103,29 @@ async def test_gone_relists_and_converges(double: ApiServerDouble) -> None:
         await eventually(lambda: sink.names("Service") == want)
         assert (sink.get("Service", "default", "svc3") or {})["spec"]["clusterIP"] == "10.96.3.3"
     assert sum(1 for c in sink.calls if c[0] == "replace_all") >= 2
+
+
+def _bookmarks(resource: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "nodemesh_k8s_watch_events_total", {"resource": resource, "type": "BOOKMARK"}
+    )
+    return value or 0.0
+
+
+async def test_bookmarks_keep_the_resume_point_fresh(double: ApiServerDouble) -> None:
+    sink = Recorder()
+    async with running_source(double, sink, resources=(SERVICES,)):
+        # Writes elsewhere move the global resourceVersion past the last Service.
+        double.store.create(EPS, endpoint_slice("default", "elsewhere", ["10.244.1.1"]))
+        seen = _bookmarks(str(SERVICES))
+        await eventually(lambda: _bookmarks(str(SERVICES)) > seen, what="a bookmark arrived")
+        # History up to now is gone; a watch resumed from the last Service's own
+        # resourceVersion would get 410, one resumed from the bookmark does not.
+        double.compact()
+        double.drop_watches()
+        double.store.create(SVC, _svc("after-bookmark", "10.96.5.1"))
+        await eventually(lambda: "default/after-bookmark" in sink.names("Service"))
+    assert sum(1 for c in sink.calls if c[0] == "replace_all") == 1, "no relist was needed"
 
 
 async def test_broken_watch_line_is_skipped_and_the_rest_flows(double: ApiServerDouble) -> None:
