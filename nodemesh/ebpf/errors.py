@@ -28,7 +28,15 @@ class BuildError(DatapathError):
 
 
 class LoadError(DatapathError):
-    """libbpf or the kernel refused an object, a program or an attachment."""
+    """libbpf or the kernel refused an object, a program or an attachment.
+
+    `errno` is the kernel's answer (0 when unknown): EPERM means privileges,
+    EACCES or EINVAL from a program load means the verifier said no.
+    """
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class MapError(DatapathError):

@@ -104,4 +104,5 @@ def check(ret: int, what: str, error: type[LoadError] | type[MapError] = LoadErr
         return ret
     # libbpf 1.x returns -errno from every call declared here.
     code = -ret
-    raise error(f"{what}: {os.strerror(code)} (errno {code})")
+    message = f"{what}: {os.strerror(code)} (errno {code})"
+    raise LoadError(message, code) if error is LoadError else error(message)

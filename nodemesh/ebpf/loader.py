@@ -27,7 +27,7 @@ DEFAULT_PIN_DIR = Path("/sys/fs/bpf/nodemesh")
 DEFAULT_CGROUP = Path("/sys/fs/cgroup/unified/nodemesh")
 # Programs attached to the proxy's cgroup rather than the mesh cgroup.
 PROXY_PROGRAMS = frozenset({"nm_getsockopt"})
-EPERM, EACCES = 1, 13
+EPERM = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +157,7 @@ def _load_object(path: Path, config: DatapathConfig, report: LoadReport) -> None
             ret = lib.bpf_object__load(obj)
         if ret < 0:
             detail = "\n".join("\n".join(lines).splitlines()[-12:])
-            raise LoadError(f"the kernel refused {path.name} (errno {-ret}):\n{detail}")
+            raise LoadError(f"the kernel refused {path.name} (errno {-ret}):\n{detail}", -ret)
         for prog, name in _programs_of(obj):
             target = config.proxy_cgroup if name in PROXY_PROGRAMS else config.cgroup
             if target is None:
@@ -184,7 +184,7 @@ def load(config: DatapathConfig) -> LoadReport:
         try:
             _load_object(path, config, report)
         except LoadError as exc:
-            if f"errno {EPERM})" in str(exc) or f"errno {EACCES})" in str(exc):
+            if exc.errno == EPERM:
                 raise _privilege_hint(exc, f"loading {path.name}") from exc
             raise
     if config.proxy_cgroup is None:
