@@ -24,7 +24,21 @@ from nodemesh.ebpf.mirrors import U32, Config
 log = structlog.get_logger("nodemesh.ebpf.loader")
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/nodemesh")
-DEFAULT_CGROUP = Path("/sys/fs/cgroup/unified/nodemesh")
+
+
+def cgroup2_mount() -> Path:
+    """Where cgroup2 is mounted: /sys/fs/cgroup on unified hosts, .../unified on hybrid."""
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return Path(fields[1])
+    except OSError:
+        pass
+    return Path("/sys/fs/cgroup")
+
+
+DEFAULT_CGROUP = cgroup2_mount() / "nodemesh"
 # Programs attached to the proxy's cgroup rather than the mesh cgroup.
 PROXY_PROGRAMS = frozenset({"nm_getsockopt"})
 EPERM = 1
