@@ -123,16 +123,26 @@ def with_rbac(listener: listener_pb2.Listener, rbac: hcm_pb2.HttpFilter) -> None
             network_filter.typed_config.CopyFrom(pack(manager))
 
 
+def _route_prototype() -> route_pb2.RouteConfiguration:
+    route = route_pb2.RouteConfiguration()
+    host = route.virtual_hosts.add()
+    host.domains.append("*")
+    host.routes.add().match.prefix = "/"
+    return route
+
+
+_ROUTE = _route_prototype()
+
+
 def service_route(name: str, cluster: str) -> route_pb2.RouteConfiguration:
     """A RouteConfiguration sending every request to one cluster (CNP-only redirects:
     the policy inspects, the destination stays the Service)."""
-    route = route_pb2.RouteConfiguration(name=name)
-    host = route.virtual_hosts.add()
+    route = route_pb2.RouteConfiguration()
+    route.CopyFrom(_ROUTE)
+    route.name = name
+    host = route.virtual_hosts[0]
     host.name = name
-    host.domains.append("*")
-    entry = host.routes.add()
-    entry.match.prefix = "/"
-    entry.route.cluster = cluster
+    host.routes[0].route.cluster = cluster
     return route
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from operator import attrgetter
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2, health_check_pb2
@@ -66,38 +67,55 @@ def resolve_port(service: Service, port: str | None) -> int:
     raise ResourceError("", f"Service {service.service_name} has no port {port!r}")
 
 
-def build_cluster(name: str, connect_timeout_ms: int) -> cluster_pb2.Cluster:
-    cluster = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
+def _cluster_prototype(connect_timeout_ms: int) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(type=cluster_pb2.Cluster.EDS)
     cluster.connect_timeout.FromMilliseconds(connect_timeout_ms)
-    eds = cluster.eds_cluster_config
-    eds.service_name = name
-    eds.eds_config.ads.SetInParent()
-    eds.eds_config.resource_api_version = config_source_pb2.V3
+    cluster.eds_cluster_config.eds_config.ads.SetInParent()
+    cluster.eds_cluster_config.eds_config.resource_api_version = config_source_pb2.V3
     return cluster
 
 
-def _health(backend: BackendAddress) -> int | None:
-    if backend.ready:
-        return int(health_check_pb2.HEALTHY)
-    if backend.serving:
-        # Terminating but still serving: Envoy uses it only when nothing else is left.
-        return int(health_check_pb2.DRAINING)
-    return None
+_PROTOTYPES: dict[int, cluster_pb2.Cluster] = {}
+
+
+def build_cluster(name: str, connect_timeout_ms: int) -> cluster_pb2.Cluster:
+    """The EDS cluster of one Service port (copied from a prototype: thousands
+    of them differ only in name)."""
+    prototype = _PROTOTYPES.get(connect_timeout_ms)
+    if prototype is None:
+        prototype = _PROTOTYPES.setdefault(
+            connect_timeout_ms, _cluster_prototype(connect_timeout_ms)
+        )
+    cluster = cluster_pb2.Cluster()
+    cluster.CopyFrom(prototype)
+    cluster.name = name
+    cluster.eds_cluster_config.service_name = name
+    return cluster
+
+
+_HEALTHY = int(health_check_pb2.HEALTHY)
+# Terminating but still serving: Envoy uses it only when nothing else is left.
+_DRAINING = int(health_check_pb2.DRAINING)
+_ORDER = attrgetter("address", "port")
 
 
 def build_load_assignment(
     name: str, backends: tuple[BackendAddress, ...]
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    """Endpoints in a stable order (sorted), so equal input encodes equally."""
+    """Endpoints in a stable order (sorted), so equal input encodes equally.
+    Not ready and not serving backends are left out."""
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     if not backends:
         return assignment
-    locality = assignment.endpoints.add()
-    for backend in sorted(backends, key=lambda b: (b.address, b.port)):
-        health = _health(backend)
-        if health is None:
+    add = assignment.endpoints.add().lb_endpoints.add
+    for backend in sorted(backends, key=_ORDER):
+        if backend.ready:
+            health = _HEALTHY
+        elif backend.serving:
+            health = _DRAINING
+        else:
             continue
-        entry = locality.lb_endpoints.add()
+        entry = add()
         socket = entry.endpoint.address.socket_address
         socket.address = backend.address
         socket.port_value = backend.port
