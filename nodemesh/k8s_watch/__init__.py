@@ -1,0 +1,29 @@
+"""The Kubernetes source: list/watch the API server into the mesh model, and
+report back on the objects themselves.
+
+Wiring (the agent or `nodemesh serve` owns the MeshStore and the TaskGroup):
+
+    api_client = await make_api_client()            # in-cluster, else kubeconfig
+    k8s = KubernetesSource(KubeApi(api_client, WatchSettings()), store,
+                           node=node_name, nacks=nack_adapter,
+                           resources=default_resources(node_name))
+    tg.create_task(k8s.run(), name="k8s")
+
+- `k8s.health.reasons()` fits the admin port's `not_ready_reasons()`: empty
+  when every informer is synced and connected, else one line per resource
+  ("serving last known state; failing since ...").
+- `nack_adapter` implements `conditions.NackSource` over the xDS server's
+  status view: one `NackReport(node, type_url, resource_names, message)` per
+  type a node's Envoy currently NACKs. Call `k8s.nacks_changed()` when that
+  set changes, so Programmed conditions follow without waiting.
+- Only one process per cluster needs `report_status=True` for Accepted
+  conditions (every agent computes the same); each agent reports its own
+  node's NACKs, and never clears another node's.
+
+Modules: `client` (HTTP calls, error mapping, auth), `watching` (list/watch
+generators), `informer` (stream -> ObjectSink), `source` (all informers),
+`conditions` and `reporter` (status and Events), `runner` (KubernetesSource),
+`cli` (`nodemesh k8s-watch`). Nothing is imported here: kubernetes-asyncio
+costs about 45 MiB and half a second to import, which the other `nodemesh`
+subcommands should not pay.
+"""
