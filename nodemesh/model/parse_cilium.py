@@ -61,7 +61,7 @@ def envoy_config(
     )
     found = tuple(
         ObjectWarning(ref, path, "deprecated Envoy field: weights need not sum to a total")
-        for res, raw in zip(resources, spec.data["resources"] or (), strict=True)
+        for res, raw in zip(resources, spec.data.get("resources") or (), strict=True)
         for path in _total_weights(raw, res.field)
     )
     return config, found

@@ -236,3 +236,15 @@ def test_cnp_without_selector_and_ignored_parts() -> None:
     result = parse_object(cnp([{"toEndpoints": [{}]}]))
     assert isinstance(result.obj, NetworkPolicy) and result.obj.egress == ()
     assert [w.field for w in result.warnings] == ["spec.egress[0]"]
+
+
+def test_cec_without_resources_or_services() -> None:
+    raw = cec([])
+    del raw["spec"]["resources"]
+    config = parse_object(raw).obj
+    assert isinstance(config, EnvoyConfig) and config.resources == ()
+    del raw["spec"]["services"]
+    config = parse_object(raw).obj
+    assert isinstance(config, EnvoyConfig) and config.services == ()
+    del raw["spec"]
+    assert error_of(raw).field == "spec"
