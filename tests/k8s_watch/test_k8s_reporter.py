@@ -1,0 +1,156 @@
+"""StatusReporter decisions: dedup, rate limit, other nodes' NACKs.
+
+Models come from the real MeshStore; the API side records what would be sent
+(the HTTP path itself is covered in integration/test_k8s_status.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodemesh.k8s_watch.conditions import NackReport
+from nodemesh.k8s_watch.informer import ObjectMeta
+from nodemesh.k8s_watch.reporter import StatusReporter
+from nodemesh.k8s_watch.resources import ResourceSpec
+from nodemesh.k8s_watch.settings import WatchSettings
+from nodemesh.model.snapshot import MeshModel
+from nodemesh.model.store import MeshStore
+
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+
+@dataclass
+class RecordingApi:
+    patches: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
+    events: list[Mapping[str, Any]] = field(default_factory=list)
+
+    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        self.events.append(body)
+
+    async def patch_status(
+        self, spec: ResourceSpec, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> None:
+        self.patches.append((name, body))
+
+
+@dataclass
+class Objects:
+    """What the informers would know: uid, generation, current conditions."""
+
+    metas: dict[str, ObjectMeta] = field(default_factory=dict)
+
+    def lookup(self, kind: str, namespace: str, name: str) -> ObjectMeta | None:
+        return self.metas.get(name)
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _model(service_exists: bool) -> MeshModel:
+    store = MeshStore()
+    if service_exists:
+        store.apply(
+            "t",
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]},
+            },
+        )
+    store.apply(
+        "t",
+        {
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumEnvoyConfig",
+            "metadata": {"name": "cec", "namespace": "default"},
+            "spec": {
+                "services": [{"name": "web", "namespace": "default"}],
+                "resources": [{"@type": ROUTE, "name": "r", "virtual_hosts": []}],
+            },
+        },
+    )
+    return store.build()
+
+
+def _reporter(node: str = "node-a") -> tuple[StatusReporter, RecordingApi, Objects, Clock]:
+    api, objects, clock = RecordingApi(), Objects(), Clock()
+    objects.metas["cec"] = ObjectMeta("uid-1", 1, ())
+    settings = WatchSettings(status_qps=0.2, status_burst=2)
+    return (
+        StatusReporter(api, objects, node=node, settings=settings, clock=clock),
+        api,
+        objects,
+        clock,
+    )
+
+
+async def test_unchanged_conditions_are_written_once() -> None:
+    reporter, api, _, _ = _reporter()
+    model = _model(service_exists=False)
+    first = await reporter.reconcile(model)
+    assert (first.status_writes, first.events) == (1, 2)
+    for _ in range(5):
+        again = await reporter.reconcile(model)
+        assert (again.status_writes, again.events, again.deferred) == (0, 0, 0)
+    ((name, body),) = api.patches
+    conds = {c["type"]: c for c in body["status"]["conditions"]}
+    assert name == "cec" and conds["Accepted"]["reason"] == "ServiceNotFound"
+    assert conds["Accepted"]["observedGeneration"] == 1
+
+
+async def test_flapping_object_is_rate_limited_then_catches_up() -> None:
+    reporter, api, _, clock = _reporter()
+    bad, good = _model(service_exists=False), _model(service_exists=True)
+    results = [await reporter.reconcile(m) for m in (bad, good, bad, good, bad)]
+    assert len(api.patches) == 2, "burst of 2, then the bucket is empty"
+    # bad, good written; bad deferred; good is what was last written (no write
+    # needed); bad deferred again.
+    assert [r.deferred for r in results] == [0, 0, 1, 0, 1]
+    clock.now += 5.0  # one token at 0.2/s
+    caught_up = await reporter.reconcile(bad)
+    assert caught_up.status_writes == 1
+    conds = {c["type"]: c for c in api.patches[-1][1]["status"]["conditions"]}
+    assert conds["Accepted"]["status"] == "False", "the latest state is what gets written"
+
+
+async def test_another_nodes_nack_is_left_for_that_node_to_clear() -> None:
+    reporter, api, objects, _ = _reporter(node="node-a")
+    foreign = {
+        "type": "Programmed",
+        "status": "False",
+        "reason": "EnvoyNACK",
+        "message": "node node-b rejected RouteConfiguration: bad",
+        "observedGeneration": 1,
+    }
+    accepted = {
+        "type": "Accepted",
+        "status": "True",
+        "reason": "Accepted",
+        "message": "Accepted by nodemesh",
+        "observedGeneration": 1,
+    }
+    objects.metas["cec"] = ObjectMeta("uid-1", 1, (accepted, foreign))
+    result = await reporter.reconcile(_model(service_exists=True))
+    assert result.status_writes == 0 and api.patches == []
+    # Our own node's NACK is ours to report, beside it.
+    nack = NackReport("node-a", ROUTE, ("default/cec/r",), "also bad here")
+    result = await reporter.reconcile(_model(service_exists=True), [nack])
+    assert result.status_writes == 1
+    conds = {c["type"]: c for c in api.patches[-1][1]["status"]["conditions"]}
+    assert "node node-a rejected" in conds["Programmed"]["message"]
+    event = api.events[-1]
+    assert event["type"] == "Warning" and event["reason"] == "EnvoyNACK"
+    assert event["involvedObject"]["uid"] == "uid-1"
+
+
+async def test_objects_not_from_the_api_server_are_not_reported() -> None:
+    reporter, api, objects, _ = _reporter()
+    objects.metas.clear()  # e.g. the CEC came from the file source
+    result = await reporter.reconcile(_model(service_exists=False))
+    assert result.status_writes == 0 and api.patches == [] and api.events == []
