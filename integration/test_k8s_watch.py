@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import AsyncIterator
@@ -9,10 +10,12 @@ from collections.abc import AsyncIterator
 import pytest
 from apiserver_double import ApiServerDouble, find_type
 from apiserver_double.synthetic import endpoint_slice
-from k8s_support import Recorder, eventually, running_source, seed
+from k8s_support import FAST, Recorder, eventually, running_source, seed
 from prometheus_client import REGISTRY
 
+from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, PODS, SERVICES, ResourceSpec
+from nodemesh.k8s_watch.source import WatchSource
 
 SVC = find_type("", "v1", "services")
 EPS = find_type("discovery.k8s.io", "v1", "endpointslices")
@@ -160,3 +163,31 @@ async def test_pod_field_selector_watches_only_this_node(double: ApiServerDouble
         double.store.create(POD, pod("theirs-2", "node-b"))
         await eventually(lambda: "default/mine-2" in sink.names("Pod"))
     assert sink.names("Pod") == {"default/mine", "default/mine-2"}
+
+
+async def test_forbidden_list_reports_why_then_recovers(double: ApiServerDouble) -> None:
+    sink = Recorder()
+    # As with a ClusterRole missing "pods": the list is refused a few times.
+    double.fail("/api/v1/pods", 403, times=5)
+    client = await make_api_client(double.url)
+    source = WatchSource(KubeApi(client, FAST), sink, settings=FAST, resources=(SERVICES, PODS))
+    task = asyncio.create_task(source.run(), name="watch-source")
+    try:
+        await eventually(lambda: any("HTTP 403" in r for r in source.health.reasons()))
+        (reason,) = [r for r in source.health.reasons() if r.startswith("pods")]
+        assert reason.startswith("pods.core/v1: never synced") and "injected 403" in reason
+        await source.wait_synced(30)  # the sixth try is allowed
+        assert source.health.ready
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+        await client.close()
+
+
+async def test_expired_continue_token_restarts_the_list(double: ApiServerDouble) -> None:
+    sink = Recorder()
+    double.fail("/api/v1/services", 410, times=1, with_query="continue")
+    async with running_source(double, sink, resources=(SERVICES,)):
+        assert sink.names("Service") == {f"default/svc{i}" for i in range(7)}
+    firsts = [m for m, p in double.requests if m == "GET" and p == "/api/v1/services"]
+    assert len(firsts) >= 5, "the paged list ran again from its first page"

@@ -111,6 +111,7 @@ class ApiServerDouble:
         self._continues: dict[str, tuple[int, list[Obj]]] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) log for tests
         self.authorizations: set[str] = set()  # Authorization headers seen
+        self._failures: list[tuple[str, str, int, list[int]]] = []
 
     @property
     def url(self) -> str:
@@ -144,6 +145,21 @@ class ApiServerDouble:
     def drop_watches(self) -> None:
         self.store.drop_watches()
 
+    def fail(self, path: str, code: int, *, times: int = 1, with_query: str = "") -> None:
+        """Answer the next `times` requests to `path` (whose query has the key
+        `with_query`, if given) with an error Status of `code`."""
+        self._failures.append((path, with_query, code, [times]))
+
+    def _injected(self, request: web.Request) -> web.Response | None:
+        for path, key, code, left in self._failures:
+            if request.path == path and left[0] > 0 and (not key or key in request.query):
+                left[0] -= 1
+                reason = {403: "Forbidden", 410: "Expired", 500: "InternalError"}.get(
+                    code, "Injected"
+                )
+                return _error(StoreError(code, reason, f"injected {code} for {path}"))
+        return None
+
     def compact(self) -> None:
         self.store.compact()
         self._continues.clear()
@@ -154,6 +170,9 @@ class ApiServerDouble:
         self.requests.append((request.method, request.path))
         if "Authorization" in request.headers:
             self.authorizations.add(request.headers["Authorization"])
+        injected = self._injected(request)
+        if injected is not None:
+            return injected
         path = request.path.rstrip("/")
         if path in ("/healthz", "/readyz", "/livez"):
             return web.Response(text="ok")
