@@ -15,7 +15,7 @@ import translate_models as m
 from google.protobuf import json_format
 
 from nodemesh.model.objects import Kind, ObjectRef
-from nodemesh.xds.translate import ROUTE, Translation, Translator, translate
+from nodemesh.xds.translate import ROUTE, TranslateOptions, Translation, Translator, translate
 
 
 def render(translation: Translation) -> dict[str, Any]:
@@ -91,4 +91,7 @@ CASES: dict[str, Callable[[], Translation]] = {
     "policy_rules": lambda: translate(m.policy_model()),
     "own_listener": lambda: translate(m.own_listener_model()),
     "bad_config_keeps_previous": bad_config_keeps_previous,
+    "shared_listener_original_dst": lambda: translate(
+        m.shared_listener_model(), TranslateOptions(use_original_dst=True)
+    ),
 }

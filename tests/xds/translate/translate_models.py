@@ -309,3 +309,43 @@ def own_listener_model() -> MeshModel:
         configs=[config],
         redirects=[redirect],
     )
+
+
+# --- one CEC listener serving two services, original destinations ----------
+
+WEB = ServiceName("shop", "web")
+
+
+def shared_listener_model() -> MeshModel:
+    """The shop/edge CEC redirects shop/cart and shop/web to its one listener
+    (one proxy port, as the model allocates per listener); a network policy
+    restricts the frontend pods' requests to shop/web. With original
+    destinations restored, the RBAC rules are tied to each Service's VIP:port."""
+    base = own_listener_model()
+    web = Service(
+        ref=ObjectRef(Kind.SERVICE, "shop", "web"),
+        cluster_ips=("10.96.0.31",),
+        ports=(ServicePort("http", 80, "TCP", 8080),),
+        selector=pairs({"app": "web"}),
+    )
+    frontend = LabelSelector(match_labels=pairs({"app": "frontend"}))
+    policy = HTTPPolicy(POLICY_REF, frontend, ("10.0.0.5",), (HTTPRule(method="GET"),))
+    cart_redirect = base.redirects[0]
+    web_redirect = L7Redirect(
+        service=WEB,
+        port=80,
+        protocol="TCP",
+        proxy_port=cart_redirect.proxy_port,
+        listener=cart_redirect.listener,
+        route_config=cart_redirect.route_config,
+        origin=RedirectOrigin.ENVOY_CONFIG,
+        owners=(OWN_REF, POLICY_REF),
+        clients=None,
+        policies=(policy,),
+    )
+    return model(
+        [*base.services.values(), web],
+        {**base.backends, WEB: {80: (backend("10.0.4.1", 8080),)}},
+        configs=base.envoy_configs,
+        redirects=[cart_redirect, web_redirect],
+    )
