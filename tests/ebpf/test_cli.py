@@ -1,0 +1,33 @@
+"""`nodemesh agent` turns bad input into one clear line, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nodemesh.cli import main
+
+
+def test_unparseable_plan_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"frontends": [{"vip": 7}]}')
+    assert main(["agent", "dump", f"--plan={plan}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"nodemesh agent: error: {plan}:")
+    assert "Traceback" not in err
+
+
+def test_missing_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agent", "dump", f"--model-dir={tmp_path}/nope"]) == 1
+    assert "--model-dir" in capsys.readouterr().err
+
+
+def test_pin_dir_off_bpffs_is_a_missing_prerequisite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["agent", "--cleanup", f"--pin-dir={tmp_path}"]) == 3
+    err = capsys.readouterr().err
+    assert "missing:" in err and "not on a BPF filesystem" in err and "fix:" in err
