@@ -84,7 +84,7 @@ def _check_weights(
 
 
 def _visit(message: Message, path: str, findings: Findings) -> bool:
-    """Walk one message; True when something was changed in place."""
+    """Walk one message; True when something was changed (or repacked) in place."""
     changed = False
     if isinstance(message, route_components_pb2.WeightedCluster):
         _check_weights(message, path, findings)
@@ -116,16 +116,18 @@ def _visit_one(message: Message, path: str, findings: Findings) -> bool:
             findings.errors.append(ResourceError(path, "typed config without an @type"))
             return False
         inner = unpack(message)
-        if _visit(inner, path, findings):
-            message.CopyFrom(pack(inner))
-            return True
-        return False
+        _visit(inner, path, findings)
+        # Always repacked: the JSON parser packs embedded messages with maps in
+        # an order that differs between processes, and the same resource must
+        # encode to the same bytes on every replica and after every restart.
+        message.CopyFrom(pack(inner))
+        return True
     return _visit(message, path, findings)
 
 
 def check_resource(message: Message, path: str = "") -> Findings:
-    """Convert or report every deprecated field set in `message` (in place), and
-    check weighted clusters."""
+    """Convert or report every deprecated field set in `message`, check weighted
+    clusters, and repack embedded messages deterministically (all in place)."""
     findings = Findings()
     _visit(message, path, findings)
     return findings
