@@ -224,7 +224,9 @@ class StatusReporter:
 
     async def _other_errors(self, model: MeshModel, out: ReconcileResult) -> None:
         """A Warning Event, once, for every other object the model rejected
-        (a malformed Service, EndpointSlice or Pod): it was skipped, the rest flows."""
+        (a malformed Service, EndpointSlice or Pod): it was skipped, the rest flows.
+        An error that goes away and comes back is reported again."""
+        self._error_events &= {(e.ref, e.field, e.reason) for e in model.errors}
         for error in model.errors:
             key = (error.ref, error.field, error.reason)
             if spec_for_kind(error.ref.kind) is None or key in self._error_events:
@@ -238,10 +240,13 @@ class StatusReporter:
                 await self._event(
                     error.ref, meta, "InvalidObject", f"{error.field}: {error.reason}", False
                 )
-            except (ApiUnavailable, ApiRejected) as exc:
+            except ApiUnavailable as exc:
                 log.warning("event deferred", object=str(error.ref), error=str(exc))
                 out.deferred += 1
                 continue
+            except ApiRejected as exc:
+                log.warning("event refused", object=str(error.ref), error=str(exc))
+                WRITES.labels("event", "refused").inc()
             self._error_events.add(key)
             out.events += 1
 

@@ -154,3 +154,31 @@ async def test_objects_not_from_the_api_server_are_not_reported() -> None:
     objects.metas.clear()  # e.g. the CEC came from the file source
     result = await reporter.reconcile(_model(service_exists=False))
     assert result.status_writes == 0 and api.patches == [] and api.events == []
+
+
+def _service_model(port: object) -> MeshModel:
+    store = MeshStore()
+    store.apply(
+        "t",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "svc", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.2", "ports": [{"port": port}]},
+        },
+    )
+    return store.build()
+
+
+async def test_rejected_service_gets_one_event_per_distinct_error() -> None:
+    reporter, api, objects, _ = _reporter()
+    objects.metas["svc"] = ObjectMeta("uid-s", 1, ())
+    broken = _service_model("eighty")
+    for _ in range(3):
+        await reporter.reconcile(broken)
+    (event,) = api.events
+    assert (event["reason"], event["involvedObject"]["kind"]) == ("InvalidObject", "Service")
+    assert event["message"].startswith("spec.ports[0].port")
+    await reporter.reconcile(_service_model(80))  # fixed
+    await reporter.reconcile(broken)  # broken again: a new Event
+    assert len(api.events) == 2
