@@ -231,7 +231,11 @@ class RedirectBuilder:
         stage: RedirectStage,
     ) -> _Built:
         own = cec[registry.LISTENER].get(name)
-        key: tuple[object, ...] = (tuple(group), route, own)
+        vips: tuple[object, ...] = ()
+        if len(group) > 1 and self.options.use_original_dst:
+            # Shared listeners tell redirects apart by VIP: those are inputs too.
+            vips = tuple(model.services.get(r.service) for r in group)
+        key: tuple[object, ...] = (tuple(group), route, own, vips)
         built = self.previous.listener_memo.get(name)
         if built is None or built.key != key:
             rbac = self._rbac(model, group, stage)

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from nodemesh.model.objects import HTTPRule
 from nodemesh.model.snapshot import MeshModel
-from nodemesh.xds.translate import Translation, Translator, encode, translate
+from nodemesh.xds.translate import TranslateOptions, Translation, Translator, encode, translate
 
 
 def _bytes(translation: Translation) -> dict[str, dict[str, bytes]]:
@@ -98,3 +98,13 @@ def test_metrics_show_what_each_round_reused() -> None:
     translator.translate(replace(v2, redirects=()))
     assert _stage("redirects", "rebuilt") == rebuilt + 1
     assert REGISTRY.get_sample_value("nodemesh_xds_translate_resources", {"type": "Listener"}) == 0
+
+
+def test_vip_change_reaches_a_shared_listener_with_original_destinations() -> None:
+    options = TranslateOptions(use_original_dst=True)
+    translator = Translator(options)
+    v1 = m.shared_listener_model()
+    translator.translate(v1)
+    web = replace(v1.services[m.WEB], cluster_ips=("10.96.0.99",))
+    v2 = replace(v1, services=MappingProxyType({**v1.services, m.WEB: web}))
+    assert _bytes(translator.translate(v2)) == _bytes(translate(v2, options))
