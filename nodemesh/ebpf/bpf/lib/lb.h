@@ -28,7 +28,9 @@ static __always_inline void nm_remember_vip(__u64 cookie, __be32 peer, __be16 pe
  * socket keeps talking to one backend; connect() picks at random. */
 static __always_inline __u32 nm_pick_slot(__u16 count, __u64 cookie, bool sticky)
 {
-	__u32 seed = sticky ? (__u32)(cookie ^ (cookie >> 32)) * 2654435761u
+	/* Fibonacci hashing; the high half, since an odd multiplier keeps the
+	 * low bits as regular as the cookie's (which only counts up). */
+	__u32 seed = sticky ? ((__u32)(cookie ^ (cookie >> 32)) * 2654435761u) >> 16
 			    : bpf_get_prandom_u32();
 
 	return (seed % count) + 1;
