@@ -121,6 +121,7 @@ class ConfigStage:
     )
     owner: dict[tuple[str, str], ObjectRef] = field(default_factory=dict)
     fields: dict[tuple[str, str], str] = field(default_factory=dict)  # where it was written
+    elsewhere: set[ObjectRef] = field(default_factory=set)  # CECs for other nodes
     needed: dict[str, ServiceCluster] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
     warnings: list[ObjectWarning] = field(default_factory=list)
@@ -154,7 +155,12 @@ class ConfigStageBuilder:
         self.stage = ConfigStage()
 
     def build(self) -> ConfigStage:
-        configs = [c for c in self.model.envoy_configs if node_selects(c, self.options)]
+        configs = []
+        for config in self.model.envoy_configs:
+            if node_selects(config, self.options):
+                configs.append(config)
+            else:
+                self.stage.elsewhere.add(config.ref)
         for config in sorted(configs, key=lambda c: (c.creation_timestamp, c.ref)):
             self._config(config)
         return self.stage

@@ -18,7 +18,13 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from google.protobuf.message import Message
 
-from nodemesh.model.objects import L7Redirect, ObjectError, ObjectWarning, RedirectOrigin
+from nodemesh.model.objects import (
+    L7Redirect,
+    ObjectError,
+    ObjectRef,
+    ObjectWarning,
+    RedirectOrigin,
+)
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.xds.translate import registry
 from nodemesh.xds.translate.configs import ConfigStage
@@ -56,6 +62,7 @@ class RedirectStage:
     services: object = None
     signature: tuple[tuple[str, int], ...] = ()
     config_needed: Mapping[str, ServiceCluster] = field(default_factory=dict)
+    elsewhere: set[ObjectRef] = field(default_factory=set)
     listeners: dict[str, Message] = field(default_factory=dict)
     unbound: set[str] = field(default_factory=set)  # CEC listeners left out
     routes: dict[str, Message] = field(default_factory=dict)
@@ -67,11 +74,12 @@ class RedirectStage:
     rbac_memo: dict[tuple[object, ...], _Rbac] = field(default_factory=dict)
 
 
-def _reusable(previous: RedirectStage, model: MeshModel, signature: object, needed: object) -> bool:
+def _reusable(previous: RedirectStage, model: MeshModel, configs: ConfigStage) -> bool:
     return (
         previous.services is model.services
-        and previous.signature == signature
-        and previous.config_needed == needed
+        and previous.signature == configs.signature()
+        and previous.config_needed == configs.needed
+        and previous.elsewhere == configs.elsewhere
         and (previous.redirects is model.redirects or previous.redirects == model.redirects)
     )
 
@@ -87,21 +95,25 @@ class RedirectBuilder:
     def build(self, model: MeshModel, configs: ConfigStage) -> RedirectStage:
         """Listeners (and routes) for every redirect, plus the service clusters
         they and the CECs route to."""
-        signature = configs.signature()
-        if _reusable(self.previous, model, signature, configs.needed):
+        if _reusable(self.previous, model, configs):
             return self.previous
         groups: dict[str, list[L7Redirect]] = {}
         for redirect in model.redirects:
             groups.setdefault(redirect.listener, []).append(redirect)
         stage = RedirectStage(
-            model.redirects, model.services, signature, configs.needed, needed=dict(configs.needed)
+            model.redirects,
+            model.services,
+            configs.signature(),
+            configs.needed,
+            set(configs.elsewhere),
+            needed=dict(configs.needed),
         )
         ports: dict[int, str] = {}
         for name in sorted(groups):
             group = groups[name]
             if self._port_clash(name, group, ports, stage):
                 continue
-            route = self._route(model, configs.resources, group, stage)
+            route = self._route(model, configs, group, stage)
             if route is not None:
                 built = self._listener(model, configs.resources, name, route, group, stage)
                 stage.listeners[name] = built.message
@@ -152,11 +164,14 @@ class RedirectBuilder:
     def _route(
         self,
         model: MeshModel,
-        cec: Mapping[str, Mapping[str, Message]],
+        configs: ConfigStage,
         group: list[L7Redirect],
         stage: RedirectStage,
     ) -> str | None:
-        """The route config the group's listener serves, synthesized when needed."""
+        """The route config the group's listener serves, synthesized when needed:
+        policy-only redirects, and a CEC's redirect when the CEC gave no route
+        (rejected, or meant for other nodes), go to the Service itself."""
+        cec = configs.resources
         first = group[0]
         name = first.route_config or first.listener
         if first.origin is RedirectOrigin.ENVOY_CONFIG and (
@@ -170,7 +185,7 @@ class RedirectBuilder:
                 for o in first.owners
             )
             return None
-        if first.origin is RedirectOrigin.ENVOY_CONFIG:
+        if first.origin is RedirectOrigin.ENVOY_CONFIG and first.owners[0] not in configs.elsewhere:
             stage.errors.append(
                 ObjectError(
                     first.owners[0],

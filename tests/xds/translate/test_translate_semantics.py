@@ -291,3 +291,18 @@ def test_backend_services_feed_eds_for_their_ports() -> None:
     assert (
         assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value == 9090
     )
+
+
+def test_redirect_of_a_config_for_other_nodes_passes_through_quietly() -> None:
+    selector = LabelSelector(match_labels=pairs({"mesh": "edge"}))
+    base = m.canary_model()
+    model = replace(base, envoy_configs=(replace(base.envoy_configs[0], node_selector=selector),))
+    here = translate(model, TranslateOptions(node_name="n2"))
+    assert here.errors == ()
+    name = "default/httpbin-traffic-split/httpbin-listener-route"
+    assert here.resources[ROUTE][name].virtual_hosts[0].routes[0].route.cluster == "default/httpbin"
+    edge = translate(model, TranslateOptions(node_name="n1", node_labels=pairs({"mesh": "edge"})))
+    assert edge.errors == ()
+    assert (
+        edge.resources[ROUTE][name].virtual_hosts[0].routes[0].route.HasField("weighted_clusters")
+    )
