@@ -329,3 +329,32 @@ def test_unchanged_parts_are_shared_between_versions() -> None:
     assert second.redirects is first.redirects
     store.apply("test", service("db", port=5432))  # redirects are re-derived, equal
     assert store.build().redirects is first.redirects
+
+
+async def test_constant_churn_still_publishes() -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    updates = store.updates(debounce=0.05)
+    first = await anext(updates)
+    received = asyncio.Event()
+
+    async def churn() -> None:
+        # Changes arrive faster than the debounce, forever, until a model
+        # comes through: only the bounded wait can publish one.
+        index = 0
+        while not received.is_set():
+            index += 1
+            store.apply(
+                "test", endpoint_slice("web-1", "web", [f"10.0.{index // 250}.{index % 250}"])
+            )
+            await asyncio.sleep(0.005)
+
+    producer = asyncio.create_task(churn(), name="churn")
+    try:
+        model = await asyncio.wait_for(anext(updates), timeout=60)
+        received.set()
+        assert model.generation > first.generation and model.endpoint_slices
+        await asyncio.wait_for(producer, timeout=30)
+    finally:
+        received.set()
+        await updates.aclose()
