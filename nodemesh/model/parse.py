@@ -260,15 +260,21 @@ def _endpoint(ref: ObjectRef, index: int, data: Any, address_type: str) -> Endpo
         or (pod_name is not None and type(pod_name) is not str)
     ):
         return _endpoint_slow(ref, index, data, address_type)
-    checked = [_fast_address(value, address_type) for value in addresses]
-    if None in checked:
-        return _endpoint_slow(ref, index, data, address_type)
+    if len(addresses) == 1:  # what the EndpointSlice controller writes
+        only = _fast_address(addresses[0], address_type)
+        if only is None:
+            return _endpoint_slow(ref, index, data, address_type)
+        checked: tuple[str | None, ...] = (only,)
+    else:
+        checked = tuple([_fast_address(value, address_type) for value in addresses])
+        if None in checked:
+            return _endpoint_slow(ref, index, data, address_type)
     # Kubernetes: an unset `ready` is to be read as ready, an unset `serving`
     # as equal to `ready`, an unset `terminating` as not terminating.
     if ready is None:
         ready = True
     return Endpoint(
-        tuple(checked),  # type: ignore[arg-type]  # no None: checked above
+        checked,  # type: ignore[arg-type]  # no None: checked above
         ready,
         ready if serving is None else serving,
         terminating is True,

@@ -128,6 +128,7 @@ def test_endpoint_slice_conditions_follow_kubernetes_defaults() -> None:
         ),
         ({"endpoints": [{"addresses": ["10.0.0.1"], "nodeName": 3}]}, "endpoints[0].nodeName"),
         ({"endpoints": ["10.0.0.1"]}, "endpoints[0]"),
+        ({"endpoints": [{"addresses": ["10.0.0.1", "10.0.0.256"]}]}, "endpoints[0].addresses[1]"),
         ({"ports": [{"name": "http", "port": -1}]}, "ports[0].port"),
     ],
 )
@@ -200,3 +201,11 @@ def test_labels_must_be_strings() -> None:
     raw["metadata"]["labels"] = {"version": 2}
     err = error_of(raw)
     assert err.field == "metadata.labels.version"
+
+
+def test_endpoint_with_several_addresses_keeps_them_all() -> None:
+    eps = parse_object(slice_(endpoints=[{"addresses": ["10.0.0.1", "10.0.0.2"]}])).obj
+    assert isinstance(eps, EndpointSlice)
+    assert eps.endpoints[0].addresses == ("10.0.0.1", "10.0.0.2")
+    v6 = parse_object(slice_(addressType="IPv6", endpoints=[{"addresses": ["FD00:0::1"]}])).obj
+    assert isinstance(v6, EndpointSlice) and v6.endpoints[0].addresses == ("fd00::1",)
