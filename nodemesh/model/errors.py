@@ -36,12 +36,18 @@ class ParseError(ModelError):
 class UnknownKindError(ParseError):
     """An apiVersion/kind the mesh does not model. Sources log and skip these."""
 
-    def __init__(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+    def __init__(
+        self, api_version: str, kind: str, namespace: str, name: str, expected: str = ""
+    ) -> None:
         self.api_version = api_version
         self.kind = kind
         self.namespace = namespace
         self.name = name
-        super().__init__(None, "kind", f"{api_version} {kind} is not a kind nodemesh models")
+        reason = f"{api_version} {kind} is not a kind nodemesh models".strip()
+        if expected:
+            # A known kind under an unexpected apiVersion: most likely a typo.
+            reason = f"{reason} (it reads {kind} as {expected})"
+        super().__init__(None, "kind", reason)
 
 
 class PortAllocationError(ModelError):

@@ -83,8 +83,11 @@ def object_ref(raw: Mapping[str, Any]) -> ObjectRef:
     namespace = meta.opt_str("namespace", "") or ""
     known = _KINDS.get(kind_name)
     group, _, version = api_version.rpartition("/")
-    if known is None or known[0] != group or version not in known[1]:
+    if known is None:
         raise UnknownKindError(api_version, kind_name, namespace, name)
+    if known[0] != group or version not in known[1]:
+        expected = " or ".join(f"{known[0]}/{v}".lstrip("/") for v in known[1])
+        raise UnknownKindError(api_version, kind_name, namespace, name, expected)
     kind = Kind(kind_name)
     if not name:
         raise ParseError(None, "metadata.name", f"is required (a {kind.value} without a name)")

@@ -144,8 +144,16 @@ def test_unknown_kind_is_its_own_error() -> None:
         parse_object(raw)
     assert (info.value.kind, info.value.namespace, info.value.name) == ("ConfigMap", "a", "x")
     wrong_group = {**service(), "apiVersion": "apps/v1"}
-    with pytest.raises(UnknownKindError):
+    with pytest.raises(UnknownKindError) as info:
         object_ref(wrong_group)
+    assert (
+        info.value.reason
+        == "apps/v1 Service is not a kind nodemesh models (it reads Service as v1)"
+    )
+    missing = {k: v for k, v in service().items() if k != "apiVersion"}
+    with pytest.raises(UnknownKindError) as info:
+        object_ref(missing)
+    assert info.value.reason == "Service is not a kind nodemesh models (it reads Service as v1)"
 
 
 def test_object_without_name_or_bad_name() -> None:
