@@ -4,7 +4,7 @@ client streams, and small builders for Envoy resources."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,6 +310,10 @@ class Harness:
     def metric(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(name, labels)
         return 0.0 if value is None else float(value)
+
+
+# Starts a real server with StreamSettings overrides (the make_harness fixture).
+MakeHarness = Callable[..., Awaitable[Harness]]
 
 
 async def wait_until(predicate: Any, timeout: float = TIMEOUT, what: str = "condition") -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,11 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ads_harness import Harness
+from ads_harness import Harness, MakeHarness
 
 from nodemesh.xds.cache import SnapshotCache
 from nodemesh.xds.metrics import XdsMetrics
 from nodemesh.xds.server import AdsServer, ServerSettings, StreamSettings
-
-MakeHarness = Callable[..., Awaitable[Harness]]
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from ads_harness import Harness, mesh, names_of
-from conftest import MakeHarness
+from ads_harness import Harness, MakeHarness, mesh, names_of
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT
 

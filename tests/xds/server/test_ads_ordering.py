@@ -7,6 +7,7 @@ from typing import Any
 
 from ads_harness import (
     Harness,
+    MakeHarness,
     SotwClient,
     cluster,
     decode_resources,
@@ -15,7 +16,6 @@ from ads_harness import (
     publish,
     wait_until,
 )
-from conftest import MakeHarness
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
