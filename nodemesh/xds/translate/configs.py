@@ -29,7 +29,7 @@ from nodemesh.xds.translate.envoy_config import ParsedConfig, parse_config
 from nodemesh.xds.translate.errors import ResourceError
 from nodemesh.xds.translate.references import keep, map_listener, map_route_clusters
 from nodemesh.xds.translate.result import ConfigOutput, ServiceCluster, TranslateOptions
-from nodemesh.xds.translate.services import SERVICE_REF, cluster_name, resolve_port
+from nodemesh.xds.translate.services import SERVICE_REF, resolve_port, service_cluster
 
 
 def _resolve(
@@ -53,8 +53,7 @@ def _resolve(
         except ResourceError as exc:
             errors.append(ObjectError(parsed.config.ref, where, exc.reason))
             continue
-        name = cluster_name(service, port)
-        resolved[ref.raw] = ServiceCluster(name, ref.service, port)
+        resolved[ref.raw] = service_cluster(service, port)
     return resolved, errors
 
 
@@ -236,5 +235,5 @@ class ConfigStageBuilder:
             return  # the model store reports missing Services of a CEC
         for port in service.ports:
             if not ports or port.port in ports:
-                cluster = cluster_name(service, port.port)
-                self.stage.needed.setdefault(cluster, ServiceCluster(cluster, name, port.port))
+                cluster = service_cluster(service, port.port)
+                self.stage.needed.setdefault(cluster.name, cluster)

@@ -96,10 +96,12 @@ def endpoint_stage(
         if changed is not None:
             return _patch(model, previous, changed)
     stage = EndpointStage(needed, model.backends)
-    old_clusters = previous.clusters if previous is not None else {}
     for name in sorted(needed):
         cluster = needed[name]
-        stage.clusters[name] = old_clusters.get(name) or build_cluster(name, connect_timeout_ms)
+        if previous is not None and previous.needed.get(name) == cluster:
+            stage.clusters[name] = previous.clusters[name]
+        else:
+            stage.clusters[name] = build_cluster(cluster, connect_timeout_ms)
         stage.by_service.setdefault(cluster.service, []).append(name)
         _assign(stage, previous, name, model.backends_of(cluster.service, cluster.port))
     return stage

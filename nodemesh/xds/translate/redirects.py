@@ -37,7 +37,7 @@ from nodemesh.xds.translate.listeners import (
 )
 from nodemesh.xds.translate.rbac import Notes, rbac_filter
 from nodemesh.xds.translate.result import ServiceCluster, TranslateOptions
-from nodemesh.xds.translate.services import cluster_name
+from nodemesh.xds.translate.services import service_cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +194,10 @@ class RedirectBuilder:
                     "its requests go to the Service itself",
                 )
             )
-        cluster = cluster_name(service, first.port)
+        target = service_cluster(service, first.port)
+        cluster = target.name
         if cluster not in stage.needed:
-            stage.needed[cluster] = ServiceCluster(cluster, first.service, first.port)
+            stage.needed[cluster] = target
         built = self.previous.route_memo.get(name)
         if built is None or built.key[0] != cluster:
             built = _Built((cluster,), service_route(name, cluster), ())

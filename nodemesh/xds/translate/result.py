@@ -37,6 +37,7 @@ class ServiceCluster:
     name: str
     service: ServiceName
     port: int
+    http2: bool = False  # the port's appProtocol says HTTP/2 (gRPC, h2c)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,14 @@ from operator import attrgetter
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2
 
 from nodemesh.model.objects import Service, ServiceName
 from nodemesh.model.snapshot import BackendAddress
 from nodemesh.xds.translate.errors import ResourceError
+from nodemesh.xds.translate.registry import pack
+from nodemesh.xds.translate.result import ServiceCluster
 
 # DNS-1123 labels, as Kubernetes names namespaces and Services; port by number or name.
 _LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
@@ -47,6 +51,18 @@ def cluster_name(service: Service, port: int) -> str:
     """The shared cluster name of one port of a Service."""
     base = f"{service.ref.namespace}/{service.ref.name}"
     return base if len(service.ports) == 1 else f"{base}:{port}"
+
+
+# appProtocol values (Kubernetes' standard ones and common names) that mean the
+# backends speak HTTP/2 without TLS: gRPC through the node Envoy needs it.
+HTTP2_APP_PROTOCOLS = frozenset({"grpc", "h2c", "http2", "kubernetes.io/h2c"})
+
+
+def service_cluster(service: Service, port: int) -> ServiceCluster:
+    """The shared cluster of one port of a Service."""
+    app_protocol = next((p.app_protocol for p in service.ports if p.port == port), None)
+    http2 = (app_protocol or "").lower() in HTTP2_APP_PROTOCOLS
+    return ServiceCluster(cluster_name(service, port), service.service_name, port, http2)
 
 
 def resolve_port(service: Service, port: str | None) -> int:
@@ -78,18 +94,29 @@ def _cluster_prototype(connect_timeout_ms: int) -> cluster_pb2.Cluster:
 _PROTOTYPES: dict[int, cluster_pb2.Cluster] = {}
 
 
-def build_cluster(name: str, connect_timeout_ms: int) -> cluster_pb2.Cluster:
+def _http2_options() -> any_pb2.Any:
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    options.explicit_http_config.http2_protocol_options.SetInParent()
+    return pack(options)
+
+
+_HTTP2 = _http2_options()
+_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def build_cluster(cluster_of: ServiceCluster, connect_timeout_ms: int) -> cluster_pb2.Cluster:
     """The EDS cluster of one Service port (copied from a prototype: thousands
     of them differ only in name)."""
     prototype = _PROTOTYPES.get(connect_timeout_ms)
     if prototype is None:
-        prototype = _PROTOTYPES.setdefault(
-            connect_timeout_ms, _cluster_prototype(connect_timeout_ms)
-        )
+        prototype = _cluster_prototype(connect_timeout_ms)
+        _PROTOTYPES[connect_timeout_ms] = prototype
     cluster = cluster_pb2.Cluster()
     cluster.CopyFrom(prototype)
-    cluster.name = name
-    cluster.eds_cluster_config.service_name = name
+    cluster.name = cluster_of.name
+    cluster.eds_cluster_config.service_name = cluster_of.name
+    if cluster_of.http2:
+        cluster.typed_extension_protocol_options[_PROTOCOL_OPTIONS].CopyFrom(_HTTP2)
     return cluster
 
 

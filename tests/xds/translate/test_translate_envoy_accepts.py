@@ -85,3 +85,15 @@ def test_rule_with_a_regex_re2_lacks_is_dropped_and_envoy_still_accepts(tmp_path
     [error] = translation.errors
     assert error.ref == m.POLICY_REF and error.field == "rules.http[0].path"
     _validated(translation, tmp_path / "re2.json")
+
+
+def test_envoy_accepts_http2_upstreams_for_grpc_ports(tmp_path: Path) -> None:
+    model = m.policy_model()
+    api = model.services[m.API]
+    grpc = replace(api, ports=(replace(api.ports[0], app_protocol="grpc"),))
+    translation = translate(replace(model, services={m.API: grpc}))
+    cluster = translation.resources[CLUSTER]["default/api"]
+    assert "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" in (
+        cluster.typed_extension_protocol_options
+    )
+    _validated(translation, tmp_path / "grpc.json")

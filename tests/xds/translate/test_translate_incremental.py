@@ -108,3 +108,14 @@ def test_vip_change_reaches_a_shared_listener_with_original_destinations() -> No
     web = replace(v1.services[m.WEB], cluster_ips=("10.96.0.99",))
     v2 = replace(v1, services=MappingProxyType({**v1.services, m.WEB: web}))
     assert _bytes(translator.translate(v2)) == _bytes(translate(v2, options))
+
+
+def test_app_protocol_change_rebuilds_the_cluster() -> None:
+    translator = Translator()
+    v1 = m.policy_model()
+    translator.translate(v1)
+    api = v1.services[m.API]
+    grpc = replace(api, ports=(replace(api.ports[0], app_protocol="kubernetes.io/h2c"),))
+    v2 = replace(v1, services=MappingProxyType({m.API: grpc}))
+    assert _bytes(translator.translate(v2)) == _bytes(translate(v2))
+    assert _bytes(translate(v2)) != _bytes(translate(v1))
