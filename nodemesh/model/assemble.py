@@ -29,7 +29,7 @@ from nodemesh.model.objects import (
     ServiceName,
 )
 from nodemesh.model.parse import ModelObject
-from nodemesh.model.redirects import derive_redirects
+from nodemesh.model.redirects import derive_redirects, policy_warnings
 from nodemesh.model.snapshot import BackendAddress, MeshModel
 
 _CONFIG_KINDS = (Kind.ENVOY_CONFIG, Kind.CLUSTERWIDE_ENVOY_CONFIG)
@@ -86,6 +86,7 @@ class Assembly:
         self._redirects: tuple[L7Redirect, ...] = ()
         self.redirect_errors: tuple[ObjectError, ...] = ()
         self._warnings_view: tuple[ObjectWarning, ...] = ()
+        self._derived_warnings: tuple[ObjectWarning, ...] = ()
         self._stale_warnings = False
 
     def has(self, ref: ObjectRef) -> bool:
@@ -184,9 +185,21 @@ class Assembly:
             # unchanged outcome (the usual case of a pod or Service edit) keeps it.
             if redirects != self._redirects:
                 self._redirects = redirects
+            derived = policy_warnings(
+                self._services,
+                [
+                    *self._tuples[Kind.NETWORK_POLICY],
+                    *self._tuples[Kind.CLUSTERWIDE_NETWORK_POLICY],
+                ],
+            )
+            if derived != self._derived_warnings:
+                self._derived_warnings = derived
+                self._stale_warnings = True
         if self._stale_warnings:
+            found = [w for notes in self._warnings.values() for w in notes]
+            found.extend(self._derived_warnings)
             self._warnings_view = tuple(
-                w for ref in sorted(self._warnings, key=str) for w in self._warnings[ref]
+                sorted(found, key=lambda w: (str(w.ref), w.field, w.reason))
             )
             self._stale_warnings = False
         self._stale_kinds = set()

@@ -32,6 +32,7 @@ from nodemesh.model.objects import (
     NetworkPolicy,
     ObjectError,
     ObjectRef,
+    ObjectWarning,
     Pod,
     RedirectOrigin,
     Service,
@@ -143,6 +144,25 @@ def derive_redirects(
     else:
         ips = {}
     return _finish(pending, ips, reserved_ports)
+
+
+def policy_warnings(
+    services: Mapping[ServiceName, Service], policies: Iterable[NetworkPolicy]
+) -> tuple[ObjectWarning, ...]:
+    """HTTP rules that redirect nothing because their Service does not exist.
+
+    Not an error, as in Cilium: the policy takes effect once the Service
+    appears. Said anyway, because a typo looks exactly the same."""
+    found = []
+    for policy in policies:
+        missing = sorted(
+            {n for rule in policy.egress if rule.http is not None for n in rule.to_services}
+            - services.keys()
+        )
+        for name in missing:
+            reason = f"Service {name} does not exist: its HTTP rules redirect nothing yet"
+            found.append(ObjectWarning(policy.ref, "spec.egress.toServices", reason))
+    return tuple(found)
 
 
 def _add_config(

@@ -265,3 +265,15 @@ def test_many_redirected_services_get_distinct_stable_ports() -> None:
     second = MeshStore()
     second.replace_all("b", list(reversed(raws)))
     assert second.build().redirects == redirects
+
+
+def test_policy_naming_a_missing_service_warns_until_it_exists() -> None:
+    store = canary_store()
+    store.delete("files", "Service", "default", "httpbin")
+    model = store.build()
+    (warning,) = [w for w in model.warnings if w.ref == CNP_REF]
+    assert "default/httpbin does not exist" in warning.reason
+    assert model.redirects == ()
+    assert [e.ref for e in model.errors] == [CEC_REF]  # the CEC is refused outright
+    model = canary_store().build()
+    assert [w.ref for w in model.warnings] == [CEC_REF]
