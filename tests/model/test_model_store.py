@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from nodemesh.model.errors import UnknownKindError
 from nodemesh.model.objects import EnvoyConfig, Kind, ObjectError, ObjectRef, ServiceName
@@ -358,3 +359,20 @@ async def test_constant_churn_still_publishes() -> None:
     finally:
         received.set()
         await updates.aclose()
+
+
+def test_rejections_show_as_metrics() -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    store.apply("test", cec("split", services=("web", "gone")))
+    store.build()
+
+    def sample(kind: str) -> float | None:
+        labels = {"kind": kind}
+        return REGISTRY.get_sample_value("nodemesh_model_object_errors", labels)
+
+    assert sample("CiliumEnvoyConfig") == 1
+    assert sample("Service") == 0
+    store.apply("test", cec("split"))
+    store.build()
+    assert sample("CiliumEnvoyConfig") == 0
