@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 
 from nodemesh.model.objects import Kind, ServiceName
 from nodemesh.model.snapshot import MeshModel
@@ -192,3 +193,32 @@ def test_unreadable_content_is_that_files_problem_only(tmp_path: Path) -> None:
     (problem,) = source.errors
     assert problem.path == str(tmp_path / "b.yaml") and "UTF-8" in problem.reason
     assert services_of(store) == {"web": 80}
+
+
+def test_yaml_error_is_logged_with_file_and_line(tmp_path: Path) -> None:
+    store = MeshStore()
+    source = FileSource(tmp_path, store)
+    path = tmp_path / "a.yaml"
+    path.write_text(service_yaml("web") + "  bad: [\n")
+    with structlog.testing.capture_logs() as logs:
+        source.load()
+        store.build()
+    (event,) = [e for e in logs if e["event"] == "file_source_parse_error"]
+    assert event["file"] == str(path) and event["line"] == 9
+    assert event["log_level"] == "error"
+
+
+def test_rejected_object_is_logged_once(tmp_path: Path) -> None:
+    store = MeshStore()
+    source = FileSource(tmp_path, store)
+    (tmp_path / "a.yaml").write_text(service_yaml("web", 0))
+    with structlog.testing.capture_logs() as logs:
+        source.load()
+        store.build()
+        (tmp_path / "b.yaml").write_text(service_yaml("db"))
+        source.load()
+        store.build()
+    rejected = [e for e in logs if e["event"] == "object_rejected"]
+    assert [(e["object"], e["field"]) for e in rejected] == [
+        ("Service default/web", "spec.ports[0].port")
+    ]
