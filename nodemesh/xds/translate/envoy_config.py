@@ -134,6 +134,8 @@ def _cluster_mapper(
     def resolve(name: str, where: str) -> str:
         if name in clusters:
             return prefix + name
+        if name.startswith(prefix) and name[len(prefix) :] in clusters:
+            return name  # already written in its qualified form
         service_ref = parse_service_ref(name)
         if service_ref is None:
             parsed.error(
@@ -154,6 +156,8 @@ def _route_mapper(
     def resolve(name: str, where: str) -> str:
         if name in routes:
             return prefix + name
+        if name.startswith(prefix) and name[len(prefix) :] in routes:
+            return name  # already written in its qualified form
         parsed.error(
             f"{base}.{where}", f"route configuration {name!r} is not defined in this config"
         )

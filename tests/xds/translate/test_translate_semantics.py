@@ -306,3 +306,25 @@ def test_redirect_of_a_config_for_other_nodes_passes_through_quietly() -> None:
     assert (
         edge.resources[ROUTE][name].virtual_hosts[0].routes[0].route.HasField("weighted_clusters")
     )
+
+
+def test_references_already_in_qualified_form_are_accepted() -> None:
+    listener = copy.deepcopy(m.OWN_LISTENER)
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["rds"]["route_config_name"] = "shop/edge/edge-routes"
+    route = copy.deepcopy(m.OWN_ROUTE)
+    route["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "shop/edge/legacy"
+    config = m.envoy_config(
+        m.OWN_REF,
+        [(LISTENER, listener), (ROUTE, route), (CLUSTER, m.OWN_CLUSTER)],
+        services=[m.CART],
+    )
+    own = m.own_listener_model()
+    assert _bytes_of(translate(replace(own, envoy_configs=(config,)))) == _bytes_of(translate(own))
+
+
+def _bytes_of(translation: Any) -> dict[str, dict[str, bytes]]:
+    return {
+        url: {name: encode(message) for name, message in named.items()}
+        for url, named in translation.resources.items()
+    }
