@@ -187,10 +187,9 @@ class FileSource:
                     problems.append(FileProblem(path, f"document {index + 1}: {exc}"))
                     continue
                 earlier = chosen.get(ref)
-                if earlier is not None and earlier[0] != path:
-                    warnings.append(
-                        FileProblem(path, f"{ref} is also in {earlier[0]}; this one wins")
-                    )
+                if earlier is not None:
+                    where = "earlier in this file" if earlier[0] == path else f"in {earlier[0]}"
+                    warnings.append(FileProblem(path, f"{ref} is also {where}; this one wins"))
                 chosen[ref] = (path, doc)
         for problem in problems:
             if problem not in self._object_problems:

@@ -107,6 +107,13 @@ def test_object_in_two_files_last_file_wins_with_warning(tmp_path: Path) -> None
     (warning,) = source.warnings
     assert warning.path == str(tmp_path / "b.yaml")
     assert "Service default/web" in warning.reason and "a.yaml" in warning.reason
+    (tmp_path / "b.yaml").write_text(service_yaml("web", 82) + "---\n" + service_yaml("web", 83))
+    source.load()
+    assert services_of(store) == {"web": 83}
+    assert [w.reason.split(" is also ")[1] for w in source.warnings] == [
+        f"in {tmp_path / 'a.yaml'}; this one wins",
+        "earlier in this file; this one wins",
+    ]
 
 
 def test_unknown_kinds_and_nameless_objects(tmp_path: Path) -> None:
