@@ -376,3 +376,16 @@ def test_rejections_show_as_metrics() -> None:
     store.apply("test", cec("split"))
     store.build()
     assert sample("CiliumEnvoyConfig") == 0
+
+
+def test_an_older_config_arriving_later_takes_the_port() -> None:
+    store = MeshStore()
+    store.apply("test", service())
+    store.apply("test", cec("first-seen", created="2024-06-01T00:00:00Z"))
+    assert [c.ref.name for c in store.build().envoy_configs] == ["first-seen"]
+    store.apply("test", cec("restored", created="2024-01-01T00:00:00Z"))
+    model = store.build()
+    assert [c.ref.name for c in model.envoy_configs] == ["restored"]
+    (error,) = model.errors
+    assert error.ref.name == "first-seen" and not error.kept_previous
+    assert "shop/restored" in error.reason
