@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
@@ -69,6 +70,10 @@ def _rewritten(message: Message, renames: Mapping[str, str]) -> Message:
         map_listener(copy, "", rename, keep)
     elif isinstance(copy, route_pb2.RouteConfiguration):
         map_route_clusters(copy, "", rename)
+    elif isinstance(copy, cluster_pb2.Cluster) and copy.HasField("eds_cluster_config"):
+        eds = copy.eds_cluster_config
+        if eds.service_name in renames:
+            eds.service_name = renames[eds.service_name]
     return copy
 
 
@@ -86,7 +91,7 @@ def config_output(
     for type_url, named in parsed.resources.items():
         resources[type_url] = {
             name: _rewritten(message, renames)
-            if renames and type_url in (registry.LISTENER, registry.ROUTE)
+            if renames and type_url in (registry.LISTENER, registry.ROUTE, registry.CLUSTER)
             else message
             for name, message in named.items()
         }

@@ -173,6 +173,28 @@ def _default_ads(source: config_source_pb2.ConfigSource) -> None:
         source.resource_api_version = config_source_pb2.V3
 
 
+def _qualify_cluster(
+    parsed: ParsedConfig, cluster: cluster_pb2.Cluster, base: str, assignments: set[str]
+) -> None:
+    """An EDS cluster gets its endpoints from the CEC's own ClusterLoadAssignment,
+    or, as with Cilium's backendServices, from the Service it is named after
+    ("default/echo" with custom settings): it then reads the Service's shared
+    assignment."""
+    if cluster.type != cluster_pb2.Cluster.EDS:
+        return
+    eds = cluster.eds_cluster_config
+    _default_ads(eds.eds_config)
+    wanted = eds.service_name or cluster.name
+    if wanted in assignments:
+        if eds.service_name:
+            eds.service_name = qualifier(parsed.config) + eds.service_name
+        return
+    service_ref = parse_service_ref(wanted)
+    if service_ref is not None:
+        parsed.service_refs.append((service_ref, f"{base}.eds_cluster_config.service_name"))
+        eds.service_name = wanted
+
+
 def _qualify(parsed: ParsedConfig, loaded: list[tuple[EnvoyResource, Message, str]]) -> None:
     prefix = qualifier(parsed.config)
     clusters = _local_names(loaded, registry.CLUSTER)
@@ -188,11 +210,7 @@ def _qualify(parsed: ParsedConfig, loaded: list[tuple[EnvoyResource, Message, st
             map_route_clusters(message, "", cluster_ref)
             message.name = prefix + name
         elif isinstance(message, cluster_pb2.Cluster):
-            eds = message.eds_cluster_config
-            if message.type == cluster_pb2.Cluster.EDS:
-                _default_ads(eds.eds_config)
-            if eds.service_name in assignments:
-                eds.service_name = prefix + eds.service_name
+            _qualify_cluster(parsed, message, resource.field, assignments)
             message.name = prefix + name
         elif isinstance(message, endpoint_pb2.ClusterLoadAssignment):
             message.cluster_name = prefix + name

@@ -91,6 +91,7 @@ CASES: dict[str, Callable[[], Translation]] = {
     "policy_rules": lambda: translate(m.policy_model()),
     "own_listener": lambda: translate(m.own_listener_model()),
     "bad_config_keeps_previous": bad_config_keeps_previous,
+    "cilium_backend_cluster": lambda: translate(m.backend_cluster_model()),
     "shared_listener_original_dst": lambda: translate(
         m.shared_listener_model(), TranslateOptions(use_original_dst=True)
     ),

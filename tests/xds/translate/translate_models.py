@@ -349,3 +349,21 @@ def shared_listener_model() -> MeshModel:
         configs=base.envoy_configs,
         redirects=[cart_redirect, web_redirect],
     )
+
+
+# --- Cilium's pattern: a CEC cluster named after a Service, own settings ---
+
+
+def backend_cluster_model() -> MeshModel:
+    """The canary CEC, with its own EDS cluster "default/httpbin-v1" (least
+    request, a circuit breaker) as in Cilium's examples with backendServices:
+    the route uses the CEC's cluster, which reads the Service's endpoints."""
+    cluster = {
+        "name": "default/httpbin-v1",
+        "type": "EDS",
+        "connect_timeout": "3s",
+        "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": {"thresholds": [{"max_connections": 64}]},
+    }
+    config = envoy_config(CEC_REF, [(ROUTE, ARTICLE_ROUTE), (CLUSTER, cluster)], services=[HTTPBIN])
+    return model(CANARY_SERVICES, CANARY_BACKENDS, configs=[config], redirects=[canary_redirect()])
