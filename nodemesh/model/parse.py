@@ -237,7 +237,9 @@ def _endpoint(ref: ObjectRef, index: int, data: Any, address_type: str) -> Endpo
     # naming the field or accepts what is merely unusual.
     try:
         addresses = data["addresses"]
-        conditions = data.get("conditions") or _NO_CONDITIONS
+        conditions = data.get("conditions")
+        if conditions is None:
+            conditions = _NO_CONDITIONS
         ready = conditions.get("ready")
         serving = conditions.get("serving")
         terminating = conditions.get("terminating")
@@ -302,7 +304,8 @@ def _endpoint_slow(ref: ObjectRef, index: int, data: Any, address_type: str) -> 
     serving = conditions.opt_bool("serving")
     target = entry.opt_map("targetRef")
     pod_name = None
-    if target is not None and target.opt_str("kind") == "Pod":
+    # Only a Pod reference names a pod; other kinds (or junk) there are ignored.
+    if target is not None and target.data.get("kind") == "Pod":
         pod_name = target.opt_str("name")
     return Endpoint(
         addresses=tuple(addresses),

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from nodemesh.model import parse
 from nodemesh.model.errors import ParseError
+from nodemesh.model.objects import Kind, ObjectRef
 from nodemesh.model.parse import ParseResult, parse_object
 from nodemesh.model.store import MeshStore
 
@@ -101,3 +103,27 @@ def test_store_builds_whatever_mix_of_mutations_it_gets(seed: int) -> None:
         store.replace_all("files", batch)
         model = store.build()
         assert all(e.reason for e in model.errors)
+
+
+def test_endpoint_fast_path_agrees_with_the_careful_one() -> None:
+    # The fast path reads plain dicts for speed; the careful one goes through
+    # Fields. On any endpoint, both must give the same Endpoint or both refuse.
+    ref = ObjectRef(Kind.ENDPOINT_SLICE, "shop", "s")
+    base: dict[str, Any] = {
+        "addresses": ["10.0.0.1"],
+        "conditions": {"ready": True, "serving": True, "terminating": False},
+        "nodeName": "n1",
+        "zone": "z",
+        "targetRef": {"kind": "Pod", "name": "p"},
+    }
+    rng = random.Random(5)
+    for _ in range(3000):
+        entry = mutate(base, rng) if rng.random() < 0.9 else mutate(mutate(base, rng), rng)
+        for address_type in ("IPv4", "IPv6", "FQDN"):
+            outcomes = []
+            for reader in (parse._endpoint, parse._endpoint_slow):
+                try:
+                    outcomes.append(reader(ref, 0, entry, address_type))
+                except ParseError as exc:
+                    outcomes.append(exc.field)
+            assert outcomes[0] == outcomes[1], (entry, address_type)
