@@ -78,7 +78,10 @@ class HttpListeners:
         manager = hcm_pb2.HttpConnectionManager(
             # "httpbin" and "httpbin:80" are the same virtual host to a client.
             strip_any_host_port=True,
+            # Policies match paths: "/public/../admin" must be seen as "/admin".
+            merge_slashes=True,
         )
+        manager.normalize_path.value = True
         manager.rds.config_source.ads.SetInParent()
         manager.rds.config_source.resource_api_version = config_source_pb2.V3
         if rbac is not None:

@@ -121,6 +121,9 @@ def test_rbac_rules_in_real_envoy(tmp_path: Path, backends: tuple[int, int]) -> 
         assert _request(proxy_port, "GET", "/x/allowed", curl) == 403  # anchored
         assert _request(proxy_port, "POST", "/allowed", curl) == 403  # method
         assert _request(proxy_port, "GET", "/other", curl) == 403
+        # Paths are normalized before the rules see them: no way around a rule.
+        assert _request(proxy_port, "GET", "/allowed/../other", curl) == 403
+        assert _request(proxy_port, "GET", "//allowed", curl) == 200
         assert _request(proxy_port, "POST", "/other", curl, **{"X-Probe": "yes"}) == 200
         assert _request(proxy_port, "POST", "/other", curl, **{"X-Probe": "no"}) == 403
         # A client no policy names: the CEC steers it, nothing restricts it.
