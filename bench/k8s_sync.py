@@ -35,7 +35,8 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
-from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, default_resources
+from nodemesh.k8s_watch.informer import content, normalize, object_meta
+from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, SERVICES, default_resources
 from nodemesh.k8s_watch.settings import WatchSettings
 from nodemesh.k8s_watch.source import WatchSource
 from nodemesh.k8s_watch.watching import list_all
@@ -151,6 +152,29 @@ async def typed_vs_raw(url: str) -> tuple[float, float]:
         await client.close()
 
 
+async def list_ab(url: str, rounds: int) -> dict[bool, list[float]]:
+    """Listing time (every Service and EndpointSlice, prepared as the informer
+    does) with the next page prefetched or fetched after; interleaved."""
+    client = await make_api_client(url)
+    out: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for _ in range(rounds):
+            for prefetch in (True, False):
+                api = KubeApi(client, WatchSettings())
+                t0 = time.perf_counter()
+                for spec in (SERVICES, ENDPOINT_SLICES):
+
+                    def prepare(item: dict[str, Any], spec: Any = spec) -> Any:
+                        _, raw = normalize(spec, item)
+                        return content(spec, raw), object_meta(raw)
+
+                    await list_all(api, spec, prepare, prefetch=prefetch)
+                out[prefetch].append(time.perf_counter() - t0)
+    finally:
+        await client.close()
+    return out
+
+
 async def main(args: argparse.Namespace) -> None:
     proc, url = start_double(args.services, args.endpoints)
     try:
@@ -164,6 +188,7 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.wait([agent.task])
         await agent.client.close()
         typed_s, raw_s = await typed_vs_raw(url)
+        ab = await list_ab(url, args.rounds)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -191,6 +216,12 @@ async def main(args: argparse.Namespace) -> None:
     print("side by side, one unpaged list of every EndpointSlice:")
     print(f"{'  kubernetes-asyncio typed models (s)':<44}{typed_s:>14.2f}")
     print(f"{'  nodemesh raw JSON path (s)':<44}{raw_s:>14.2f}")
+    print(
+        f"side by side, paged list of every Service and EndpointSlice, prepared "
+        f"(median of {args.rounds}, interleaved):"
+    )
+    print(f"{'  next page prefetched (s)':<44}{statistics.median(ab[True]):>14.2f}")
+    print(f"{'  page by page (s)':<44}{statistics.median(ab[False]):>14.2f}")
 
 
 if __name__ == "__main__":
@@ -198,4 +229,5 @@ if __name__ == "__main__":
     parser.add_argument("--services", type=int, default=5000)
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--changes", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the prefetch A/B")
     asyncio.run(main(parser.parse_args()))

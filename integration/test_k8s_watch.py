@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 
@@ -41,9 +42,12 @@ def _svc(name: str, ip: str) -> dict[str, object]:
     }
 
 
-async def test_initial_sync_lists_every_page(double: ApiServerDouble) -> None:
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "page-by-page"])
+async def test_initial_sync_lists_every_page(double: ApiServerDouble, prefetch: bool) -> None:
     sink = Recorder()
-    async with running_source(double, sink, resources=(SERVICES, ENDPOINT_SLICES)) as source:
+    settings = dataclasses.replace(FAST, list_prefetch=prefetch)
+    specs = (SERVICES, ENDPOINT_SLICES)
+    async with running_source(double, sink, settings, resources=specs) as source:
         assert sink.names("Service") == {f"default/svc{i}" for i in range(7)}
         assert len(sink.names("EndpointSlice")) == 7
         # List items lack kind/apiVersion on the wire; the sink always gets them.

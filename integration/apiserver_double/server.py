@@ -305,12 +305,13 @@ class ApiServerDouble:
                 json.dumps({"id": ident, "start": end}).encode()
             ).decode()
         # Like kube-apiserver, list items carry neither kind nor apiVersion.
-        items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in snapshot]
+        page = snapshot[start:end]
+        items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in page]
         body = {
             "kind": f"{rtype.kind}List",
             "apiVersion": rtype.api_version,
             "metadata": meta,
-            "items": items[start:end],
+            "items": items,
         }
         return web.Response(body=encode(body), content_type="application/json")
 

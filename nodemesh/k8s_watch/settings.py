@@ -40,6 +40,11 @@ class WatchSettings:
     single response (and the API server's memory per request) bounded on
     large clusters, while 500 items per round trip keeps the sync fast."""
 
+    list_prefetch: bool = True
+    """Request the next list page before preparing the current one, so the
+    API server encodes it while we parse: the two overlap instead of taking
+    turns. Costs one more page of memory during a list."""
+
     list_timeout: float = 60.0
     """Total time for one list page, generous for large pages on a busy server."""
 

@@ -89,19 +89,36 @@ def _as_is(item: Raw) -> Any:
 
 
 async def list_all(
-    api: WatchApi, spec: ResourceSpec, prepare: Callable[[Raw], Any] = _as_is
+    api: WatchApi,
+    spec: ResourceSpec,
+    prepare: Callable[[Raw], Any] = _as_is,
+    *,
+    prefetch: bool = True,
 ) -> Listed:
     """All pages of one list. The resourceVersion is the first page's: every
     continuation is served from that same snapshot, or fails with 410.
 
     `prepare` runs on each page as it arrives, so a large cluster never has
-    every object as parsed JSON in memory at once, only one page."""
+    every object as parsed JSON in memory at once, only one page (and the
+    next, which is already requested while this one is prepared: the server
+    encodes it while we work)."""
     page = await api.list_page(spec)
-    rv = page.resource_version
-    items = [p for p in map(prepare, page.items) if p is not None]
-    while page.continue_token:
-        page = await api.list_page(spec, page.continue_token)
-        items.extend(p for p in map(prepare, page.items) if p is not None)
+    rv, items = page.resource_version, list[Any]()
+    while True:
+        token, ahead = page.continue_token, None
+        if token and prefetch:
+            ahead = asyncio.create_task(api.list_page(spec, token), name=f"list-ahead:{spec}")
+        try:
+            if ahead is not None:
+                await asyncio.sleep(0)  # let it send the request before we go busy
+            items.extend(p for p in map(prepare, page.items) if p is not None)
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()  # (cancelling a task that awaits it cancels it too)
+            raise
+        if not token:
+            break
+        page = await (ahead if ahead is not None else api.list_page(spec, token))
     return Listed(items, rv)
 
 
@@ -163,7 +180,7 @@ async def informer_stream(
     while True:
         try:
             if rv is None:
-                listed = await list_all(api, spec, prepare)
+                listed = await list_all(api, spec, prepare, prefetch=settings.list_prefetch)
                 RELISTS.labels(resource, cause).inc()
                 log.info("listed", resource=resource, count=len(listed.items), cause=cause)
                 rv = listed.resource_version
