@@ -109,7 +109,10 @@ class HttpListeners:
 
 
 def with_rbac(listener: listener_pb2.Listener, rbac: hcm_pb2.HttpFilter) -> None:
-    """Put the RBAC filter first in every HTTP connection manager (in place)."""
+    """Put the RBAC filter first in every HTTP connection manager (in place).
+
+    The policies are nodemesh's to enforce, so paths are normalized for them
+    unless the CEC's author chose otherwise for normalize_path."""
     chains = list(listener.filter_chains)
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)
@@ -123,6 +126,9 @@ def with_rbac(listener: listener_pb2.Listener, rbac: hcm_pb2.HttpFilter) -> None
             filters = [rbac, *(manager.http_filters or [_ROUTER])]
             manager.ClearField("http_filters")
             manager.http_filters.extend(filters)
+            if not manager.HasField("normalize_path"):
+                manager.normalize_path.value = True
+                manager.merge_slashes = True
             network_filter.typed_config.CopyFrom(pack(manager))
 
 
