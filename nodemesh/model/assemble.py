@@ -108,29 +108,38 @@ class Assembly:
     ) -> None:
         """Make `obj` the accepted version of `ref` (None: no version). `warnings`
         None keeps the warnings already recorded for it."""
-        if warnings is not None or obj is None:
-            if self._warnings.get(ref, ()) != (warnings or ()):
-                self._stale_warnings = True
+        # ObjectRef hashing is Python-level (dataclass and enum), and a full
+        # build puts every object: each dict lookup here is counted.
+        if (warnings or (self._warnings and (warnings is not None or obj is None))) and (
+            self._warnings.get(ref, ()) != (warnings or ())
+        ):
+            self._stale_warnings = True
             if warnings:
                 self._warnings[ref] = warnings
             else:
-                self._warnings.pop(ref, None)
-        held = self._objects[ref.kind]
+                del self._warnings[ref]
+        kind = ref.kind
+        held = self._objects[kind]
         old = held.get(ref)
-        if old == obj:
+        if old is obj or (old is not None and old == obj):
             return
-        self._sum = (self._sum - self._digests.pop(ref, 0)) & _MASK
-        self._order[ref.kind].put(ref, obj)
+        digests = self._digests
+        total = self._sum
+        if old is not None:
+            total -= digests[ref]
         if obj is None:
             del held[ref]
+            del digests[ref]
         else:
             held[ref] = obj
-            self._digests[ref] = object_digest(obj)
-            self._sum = (self._sum + self._digests[ref]) & _MASK
-        self._stale_kinds.add(ref.kind)
-        if ref.kind is Kind.SERVICE:
+            digest = digests[ref] = object_digest(obj)
+            total += digest
+        self._sum = total & _MASK
+        self._order[kind].put(ref, obj)
+        self._stale_kinds.add(kind)
+        if kind is Kind.SERVICE:
             self._put_service(ref, obj)
-        elif ref.kind is Kind.ENDPOINT_SLICE:
+        elif kind is Kind.ENDPOINT_SLICE:
             self._put_slice(ref, old, obj)
 
     def _put_service(self, ref: ObjectRef, obj: object) -> None:

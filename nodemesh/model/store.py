@@ -118,6 +118,9 @@ class MeshStore:
             waiter.set()
 
     def _effective(self, ref: ObjectRef) -> Mapping[str, Any] | None:
+        if len(self._sources) == 1:
+            for held in self._sources.values():
+                return held.get(ref)
         for name in sorted(self._sources):
             raw = self._sources[name].get(ref)
             if raw is not None:
@@ -160,7 +163,8 @@ class MeshStore:
 
     def _reparse(self, ref: ObjectRef) -> None:
         raw = self._effective(ref)
-        self._parse_errors.pop(ref, None)
+        if self._parse_errors:
+            self._parse_errors.pop(ref, None)
         is_config = ref.kind in (Kind.ENVOY_CONFIG, Kind.CLUSTERWIDE_ENVOY_CONFIG)
         if raw is None:
             self._candidates.pop(ref, None)
