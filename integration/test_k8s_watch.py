@@ -196,3 +196,17 @@ async def test_expired_continue_token_restarts_the_list(double: ApiServerDouble)
         assert sink.names("Service") == {f"default/svc{i}" for i in range(7)}
     firsts = [m for m, p in double.requests if m == "GET" and p == "/api/v1/services"]
     assert len(firsts) >= 5, "the paged list ran again from its first page"
+
+
+async def test_server_ended_watches_resume_without_relist(double: ApiServerDouble) -> None:
+    sink = Recorder()
+    settings = dataclasses.replace(FAST, watch_timeout_seconds=1)
+    async with running_source(double, sink, settings, resources=(SERVICES,)):
+
+        def watches() -> int:
+            return sum(1 for m, p in double.requests if p == "/api/v1/services") - 3
+
+        await eventually(lambda: watches() >= 3, what="the server ended watches (timeoutSeconds)")
+        double.store.create(SVC, _svc("after-timeouts", "10.96.6.1"))
+        await eventually(lambda: "default/after-timeouts" in sink.names("Service"))
+    assert sum(1 for c in sink.calls if c[0] == "replace_all") == 1
