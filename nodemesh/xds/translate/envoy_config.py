@@ -4,7 +4,8 @@ Everything here depends on the CEC alone (not on the rest of the model), so
 the model store can run it as an admission check (`validate_envoy_config`)
 and the translator can memoize it per EnvoyConfig value.
 
-Names are qualified per CEC, as Cilium does: "<namespace>/<cec>/<name>", or
+Names are qualified per CEC (as Cilium does for plain names; here every
+name is, so two CECs never collide): "<namespace>/<cec>/<name>", or
 "<cec>/<name>" for a clusterwide config. References between the CEC's own
 resources (RDS route names, cluster names in routes and TCP proxies, EDS
 service names) are rewritten to the qualified names. Cluster names that are
