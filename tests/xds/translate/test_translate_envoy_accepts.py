@@ -16,7 +16,7 @@ import translate_models as m
 from envoy_static import envoy_validate, static_bootstrap, write_bootstrap
 from translate_cases import CASES
 
-from nodemesh.model.objects import HeaderMatch, HTTPPolicy, HTTPRule
+from nodemesh.model.objects import HeaderMatch, HTTPPolicy, HTTPRule, Kind, ObjectRef
 from nodemesh.xds.translate import (
     CLUSTER,
     LISTENER,
@@ -25,6 +25,7 @@ from nodemesh.xds.translate import (
     Translation,
     translate,
 )
+from nodemesh.xds.translate.registry import unpack
 
 pytestmark = pytest.mark.envoy
 
@@ -97,3 +98,33 @@ def test_envoy_accepts_http2_upstreams_for_grpc_ports(tmp_path: Path) -> None:
         cluster.typed_extension_protocol_options
     )
     _validated(translation, tmp_path / "grpc.json")
+
+
+def test_envoy_accepts_a_cec_tcp_proxy_to_a_service(tmp_path: Path) -> None:
+    tcp = {
+        "name": "tcp",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 18500}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/"
+                            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": "tcp",
+                            "cluster": "default/httpbin-v1:80",
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+    base = m.canary_model()
+    config = m.envoy_config(ObjectRef(Kind.ENVOY_CONFIG, "default", "tcp"), [(LISTENER, tcp)])
+    translation = translate(replace(base, envoy_configs=(*base.envoy_configs, config)))
+    assert translation.errors == ()
+    listener = translation.resources[LISTENER]["default/tcp/tcp"]
+    proxy = unpack(listener.filter_chains[0].filters[0].typed_config)
+    assert proxy.cluster == "default/httpbin-v1"
+    _validated(translation, tmp_path / "tcp.json")
