@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +139,7 @@ class KubeApi:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise MalformedResponse(f"list {spec}: {exc}") from exc
 
-    async def watch(self, spec: ResourceSpec, resource_version: str) -> AsyncIterator[bytes]:
+    async def watch(self, spec: ResourceSpec, resource_version: str) -> AsyncGenerator[bytes, None]:
         """One watch request from `resource_version`: yields b"" once the
         server accepted it, then each raw (non-empty) event line."""
         s = self._settings

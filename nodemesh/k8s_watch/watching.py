@@ -19,8 +19,9 @@ ObjectSink calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,7 +57,7 @@ class WatchApi(Protocol):
 
     async def list_page(self, spec: ResourceSpec, continue_token: str = "") -> ListPage: ...
 
-    def watch(self, spec: ResourceSpec, resource_version: str) -> AsyncIterator[bytes]: ...
+    def watch(self, spec: ResourceSpec, resource_version: str) -> AsyncGenerator[bytes, None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,30 +135,37 @@ def _error_event(spec: ResourceSpec, status: Any) -> K8sWatchError:
 
 async def watch_once(
     api: WatchApi, spec: ResourceSpec, resource_version: str
-) -> AsyncIterator[Changed | Bookmark | Connected]:
+) -> AsyncGenerator[Changed | Bookmark | Connected, None]:
     resource = str(spec)
-    async for line in api.watch(spec, resource_version):
-        if not line:
-            yield Connected()
-            continue
-        try:
-            event = json.loads(line)
-            etype, obj = event["type"], event["object"]
-        except (ValueError, TypeError, KeyError) as exc:
-            SKIPPED.labels(resource).inc()
-            log.warning("watch line skipped", resource=resource, error=str(exc), line=line[:200])
-            continue
-        EVENTS.labels(resource, str(etype)).inc()
-        if etype == "ERROR":
-            raise _error_event(spec, obj)
-        if etype == "BOOKMARK":
-            rv = obj.get("metadata", {}).get("resourceVersion") if isinstance(obj, dict) else None
-            if rv:
-                yield Bookmark(str(rv))
-        elif etype in ("ADDED", "MODIFIED", "DELETED") and isinstance(obj, dict):
-            yield Changed(etype, obj)
-        else:
-            log.warning("unknown watch event skipped", resource=resource, type=etype)
+    async with contextlib.aclosing(api.watch(spec, resource_version)) as lines:
+        async for line in lines:
+            if not line:
+                yield Connected()
+                continue
+            try:
+                event = json.loads(line)
+                etype, obj = event["type"], event["object"]
+            except (ValueError, TypeError, KeyError) as exc:
+                SKIPPED.labels(resource).inc()
+                log.warning(
+                    "watch line skipped", resource=resource, error=str(exc), line=line[:200]
+                )
+                continue
+            EVENTS.labels(resource, str(etype)).inc()
+            if etype == "ERROR":
+                raise _error_event(spec, obj)
+            if etype == "BOOKMARK":
+                rv = (
+                    obj.get("metadata", {}).get("resourceVersion")
+                    if isinstance(obj, dict)
+                    else None
+                )
+                if rv:
+                    yield Bookmark(str(rv))
+            elif etype in ("ADDED", "MODIFIED", "DELETED") and isinstance(obj, dict):
+                yield Changed(etype, obj)
+            else:
+                log.warning("unknown watch event skipped", resource=resource, type=etype)
 
 
 def _rv_of(obj: Raw) -> str | None:
@@ -188,17 +196,20 @@ async def informer_stream(
                 backoff.reset()
                 yield listed
             delivered = False
-            async for item in watch_once(api, spec, rv):
-                if isinstance(item, Connected):
-                    health.ok(resource)
-                    continue
-                delivered = True
-                backoff.reset()
-                if isinstance(item, Bookmark):
-                    rv = item.resource_version
-                    continue
-                rv = _rv_of(item.obj) or rv
-                yield item
+            # aclosing: the watch's HTTP response is released the moment we
+            # stop reading (an error, or our consumer going away), not at GC.
+            async with contextlib.aclosing(watch_once(api, spec, rv)) as items:
+                async for item in items:
+                    if isinstance(item, Connected):
+                        health.ok(resource)
+                        continue
+                    delivered = True
+                    backoff.reset()
+                    if isinstance(item, Bookmark):
+                        rv = item.resource_version
+                        continue
+                    rv = _rv_of(item.obj) or rv
+                    yield item
             if not delivered:
                 # A server ending watches at once must not spin us in a hot loop.
                 await asyncio.sleep(backoff.next())
