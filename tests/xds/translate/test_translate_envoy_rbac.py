@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +25,7 @@ import translate_models as m
 from envoy_static import ENVOY, static_bootstrap, write_bootstrap
 
 from nodemesh.model.objects import HTTPRule
-from nodemesh.xds.translate import translate
+from nodemesh.xds.translate import Translation, translate
 
 pytestmark = pytest.mark.envoy
 
@@ -82,20 +83,22 @@ def _request(port: int, method: str, path: str, source: str, **headers: str) -> 
         connection.close()
 
 
-def _wait_serving(port: int, envoy: subprocess.Popen[bytes]) -> None:
+def _serving(port: int, envoy: subprocess.Popen[bytes]) -> bool:
+    """Whether Envoy serves `port`; False when it exited (e.g. the port was
+    taken between choosing it and Envoy binding it)."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        assert envoy.poll() is None, "envoy exited"
+        if envoy.poll() is not None:
+            return False
         try:
             _request(port, "GET", "/allowed", "127.0.0.1")
-            return
+            return True
         except OSError:
             time.sleep(0.2)
     raise AssertionError("envoy never served the listener")
 
 
-def test_rbac_rules_in_real_envoy(tmp_path: Path, backends: tuple[int, int]) -> None:
-    proxy_port = _free_port()
+def _translation(proxy_port: int, backends: tuple[int, int]) -> Translation:
     base = m.canary_model()
     policy = replace(m.canary_redirect().policies[0], client_ips=("127.0.0.1",), rules=RULES)
     redirect = replace(m.canary_redirect(proxy_port=proxy_port), policies=(policy,))
@@ -103,17 +106,36 @@ def test_rbac_rules_in_real_envoy(tmp_path: Path, backends: tuple[int, int]) -> 
         m.V1: {80: (m.backend("127.0.0.1", backends[0]),)},
         m.V2: {80: (m.backend("127.0.0.1", backends[1]),)},
     }
-    model = m.model(m.CANARY_SERVICES, endpoints, base.envoy_configs, [redirect])
-    translation = translate(model)
+    translation = translate(m.model(m.CANARY_SERVICES, endpoints, base.envoy_configs, [redirect]))
     assert translation.errors == ()
-    config = write_bootstrap(static_bootstrap(translation), tmp_path / "envoy.json")
-    envoy = subprocess.Popen(
-        [str(ENVOY), "-c", str(config), "--disable-hot-restart", "--log-level", "warn"],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "envoy.log").open("wb"),
-    )
-    try:
-        _wait_serving(proxy_port, envoy)
+    return translation
+
+
+@contextmanager
+def _envoy(tmp_path: Path, backends: tuple[int, int]) -> Iterator[int]:
+    """A real Envoy serving the translation; yields its proxy port."""
+    for attempt in range(3):
+        proxy_port = _free_port()
+        config = static_bootstrap(_translation(proxy_port, backends))
+        path = write_bootstrap(config, tmp_path / f"envoy-{attempt}.json")
+        with (tmp_path / f"envoy-{attempt}.log").open("wb") as log:
+            envoy = subprocess.Popen(
+                [str(ENVOY), "-c", str(path), "--disable-hot-restart", "--log-level", "warn"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+            try:
+                if _serving(proxy_port, envoy):
+                    yield proxy_port
+                    return
+            finally:
+                envoy.terminate()
+                envoy.wait(timeout=30)
+    raise AssertionError(f"envoy exited three times; see {tmp_path}/envoy-*.log")
+
+
+def test_rbac_rules_in_real_envoy(tmp_path: Path, backends: tuple[int, int]) -> None:
+    with _envoy(tmp_path, backends) as proxy_port:
         curl = "127.0.0.1"
         assert _request(proxy_port, "GET", "/allowed", curl) == 200
         assert _request(proxy_port, "GET", "/allowed/deeper", curl) == 200
@@ -128,6 +150,3 @@ def test_rbac_rules_in_real_envoy(tmp_path: Path, backends: tuple[int, int]) -> 
         assert _request(proxy_port, "POST", "/other", curl, **{"X-Probe": "no"}) == 403
         # A client no policy names: the CEC steers it, nothing restricts it.
         assert _request(proxy_port, "POST", "/other", "127.0.0.2") == 200
-    finally:
-        envoy.terminate()
-        envoy.wait(timeout=30)
