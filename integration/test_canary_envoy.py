@@ -39,21 +39,9 @@ class Rig:
         assert model is not None
         return f"http://127.0.0.1:{find_redirect(model, 'default', 'httpbin').proxy_port}{path}"
 
-    async def wait_synced(self, timeout: float = 30.0) -> None:
+    async def wait_synced(self) -> None:
         """Until Envoy ACKed the model version now published."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            model = self.plane.model
-            for client in self.plane.server.clients():
-                if (
-                    model is not None
-                    and client.node_id == NODE
-                    and client.snapshot_label == model.version
-                    and all(t.status.value == "SYNCED" for t in client.types.values())
-                ):
-                    return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"Envoy never ACKed model {self.plane.model}")
+        await self.plane.wait_synced(NODE)
 
     async def wait_model(self, predicate: str, timeout: float = 15.0) -> None:
         """Until a new model is published (a file edit was picked up). The

@@ -27,7 +27,14 @@ from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource
 from nodemesh.xds.cache import SnapshotCache, short_name
-from nodemesh.xds.server import AdsServer, ClientStatus, ServerSettings, StreamSettings, TlsSettings
+from nodemesh.xds.server import (
+    AdsServer,
+    ClientStatus,
+    ConfigStatus,
+    ServerSettings,
+    StreamSettings,
+    TlsSettings,
+)
 from nodemesh.xds.translate import TranslateOptions, Translation, Translator, validate_envoy_config
 
 log = structlog.get_logger("nodemesh.controlplane")
@@ -145,6 +152,26 @@ class ControlPlane:
             seconds=round(time.perf_counter() - started, 6),
         )
         self.ready.set()
+
+    def synced(self, node_id: str) -> bool:
+        """Whether `node_id` is connected and has ACKed every type of the model
+        version published now."""
+        model = self.model
+        return model is not None and any(
+            client.node_id == node_id
+            and client.snapshot_label == model.version
+            and client.types
+            and all(t.status is ConfigStatus.SYNCED for t in client.types.values())
+            for client in self.server.clients()
+        )
+
+    async def wait_synced(self, node_id: str, timeout: float = 30.0) -> None:
+        """Until `synced(node_id)`; TimeoutError after `timeout` seconds."""
+        # Polled: sync state is derived from every stream's ACK bookkeeping,
+        # which signals nothing; operators' and tests' waits are rare.
+        async with asyncio.timeout(timeout):
+            while not self.synced(node_id):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
 
     # -- AdminView ---------------------------------------------------------------
 

@@ -155,20 +155,12 @@ class Demo:
 
     async def wait_synced(self, timeout: float = 30.0) -> None:
         """Until the demo Envoy has ACKed the model version now published."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            model = self.plane.model
-            for client in self.plane.server.clients():
-                if (
-                    model is not None
-                    and client.node_id == self.options.node_id
-                    and client.snapshot_label == model.version
-                    and client.types
-                    and all(t.status.value == "SYNCED" for t in client.types.values())
-                ):
-                    return
-            await asyncio.sleep(0.05)
-        raise DemoError(f"Envoy did not ACK the new configuration within {timeout:.0f} s")
+        try:
+            await self.plane.wait_synced(self.options.node_id, timeout)
+        except TimeoutError as exc:
+            raise DemoError(
+                f"Envoy did not ACK the new configuration within {timeout:.0f} s"
+            ) from exc
 
     async def stop(self) -> None:
         await self.envoy.stop()
