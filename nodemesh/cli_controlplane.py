@@ -153,6 +153,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from nodemesh.demo.canary import DemoError
     from nodemesh.demo.run import DemoOptions, parse_weights
     from nodemesh.demo.run import run_demo as demo_main
+    from nodemesh.node_envoy import EnvoyError
 
     configure_logging("warning")
     try:
@@ -165,7 +166,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if args.source_dir is not None:
             options = dataclasses.replace(options, source_dir=args.source_dir)
         return asyncio.run(demo_main(options))
-    except DemoError as exc:
+    except (DemoError, EnvoyError) as exc:
         print(f"nodemesh demo: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

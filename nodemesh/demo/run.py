@@ -174,13 +174,29 @@ def source_name(directory: Path) -> str:
     return f"files:{directory}"
 
 
+async def _until_ready(plane: ControlPlane, task: asyncio.Task[None], timeout: float = 30) -> None:
+    """Until the first model is served; fail at once if the control plane dies."""
+    ready = asyncio.create_task(plane.ready.wait(), name="demo-ready")
+    await asyncio.wait({task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done():
+        task.result()  # re-raises what ended it
+        raise DemoError("the control plane stopped before serving a model")
+    if not plane.ready.is_set():
+        raise DemoError(f"the control plane served no model within {timeout:.0f} s")
+
+
 async def run_demo(options: DemoOptions, out: Out = print) -> int:
     started = time.monotonic()
+    if not options.source_dir.is_dir():
+        raise DemoError(f"--source-dir: {options.source_dir} is not a directory")
+    if options.weights is not None:  # refuse bad weights before starting anything
+        with_weights(load_weighted_envoy_config(options.source_dir), options.weights)
     with tempfile.TemporaryDirectory(prefix="nodemesh-demo-") as tmp:
         demo = Demo(options, Path(tmp), out)
         plane_task = asyncio.create_task(demo.plane.run(), name="control-plane")
         try:
-            await asyncio.wait_for(demo.plane.ready.wait(), timeout=30)
+            await _until_ready(demo.plane, plane_task)
             await demo.start(started)
             ok = await demo.measure("configured split")
             if options.weights is not None:
