@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nodemesh.model.backends import service_backends
+from nodemesh.model.clients import ClientIndex
 from nodemesh.model.digest import object_digest
 from nodemesh.model.objects import (
     EndpointSlice,
@@ -25,6 +26,7 @@ from nodemesh.model.objects import (
     ObjectError,
     ObjectRef,
     ObjectWarning,
+    Pod,
     Service,
     ServiceName,
 )
@@ -34,7 +36,8 @@ from nodemesh.model.snapshot import BackendAddress, MeshModel
 
 _CONFIG_KINDS = (Kind.ENVOY_CONFIG, Kind.CLUSTERWIDE_ENVOY_CONFIG)
 _POLICY_KINDS = (Kind.NETWORK_POLICY, Kind.CLUSTERWIDE_NETWORK_POLICY)
-_REDIRECT_INPUTS = (Kind.SERVICE, Kind.POD, *_CONFIG_KINDS, *_POLICY_KINDS)
+# Pods are not listed: the client index says when a pod change matters.
+_REDIRECT_INPUTS = (Kind.SERVICE, *_CONFIG_KINDS, *_POLICY_KINDS)
 _MASK = (1 << 128) - 1
 Backends = Mapping[int, tuple[BackendAddress, ...]]
 
@@ -84,6 +87,8 @@ class Assembly:
         self._backends_view: Mapping[ServiceName, Backends] = MappingProxyType({})
         self._stale_backends: set[ServiceName] = set()
         self._redirects: tuple[L7Redirect, ...] = ()
+        self._clients = ClientIndex()
+        self._clients_moved = False
         self.redirect_errors: tuple[ObjectError, ...] = ()
         self._warnings_view: tuple[ObjectWarning, ...] = ()
         self._derived_warnings: tuple[ObjectWarning, ...] = ()
@@ -141,6 +146,10 @@ class Assembly:
             self._put_service(ref, obj)
         elif kind is Kind.ENDPOINT_SLICE:
             self._put_slice(ref, old, obj)
+        elif kind is Kind.POD:
+            pod = obj if isinstance(obj, Pod) else None
+            if self._clients.put(ref, old, pod):
+                self._clients_moved = True
 
     def _put_service(self, ref: ObjectRef, obj: object) -> None:
         name = ServiceName(ref.namespace, ref.name)
@@ -179,7 +188,8 @@ class Assembly:
                     self._backends[name] = service_backends(service, slices)
             self._stale_backends = set()
             self._backends_view = MappingProxyType(dict(self._backends))
-        if stale & set(_REDIRECT_INPUTS):
+        if self._clients_moved or stale & set(_REDIRECT_INPUTS):
+            self._clients_moved = False
             redirects, self.redirect_errors = derive_redirects(
                 self._services,
                 sorted(self.configs.values(), key=_age),
@@ -187,7 +197,7 @@ class Assembly:
                     *self._tuples[Kind.NETWORK_POLICY],
                     *self._tuples[Kind.CLUSTERWIDE_NETWORK_POLICY],
                 ],
-                self._objects[Kind.POD].values(),
+                self._clients,
                 self._reserved,
             )
             # Consumers skip work when the tuple is the very same object, so an

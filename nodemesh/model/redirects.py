@@ -17,10 +17,10 @@ names:
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from nodemesh.model.clients import ClientIndex
 from nodemesh.model.errors import PortAllocationError
 from nodemesh.model.objects import (
     EgressRule,
@@ -33,7 +33,6 @@ from nodemesh.model.objects import (
     ObjectError,
     ObjectRef,
     ObjectWarning,
-    Pod,
     RedirectOrigin,
     Service,
     ServiceName,
@@ -41,8 +40,6 @@ from nodemesh.model.objects import (
 )
 from nodemesh.model.parse_cilium import LISTENER_TYPE, ROUTE_TYPE
 from nodemesh.model.ports import allocate_proxy_ports
-
-_ENDED_PHASES = ("Succeeded", "Failed")
 
 
 def qualified_name(config: ObjectRef, name: str) -> str:
@@ -124,7 +121,7 @@ def derive_redirects(
     services: Mapping[ServiceName, Service],
     configs: Sequence[EnvoyConfig],
     policies: Iterable[NetworkPolicy],
-    pods: Iterable[Pod],
+    clients: ClientIndex,
     reserved_ports: Collection[int] = (),
 ) -> tuple[tuple[L7Redirect, ...], tuple[ObjectError, ...]]:
     """All redirects of the model, sorted by (service, port, protocol).
@@ -135,15 +132,10 @@ def derive_redirects(
     pending: dict[tuple[ServiceName, int, str], _Pending] = {}
     for config in configs:
         _add_config(pending, services, config)
-    policy_list = list(policies)
-    if policy_list:
-        ips = _client_ips(pods)
-        for policy in policy_list:
-            for rule in policy.egress:
-                _add_rule(pending, services, policy, rule)
-    else:
-        ips = {}
-    return _finish(pending, ips, reserved_ports)
+    for policy in policies:
+        for rule in policy.egress:
+            _add_rule(pending, services, policy, rule)
+    return _finish(pending, clients, reserved_ports)
 
 
 def policy_warnings(
@@ -219,28 +211,9 @@ def _port_selected(rule: EgressRule, port: ServicePort) -> bool:
     )
 
 
-def _client_ips(pods: Iterable[Pod]) -> dict[str, list[Pod]]:
-    by_namespace: dict[str, list[Pod]] = defaultdict(list)
-    for pod in pods:
-        if pod.ips and pod.phase not in _ENDED_PHASES:
-            by_namespace[pod.ref.namespace].append(pod)
-    return by_namespace
-
-
-def _policy_ips(
-    owner: ObjectRef, clients: LabelSelector, pods: dict[str, list[Pod]]
-) -> tuple[str, ...]:
-    # A namespaced policy selects pods of its own namespace only.
-    pools = [pods.get(owner.namespace, [])] if owner.namespace else list(pods.values())
-    found = {
-        ip for pool in pools for pod in pool if clients.matches(dict(pod.labels)) for ip in pod.ips
-    }
-    return tuple(sorted(found))
-
-
 def _finish(
     pending: dict[tuple[ServiceName, int, str], _Pending],
-    pods: dict[str, list[Pod]],
+    clients: ClientIndex,
     reserved_ports: Collection[int],
 ) -> tuple[tuple[L7Redirect, ...], tuple[ObjectError, ...]]:
     items = []
@@ -256,10 +229,18 @@ def _finish(
     except PortAllocationError as exc:
         errors = tuple(_owner_error(i, str(exc)) for i in items)
         return (), errors
-    return tuple(_redirect(item, ports[item.listener], pods) for item in items), ()
+    used: set[tuple[str, LabelSelector]] = set()
+    redirects = tuple(_redirect(item, ports[item.listener], clients, used) for item in items)
+    clients.forget_except(used)
+    return redirects, ()
 
 
-def _redirect(item: _Pending, proxy_port: int, pods: dict[str, list[Pod]]) -> L7Redirect:
+def _redirect(
+    item: _Pending,
+    proxy_port: int,
+    index: ClientIndex,
+    used: set[tuple[str, LabelSelector]],
+) -> L7Redirect:
     policies = []
     for owner in sorted(item.policies):
         part = item.policies[owner]
@@ -267,7 +248,8 @@ def _redirect(item: _Pending, proxy_port: int, pods: dict[str, list[Pod]]) -> L7
         if part.plain_allow and rules and not any(r.allows_everything for r in rules):
             rules.append(HTTPRule())  # an L4 allow of the same port lets everything through
         if rules:
-            ips = _policy_ips(owner, part.clients, pods)
+            ips = index.ips(owner, part.clients)
+            used.add((owner.namespace, part.clients))
             policies.append(HTTPPolicy(owner, part.clients, ips, tuple(rules)))
     owners = [p.owner for p in policies]
     clients: tuple[LabelSelector, ...] | None = None

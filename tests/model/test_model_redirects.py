@@ -277,3 +277,61 @@ def test_policy_naming_a_missing_service_warns_until_it_exists() -> None:
     assert [e.ref for e in model.errors] == [CEC_REF]  # the CEC is refused outright
     model = canary_store().build()
     assert [w.ref for w in model.warnings] == [CEC_REF]
+
+
+def client_ips(store: MeshStore) -> tuple[str, ...]:
+    (redirect,) = store.build().redirects
+    return redirect.policies[0].client_ips
+
+
+def test_client_ips_follow_pod_changes() -> None:
+    store = canary_store(pod("curl", "10.0.1.5", {"app": "curl"}))
+    assert client_ips(store) == ("10.0.1.5",)
+    store.apply("files", pod("curl", "10.0.1.5", {"app": "other"}))  # relabelled away
+    assert client_ips(store) == ()
+    store.apply("files", pod("curl", "10.0.1.7", {"app": "curl"}))  # back, new IP
+    assert client_ips(store) == ("10.0.1.7",)
+    done = pod("curl", "10.0.1.7", {"app": "curl"})
+    done["status"]["phase"] = "Succeeded"
+    store.apply("files", done)
+    assert client_ips(store) == ()
+    store.apply("files", pod("curl", "10.0.1.8", {"app": "curl"}))
+    assert client_ips(store) == ("10.0.1.8",)
+    store.delete("files", "Pod", "default", "curl")
+    assert client_ips(store) == ()
+
+
+def test_unrelated_pod_churn_leaves_redirects_untouched() -> None:
+    store = canary_store(pod("curl", "10.0.1.5", {"app": "curl"}))
+    before = store.build().redirects
+    for index in range(20):
+        store.apply("files", pod(f"web-{index}", f"10.0.2.{index}", {"app": "web"}))
+    model = store.build()
+    assert model.redirects is before and len(model.pods) == 21
+
+
+def test_clusterwide_policy_selects_pods_in_every_namespace() -> None:
+    store = policy_only()
+    store.delete("files", "CiliumNetworkPolicy", "default", "httpbin-l7-policy")
+    store.apply(
+        "files",
+        {
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumClusterwideNetworkPolicy",
+            "metadata": {"name": "everyone-curl"},
+            "spec": {
+                "endpointSelector": {"matchLabels": {"app": "curl"}},
+                "egress": [
+                    {
+                        "toServices": [
+                            {"k8sService": {"serviceName": "httpbin", "namespace": "default"}}
+                        ],
+                        "rules": {"http": [{}]},
+                    }
+                ],
+            },
+        },
+    )
+    store.apply("files", pod("a", "10.0.1.5", {"app": "curl"}))
+    store.apply("files", pod("b", "10.0.9.5", {"app": "curl"}, namespace="other"))
+    assert client_ips(store) == ("10.0.1.5", "10.0.9.5")
