@@ -17,11 +17,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
+from nodemesh.node_envoy import find_envoy_binary
 from nodemesh.xds.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Translation
 from nodemesh.xds.translate.references import HCM_TYPE
 from nodemesh.xds.translate.registry import pack, unpack
 
-ENVOY = Path(__file__).resolve().parents[3] / ".venv" / "bin" / "envoy"
+ENVOY = Path(find_envoy_binary())
 
 
 def _static_cluster(cluster: cluster_pb2.Cluster, translation: Translation) -> cluster_pb2.Cluster:
