@@ -231,7 +231,10 @@ class RedirectBuilder:
                 stage.rbac_memo[key] = known
                 return known
         notes: Notes = []
-        http_filter = rbac_filter(self._destinations(model, group), notes)
+        destinations = self._destinations(model, group)
+        http_filter = rbac_filter(destinations, notes)
+        if http_filter is not None and len(group) > 1 and destinations[0][1] is None:
+            notes.extend(_merged_policies(group))
         made = _Rbac(http_filter, tuple(notes))
         if key is not None:
             stage.rbac_memo[key] = made
@@ -267,3 +270,20 @@ class RedirectBuilder:
             built = _Built(key, listener, rbac.notes)
         stage.listener_memo[name] = built
         return built
+
+
+def _merged_policies(group: Sequence[L7Redirect]) -> list[ObjectWarning]:
+    """Redirects sharing one proxy port, without original destinations: Envoy
+    cannot tell their connections apart, so their policies apply together."""
+    services = ", ".join(f"{r.service}:{r.port}" for r in group)
+    owners = sorted({p.owner for r in group for p in r.policies})
+    return [
+        ObjectWarning(
+            owner,
+            "spec.egress",
+            f"listener {group[0].listener!r} serves {services} on one proxy port; without "
+            "original destinations Envoy cannot tell them apart, so the HTTP rules of all "
+            "of them apply to each",
+        )
+        for owner in owners
+    ]

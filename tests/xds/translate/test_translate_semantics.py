@@ -328,3 +328,11 @@ def _bytes_of(translation: Any) -> dict[str, dict[str, bytes]]:
         url: {name: encode(message) for name, message in named.items()}
         for url, named in translation.resources.items()
     }
+
+
+def test_shared_port_without_original_destinations_warns_the_policy_owners() -> None:
+    shared = m.shared_listener_model()
+    translation = translate(shared)  # no original destinations: one proxy port for both
+    [warning] = translation.warnings
+    assert warning.ref == m.POLICY_REF and "cannot tell them apart" in warning.reason
+    assert translate(shared, TranslateOptions(use_original_dst=True)).warnings == ()
