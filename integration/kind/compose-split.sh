@@ -6,11 +6,11 @@ set -eu
 
 REQUESTS=${REQUESTS:-400}
 V2_SHARE=${V2_SHARE:-0.10}
-ADMIN=http://127.0.0.1:9901
+ADMIN=${ADMIN:-http://127.0.0.1:9901}
 
 served() {
     curl -s "$ADMIN/stats?filter=upstream_rq_2xx" \
-        | awk -v want="$1" 'index($1, want) && $1 ~ /^cluster\./ { n += $2 } END { print n + 0 }'
+        | awk -v want="cluster.$1.upstream_rq_2xx:" '$1 == want { n += $2 } END { print n + 0 }'
 }
 
 # Wait for the control plane to program the canary's listener into Envoy.
@@ -27,8 +27,8 @@ while [ -z "$listener" ]; do
 done
 echo "httpbin listener at $listener"
 
-v1_before=$(served httpbin-v1)
-v2_before=$(served httpbin-v2)
+v1_before=$(served default/httpbin-v1)
+v2_before=$(served default/httpbin-v2)
 ok=0
 i=0
 while [ "$i" -lt "$REQUESTS" ]; do
@@ -36,8 +36,8 @@ while [ "$i" -lt "$REQUESTS" ]; do
     [ "$code" = 200 ] && ok=$((ok + 1))
     i=$((i + 1))
 done
-v1=$(( $(served httpbin-v1) - v1_before ))
-v2=$(( $(served httpbin-v2) - v2_before ))
+v1=$(( $(served default/httpbin-v1) - v1_before ))
+v2=$(( $(served default/httpbin-v2) - v2_before ))
 echo "200 OK: $ok/$REQUESTS; v1=$v1 v2=$v2"
 awk -v ok="$ok" -v n="$REQUESTS" -v v1="$v1" -v v2="$v2" -v p="$V2_SHARE" 'BEGIN {
     total = v1 + v2

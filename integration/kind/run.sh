@@ -55,10 +55,10 @@ apply_canary() {
         --for=jsonpath='{.status.conditions[?(@.type=="Programmed")].status}'=True
 }
 
-# Sum of upstream_rq_2xx over the node Envoy's clusters whose name contains $2.
+# The node Envoy's upstream_rq_2xx counter of cluster $2 (a Service: namespace/name).
 served() {
     docker exec "$1" curl -s "http://127.0.0.1:9901/stats?filter=upstream_rq_2xx" \
-        | awk -v want="$2" 'index($1, want) && $1 ~ /^cluster\./ { n += $2 } END { print n + 0 }'
+        | awk -v want="cluster.$2.upstream_rq_2xx:" '$1 == want { n += $2 } END { print n + 0 }'
 }
 
 main() {
@@ -69,12 +69,12 @@ main() {
     kubectl run curl --image=curlimages/curl:8.10.1 -l app=curl --restart=Never -- sleep 3600
     kubectl wait --for=condition=Ready pod/curl --timeout=120s
     node=$(kubectl get pod curl -o jsonpath='{.spec.nodeName}')
-    v1_before=$(served "$node" httpbin-v1)
-    v2_before=$(served "$node" httpbin-v2)
+    v1_before=$(served "$node" default/httpbin-v1)
+    v2_before=$(served "$node" default/httpbin-v2)
     log "curl loop: $REQUESTS requests to http://httpbin/headers from pod curl on $node"
     ok=$(kubectl exec curl -- sh -c "for i in \$(seq 1 $REQUESTS); do curl -s -o /dev/null -w '%{http_code}\n' http://httpbin/headers; done" | grep -c '^200$' || true)
-    v1=$(( $(served "$node" httpbin-v1) - v1_before ))
-    v2=$(( $(served "$node" httpbin-v2) - v2_before ))
+    v1=$(( $(served "$node" default/httpbin-v1) - v1_before ))
+    v2=$(( $(served "$node" default/httpbin-v2) - v2_before ))
     log "200 OK: $ok/$REQUESTS; through Envoy: v1=$v1 v2=$v2"
     # Binomial tolerance: the v2 share within 4 standard deviations of V2_SHARE.
     awk -v ok="$ok" -v n="$REQUESTS" -v v1="$v1" -v v2="$v2" -v p="$V2_SHARE" 'BEGIN {
