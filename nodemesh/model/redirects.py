@@ -147,10 +147,8 @@ def policy_warnings(
     appears. Said anyway, because a typo looks exactly the same."""
     found = []
     for policy in policies:
-        missing = sorted(
-            {n for rule in policy.egress if rule.http is not None for n in rule.to_services}
-            - services.keys()
-        )
+        named = {n for rule in policy.egress if rule.http is not None for n in rule.to_services}
+        missing = sorted(n for n in named if n not in services)
         for name in missing:
             reason = f"Service {name} does not exist: its HTTP rules redirect nothing yet"
             found.append(ObjectWarning(policy.ref, "spec.egress.toServices", reason))
