@@ -11,6 +11,7 @@ examined, so a one-endpoint change costs O(1) per stream, not O(resources).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 
@@ -45,7 +46,9 @@ class DeltaStream(AdsStream):
         # 2. Subscriptions. The legacy wildcard is an empty subscribe list on
         #    the first request of LDS/CDS; "*" subscribes to the wildcard
         #    explicitly and unsubscribing "*" ends it.
-        subscribe = set(request.resource_names_subscribe)
+        # Interned: a thousand streams subscribing to the same names share
+        # one copy of each name string.
+        subscribe = set(map(sys.intern, request.resource_names_subscribe))
         unsubscribe = set(request.resource_names_unsubscribe)
         changed = self._subscribe(state, subscribe, unsubscribe, first)
         # 3. First request of the type: what the client already holds from a
@@ -71,8 +74,9 @@ class DeltaStream(AdsStream):
             state.basis = 0
         subscribe.discard(WILDCARD)
         unsubscribe.discard(WILDCARD)
-        new = subscribe - state.names
-        state.names |= subscribe
+        names = state.own_names()
+        new = subscribe - names
+        names |= subscribe
         # A newly subscribed name is (re)sent even if it was sent before:
         # the client dropped it when it unsubscribed.
         sent = state.own_sent()
@@ -81,8 +85,8 @@ class DeltaStream(AdsStream):
                 sent.pop(name, None)
             state.recheck.add(name)
         # Unsubscribing a name the client never had is fine: nothing to do.
-        for name in unsubscribe & state.names:
-            state.names.discard(name)
+        for name in unsubscribe & names:
+            names.discard(name)
             if not state.wildcard:
                 sent.pop(name, None)
         return changed or bool(new)

@@ -44,6 +44,21 @@ class _View:
         self.shared = shared  # True: exactly the snapshot's full type
 
 
+# Every Envoy of a group asks for the same names: keep one frozenset (and one
+# copy of each name) for all of them. Bounded; clearing only stops sharing.
+_NAME_SETS: dict[frozenset[str], frozenset[str]] = {}
+_MAX_NAME_SETS = 1024
+
+
+def _shared_names(names: frozenset[str]) -> frozenset[str]:
+    shared = _NAME_SETS.get(names)
+    if shared is None:
+        if len(_NAME_SETS) >= _MAX_NAME_SETS:
+            _NAME_SETS.clear()
+        shared = _NAME_SETS[names] = names
+    return shared
+
+
 class SotwStream(AdsStream):
     """One StreamAggregatedResources stream."""
 
@@ -70,7 +85,7 @@ class SotwStream(AdsStream):
         # 3. Subscription: "*" is an explicit wildcard; for LDS/CDS the legacy
         #    wildcard is an empty list on the first request, kept while the
         #    client keeps sending empty lists.
-        names = set(request.resource_names)
+        names = frozenset(request.resource_names)
         first = not nonce and not state.responded
         changed = self._subscribe(state, names, first)
         # 4. A first request that reports the version we would send now is a
@@ -82,15 +97,15 @@ class SotwStream(AdsStream):
         return changed or not nonce
 
     @staticmethod
-    def _subscribe(state: TypeState, names: set[str], first: bool) -> bool:
+    def _subscribe(state: TypeState, names: frozenset[str], first: bool) -> bool:
         wildcard = WILDCARD in names or (
             not names and state.type_url in WILDCARD_TYPES and (first or state.wildcard)
         )
-        names.discard(WILDCARD)
+        names = names - {WILDCARD} if WILDCARD in names else names
         changed = wildcard != state.wildcard or names != state.names
         if changed:
-            state.wildcard, state.names = wildcard, names
-            state.names_key = frozenset(names)
+            state.wildcard = wildcard
+            state.names = state.names_key = _shared_names(names)
         return changed
 
     def _adopt(self, state: TypeState, version_info: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from nodemesh.xds.cache import EncodedResource
@@ -52,8 +53,11 @@ class TypeState:
 
     type_url: str
     wildcard: bool = False
-    names: set[str] = field(default_factory=set)
-    names_key: frozenset[str] = frozenset()  # SotW: `names`, hashable and cached
+    # Explicit subscriptions. SotW streams store a frozenset shared by every
+    # stream asking for the same names (`names_key` is the same object);
+    # delta streams own a set (see `own_names`).
+    names: AbstractSet[str] = frozenset()
+    names_key: frozenset[str] = frozenset()
     # What we believe the client holds: name -> version. SotW: the last
     # response's set. Delta: cumulative (updates minus removals).
     # Wildcard SotW streams share the snapshot's own mappings here (no
@@ -75,6 +79,12 @@ class TypeState:
     # (new subscriptions, held removals).
     basis: int = 0
     recheck: set[str] = field(default_factory=set)
+
+    def own_names(self) -> set[str]:
+        """`names` as a set this state may mutate (delta)."""
+        if not isinstance(self.names, set):
+            self.names = set(self.names)
+        return self.names
 
     def own_sent(self) -> dict[str, str]:
         """`sent` as a dict this state may mutate (delta)."""

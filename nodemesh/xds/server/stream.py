@@ -174,10 +174,15 @@ class AdsStream(ABC):
             # Make-before-break: CDS, EDS, LDS, RDS, then anything else; all
             # from one snapshot, so one model version per round.
             for type_url in sorted(self.states, key=push_rank):
-                state = self.states[type_url]
-                payload = self.build_response(state, snapshot)
-                if payload is not None:
-                    await self._write(state, payload)
+                await self._push(self.states[type_url], snapshot)
+
+    async def _push(self, state: TypeState, snapshot: Snapshot) -> None:
+        # A helper of its own so the response bytes die with its frame: a
+        # local in the long-lived send loop would pin the last response of
+        # every idle stream in memory.
+        payload = self.build_response(state, snapshot)
+        if payload is not None:
+            await self._write(state, payload)
 
     async def _write(self, state: TypeState, payload: bytes) -> None:
         try:
