@@ -21,6 +21,7 @@ import asyncio
 import base64
 import json
 import re
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -103,8 +104,10 @@ class ApiServerDouble:
         *,
         bookmark_interval: float = 5.0,
         store: ObjectStore | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.ssl_context = ssl_context
         self.bookmark_interval = bookmark_interval
         self.store = store or ObjectStore()
         self._runner: web.AppRunner | None = None
@@ -115,14 +118,17 @@ class ApiServerDouble:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context
+        )
         await site.start()
         if self.port == 0:
             server = site._server

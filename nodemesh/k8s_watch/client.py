@@ -32,6 +32,7 @@ from nodemesh.k8s_watch.resources import ResourceSpec
 from nodemesh.k8s_watch.settings import WatchSettings
 
 Raw = dict[str, Any]
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 async def make_api_client(
@@ -40,17 +41,24 @@ async def make_api_client(
     kubeconfig: str | None = None,
     context: str | None = None,
     token: str | None = None,
+    service_account_dir: str = SERVICE_ACCOUNT_DIR,
 ) -> k8s.ApiClient:
     """An ApiClient for an explicit host (tests), the in-cluster service
-    account (when KUBERNETES_SERVICE_HOST is set), or a kubeconfig."""
+    account (when KUBERNETES_SERVICE_HOST is set: the token and CA that
+    Kubernetes mounts in `service_account_dir`, the token re-read as it
+    rotates), or a kubeconfig."""
     cfg = k8s.Configuration()
     try:
         if host:
             cfg.host = host
             if token:
-                cfg.api_key = {"authorization": f"Bearer {token}"}
+                cfg.api_key = {"BearerToken": f"Bearer {token}"}
         elif "KUBERNETES_SERVICE_HOST" in os.environ and not kubeconfig:
-            load_incluster_config(client_configuration=cfg)
+            load_incluster_config(
+                client_configuration=cfg,
+                token_filename=os.path.join(service_account_dir, "token"),
+                cert_filename=os.path.join(service_account_dir, "ca.crt"),
+            )
         else:
             if kubeconfig and not os.path.exists(kubeconfig):
                 raise ConfigError(f"kubeconfig {kubeconfig} does not exist")
