@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=64)
 def _parse(data: bytes) -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(data)
     return parsed
