@@ -72,6 +72,40 @@ def envoy_config(index: int) -> dict[str, Any]:
     }
 
 
+def pod(index: int, app: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"pod-{index}",
+            "namespace": f"ns-{index % 50}",
+            "labels": {"app": app},
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": f"10.{100 + index // 60000}.{(index // 250) % 240}.{index % 250}",
+        },
+    }
+
+
+def network_policy(index: int) -> dict[str, Any]:
+    """Pods labelled client-<index> may GET from svc-<index> (same namespace)."""
+    return {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": f"policy-{index}", "namespace": f"ns-{index % 50}"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": f"client-{index}"}},
+            "egress": [
+                {
+                    "toServices": [{"k8sService": {"serviceName": f"svc-{index}"}}],
+                    "rules": {"http": [{"method": "GET"}]},
+                }
+            ],
+        },
+    }
+
+
 def timed(fn: Any) -> tuple[float, float, Any]:
     """(wall seconds, CPU seconds of this process, result). On a shared machine
     CPU seconds are the steadier number: they leave out time spent waiting
@@ -88,12 +122,17 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=100, help="CECs, one per service")
     parser.add_argument("--repeat", type=int, default=20, help="incremental rebuilds to time")
     parser.add_argument("--full-runs", type=int, default=3, help="full builds to time")
+    parser.add_argument("--pods", type=int, default=0, help="pods, spread over the policies")
+    parser.add_argument("--policies", type=int, default=0, help="CNPs with an HTTP rule each")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
     raws = [service(i) for i in range(args.services)]
     raws += [endpoint_slice(i, args.per_service) for i in range(args.services)]
     raws += [envoy_config(i) for i in range(min(args.configs, args.services))]
+    policies = min(args.policies, args.services)
+    raws += [network_policy(i) for i in range(policies)]
+    raws += [pod(i, f"client-{i % max(policies, 1)}") for i in range(args.pods)]
     # The full build runs on fresh stores a few times: on a shared machine the
     # best run is the one least disturbed by other processes.
     rows: dict[str, list[tuple[float, float]]] = {}
@@ -127,10 +166,19 @@ def main() -> None:
         store.apply("bench", changed)
         wall, cpu, model = timed(store.build)
         rows.setdefault("rebuild after one Service change", []).append((wall, cpu))
+        if args.pods:
+            # Relabel a pod out of its policy's selection and back: the
+            # policy's client IPs move, so the redirects are re-derived.
+            victim = ((round_ + 1) // 2 * 104729) % args.pods  # odd round out, even back
+            app = "nobody" if round_ % 2 else f"client-{victim % max(policies, 1)}"
+            store.apply("bench", pod(victim, app))
+            wall, cpu, model = timed(store.build)
+            rows.setdefault("rebuild after one Pod relabel", []).append((wall, cpu))
 
     print(
         f"mesh: {len(model.services)} services, {endpoints} endpoints, "
-        f"{len(model.envoy_configs)} CECs, {len(model.redirects)} redirects"
+        f"{len(model.envoy_configs)} CECs, {len(model.network_policies)} CNPs, "
+        f"{len(model.pods)} pods, {len(model.redirects)} redirects"
     )
     head = ("step", "runs", "wall best", "wall median", "CPU best", "CPU median")
     print(f"{head[0]:<40}{head[1]:>5}" + "".join(f"{h:>13}" for h in head[2:]))

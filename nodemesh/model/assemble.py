@@ -43,20 +43,47 @@ Backends = Mapping[int, tuple[BackendAddress, ...]]
 
 
 class _Order:
-    """One kind's objects kept sorted by (namespace, name) as they come, change
-    and go, so a snapshot copies a list instead of sorting thousands of objects
-    for a one-object change."""
+    """One kind's objects in (namespace, name) order, kept up to date cheaply.
 
-    __slots__ = ("keys", "objects")
+    A few changes are applied in place by bisection, so a one-object change
+    never sorts thousands of objects; a burst (a first load, a relist) is
+    sorted once instead, because inserting n objects one by one into a list
+    is quadratic (20,000 pods: about a quarter of a second of memmove).
+    """
+
+    __slots__ = ("by_key", "changed", "keys", "objects")
+    _BURST = 256
 
     def __init__(self) -> None:
-        # "\0" sorts before every character a name may hold, so this orders
+        self.by_key: dict[str, Any] = {}
+        # "\0" sorts before every character a name may hold, so these order
         # exactly as (namespace, name) while comparing one string, not a tuple.
         self.keys: list[str] = []
         self.objects: list[Any] = []
+        self.changed: set[str] | None = set()  # None: re-sort everything
 
     def put(self, ref: ObjectRef, obj: Any) -> None:
         key = f"{ref.namespace}\0{ref.name}"
+        if obj is None:
+            self.by_key.pop(key, None)
+        else:
+            self.by_key[key] = obj
+        if self.changed is not None:
+            self.changed.add(key)
+            if len(self.changed) > self._BURST:
+                self.changed = None
+
+    def ordered(self) -> tuple[Any, ...]:
+        if self.changed is None:
+            self.keys = sorted(self.by_key)
+            self.objects = [self.by_key[k] for k in self.keys]
+        else:
+            for key in self.changed:
+                self._place(key, self.by_key.get(key))
+        self.changed = set()
+        return tuple(self.objects)
+
+    def _place(self, key: str, obj: Any) -> None:
         index = bisect.bisect_left(self.keys, key)
         present = index < len(self.keys) and self.keys[index] == key
         if obj is None:
@@ -175,7 +202,7 @@ class Assembly:
         """Re-derive whatever the last `put`s made stale."""
         stale = self._stale_kinds
         for kind in stale:
-            self._tuples[kind] = tuple(self._order[kind].objects)
+            self._tuples[kind] = self._order[kind].ordered()
         if stale & {Kind.SERVICE}:
             self._services_view = MappingProxyType(dict(self._services))
         if self._stale_backends:
