@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 import translate_models as m
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 
@@ -112,7 +113,7 @@ def test_name_that_would_shadow_a_service_cluster_is_a_conflict() -> None:
     translation = translate(_with_configs(config))
     [error] = translation.errors
     assert error.field == "spec.resources[0].name" and "default/httpbin-v1" in error.reason
-    assert translation.resources[CLUSTER]["default/httpbin-v1"].type == 3  # still the EDS one
+    assert translation.resources[CLUSTER]["default/httpbin-v1"].type == cluster_pb2.Cluster.EDS
 
 
 def test_previous_translation_is_kept_through_translate_previous() -> None:
