@@ -107,3 +107,32 @@ async def test_unknown_well_formed_type_is_served_empty(harness: Harness, api: s
         lambda: any(secret in c.types for c in harness.server.clients()), what="SDS state"
     )
     await client.close()
+
+
+async def test_delta_unsubscribing_star_ends_the_wildcard(harness: Harness) -> None:
+    publish(harness.cache, "node-1", mesh(clusters=("a", "b")))
+    client = await harness.delta()
+    await client.request(CLUSTER, subscribe=["*"])
+    first = await client.recv()
+    assert names_of(first) == ["a", "b"]
+    await client.ack(first)
+    await client.request(CLUSTER, subscribe=["a"], unsubscribe=["*"])
+    # a new cluster no longer arrives; a change to the named one does
+    resources = mesh(clusters=("a", "b", "c"))
+    resources[CLUSTER]["a"].connect_timeout.seconds = 7
+    publish(harness.cache, "node-1", resources, "v2")
+    second = await client.recv()
+    assert names_of(second) == ["a"]
+    await client.close()
+
+
+async def test_sotw_switch_from_wildcard_to_names(harness: Harness) -> None:
+    publish(harness.cache, "node-1", mesh(clusters=("a", "b")))
+    client = await harness.sotw()
+    await client.request(CLUSTER, ["*"])
+    first = await client.recv()
+    assert names_of(first) == ["a", "b"]
+    await client.ack(first, ["b"])  # from now on only b
+    second = await client.recv()
+    assert names_of(second) == ["b"]
+    await client.close()
