@@ -134,25 +134,38 @@ def check_resource(message: Message, path: str = "") -> Findings:
 
 
 def check_http_filters(listener: listener_pb2.Listener, path: str) -> list[ResourceError]:
-    """Envoy NACKs an HTTP filter chain whose last filter is not terminal or
-    whose terminal filter is not last; the router is the terminal filter."""
+    """Envoy NACKs a filter without a typed_config (it finds implementations by
+    type), and an HTTP filter chain whose last filter is not terminal or whose
+    terminal filter is not last; the router is the terminal filter."""
     errors = []
     chains = [(f"filter_chains[{i}]", c) for i, c in enumerate(listener.filter_chains)]
     if listener.HasField("default_filter_chain"):
         chains.append(("default_filter_chain", listener.default_filter_chain))
     for where, chain in chains:
         for index, network_filter in enumerate(chain.filters):
+            at = _join(path, f"{where}.filters[{index}]")
+            if not network_filter.HasField("typed_config"):
+                errors.append(_untyped(at, network_filter.name))
             if network_filter.typed_config.type_url != HCM_TYPE:
                 continue
             manager = unpack(network_filter.typed_config)
             assert isinstance(manager, hcm_pb2.HttpConnectionManager)
+            for position, http_filter in enumerate(manager.http_filters):
+                if not http_filter.HasField("typed_config"):
+                    where_http = f"{at}.typed_config.http_filters[{position}]"
+                    errors.append(_untyped(where_http, http_filter.name))
             routers = [f.typed_config.type_url == _ROUTER_TYPE for f in manager.http_filters]
             if routers and (not routers[-1] or routers.count(True) > 1):
                 errors.append(
                     ResourceError(
-                        _join(path, f"{where}.filters[{index}].typed_config.http_filters"),
+                        f"{at}.typed_config.http_filters",
                         "the router (envoy.filters.http.router) must be the last HTTP filter, "
                         "and only the last",
                     )
                 )
     return errors
+
+
+def _untyped(where: str, name: str) -> ResourceError:
+    # Envoy finds a filter's implementation by its typed_config's @type only.
+    return ResourceError(f"{where}.typed_config", f"filter {name!r} needs a typed_config")

@@ -176,3 +176,14 @@ def test_router_must_be_the_last_http_filter(order: list[str]) -> None:
     hcm["http_filters"] = [{"name": n, "typed_config": {"@type": types[n]}} for n in order]
     [error] = _errors((LISTENER, listener), (ROUTE, m.OWN_ROUTE), (CLUSTER, m.OWN_CLUSTER))
     assert error.field == "spec.resources[0].filter_chains[0].filters[0].typed_config.http_filters"
+
+
+def test_filters_without_typed_config_are_named() -> None:
+    listener = copy.deepcopy(m.OWN_LISTENER)
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"] = [{"name": "envoy.filters.http.router"}]
+    errors = _errors((LISTENER, listener), (ROUTE, m.OWN_ROUTE), (CLUSTER, m.OWN_CLUSTER))
+    assert [e.field for e in errors][0] == (
+        "spec.resources[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config"
+    )
+    assert "envoy.filters.http.router" in errors[0].reason
