@@ -183,7 +183,7 @@ def test_filters_without_typed_config_are_named() -> None:
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"] = [{"name": "envoy.filters.http.router"}]
     errors = _errors((LISTENER, listener), (ROUTE, m.OWN_ROUTE), (CLUSTER, m.OWN_CLUSTER))
-    assert [e.field for e in errors][0] == (
+    assert errors[0].field == (
         "spec.resources[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config"
     )
     assert "envoy.filters.http.router" in errors[0].reason
