@@ -39,6 +39,8 @@ def _getter(cls: type[Any], skip: tuple[str, ...] = ()) -> _Getter:
     return get
 
 
+_PLAIN = {str, int, bool, type(None)}
+_TUPLE = {tuple}
 _SLICE_TOP = _getter(EndpointSlice, ("ports", "endpoints"))
 _SLICE_PORT = _getter(EndpointPort)
 _SLICE_ENDPOINT = _getter(Endpoint)
@@ -49,6 +51,11 @@ def _flat(value: Any) -> Any:
     if kind is str or kind is int or kind is bool or value is None:
         return value
     if kind is tuple:
+        # Model tuples are homogeneous: strings, numbers, (key, value) pairs
+        # or dataclasses. Plain ones go to marshal as they are, unwalked.
+        kinds = set(map(type, value))
+        if kinds <= _PLAIN or (kinds == _TUPLE and all(set(map(type, v)) <= _PLAIN for v in value)):
+            return value
         return [_flat(v) for v in value]
     if kind is ObjectRef:
         return [value.kind.value, value.namespace, value.name]
