@@ -216,31 +216,7 @@ class Assembly:
             self._stale_backends = set()
             self._backends_view = MappingProxyType(dict(self._backends))
         if self._clients_moved or stale & set(_REDIRECT_INPUTS):
-            self._clients_moved = False
-            redirects, self.redirect_errors = derive_redirects(
-                self._services,
-                sorted(self.configs.values(), key=_age),
-                [
-                    *self._tuples[Kind.NETWORK_POLICY],
-                    *self._tuples[Kind.CLUSTERWIDE_NETWORK_POLICY],
-                ],
-                self._clients,
-                self._reserved,
-            )
-            # Consumers skip work when the tuple is the very same object, so an
-            # unchanged outcome (the usual case of a pod or Service edit) keeps it.
-            if redirects != self._redirects:
-                self._redirects = redirects
-            derived = policy_warnings(
-                self._services,
-                [
-                    *self._tuples[Kind.NETWORK_POLICY],
-                    *self._tuples[Kind.CLUSTERWIDE_NETWORK_POLICY],
-                ],
-            )
-            if derived != self._derived_warnings:
-                self._derived_warnings = derived
-                self._stale_warnings = True
+            self._refresh_redirects()
         if self._stale_warnings:
             found = [w for notes in self._warnings.values() for w in notes]
             found.extend(self._derived_warnings)
@@ -249,6 +225,28 @@ class Assembly:
             )
             self._stale_warnings = False
         self._stale_kinds = set()
+
+    def _refresh_redirects(self) -> None:
+        self._clients_moved = False
+        policies = [
+            *self._tuples[Kind.NETWORK_POLICY],
+            *self._tuples[Kind.CLUSTERWIDE_NETWORK_POLICY],
+        ]
+        redirects, self.redirect_errors = derive_redirects(
+            self._services,
+            sorted(self.configs.values(), key=_age),
+            policies,
+            self._clients,
+            self._reserved,
+        )
+        # Consumers skip work when the tuple is the very same object, so an
+        # unchanged outcome (the usual case of a pod or Service edit) keeps it.
+        if redirects != self._redirects:
+            self._redirects = redirects
+        derived = policy_warnings(self._services, policies)
+        if derived != self._derived_warnings:
+            self._derived_warnings = derived
+            self._stale_warnings = True
 
     def version(self) -> str:
         """Order-independent content hash of the accepted objects: the sum of
