@@ -125,22 +125,27 @@ def _programmed(accepted: Condition, nacks: list[NackReport]) -> Condition:
     return Condition("Programmed", "True", "Programmed", "Translated into Envoy configuration")
 
 
-def reported_refs(model: MeshModel) -> set[ObjectRef]:
+def reported_refs(model: MeshModel, errors: Iterable[ObjectError] = ()) -> set[ObjectRef]:
     """Every CEC/CNP the model knows, accepted or not."""
     refs = {c.ref for c in model.envoy_configs} | {p.ref for p in model.network_policies}
-    refs |= {e.ref for e in model.errors if e.ref.kind in REPORTED_KINDS}
+    refs |= {e.ref for e in (*model.errors, *errors) if e.ref.kind in REPORTED_KINDS}
     return refs
 
 
 def conditions_for(
-    model: MeshModel, nacks: Iterable[NackReport] = ()
+    model: MeshModel,
+    nacks: Iterable[NackReport] = (),
+    translation_errors: Iterable[ObjectError] = (),
 ) -> dict[ObjectRef, tuple[Condition, Condition]]:
+    """`translation_errors` are what the xDS translator rejected beyond the
+    model's own errors (it sees the Envoy resources; the model does not)."""
+    extra = tuple(translation_errors)
     errors: dict[ObjectRef, list[ObjectError]] = {}
-    for error in model.errors:
+    for error in dict.fromkeys((*model.errors, *extra)):
         errors.setdefault(error.ref, []).append(error)
     all_nacks = list(nacks)
     out = {}
-    for ref in reported_refs(model):
+    for ref in reported_refs(model, extra):
         accepted = _accepted(errors.get(ref, []))
         out[ref] = (
             accepted,

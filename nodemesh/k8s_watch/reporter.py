@@ -30,7 +30,7 @@ from nodemesh.k8s_watch.errors import ApiRejected, ApiUnavailable
 from nodemesh.k8s_watch.informer import ObjectMeta
 from nodemesh.k8s_watch.resources import ResourceSpec, spec_for_kind
 from nodemesh.k8s_watch.settings import WatchSettings
-from nodemesh.model.objects import ObjectRef
+from nodemesh.model.objects import ObjectError, ObjectRef
 from nodemesh.model.snapshot import MeshModel
 
 log = structlog.get_logger("nodemesh.k8s_watch.status")
@@ -100,10 +100,14 @@ class StatusReporter:
         self._error_events: set[tuple[ObjectRef, str, str]] = set()
 
     async def reconcile(
-        self, model: MeshModel, nacks: Iterable[NackReport] = ()
+        self,
+        model: MeshModel,
+        nacks: Iterable[NackReport] = (),
+        translation_errors: Iterable[ObjectError] = (),
     ) -> ReconcileResult:
         result = ReconcileResult()
-        desired = conditions_for(model, [n for n in nacks if n.node == self.node])
+        mine = [n for n in nacks if n.node == self.node]
+        desired = conditions_for(model, mine, translation_errors)
         for ref, conds in sorted(desired.items()):
             meta = self._lookup.lookup(ref.kind.value, ref.namespace, ref.name)
             if meta is None:
@@ -256,6 +260,7 @@ class StatusReporter:
         wake: asyncio.Event,
         nacks: NackSource | None = None,
         interval: float = 5.0,
+        translation_errors: Callable[[], Iterable[ObjectError]] | None = None,
     ) -> None:
         """Reconcile whenever `wake` is set, and every `interval` seconds so
         deferred writes (rate limit, API down) go out eventually."""
@@ -268,4 +273,8 @@ class StatusReporter:
             wake.clear()
             model = current_model()
             if model is not None:
-                await self.reconcile(model, nacks.nacks() if nacks is not None else ())
+                await self.reconcile(
+                    model,
+                    nacks.nacks() if nacks is not None else (),
+                    translation_errors() if translation_errors is not None else (),
+                )

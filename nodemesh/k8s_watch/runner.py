@@ -9,7 +9,7 @@ own TaskGroup beside the xDS server and the datapath.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 
@@ -20,6 +20,7 @@ from nodemesh.k8s_watch.reporter import StatusReporter
 from nodemesh.k8s_watch.resources import ResourceSpec
 from nodemesh.k8s_watch.settings import WatchSettings
 from nodemesh.k8s_watch.source import WatchSource
+from nodemesh.model.objects import ObjectError
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
 
@@ -37,6 +38,7 @@ class KubernetesSource:
         resources: Iterable[ResourceSpec] | None = None,
         report_status: bool = True,
         nacks: NackSource | None = None,
+        translation_errors: Callable[[], Iterable[ObjectError]] | None = None,
         retry_interval: float = 5.0,
     ) -> None:
         self.settings = settings or WatchSettings()
@@ -48,6 +50,7 @@ class KubernetesSource:
             else None
         )
         self._nacks = nacks
+        self._translation_errors = translation_errors
         self._retry_interval = retry_interval
         self._latest: MeshModel | None = None
         self._wake = asyncio.Event()
@@ -63,7 +66,11 @@ class KubernetesSource:
                 tg.create_task(self._follow_models(), name="k8s-model-follow")
                 tg.create_task(
                     self.reporter.run(
-                        lambda: self._latest, self._wake, self._nacks, self._retry_interval
+                        lambda: self._latest,
+                        self._wake,
+                        self._nacks,
+                        self._retry_interval,
+                        self._translation_errors,
                     ),
                     name="k8s-status-reporter",
                 )
