@@ -5,17 +5,23 @@ Wiring (the agent or `nodemesh serve` owns the MeshStore and the TaskGroup):
 
     api_client = await make_api_client()            # in-cluster, else kubeconfig
     k8s = KubernetesSource(KubeApi(api_client, WatchSettings()), store,
-                           node=node_name, nacks=nack_adapter,
+                           node=node_name,
+                           nacks=XdsNacks(ads_server.clients),     # nodemesh.k8s_nacks
+                           translation_errors=lambda: translation.errors,
                            resources=default_resources(node_name))
     tg.create_task(k8s.run(), name="k8s")
 
 - `k8s.health.reasons()` fits the admin port's `not_ready_reasons()`: empty
   when every informer is synced and connected, else one line per resource
   ("serving last known state; failing since ...").
-- `nack_adapter` implements `conditions.NackSource` over the xDS server's
-  status view: one `NackReport(node, type_url, resource_names, message)` per
-  type a node's Envoy currently NACKs. Call `k8s.nacks_changed()` when that
-  set changes, so Programmed conditions follow without waiting.
+- `nodemesh.k8s_nacks.XdsNacks` implements `conditions.NackSource` over the
+  xDS server's status view: one `NackReport(node, type_url, resource_names,
+  message)` per type a node's Envoy currently NACKs. Call
+  `k8s.nacks_changed()` when that set changes, so Programmed conditions
+  follow without waiting for the retry interval.
+- `translation_errors` gives what the translator rejected beyond the model's
+  own errors, so Accepted reflects it. integration/test_k8s_nack.py wires
+  all of this around a ControlPlane and a real Envoy.
 - Only one process per cluster needs `report_status=True` for Accepted
   conditions (every agent computes the same); each agent reports its own
   node's NACKs, and never clears another node's.
