@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "integration"))
 sys.path.insert(0, str(REPO))
 
-from datapath.node import NODE_IP, MeshNode  # noqa: E402
+from datapath.node import NODE_IP, MeshNode, sysctl_in  # noqa: E402
 from datapath.plans import frontend, plan, redirect  # noqa: E402
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
@@ -50,6 +50,10 @@ from nodemesh.node_envoy import find_envoy_binary  # noqa: E402
 
 VIP_KERNEL, VIP_DNAT, VIP_SIDECAR = "10.96.0.10", "10.96.1.10", "10.96.2.10"
 APP_PORT, NODE_PROXY_PORT, OUT_PORT, IN_PORT = 8080, 15001, 15001, 15006
+# One app port per path: with keep-alive off, each path leaves thousands of
+# TIME_WAIT sockets, and paths sharing a destination port would share (and
+# exhaust) one ephemeral-port space, slowing whichever path runs next.
+PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY = 8080, 8081, 8082, 8083
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
     "HttpConnectionManager"
@@ -111,7 +115,8 @@ def _cluster(name: str, ip: str, port: int) -> dict[str, Any]:
 
 def app_config() -> dict[str, Any]:
     ok = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
-    return {"static_resources": {"listeners": [_listener("app", APP_PORT, ok)]}}
+    ports = (PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY)
+    return {"static_resources": {"listeners": [_listener(f"app{p}", p, ok) for p in ports]}}
 
 
 def proxy_config(hops: list[tuple[str, int, str, int]]) -> dict[str, Any]:
@@ -165,13 +170,15 @@ class Bench:
 
     def setup(self) -> None:
         n = self.node
+        for ns in (self.client.netns, n.netns):
+            sysctl_in(ns, "net.ipv4.ip_local_port_range", "1024 65535")
         for pod in (self.server, self.server2):
             self.start_envoy(f"app-{pod.name}", app_config(), pod.cgroup, pod.netns)
         # Kernel path and node Envoy path share one datapath.
         loader.load(n.config())
-        fe = frontend(VIP_KERNEL, 80, pb.TCP, [(self.server.ip, APP_PORT)])
+        fe = frontend(VIP_KERNEL, 80, pb.TCP, [(self.server.ip, PORT_KERNEL)])
         fe_node = frontend(
-            "10.96.0.11", 80, pb.TCP, [(self.server.ip, APP_PORT)], service="bench/viaenvoy"
+            "10.96.0.11", 80, pb.TCP, [(self.server.ip, PORT_KERNEL)], service="bench/viaenvoy"
         )
         steer = redirect(fe_node, NODE_PROXY_PORT, clients=["bench/client"])
         applier.apply(
@@ -180,7 +187,7 @@ class Bench:
             NODE_IP,
             DirectoryPodCgroups(n.mesh),
         )
-        node_proxy = proxy_config([("node", NODE_PROXY_PORT, self.server.ip, APP_PORT)])
+        node_proxy = proxy_config([("node", NODE_PROXY_PORT, self.server.ip, PORT_NODE_ENVOY)])
         self.node_envoy = self.start_envoy("node-envoy", node_proxy, n.proxy_cgroup, n.netns)
         # kube-proxy style: DNAT where pod traffic enters the node.
         self.iptables(
@@ -198,7 +205,7 @@ class Bench:
             "-j",
             "DNAT",
             "--to-destination",
-            f"{self.server.ip}:{APP_PORT}",
+            f"{self.server.ip}:{PORT_DNAT}",
         )
         # Sidecars: the client's outbound and the server's inbound, both REDIRECTed.
         out = proxy_config([("outbound", OUT_PORT, self.server2.ip, APP_PORT)])
@@ -240,7 +247,7 @@ class Bench:
 
     def paths(self) -> dict[str, str]:
         return {
-            "direct pod IP": f"http://{self.server.ip}:{APP_PORT}/",
+            "direct pod IP": f"http://{self.server.ip}:{PORT_DIRECT}/",
             "iptables DNAT": f"http://{VIP_DNAT}/",
             "nodemesh kernel": f"http://{VIP_KERNEL}/",
             "node Envoy": "http://10.96.0.11/",
@@ -346,6 +353,29 @@ def latency_table(bench: Bench, seconds: int, rate: int, rounds: int) -> list[st
     return rows
 
 
+def connect_table(bench: Bench, rounds: int, count: int = 2000) -> list[str]:
+    """The cost of the translation itself: connect() to each path's address,
+    no HTTP, interleaved per round; medians of the per-round p50/p99."""
+    paths = {
+        "direct pod IP": (bench.server.ip, PORT_DIRECT),
+        "iptables DNAT": (VIP_DNAT, 80),
+        "nodemesh kernel": (VIP_KERNEL, 80),
+    }
+    got: dict[str, dict[str, list[float]]] = {name: {"p50": [], "p99": []} for name in paths}
+    for _ in range(rounds):
+        for name, (host, port) in paths.items():
+            proc = bench.node.probe(bench.client, "connect-bench", host, str(port), str(count))
+            out, _ = proc.communicate(timeout=600)
+            stats = json.loads(out)
+            for key in ("p50", "p99"):
+                got[name][key].append(stats[key])
+    rows = [f"{'path':<18}{'connect p50':>13}{'connect p99':>13}"]
+    for name in paths:
+        p50, p99 = _median(got[name]["p50"]), _median(got[name]["p99"])
+        rows.append(f"{name:<18}{p50:>11.1f}µs{p99:>11.1f}µs")
+    return rows
+
+
 def memory_table(bench: Bench, counts: list[int]) -> list[str]:
     n = bench.node
     agent = n.spawn(
@@ -417,6 +447,9 @@ def main() -> None:
                 f"max: 50 workers, keep-alive off; median of {args.rounds} rounds"
             )
             print("\n".join(latency_table(bench, args.seconds, args.rate, args.rounds)))
+            print()
+            print(f"TCP connect() only, {args.rounds} rounds of 2000 each, interleaved")
+            print("\n".join(connect_table(bench, args.rounds)))
             print()
             print("memory (RSS)")
             print("\n".join(memory_table(bench, [int(c) for c in args.sidecars.split(",")])))

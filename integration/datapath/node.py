@@ -51,7 +51,7 @@ class Pod:
         return f"{self.namespace}/{self.name}"
 
 
-def _sysctl_in(ns: str, key: str, value: str) -> None:
+def sysctl_in(ns: str, key: str, value: str) -> None:
     path = "/proc/sys/" + key.replace(".", "/")
     script = f"open({path!r}, 'w').write({value!r})"
     cmd = [sys.executable, str(LAUNCHER), "", ns, "--", sys.executable, "-c", script]
@@ -88,7 +88,7 @@ class MeshNode:
             lo = ipr.link_lookup(ifname="lo")[0]
             ipr.link("set", index=lo, state="up")
             ipr.addr("add", index=lo, address=NODE_IP, prefixlen=32)
-        _sysctl_in(self.netns, "net.ipv4.ip_forward", "1")
+        sysctl_in(self.netns, "net.ipv4.ip_forward", "1")
 
     def add_pod(self, namespace: str, name: str) -> Pod:
         index = len(self.pods) + 1

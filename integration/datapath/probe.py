@@ -9,6 +9,7 @@ probe.py tcp-hold HOST PORT         one connection kept open; "ping" on stdin
 probe.py origdst-server PORT        a proxy stand-in: reports SO_ORIGINAL_DST
 probe.py http-server PORT NAME      HTTP: answer GETs with who we are and the peer
 probe.py http-client HOST PORT N H  N GETs with Host: H, one connection each
+probe.py connect-bench HOST PORT N  time N connects (µs p50/p99, JSON)
 probe.py http-get URL               print a URL's body (retries until it answers)
 """
 
@@ -215,6 +216,21 @@ def http_client(host: str, port: int, count: int, host_header: str) -> None:
     print(json.dumps(out), flush=True)
 
 
+def connect_bench(host: str, port: int, count: int) -> None:
+    """Time socket()+connect() (the handshake) over N connections; JSON µs stats."""
+    samples: list[float] = []
+    for _ in range(count):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        start = time.perf_counter_ns()
+        s.connect((host, port))
+        samples.append((time.perf_counter_ns() - start) / 1000)
+        s.close()  # linger 0: RST, so no TIME_WAIT piles up between runs
+    samples.sort()
+    pick = {"p50": samples[len(samples) // 2], "p99": samples[int(len(samples) * 0.99)]}
+    print(json.dumps(pick), flush=True)
+
+
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "tcp-server":
@@ -233,6 +249,8 @@ def main() -> None:
         http_server(int(args[0]), args[1])
     elif mode == "http-client":
         http_client(args[0], int(args[1]), int(args[2]), args[3])
+    elif mode == "connect-bench":
+        connect_bench(args[0], int(args[1]), int(args[2]))
     elif mode == "http-get":
         http_get(args[0])
     elif mode == "tcp-hold":
