@@ -113,14 +113,20 @@ def _names_other(nack: NackReport, prefix: str, owned: set[str]) -> bool:
     return not any((prefix and n.startswith(prefix)) or n in owned for n in mentioned)
 
 
+def nack_line(nack: NackReport) -> str:
+    short = nack.type_url.rsplit(".", 1)[-1]
+    message = " ".join(nack.message.split())  # one line, whatever Envoy sent
+    return f"node {nack.node} rejected {short}: {message}"
+
+
 def _programmed(accepted: Condition, nacks: list[NackReport]) -> Condition:
     if accepted.status != "True":
         return Condition("Programmed", "False", "NotAccepted", "Not accepted: nothing programmed")
     if nacks:
-        parts = [
-            f"node {n.node} rejected {n.type_url.rsplit('.', 1)[-1]}: {n.message}" for n in nacks
-        ]
-        return Condition("Programmed", "False", "EnvoyNACK", "; ".join(sorted(parts)))
+        # One line per node and type: agents merge their own lines with other
+        # nodes' (see reporter), so the format is part of the contract.
+        parts = [nack_line(n) for n in nacks]
+        return Condition("Programmed", "False", "EnvoyNACK", "\n".join(sorted(set(parts))))
     # No model version in the message: it would rewrite status on every model change.
     return Condition("Programmed", "True", "Programmed", "Translated into Envoy configuration")
 

@@ -121,14 +121,22 @@ class StatusReporter:
 
     def _keep_foreign_nack(
         self, meta: ObjectMeta, conds: tuple[Condition, Condition]
-    ) -> tuple[Condition, ...]:
+    ) -> tuple[Condition, Condition]:
+        """Merge other nodes' NACK lines, as the object holds them now, with
+        ours: each agent owns only its own node's lines, so agents never undo
+        each other's writes (which would loop between them)."""
         accepted, programmed = conds
-        for cur in meta.conditions:
-            if cur.get("type") == "Programmed" and cur.get("reason") == "EnvoyNACK":
-                message = str(cur.get("message", ""))
-                if programmed.status == "True" and f"node {self.node} " not in message:
-                    return (accepted,)
-        return conds
+        current = next((c for c in meta.conditions if c.get("type") == "Programmed"), None)
+        if accepted.status != "True" or current is None or current.get("reason") != "EnvoyNACK":
+            return conds
+        ours = f"node {self.node} "
+        lines = str(current.get("message", "")).split("\n")
+        foreign = [line for line in lines if line and not line.startswith(ours)]
+        if not foreign:
+            return conds
+        mine = programmed.message.split("\n") if programmed.reason == "EnvoyNACK" else []
+        merged = "\n".join(sorted(set(foreign + mine)))
+        return accepted, Condition("Programmed", "False", "EnvoyNACK", merged)
 
     async def _report(
         self, ref: ObjectRef, meta: ObjectMeta, conds: tuple[Condition, ...], out: ReconcileResult

@@ -182,3 +182,64 @@ async def test_rejected_service_gets_one_event_per_distinct_error() -> None:
     await reporter.reconcile(_service_model(80))  # fixed
     await reporter.reconcile(broken)  # broken again: a new Event
     assert len(api.events) == 2
+
+
+@dataclass
+class SharedObject:
+    """One CEC as the API server holds it, seen by two agents: each patch
+    replaces its conditions (merge patch of a list), as the real server does."""
+
+    conditions: tuple[Mapping[str, Any], ...] = ()
+    writes: int = 0
+
+    def lookup(self, kind: str, namespace: str, name: str) -> ObjectMeta | None:
+        return ObjectMeta("uid-1", 1, self.conditions) if name == "cec" else None
+
+    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        pass
+
+    async def patch_status(
+        self, spec: ResourceSpec, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> None:
+        self.conditions = tuple(body["status"]["conditions"])
+        self.writes += 1
+
+    def programmed(self) -> Mapping[str, Any]:
+        return next(c for c in self.conditions if c["type"] == "Programmed")
+
+
+async def test_two_agents_with_their_own_nacks_converge_without_looping() -> None:
+    shared = SharedObject()
+    settings = WatchSettings(status_qps=100.0, status_burst=100)  # no rate limit: only logic
+    agents = {
+        node: StatusReporter(shared, shared, node=node, settings=settings)
+        for node in ("node-a", "node-b")
+    }
+    model = _model(service_exists=True)
+    nacks = {
+        "node-a": [NackReport("node-a", ROUTE, ("default/cec/r",), "bad on a")],
+        "node-b": [NackReport("node-b", ROUTE, ("default/cec/r",), "bad on b")],
+    }
+
+    async def rounds(n: int) -> int:
+        before = shared.writes
+        for _ in range(n):
+            for node, agent in agents.items():
+                await agent.reconcile(model, nacks[node])
+        return shared.writes - before
+
+    await rounds(3)
+    assert await rounds(5) == 0, "converged: nobody rewrites the other's lines"
+    lines = shared.programmed()["message"].split("\n")
+    assert lines == [
+        "node node-a rejected RouteConfiguration: bad on a",
+        "node node-b rejected RouteConfiguration: bad on b",
+    ]
+    nacks["node-a"] = []  # node-a's Envoy accepts now
+    await rounds(3)
+    assert await rounds(5) == 0
+    assert shared.programmed()["message"] == "node node-b rejected RouteConfiguration: bad on b"
+    nacks["node-b"] = []
+    await rounds(3)
+    assert await rounds(5) == 0
+    assert shared.programmed()["status"] == "True"
