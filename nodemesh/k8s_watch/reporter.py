@@ -9,8 +9,9 @@ Nothing loops:
   object over its budget is retried on a later reconcile.
 
 Several agents (one per node) may report on the same object. They agree on
-Accepted (same model). For Programmed, an agent never clears an EnvoyNACK
-another node reported; that node clears it when its Envoy accepts.
+Accepted (same model). Programmed's EnvoyNACK message has one line per node;
+an agent rewrites only its own node's lines and keeps the others', so agents
+converge instead of overwriting each other, and each node clears its own.
 """
 
 from __future__ import annotations
