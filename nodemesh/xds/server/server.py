@@ -65,6 +65,10 @@ class ServerSettings:
     stream: StreamSettings = field(default_factory=StreamSettings)
     shutdown_grace: float = 5.0
     max_receive_message_bytes: int = 16 * 1024 * 1024
+    # Ping idle connections so a peer that vanished without a FIN (a frozen
+    # or partitioned Envoy) frees its streams instead of lingering forever.
+    keepalive_seconds: float | None = 60.0
+    keepalive_timeout_seconds: float = 20.0
 
 
 def _passthrough(payload: bytes) -> bytes:
@@ -95,12 +99,7 @@ class AdsServer:
         """Bind every configured address and start serving."""
         if self.settings.tcp_address is None and self.settings.uds_path is None:
             raise ServerConfigError("xDS server needs a tcp_address or a uds_path")
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.settings.max_receive_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = grpc.aio.server(options=self._grpc_options())
         # csds.py reads this package's status views; importing it here, not
         # at module level, keeps that dependency one-way at import time.
         from nodemesh.xds.csds import CsdsService
@@ -121,6 +120,22 @@ class AdsServer:
             os.chmod(uds, self.settings.uds_mode)
         self._server = server
         log.info("xds_server_started", tcp_port=self.tcp_port, uds=str(uds) if uds else None)
+
+    def _grpc_options(self) -> list[tuple[str, int]]:
+        options = [
+            ("grpc.max_receive_message_length", self.settings.max_receive_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        if self.settings.keepalive_seconds is not None:
+            options += [
+                ("grpc.keepalive_time_ms", int(self.settings.keepalive_seconds * 1000)),
+                ("grpc.keepalive_timeout_ms", int(self.settings.keepalive_timeout_seconds * 1000)),
+                # gRPC core times pings out by this one too (1 min by default)
+                ("grpc.http2.ping_timeout_ms", int(self.settings.keepalive_timeout_seconds * 1000)),
+                # idle ADS streams carry no data for hours: keep pinging anyway
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        return options
 
     def _bind_tcp(self, server: grpc.aio.Server, address: str) -> int:
         tls = self.settings.tls

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import signal
 import stat
+import sys
 from pathlib import Path
 
 import grpc
 import pytest
-from ads_harness import SotwClient, mesh, names_of
+from ads_harness import TIMEOUT, SotwClient, mesh, names_of, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -157,3 +160,50 @@ async def test_graceful_shutdown_ends_streams_cleanly() -> None:
         await server.stop(grace=5.0)
         assert await client.closed() is None  # status OK: drained, not killed
         assert server.clients() == []
+
+
+_FROZEN_CLIENT = """
+import asyncio, sys, grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+async def main():
+    async with grpc.aio.insecure_channel(sys.argv[1]) as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await call.write(discovery_pb2.DiscoveryRequest(
+            node=base_pb2.Node(id="frozen"), type_url=sys.argv[2]))
+        await call.read()
+        print("synced", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_keepalive_frees_streams_of_a_frozen_peer() -> None:
+    """A peer that stops answering (SIGSTOP: its kernel still ACKs TCP) is
+    found out by HTTP/2 keepalive pings and its stream is dropped."""
+    server = await _serve(
+        ServerSettings(
+            tcp_address="127.0.0.1:0", keepalive_seconds=1.0, keepalive_timeout_seconds=1.0
+        )
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FROZEN_CLIENT,
+        f"127.0.0.1:{server.tcp_port}",
+        CLUSTER,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)
+        assert line.strip() == b"synced"
+        assert [c.node_id for c in server.clients()] == ["frozen"]
+        proc.send_signal(signal.SIGSTOP)
+        await wait_until(lambda: server.clients() == [], timeout=60, what="frozen stream dropped")
+    finally:
+        proc.kill()
+        await proc.wait()
+        await server.stop(1.0)
