@@ -137,9 +137,21 @@ async def endpoint_changes(url: str, agent: Agent, n: int) -> list[float]:
     return out
 
 
-async def typed_vs_raw(url: str) -> tuple[float, float]:
+async def bytes_only(url: str) -> float:
+    """The double's own share: every Service and EndpointSlice in one unpaged
+    list each, read as bytes (no parsing on our side)."""
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession(url) as http:
+        for path in ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices"):
+            async with http.get(path) as resp:
+                await resp.read()
+    return time.perf_counter() - t0
+
+
+async def typed_vs_raw(url: str) -> tuple[float, float, float]:
     client = await make_api_client(url)
     try:
+        server_s = await bytes_only(url)
         t0 = time.perf_counter()
         typed = await k8s.DiscoveryV1Api(client).list_endpoint_slice_for_all_namespaces()
         typed_s = time.perf_counter() - t0
@@ -147,7 +159,7 @@ async def typed_vs_raw(url: str) -> tuple[float, float]:
         raw = await list_all(KubeApi(client, WatchSettings(list_page_size=0)), ENDPOINT_SLICES)
         raw_s = time.perf_counter() - t0
         assert len(typed.items) == len(raw.items)
-        return typed_s, raw_s
+        return typed_s, raw_s, server_s
     finally:
         await client.close()
 
@@ -187,7 +199,7 @@ async def main(args: argparse.Namespace) -> None:
         agent.task.cancel()
         await asyncio.wait([agent.task])
         await agent.client.close()
-        typed_s, raw_s = await typed_vs_raw(url)
+        typed_s, raw_s, server_s = await typed_vs_raw(url)
         ab = await list_ab(url, args.rounds)
     finally:
         proc.terminate()
@@ -216,6 +228,7 @@ async def main(args: argparse.Namespace) -> None:
     print("side by side, one unpaged list of every EndpointSlice:")
     print(f"{'  kubernetes-asyncio typed models (s)':<44}{typed_s:>14.2f}")
     print(f"{'  nodemesh raw JSON path (s)':<44}{raw_s:>14.2f}")
+    print(f"{'double serving all of it, bytes only (s)':<44}{server_s:>14.2f}")
     print(
         f"side by side, paged list of every Service and EndpointSlice, prepared "
         f"(median of {args.rounds}, interleaved):"

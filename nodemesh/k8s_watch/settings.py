@@ -42,8 +42,10 @@ class WatchSettings:
 
     list_prefetch: bool = True
     """Request the next list page before preparing the current one, so the
-    API server encodes it while we parse: the two overlap instead of taking
-    turns. Costs one more page of memory during a list."""
+    page's round trip and the API server's encoding overlap our parsing
+    instead of taking turns. That pays with a remote API server; with the
+    double on this 2-core machine the A/B in bench/k8s_sync.py is within
+    noise. Costs one more page of memory during a list."""
 
     list_timeout: float = 60.0
     """Total time for one list page, generous for large pages on a busy server."""
