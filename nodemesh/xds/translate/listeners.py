@@ -67,9 +67,15 @@ class HttpListeners:
     are shared between redirects with the same policies) and packed once.
     """
 
-    def __init__(self, stat_prefix: str) -> None:
+    def __init__(self, stat_prefix: str, address: str, original_dst: bool) -> None:
         self.stat_prefix = stat_prefix
         self._prototypes: dict[int, tuple[object, hcm_pb2.HttpConnectionManager]] = {}
+        # Everything but name, port and the connection manager's bytes.
+        self._listener = listener_pb2.Listener()
+        bind(self._listener, address, [0], original_dst)
+        network_filter = self._listener.filter_chains.add().filters.add()
+        network_filter.name = HCM_FILTER
+        network_filter.typed_config.type_url = HCM_TYPE
 
     def _prototype(self, rbac: hcm_pb2.HttpFilter | None) -> hcm_pb2.HttpConnectionManager:
         known = self._prototypes.get(id(rbac))
@@ -93,18 +99,19 @@ class HttpListeners:
         return manager
 
     def build(
-        self, name: str, route_config: str, rbac: hcm_pb2.HttpFilter | None
+        self, name: str, route_config: str, port: int, rbac: hcm_pb2.HttpFilter | None
     ) -> listener_pb2.Listener:
-        """An HTTP listener serving `route_config` over RDS."""
+        """An HTTP listener on `port` serving `route_config` over RDS."""
         manager = hcm_pb2.HttpConnectionManager()
         manager.CopyFrom(self._prototype(rbac))
         manager.stat_prefix = stat_name(self.stat_prefix, name)
         manager.rds.route_config_name = route_config
-        listener = listener_pb2.Listener(name=name)
-        network_filter = listener.filter_chains.add().filters.add()
-        network_filter.name = HCM_FILTER
-        network_filter.typed_config.type_url = HCM_TYPE
-        network_filter.typed_config.value = manager.SerializeToString(deterministic=True)
+        listener = listener_pb2.Listener()
+        listener.CopyFrom(self._listener)
+        listener.name = name
+        listener.address.socket_address.port_value = port
+        typed_config = listener.filter_chains[0].filters[0].typed_config
+        typed_config.value = manager.SerializeToString(deterministic=True)
         return listener
 
 

@@ -90,7 +90,9 @@ class RedirectBuilder:
     def __init__(self, options: TranslateOptions) -> None:
         self.options = options
         self.previous = RedirectStage()
-        self._http = HttpListeners(options.stat_prefix)
+        self._http = HttpListeners(
+            options.stat_prefix, options.listener_address, options.use_original_dst
+        )
 
     def build(self, model: MeshModel, configs: ConfigStage) -> RedirectStage:
         """Listeners (and routes) for every redirect, plus the service clusters
@@ -258,15 +260,17 @@ class RedirectBuilder:
         built = self.previous.listener_memo.get(name)
         if built is None or built.key != key:
             rbac = self._rbac(model, group, stage)
-            if own is not None:
+            ports = sorted({r.proxy_port for r in group})
+            if own is None:
+                listener = self._http.build(name, route, ports[0], rbac.http_filter)
+            else:
                 listener = listener_pb2.Listener()
                 listener.CopyFrom(own)
                 if rbac.http_filter is not None:
                     with_rbac(listener, rbac.http_filter)
-            else:
-                listener = self._http.build(name, route, rbac.http_filter)
-            ports = sorted({r.proxy_port for r in group})
-            bind(listener, self.options.listener_address, ports, self.options.use_original_dst)
+            if own is not None or len(ports) > 1:
+                # A CEC's listener (and a shared one) is bound here, to every port.
+                bind(listener, self.options.listener_address, ports, self.options.use_original_dst)
             built = _Built(key, listener, rbac.notes)
         stage.listener_memo[name] = built
         return built
