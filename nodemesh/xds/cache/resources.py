@@ -109,6 +109,7 @@ class EncodedResource:
         "any_bytes",
         "message",
         "name",
+        "references",
         "sotw_field",
         "type_url",
         "version",
@@ -125,6 +126,10 @@ class EncodedResource:
         # DiscoveryResponse.resources entry: ready to concatenate.
         self.sotw_field: bytes = length_delimited(SOTW_RESOURCES_FIELD, self.any_bytes)
         self._delta_field: bytes | None = None
+        # Names of resources this one refers to (a listener's RDS names, an
+        # EDS cluster's endpoints), filled in by the snapshot's consistency
+        # check on first use.
+        self.references: tuple[str, ...] | None = None
 
     @property
     def delta_field(self) -> bytes:

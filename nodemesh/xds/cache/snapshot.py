@@ -10,7 +10,7 @@ encoding, so a one-endpoint change encodes one resource.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -70,8 +70,9 @@ class Snapshot:
     def __init__(self, label: str, resources: Mapping[str, Mapping[str, EncodedResource]]) -> None:
         self.label = label
         self.serial = next(_serials)
+        # Read-only views, no copies: the snapshot owns the mappings it is given.
         self.resources: Mapping[str, Mapping[str, EncodedResource]] = MappingProxyType(
-            {t: MappingProxyType(dict(by_name)) for t, by_name in resources.items()}
+            {t: MappingProxyType(by_name) for t, by_name in resources.items()}
         )
         self._type_versions: dict[str, str] = {}
         self._wildcard_bodies: dict[str, bytes] = {}
@@ -80,6 +81,7 @@ class Snapshot:
         # ancestor serial -> names changed (added, modified or removed) per type
         self._changes: dict[int, dict[str, frozenset[str]]] = {}
         self._issues: tuple[str, ...] | None = None
+        self._linked: set[int] = set()
 
     @classmethod
     def build(
@@ -96,15 +98,22 @@ class Snapshot:
         A message object that is identical (`is`) to the previous snapshot's
         is taken as unchanged without re-encoding it."""
         encoded: dict[str, dict[str, EncodedResource]] = {}
+        changes: dict[str, frozenset[str]] = {}
         for type_url, by_name in resources.items():
             if not is_valid_type_url(type_url):
                 raise SnapshotError(f"snapshot {label!r}: invalid type URL {type_url!r}")
-            old = previous.resources.get(type_url, {}) if previous is not None else {}
-            encoded[type_url] = {
-                name: _encode(type_url, name, message, old.get(name), label)
-                for name, message in by_name.items()
-            }
-        return cls(label, encoded)
+            old = previous.get(type_url) if previous is not None else _EMPTY
+            encoded[type_url], changed = _encode_type(type_url, by_name, old, label)
+            changed.update(old.keys() - by_name.keys())
+            if changed:
+                changes[type_url] = frozenset(changed)
+        snapshot = cls(label, encoded)
+        if previous is not None:
+            for type_url in previous.resources.keys() - encoded.keys():
+                changes[type_url] = frozenset(previous.get(type_url))
+            # What changed since `previous` is known now; link() reuses it.
+            snapshot._changes[previous.serial] = changes
+        return snapshot
 
     def get(self, type_url: str) -> Mapping[str, EncodedResource]:
         """Resources of one type by name (empty mapping when none)."""
@@ -167,9 +176,12 @@ class Snapshot:
     def link(self, previous: Snapshot) -> None:
         """Record what changed since `previous` (and its recent ancestors).
         The cache calls this once, before publishing the snapshot."""
-        if previous.serial in self._changes:
+        if previous.serial in self._linked:
             return  # the same snapshot published under several keys
-        step = diff_snapshots(previous, self)
+        self._linked.add(previous.serial)
+        step = self._changes.get(previous.serial)  # known when built from `previous`
+        if step is None:
+            step = diff_snapshots(previous, self)
         if len(self._changes) > _MAX_CHANGE_ENTRIES:
             self._changes.clear()  # bounded; streams fall back to a full diff
         self._changes[previous.serial] = step
@@ -192,14 +204,14 @@ class Snapshot:
         issues: list[str] = []
         routes = self.get(ROUTE)
         for name, res in sorted(self.get(LISTENER).items()):
-            for rds_name in _listener_rds_names(res.message):
+            for rds_name in _references(res, _listener_rds_names):
                 if rds_name not in routes:
                     issues.append(f"listener {name!r} names missing route config {rds_name!r}")
         endpoints = self.get(ENDPOINT)
         for name, res in sorted(self.get(CLUSTER).items()):
-            eds_name = _cluster_eds_name(res.message)
-            if eds_name is not None and eds_name not in endpoints:
-                issues.append(f"cluster {name!r} names missing endpoints {eds_name!r}")
+            for eds_name in _references(res, _cluster_eds_names):
+                if eds_name not in endpoints:
+                    issues.append(f"cluster {name!r} names missing endpoints {eds_name!r}")
         return tuple(issues)
 
     def __repr__(self) -> str:
@@ -208,6 +220,28 @@ class Snapshot:
 
 
 _EMPTY: Mapping[str, EncodedResource] = MappingProxyType({})
+
+
+def _encode_type(
+    type_url: str,
+    by_name: Mapping[str, Message],
+    old: Mapping[str, EncodedResource],
+    label: str,
+) -> tuple[dict[str, EncodedResource], set[str]]:
+    """Encode one type; returns the resources and the names not reused."""
+    out: dict[str, EncodedResource] = {}
+    changed: set[str] = set()
+    old_get = old.get  # the loop below runs once per resource of the mesh
+    for name, message in by_name.items():
+        previous = old_get(name)
+        # The hot path of a one-endpoint change: the very same message object.
+        if previous is not None and previous.message is message:
+            out[name] = previous
+            continue
+        fresh = out[name] = _encode(type_url, name, message, previous, label)
+        if fresh is not previous:
+            changed.add(name)
+    return out, changed
 
 
 def _encode(
@@ -263,9 +297,18 @@ def _listener_rds_names(message: Message) -> list[str]:
     return names
 
 
-def _cluster_eds_name(message: Message) -> str | None:
+def _cluster_eds_names(message: Message) -> list[str]:
     if not isinstance(message, cluster_pb2.Cluster):
-        return None
+        return []
     if message.type != cluster_pb2.Cluster.EDS:
-        return None
-    return str(message.eds_cluster_config.service_name or message.name)
+        return []
+    return [str(message.eds_cluster_config.service_name or message.name)]
+
+
+def _references(res: EncodedResource, extract: Callable[[Message], list[str]]) -> tuple[str, ...]:
+    """Names `res` refers to, parsed once per encoded resource (unchanged
+    resources are shared between snapshots, so a new snapshot re-parses only
+    what changed)."""
+    if res.references is None:
+        res.references = tuple(extract(res.message))
+    return res.references
