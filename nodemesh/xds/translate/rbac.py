@@ -14,7 +14,8 @@ Cilium's semantics, per redirected service port:
 - Anything else gets Envoy's RBAC answer: 403.
 
 When one listener serves several redirects, each permission is also tied to
-its redirect's destination, so one service port's rules never open another.
+its redirect's destination where Envoy can tell them apart (redirects.py), so
+one service port's rules never open another.
 """
 
 from __future__ import annotations
