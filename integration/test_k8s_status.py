@@ -214,6 +214,8 @@ async def test_malformed_service_gets_an_event_and_the_rest_flows(
     await eventually(lambda: len(_events(double, "broken")) == 1)
     event = _events(double, "broken")[0]
     assert (event["type"], event["reason"]) == ("Warning", "InvalidObject")
+    uid = double.store.get(SVC, "default", "broken")["metadata"]["uid"]
+    assert event["involvedObject"]["uid"] == uid, "kubectl describe finds it by uid"
     assert "spec.ports[0].port" in event["message"]
     broken = copy.deepcopy(double.store.get(SVC, "default", "broken"))
     broken["spec"]["ports"] = [{"port": 80}]

@@ -55,7 +55,7 @@ class Prepared:
 
     key: Key
     content: CompactObject
-    meta: ObjectMeta
+    meta: ObjectMeta | None  # only where the status is ours (see Informer.meta)
 
 
 def object_meta(raw: Raw) -> ObjectMeta:
@@ -122,7 +122,13 @@ class Informer:
         return len(self._seen)
 
     def meta(self, namespace: str, name: str) -> ObjectMeta | None:
-        return self._meta.get((namespace if self.spec.namespaced else "", name))
+        key = (namespace if self.spec.namespaced else "", name)
+        if self.spec.status_is_ours:
+            return self._meta.get(key)
+        # Kept as content only (uid included): one Event in a while does not
+        # justify holding a second copy of every Service's metadata.
+        held = self._seen.get(key)
+        return object_meta(dict(held)) if held is not None else None
 
     async def run(self) -> None:
         stream = informer_stream(
@@ -149,12 +155,13 @@ class Informer:
         except MalformedObject as exc:
             self._skip(item, exc)
             return None
-        return Prepared(key, content(self.spec, raw), object_meta(raw))
+        meta = object_meta(raw) if self.spec.status_is_ours else None
+        return Prepared(key, content(self.spec, raw), meta)
 
     def _relist(self, listed: Listed) -> bool:
         prepared: list[Prepared] = listed.items
         seen = {p.key: p.content for p in prepared}
-        self._meta = {p.key: p.meta for p in prepared}
+        self._meta = {p.key: p.meta for p in prepared if p.meta is not None}
         if seen == self._seen and self._seen:
             return False  # a relist that found nothing new (e.g. after a 410)
         # One call for the whole set: objects missing from it are deleted in the
@@ -182,7 +189,8 @@ class Informer:
                 return False
             return True
         compact = content(self.spec, raw)
-        self._meta[key] = object_meta(raw)
+        if self.spec.status_is_ours:
+            self._meta[key] = object_meta(raw)
         if self._seen.get(key) == compact:
             return False  # status-only change, or a replay of what we have
         try:
