@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
@@ -102,6 +103,7 @@ def config_output(
 
 # --- the config stage: every CEC of the model, conflicts, last good ---------
 
+log = structlog.get_logger(__name__)
 _RESERVED_PREFIX = "nodemesh/"
 # A CEC's memoized output: the parse it came from and the Services it resolved.
 OutputMemo = dict[ObjectRef, tuple[ParsedConfig, tuple[Service | None, ...], ConfigOutput]]
@@ -184,7 +186,13 @@ class ConfigStageBuilder:
         return output, errors
 
     def _config(self, config: EnvoyConfig) -> None:
-        output, errors = self._output(config)
+        try:
+            output, errors = self._output(config)
+        except Exception as exc:
+            # As in parse_config: a bug costs this CEC only, and is logged.
+            log.exception("envoy_config_internal_error", object=str(config.ref))
+            reason = f"internal error while translating: {exc!r}"
+            output, errors = None, [ObjectError(config.ref, "spec.resources", reason)]
         if output is not None:
             errors = self._conflicts(config.ref, output)
         if not errors and output is not None:

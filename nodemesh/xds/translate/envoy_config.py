@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -34,6 +35,8 @@ from nodemesh.xds.translate.constraints import check_constraints
 from nodemesh.xds.translate.errors import ResourceError
 from nodemesh.xds.translate.references import map_listener, map_route_clusters
 from nodemesh.xds.translate.services import ServiceRef, parse_service_ref
+
+log = structlog.get_logger(__name__)
 
 
 def qualifier(config: EnvoyConfig) -> str:
@@ -224,8 +227,13 @@ def parse_config(config: EnvoyConfig) -> ParsedConfig:
     """Parse, check and qualify a CEC's resources. Never raises for bad input:
     problems are in `.errors`, each naming the field and the reason."""
     parsed = ParsedConfig(config)
-    loaded = _load(parsed)
-    _qualify(parsed, loaded)
+    try:
+        _qualify(parsed, _load(parsed))
+    except Exception as exc:
+        # A translator bug must cost this one CEC, never the whole translation:
+        # it is rejected (its previous version stays) and the trace is logged.
+        log.exception("envoy_config_internal_error", object=str(config.ref))
+        parsed.error("spec.resources", f"internal error while translating: {exc!r}")
     return parsed
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+import pytest
 import translate_models as m
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -33,6 +34,7 @@ from nodemesh.xds.translate import (
     encode,
     translate,
 )
+from nodemesh.xds.translate import configs as configs_module
 from nodemesh.xds.translate.listeners import ORIGINAL_DST_FILTER
 from nodemesh.xds.translate.rbac import RBAC_FILTER
 from nodemesh.xds.translate.registry import unpack
@@ -337,3 +339,27 @@ def test_shared_port_without_original_destinations_warns_the_policy_owners() -> 
     [warning] = translation.warnings
     assert warning.ref == m.POLICY_REF and "cannot tell them apart" in warning.reason
     assert translate(shared, TranslateOptions(use_original_dst=True)).warnings == ()
+
+
+def test_a_translator_bug_costs_one_config_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: resolving the canary's Service references blows up."""
+    translator = Translator()
+    good = translator.translate(m.canary_model())
+    other = m.envoy_config(CCEC, [(ROUTE, _route("default/httpbin-v1"))])
+    real = configs_module.config_output
+
+    def broken(parsed: Any, services: Any) -> Any:
+        if parsed.config.ref == m.CEC_REF:
+            raise KeyError("injected")
+        return real(parsed, services)
+
+    monkeypatch.setattr(configs_module, "config_output", broken)
+    route = copy.deepcopy(m.ARTICLE_ROUTE)
+    route["virtual_hosts"][0]["domains"] = ["httpbin", "httpbin.default"]
+    model = replace(m.canary_model(version="v2"), envoy_configs=(m.canary_config(route), other))
+    translation = translator.translate(model)
+    [error] = translation.errors
+    assert error.ref == m.CEC_REF and error.kept_previous and "injected" in error.reason
+    name = "default/httpbin-traffic-split/httpbin-listener-route"
+    assert translation.resources[ROUTE][name] is good.resources[ROUTE][name]
+    assert "mirror/r" in translation.resources[ROUTE]
