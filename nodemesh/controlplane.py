@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import prometheus_client
 import structlog
@@ -53,6 +53,24 @@ TYPE_ALIASES = {
 }
 
 
+class ModelFollower(Protocol):
+    """Another output that follows the same model versions as xDS (the node
+    agent's datapath). It handles its own errors: xDS never waits on a
+    failure of it, only on its ordering steps."""
+
+    async def before_publish(self, model: MeshModel) -> None:
+        """Runs before `model` goes to the xDS streams."""
+        ...
+
+    async def after_publish(self, model: MeshModel, plane: ControlPlane) -> None:
+        """Runs after `model` went to the xDS streams."""
+        ...
+
+    def status(self) -> Mapping[str, Any]: ...
+
+    def not_ready_reasons(self) -> list[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ControlPlaneConfig:
     """Everything `nodemesh serve` can be told. Defaults suit one node."""
@@ -85,8 +103,9 @@ def _problem(item: ObjectError | ObjectWarning) -> dict[str, Any]:
 class ControlPlane:
     """Runs until cancelled. `ready` is set once the first model is served."""
 
-    def __init__(self, config: ControlPlaneConfig) -> None:
+    def __init__(self, config: ControlPlaneConfig, follower: ModelFollower | None = None) -> None:
         self.config = config
+        self.follower = follower
         self.store = MeshStore(validators=[validate_envoy_config])
         self.sources = [
             FileSource(directory, self.store, source_name=f"files:{directory}")
@@ -127,7 +146,11 @@ class ControlPlane:
 
     async def _publish_models(self) -> None:
         async for model in self.store.updates():
+            if self.follower is not None:
+                await self.follower.before_publish(model)
             self.publish(model)
+            if self.follower is not None:
+                await self.follower.after_publish(model, self)
 
     def publish(self, model: MeshModel) -> None:
         """Translate one model version and hand it to every stream."""
@@ -180,11 +203,14 @@ class ControlPlane:
             return ["no mesh model has been published yet"]
         # A broken file keeps its last good content and is only reported; an
         # unreadable source directory means the model may be missing objects.
-        return [
+        reasons = [
             f"source directory {source.directory} is not readable"
             for source in self.sources
             if not source.directory.is_dir()
         ]
+        if self.follower is not None:
+            reasons += self.follower.not_ready_reasons()
+        return reasons
 
     def syncz(self) -> Mapping[str, Any]:
         model, translation = self.model, self.translation
@@ -202,6 +228,7 @@ class ControlPlane:
                 for s in self.sources
             ],
             "clients": [_client_json(c) for c in self.server.clients()],
+            **({"datapath": self.follower.status()} if self.follower is not None else {}),
         }
 
     def config_dump(self, node: str, resource_type: str | None) -> Mapping[str, Any] | None:

@@ -93,6 +93,14 @@ def format_status(syncz: Mapping[str, Any]) -> str:
         lines.append("no Envoy is connected")
     else:
         lines.extend(_table(rows))
+    datapath = syncz.get("datapath")
+    if datapath is not None:
+        lines += [
+            "",
+            f"datapath: model {_short(datapath.get('applied_model_version'))} in the kernel, "
+            f"{datapath.get('frontends', 0)} service frontends, "
+            f"{datapath.get('redirects', 0)} L7 redirects",
+        ]
     lines.extend(_problems(syncz))
     return "\n".join(lines)
 
@@ -115,6 +123,13 @@ def _problems(syncz: Mapping[str, Any]) -> list[str]:
     ]
     if source_errors:
         out += ["", "source errors:", *source_errors]
+    datapath_error = (syncz.get("datapath") or {}).get("error")
+    if datapath_error:
+        out += [
+            "",
+            "datapath not applied (previous plan still in the kernel):",
+            f"  {datapath_error}",
+        ]
     nacks = [
         f"  {c.get('node')} {name}: {t['error']}"
         for c in syncz.get("clients", [])
