@@ -10,6 +10,7 @@ encoding, so a one-endpoint change encodes one resource.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -60,6 +61,35 @@ class NamedView:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _ConsistencyBase:
+    """What the snapshot a new one was built from found, and on what inputs.
+    Dropped once the new snapshot's own findings exist (no chains)."""
+
+    listeners: Mapping[str, EncodedResource] | None
+    routes: Mapping[str, EncodedResource] | None
+    clusters: Mapping[str, EncodedResource] | None
+    endpoints: Mapping[str, EncodedResource] | None
+    listener_issues: tuple[str, ...] | None
+    cluster_issues: tuple[str, ...] | None
+
+
+def _same(
+    now: tuple[Mapping[str, EncodedResource] | None, Mapping[str, EncodedResource] | None],
+    then: tuple[Mapping[str, EncodedResource] | None, Mapping[str, EncodedResource] | None],
+) -> bool:
+    """The referring type is the very same mapping, and the referred-to type
+    has the same names (its contents do not matter for consistency)."""
+    (referrers, targets), (old_referrers, old_targets) = now, then
+    if referrers is not old_referrers:
+        return False
+    if targets is old_targets:
+        return True
+    if targets is None or old_targets is None:
+        return False
+    return targets.keys() == old_targets.keys()
+
+
 class Snapshot:
     """All resources of one node (or group) at one model version.
 
@@ -67,10 +97,13 @@ class Snapshot:
     by every stream.
     """
 
-    def __init__(self, label: str, resources: Mapping[str, Mapping[str, EncodedResource]]) -> None:
+    def __init__(self, label: str, resources: Mapping[str, dict[str, EncodedResource]]) -> None:
         self.label = label
         self.serial = next(_serials)
-        # Read-only views, no copies: the snapshot owns the mappings it is given.
+        # Read-only views, no copies: the snapshot owns the mappings it is
+        # given (and shares them with later snapshots where nothing changed).
+        self._owned = resources
+        self._messages: dict[str, list[Message]] = {}
         self.resources: Mapping[str, Mapping[str, EncodedResource]] = MappingProxyType(
             {t: MappingProxyType(by_name) for t, by_name in resources.items()}
         )
@@ -81,6 +114,9 @@ class Snapshot:
         # ancestor serial -> names changed (added, modified or removed) per type
         self._changes: dict[int, dict[str, frozenset[str]]] = {}
         self._issues: tuple[str, ...] | None = None
+        self._listener_findings: tuple[str, ...] | None = None
+        self._cluster_findings: tuple[str, ...] | None = None
+        self._base: _ConsistencyBase | None = None
         self._linked: set[int] = set()
 
     @classmethod
@@ -99,21 +135,48 @@ class Snapshot:
         is taken as unchanged without re-encoding it."""
         encoded: dict[str, dict[str, EncodedResource]] = {}
         changes: dict[str, frozenset[str]] = {}
+        messages: dict[str, list[Message]] = {}
         for type_url, by_name in resources.items():
             if not is_valid_type_url(type_url):
                 raise SnapshotError(f"snapshot {label!r}: invalid type URL {type_url!r}")
+            messages[type_url] = list(by_name.values())
+            if previous is not None and previous._unchanged(type_url, by_name, messages[type_url]):
+                # Same names, same message objects: share the whole type.
+                encoded[type_url] = previous._owned[type_url]
+                continue
             old = previous.get(type_url) if previous is not None else _EMPTY
             encoded[type_url], changed = _encode_type(type_url, by_name, old, label)
             changed.update(old.keys() - by_name.keys())
             if changed:
                 changes[type_url] = frozenset(changed)
         snapshot = cls(label, encoded)
+        snapshot._messages = messages
+        if previous is not None:
+            snapshot._base = _ConsistencyBase(
+                listeners=previous._owned.get(LISTENER),
+                routes=previous._owned.get(ROUTE),
+                clusters=previous._owned.get(CLUSTER),
+                endpoints=previous._owned.get(ENDPOINT),
+                listener_issues=previous._listener_findings,
+                cluster_issues=previous._cluster_findings,
+            )
         if previous is not None:
             for type_url in previous.resources.keys() - encoded.keys():
                 changes[type_url] = frozenset(previous.get(type_url))
             # What changed since `previous` is known now; link() reuses it.
             snapshot._changes[previous.serial] = changes
         return snapshot
+
+    def _unchanged(
+        self, type_url: str, by_name: Mapping[str, Message], messages: list[Message]
+    ) -> bool:
+        """True when `by_name` holds exactly this snapshot's message objects
+        under the same names, in the same order (scanned at C speed)."""
+        owned = self._owned.get(type_url)
+        mine = self._messages.get(type_url)
+        if owned is None or mine is None or len(owned) != len(by_name):
+            return False
+        return all(map(operator.is_, messages, mine)) and list(by_name) == list(owned)
 
     def get(self, type_url: str) -> Mapping[str, EncodedResource]:
         """Resources of one type by name (empty mapping when none)."""
@@ -201,18 +264,45 @@ class Snapshot:
         return self._issues
 
     def _check_consistency(self) -> tuple[str, ...]:
-        issues: list[str] = []
+        # Reuse the previous snapshot's findings for a half whose inputs did
+        # not change (a one-endpoint change keeps listeners, routes and
+        # clusters, and the set of endpoint names).
+        base, self._base = self._base, None
+        listeners = clusters = None
+        if base is not None:
+            if base.listener_issues is not None and _same(
+                (self._owned.get(LISTENER), self._owned.get(ROUTE)), (base.listeners, base.routes)
+            ):
+                listeners = base.listener_issues
+            if base.cluster_issues is not None and _same(
+                (self._owned.get(CLUSTER), self._owned.get(ENDPOINT)),
+                (base.clusters, base.endpoints),
+            ):
+                clusters = base.cluster_issues
+        if listeners is None:
+            listeners = self._listener_issues()
+        if clusters is None:
+            clusters = self._cluster_issues()
+        self._listener_findings, self._cluster_findings = listeners, clusters
+        return listeners + clusters
+
+    def _listener_issues(self) -> tuple[str, ...]:
         routes = self.get(ROUTE)
-        for name, res in sorted(self.get(LISTENER).items()):
-            for rds_name in _references(res, _listener_rds_names):
-                if rds_name not in routes:
-                    issues.append(f"listener {name!r} names missing route config {rds_name!r}")
+        return tuple(
+            f"listener {name!r} names missing route config {rds_name!r}"
+            for name, res in sorted(self.get(LISTENER).items())
+            for rds_name in _references(res, _listener_rds_names)
+            if rds_name not in routes
+        )
+
+    def _cluster_issues(self) -> tuple[str, ...]:
         endpoints = self.get(ENDPOINT)
-        for name, res in sorted(self.get(CLUSTER).items()):
-            for eds_name in _references(res, _cluster_eds_names):
-                if eds_name not in endpoints:
-                    issues.append(f"cluster {name!r} names missing endpoints {eds_name!r}")
-        return tuple(issues)
+        return tuple(
+            f"cluster {name!r} names missing endpoints {eds_name!r}"
+            for name, res in sorted(self.get(CLUSTER).items())
+            for eds_name in _references(res, _cluster_eds_names)
+            if eds_name not in endpoints
+        )
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{t.rsplit('.', 1)[-1]}={len(r)}" for t, r in self.resources.items())

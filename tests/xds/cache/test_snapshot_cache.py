@@ -97,3 +97,44 @@ def test_node_hash_groups_nodes_and_default_applies() -> None:
     cache.clear_snapshot("edge")
     assert cache.snapshot("edge") is default
     assert woke == ["edge"]
+
+
+def test_consistency_follows_incremental_changes() -> None:
+    """Findings are reused only where their inputs did not change."""
+    cache = _cache()
+    good = mesh(clusters=("a", "b"))
+    assert cache.set_snapshot("n", cache.build_snapshot(good, "v1", "n")) == ()
+    # same listener/cluster objects; the route the listener names disappears
+    no_route = {**good, ROUTE: {}}
+    issues = cache.set_snapshot("n", cache.build_snapshot(no_route, "v2", "n"))
+    assert issues == ("listener 'http' names missing route config 'routes'",)
+    # only an endpoint's content changes: the listener finding stays
+    moved = {**no_route, ENDPOINT: {**good[ENDPOINT], "a": endpoints("a", 1)}}
+    issues = cache.set_snapshot("n", cache.build_snapshot(moved, "v3", "n"))
+    assert issues == ("listener 'http' names missing route config 'routes'",)
+    # an endpoint name disappears: clusters are re-checked
+    gone = {**moved, ENDPOINT: {"a": moved[ENDPOINT]["a"]}}
+    issues = cache.set_snapshot("n", cache.build_snapshot(gone, "v4", "n"))
+    assert "cluster 'b' names missing endpoints 'b'" in issues
+    # and the route comes back
+    back = {**gone, ROUTE: good[ROUTE]}
+    issues = cache.set_snapshot("n", cache.build_snapshot(back, "v5", "n"))
+    assert issues == ("cluster 'b' names missing endpoints 'b'",)
+
+
+def test_unchanged_types_are_shared_whole() -> None:
+    cache = _cache()
+    resources = mesh(clusters=("a", "b"))
+    first = cache.build_snapshot(resources, "v1", "n")
+    cache.set_snapshot("n", first)
+    changed = {**resources, ENDPOINT: {**resources[ENDPOINT], "b": endpoints("b", 5)}}
+    second = cache.build_snapshot(changed, "v2", "n")
+    cache.set_snapshot("n", second)
+    assert second.resources[CLUSTER] == first.resources[CLUSTER]
+    assert second.get(LISTENER)["http"] is first.get(LISTENER)["http"]
+    assert second.changes_since(first.serial) == {ENDPOINT: frozenset({"b"})}
+    # a reordered or renamed type is not taken as unchanged
+    renamed = {**changed, CLUSTER: {"z": resources[CLUSTER]["a"], "b": resources[CLUSTER]["b"]}}
+    third = cache.build_snapshot(renamed, "v3", "n")
+    assert set(third.get(CLUSTER)) == {"z", "b"}
+    assert third.get(CLUSTER)["z"].name == "z"
