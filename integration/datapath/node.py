@@ -16,6 +16,7 @@ All netlink work goes through pyroute2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -100,6 +101,8 @@ class MeshNode:
             cgroup=self.mesh / f"{namespace}_{name}",
         )
         pod.cgroup.mkdir(exist_ok=True)
+        # Registered before anything can fail, so teardown finds it.
+        self.pods[pod.key] = pod
         netns.create(pod.netns)
         host_if, pod_if = f"nm{self.tag}h{index}", f"nm{self.tag}c{index}"
         with IPRoute(netns=self.netns) as ipr:
@@ -115,7 +118,6 @@ class MeshNode:
             dev = ipr.link_lookup(ifname=pod_if)[0]
             ipr.addr("add", index=dev, address=pod.ip, prefixlen=24)
             ipr.route("add", dst="0.0.0.0/0", gateway=f"10.0.{index}.1")
-        self.pods[pod.key] = pod
         return pod
 
     # -- processes ----------------------------------------------------------
@@ -160,10 +162,15 @@ class MeshNode:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:  # not a group leader (started elsewhere)
                     proc.kill()
-            proc.wait(timeout=30)
+            # cgroup.kill in teardown gets whatever is left in our cgroups.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
 
     def teardown(self) -> None:
         self._stop_procs()
+        kill = self.cgroup_root / "cgroup.kill"
+        if kill.exists():
+            kill.write_text("1")  # anything our processes forked, in any pod cgroup
         for pod in self.pods.values():
             if pod.netns in netns.listnetns():
                 netns.remove(pod.netns)
