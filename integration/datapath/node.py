@@ -9,7 +9,7 @@ Layout (TAG is random per node, so parallel or crashed runs never collide):
     /sys/fs/cgroup/unified/nmTAG/mesh/<ns>_<name> one per pod
     /sys/fs/cgroup/unified/nmTAG/mesh/proxy       Envoy's
     /sys/fs/cgroup/unified/nmTAG/outside          a process outside the mesh
-    <tmp>/bpffs                                   a private bpffs for the pins
+    /tmp/nmTAG-bpffs-*                            a private bpffs for the pins
 
 All netlink work goes through pyroute2.
 """
@@ -23,6 +23,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,7 +69,9 @@ class MeshNode:
         self.mesh = self.cgroup_root / "mesh"
         self.proxy_cgroup = self.mesh / "proxy"
         self.outside = self.cgroup_root / "outside"
-        self.bpffs = workdir / "bpffs"
+        # Not under workdir: concurrent pytest sessions may rename old basetemp
+        # dirs (to garbage-*) while we run, and a moved mount point would leak.
+        self.bpffs = Path(tempfile.mkdtemp(prefix=f"nm{self.tag}-bpffs-"))
         self.pin_dir = self.bpffs / "nodemesh"
         self.pods: dict[str, Pod] = {}
         self.procs: list[subprocess.Popen[str]] = []
@@ -178,6 +181,8 @@ class MeshNode:
             netns.remove(self.netns)
         if self.bpffs.is_mount():
             subprocess.run(["umount", str(self.bpffs)], check=False)
+        with contextlib.suppress(OSError):
+            self.bpffs.rmdir()
         # Children first; rmdir succeeds once the killed processes are reaped.
         dirs = sorted(self.cgroup_root.rglob("*"), key=lambda p: -len(p.parts))
         for d in [p for p in dirs if p.is_dir()] + [self.cgroup_root]:
