@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +23,20 @@ def _need_root() -> None:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[MeshNode]:
+def workdir() -> Iterator[Path]:
+    """Like tmp_path, but private: other pytest sessions on the same machine
+    rename old basetemp dirs, which would pull files from under running Envoys."""
+    path = Path(tempfile.mkdtemp(prefix="nm-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def node(workdir: Path) -> Iterator[MeshNode]:
     _need_root()
-    n = MeshNode(tmp_path)
+    n = MeshNode(workdir)
     try:
         n.setup()
         yield n

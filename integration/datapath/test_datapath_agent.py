@@ -88,12 +88,12 @@ def write_plan(path: Path, p: pb.DatapathPlan) -> None:
     tmp.replace(path)  # atomic: the agent never reads half a plan
 
 
-def test_restart_under_connect_loop_with_least_privilege(node: MeshNode, tmp_path: Path) -> None:
+def test_restart_under_connect_loop_with_least_privilege(node: MeshNode, workdir: Path) -> None:
     client = node.add_pod("default", "client")
     pods = [node.add_pod("default", f"b{i}") for i in (1, 2, 3)]
     for p in pods:
         node.server(p, "tcp-server", "8080", p.name)
-    plan_file = tmp_path / "plan.json"
+    plan_file = workdir / "plan.json"
     write_plan(plan_file, plan(frontend(VIP, 80, pb.TCP, [(p.ip, 8080) for p in pods[:2]])))
 
     agent, _ = start_agent(node, plan_file)
@@ -104,7 +104,7 @@ def test_restart_under_connect_loop_with_least_privilege(node: MeshNode, tmp_pat
     connect_link = node.pin_dir / "links" / "nm_connect4"
     ids = (kernel_id("map", services_pin), kernel_id("link", connect_link))
 
-    stop = tmp_path / "stop"
+    stop = workdir / "stop"
     loop = node.probe(client, "tcp-loop", VIP, "80", str(stop))
     assert loop.stdout is not None and loop.stdout.readline().strip() == "ready"
     hold = node.probe(client, "tcp-hold", VIP, "80")

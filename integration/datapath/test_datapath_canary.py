@@ -120,7 +120,7 @@ def _get(node: MeshNode, pod: Pod, vip: str, n: int, host: str) -> list[dict[str
     return out
 
 
-def test_article_canary_split_for_curl_only(node: MeshNode, tmp_path: Path) -> None:
+def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> None:
     try:
         envoy = find_envoy_binary()
     except Exception:
@@ -129,9 +129,9 @@ def test_article_canary_split_for_curl_only(node: MeshNode, tmp_path: Path) -> N
     pods = {n: node.add_pod("default", n) for n in names}
     for n in ("httpbin-v1", "httpbin-v2", "other"):
         node.server(pods[n], "http-server", "80", n)
-    sources = tmp_path / "sources"
+    sources = workdir / "sources"
     write_sources(sources, pods)
-    sock = tmp_path / "xds.sock"
+    sock = workdir / "xds.sock"
 
     node.spawn(
         [
@@ -148,7 +148,7 @@ def test_article_canary_split_for_curl_only(node: MeshNode, tmp_path: Path) -> N
         node.outside,
         node.netns,
     )
-    bootstrap = tmp_path / "envoy.yaml"
+    bootstrap = workdir / "envoy.yaml"
     bootstrap.write_text(yaml.safe_dump(render_bootstrap(xds_socket=sock, admin_port=ADMIN)))
     node.spawn(
         [

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.privileged
 VIP = "10.96.0.10"
 
 
-def test_churn_under_connect_loop(node: MeshNode, datapath: Datapath, tmp_path: Path) -> None:
+def test_churn_under_connect_loop(node: MeshNode, datapath: Datapath, workdir: Path) -> None:
     client = node.add_pod("default", "client")
     pods = [node.add_pod("default", f"b{i}") for i in range(1, 6)]
     servers = {p.name: node.server(p, "tcp-server", "8080", p.name) for p in pods}
@@ -37,7 +37,7 @@ def test_churn_under_connect_loop(node: MeshNode, datapath: Datapath, tmp_path: 
         datapath.apply(plan(frontend(VIP, 80, pb.TCP, [addr[n] for n in names])))
 
     set_backends(["b1", "b2"])
-    stop = tmp_path / "stop"
+    stop = workdir / "stop"
     loop = node.probe(client, "tcp-loop", VIP, "80", str(stop))
     assert loop.stdout is not None and loop.stdout.readline().strip() == "ready"
 

