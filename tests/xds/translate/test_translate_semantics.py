@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+import structlog
 import translate_models as m
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -357,7 +358,9 @@ def test_a_translator_bug_costs_one_config_only(monkeypatch: pytest.MonkeyPatch)
     route = copy.deepcopy(m.ARTICLE_ROUTE)
     route["virtual_hosts"][0]["domains"] = ["httpbin", "httpbin.default"]
     model = replace(m.canary_model(version="v2"), envoy_configs=(m.canary_config(route), other))
-    translation = translator.translate(model)
+    with structlog.testing.capture_logs() as logs:
+        translation = translator.translate(model)
+    assert any(e["event"] == "envoy_config_internal_error" for e in logs)
     [error] = translation.errors
     assert error.ref == m.CEC_REF and error.kept_previous and "injected" in error.reason
     name = "default/httpbin-traffic-split/httpbin-listener-route"
