@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import structlog
 
@@ -126,3 +127,20 @@ def plan(model: MeshModel, node_name: str = "") -> pb.DatapathPlan:
         frontends=frontends,
         redirects=redirects,
     )
+
+
+FRONTEND_TYPE_URL = "type.googleapis.com/nodemesh.v1.ServiceFrontend"
+REDIRECT_TYPE_URL = "type.googleapis.com/nodemesh.v1.L7Redirect"
+
+
+def resources(plan_: pb.DatapathPlan) -> dict[str, dict[str, Any]]:
+    """The plan as xDS resources: type URL -> resource name -> message.
+
+    This is the shape a snapshot cache serves over delta xDS. Names are stable
+    across model versions, so a changed backend set replaces one resource,
+    and a removed Service deletes exactly its own.
+    """
+    return {
+        FRONTEND_TYPE_URL: {f.name: f for f in plan_.frontends},
+        REDIRECT_TYPE_URL: {r.name: r for r in plan_.redirects},
+    }

@@ -131,3 +131,27 @@ def test_plan_is_deterministic_and_names_are_stable() -> None:
     names = [f.name for f in a.frontends]
     assert "default/httpbin:80/TCP@10.96.0.10" in names
     assert len(names) == len(set(names))
+
+
+def test_resources_keep_their_names_when_content_changes() -> None:
+    before = planner.resources(planner.plan(model(), "node-a"))
+    m = model()
+    httpbin = ServiceName("default", "httpbin")
+    fewer = {**m.backends, httpbin: MappingProxyType({80: m.backends_of(httpbin, 80)[:1]})}
+    changed = MeshModel(
+        version="golden-v2",
+        generation=2,
+        services=m.services,
+        pods=m.pods,
+        redirects=m.redirects,
+        backends=MappingProxyType(fewer),
+    )
+    after = planner.resources(planner.plan(changed, "node-a"))
+    assert set(before) == {planner.FRONTEND_TYPE_URL, planner.REDIRECT_TYPE_URL}
+    for type_url in before:
+        assert set(before[type_url]) == set(after[type_url])
+    name = "default/httpbin:80/TCP@10.96.0.10"
+    fe_type = planner.FRONTEND_TYPE_URL
+    assert before[fe_type][name] != after[fe_type][name]
+    assert len(after[fe_type][name].backends) == 1
+    assert fe_type.endswith(after[fe_type][name].DESCRIPTOR.full_name)
