@@ -57,6 +57,7 @@ def test_dump_then_cleanup_leaves_nothing(workdir: Path) -> None:
         assert dump.returncode == 0, dump.stderr
         assert "10.96.0.10:80/TCP" in dump.stdout and "DIFFERS" not in dump.stdout
         assert dump.stdout.count("in sync") == 2  # the frontend and curl's redirect
+        assert "nm_services_v1 2/65536" in dump.stdout  # slot 0 and one backend
 
         fe2 = frontend(VIP, 80, pb.TCP, [("10.0.9.3", 8080)])
         plan_file.write_text(json_format.MessageToJson(plan(fe2)))

@@ -73,4 +73,17 @@ def render(
         lines.append(
             "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
         )
+    lines.append("map usage: " + ", ".join(_usage(maps_dir)))
     return "\n".join(lines)
+
+
+def _usage(maps_dir: Path) -> list[str]:
+    """Entries per pinned map against its capacity (LRU maps evict when full)."""
+    out: list[str] = []
+    for spec in pinned.ALL_MAPS:
+        if spec is pinned.CONFIG:
+            continue
+        with pinned.open_map(maps_dir, spec) as m:
+            used = sum(1 for _ in m.iter_keys())
+        out.append(f"{spec.name} {used}/{spec.capacity}")
+    return out

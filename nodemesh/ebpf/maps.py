@@ -65,7 +65,7 @@ class PinnedMap(Generic[K, V]):
         libbpf.check(ret, f"{self.name}: delete {key.as_tuple()}", MapError)
         return True
 
-    def keys(self) -> Iterator[K]:
+    def iter_keys(self) -> Iterator[K]:
         lib = libbpf.lib()
         key = self.key_type()
         ret = lib.bpf_map_get_next_key(self.fd, None, ctypes.byref(key))
@@ -80,7 +80,7 @@ class PinnedMap(Generic[K, V]):
     def items(self) -> dict[tuple[int, ...], tuple[K, V]]:
         """A snapshot: key tuple -> (key, value). Entries removed meanwhile are skipped."""
         out: dict[tuple[int, ...], tuple[K, V]] = {}
-        for key in list(self.keys()):
+        for key in list(self.iter_keys()):
             value = self.lookup(key)
             if value is not None:
                 out[key.as_tuple()] = (key, value)
