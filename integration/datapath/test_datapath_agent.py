@@ -4,7 +4,7 @@ included), restarted under a steady connect loop.
 
 Evidence that state is rebuilt from the pins: the restarted agent writes and
 deletes nothing for an unchanged plan, and the pinned map and link keep their
-kernel ids (reused, not recreated)."""
+kernel ids (reused, not recreated) while the link's program is replaced."""
 
 from __future__ import annotations
 
@@ -75,11 +75,11 @@ def effective_caps(pid: int) -> int:
     raise AssertionError("no CapEff")
 
 
-def kernel_id(kind: str, pin: Path) -> int:
+def kernel_id(kind: str, pin: Path, field: str = "id") -> int:
     out = subprocess.run(
         ["bpftool", "-j", kind, "show", "pinned", str(pin)], capture_output=True, check=True
     ).stdout
-    return int(json.loads(out)["id"])
+    return int(json.loads(out)[field])
 
 
 def write_plan(path: Path, p: pb.DatapathPlan) -> None:
@@ -103,6 +103,7 @@ def test_restart_under_connect_loop_with_least_privilege(node: MeshNode, workdir
     services_pin = node.pin_dir / "maps" / "nm_services_v1"
     connect_link = node.pin_dir / "links" / "nm_connect4"
     ids = (kernel_id("map", services_pin), kernel_id("link", connect_link))
+    prog = kernel_id("link", connect_link, "prog_id")
 
     stop = workdir / "stop"
     loop = node.probe(client, "tcp-loop", VIP, "80", str(stop))
@@ -116,6 +117,9 @@ def test_restart_under_connect_loop_with_least_privilege(node: MeshNode, workdir
     applied = [ln for ln in lines if "plan applied" in ln]
     assert applied and "writes=0" in applied[-1] and "deletes=0" in applied[-1], lines
     assert (kernel_id("map", services_pin), kernel_id("link", connect_link)) == ids
+    # The restarted agent loaded its programs afresh and swapped them into the
+    # same link (BPF_LINK_UPDATE): that is how an upgrade goes in without a gap.
+    assert kernel_id("link", connect_link, "prog_id") != prog
 
     # The restarted agent keeps following the plan.
     write_plan(plan_file, plan(frontend(VIP, 80, pb.TCP, [(p.ip, 8080) for p in pods])))
