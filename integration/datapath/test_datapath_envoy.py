@@ -115,3 +115,13 @@ def test_kernel_path_skips_envoy_and_steered_path_uses_original_dst(
     unselected = _connects(node, other, 10)
     assert {r["peer"].split(":")[0] for r in unselected} == {other.ip}
     assert stats(node)[listener] == 20
+
+    # Every client steered (a CEC services entry): Envoy's own upstream connect
+    # to the same VIP is translated, not steered back into Envoy (which would
+    # loop until it ran out of connections).
+    datapath.apply(plan(fe, redirects=(redirect(fe, PROXY_PORT, None),)))
+    everyone = _connects(node, other, 10)
+    assert other.ip not in {r["peer"].split(":")[0] for r in everyone}
+    counters = stats(node)
+    assert counters[listener] == 30
+    assert counters["cluster.original_dst.upstream_cx_total"] == 30
