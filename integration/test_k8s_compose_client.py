@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -25,6 +26,11 @@ from nodemesh.sources.files import FileSource
 pytestmark = pytest.mark.envoy
 
 SCRIPT = Path(__file__).parent / "kind" / "compose-split.sh"
+# Proxy ports are deterministic from the model, and Envoy binds with
+# SO_REUSEPORT: another test's Envoy serving the same canary on 127.0.0.1
+# would share our listener's connections. A loopback address of our own
+# keeps the traffic (and the counters the script reads) ours.
+LISTENER = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
 
 
 @pytest.fixture
@@ -34,7 +40,8 @@ def serve(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "nodemesh.cli", "serve", "--source-dir", str(src),
-         "--admin", f"127.0.0.1:{free_port()}", "--xds-address", f"127.0.0.1:{xds_port}"],
+         "--admin", f"127.0.0.1:{free_port()}", "--xds-address", f"127.0.0.1:{xds_port}",
+         "--listener-address", LISTENER],
         stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     try:

@@ -6,6 +6,7 @@ the CEC's Programmed condition and a Warning Event."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from nodemesh.k8s_nacks import XdsNacks
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.runner import KubernetesSource
 from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
+from nodemesh.xds.translate import TranslateOptions
 
 pytestmark = pytest.mark.envoy
 
@@ -67,7 +69,16 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[ApiServerDouble, Contro
         double.store.load(d for d in yaml.safe_load_all(path.read_text()) if d)
     await double.start()
     xds_port = free_port()
-    plane = ControlPlane(ControlPlaneConfig(xds_tcp=f"127.0.0.1:{xds_port}", admin_port=0))
+    # Our own loopback address: another test's Envoy may serve the same canary
+    # listener port on 127.0.0.1 (deterministic ports, SO_REUSEPORT).
+    listen = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    plane = ControlPlane(
+        ControlPlaneConfig(
+            xds_tcp=f"127.0.0.1:{xds_port}",
+            admin_port=0,
+            translate=TranslateOptions(listener_address=listen),
+        )
+    )
     client = await make_api_client(double.url)
     k8s = KubernetesSource(
         KubeApi(client, FAST),
@@ -130,8 +141,17 @@ async def test_envoy_nack_becomes_the_programmed_condition(
         assert "node node-a rejected Listener" in programmed["message"]
         assert str(busy_port) in programmed["message"], "Envoy's own message names the address"
         assert _conditions(double, "busy")["Accepted"]["status"] == "True"
-        events = [e for e in double.store.items(EVENTS) if e["involvedObject"]["name"] == "busy"]
-        assert any(e["reason"] == "EnvoyNACK" and e["type"] == "Warning" for e in events)
+
+        def nack_event() -> bool:
+            events = double.store.items(EVENTS)
+            return any(
+                (e["involvedObject"]["name"], e["reason"], e["type"])
+                == ("busy", "EnvoyNACK", "Warning")
+                for e in events
+            )
+
+        # The Event follows the status write.
+        await eventually(nack_event, what="a Warning Event with the NACK")
         # The other CEC is untouched by the neighbour's NACK.
         assert _conditions(double, split)["Programmed"]["status"] == "True"
     finally:

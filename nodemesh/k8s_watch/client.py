@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
@@ -138,7 +139,7 @@ class KubeApi:
                 if resp.status != 200:
                     raise _status_error(resp.status, body)
         try:
-            doc = json.loads(body)
+            doc = orjson.loads(body)
             meta = doc.get("metadata") or {}
             items = doc.get("items") or []
             if not isinstance(items, list):

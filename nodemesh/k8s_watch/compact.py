@@ -6,25 +6,29 @@ ten endpoints takes about 14 KiB; as sorted compact JSON about 1.5 KiB, so a
 50,000-endpoint cluster costs the agent about 8 MiB instead of 75 MiB.
 
 Reads parse the JSON again; a small cache of recent parses makes the parser's
-many reads of one object during a build cost one `json.loads`. The object is
-immutable: what a read returns must not be mutated (it may be shared through
-the cache), which the store requires of raw objects anyway. Equality is that
-of the canonical bytes (sorted keys), so an unchanged object compares equal
-without being parsed.
+many reads of one object during a build cost one parse. orjson does the
+encoding and parsing: the store reads every object twice on a full sync (to
+identify it, then to parse it), and orjson makes that about 2.5x cheaper than
+the json module.
+
+The object is immutable: what a read returns must not be mutated (it may be
+shared through the cache), which the store requires of raw objects anyway.
+Equality is that of the canonical bytes (sorted keys), so an unchanged object
+compares equal without being parsed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 
 @lru_cache(maxsize=64)
 def _parse(data: bytes) -> dict[str, Any]:
-    parsed: dict[str, Any] = json.loads(data)
+    parsed: dict[str, Any] = orjson.loads(data)
     return parsed
 
 
@@ -32,14 +36,13 @@ class CompactObject(Mapping[str, Any]):
     __slots__ = ("_data",)
 
     def __init__(self, obj: Mapping[str, Any]) -> None:
-        self._data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+        # orjson encodes dicts, not other Mappings; JSON from the API is dicts.
+        top = obj if isinstance(obj, dict) else dict(obj)
+        self._data = orjson.dumps(top, option=orjson.OPT_SORT_KEYS)
 
     @property
     def json(self) -> bytes:
         return self._data
-
-    def digest(self) -> str:
-        return hashlib.blake2b(self._data, digest_size=16).hexdigest()
 
     def _parsed(self) -> dict[str, Any]:
         return _parse(self._data)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 import structlog
 from prometheus_client import Counter
 
@@ -143,7 +143,7 @@ async def watch_once(
                 yield Connected()
                 continue
             try:
-                event = json.loads(line)
+                event = orjson.loads(line)
                 etype, obj = event["type"], event["object"]
             except (ValueError, TypeError, KeyError) as exc:
                 SKIPPED.labels(resource).inc()
