@@ -58,8 +58,8 @@ def _empty() -> Mapping[str, Mapping[str, Message]]:
 class Translation:
     """Envoy resources for one model version.
 
-    `resources` maps type URL (registry.CLUSTER, ENDPOINT, LISTENER, ROUTE) to
-    resource name to message. The messages are shared with later translations
+    `resources` maps type URL (registry.CLUSTER, ENDPOINT, LISTENER, ROUTE; all
+    four are always present, possibly empty) to resource name to message. The messages are shared with later translations
     when their input did not change (the very same object, so a cache may
     skip re-encoding by identity): the mappings and messages must not be
     altered. `errors` name the object, field and reason of everything that was
