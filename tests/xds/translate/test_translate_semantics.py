@@ -29,6 +29,7 @@ from nodemesh.xds.translate import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
+    RESOURCE_TYPES,
     ROUTE,
     TranslateOptions,
     Translator,
@@ -366,3 +367,10 @@ def test_a_translator_bug_costs_one_config_only(monkeypatch: pytest.MonkeyPatch)
     name = "default/httpbin-traffic-split/httpbin-listener-route"
     assert translation.resources[ROUTE][name] is good.resources[ROUTE][name]
     assert "mirror/r" in translation.resources[ROUTE]
+
+
+def test_empty_model_gives_all_four_types_empty() -> None:
+    translation = translate(MeshModel(version="empty", generation=0))
+    assert set(translation.resources) == set(RESOURCE_TYPES)
+    assert all(not named for named in translation.resources.values())
+    assert translation.errors == () and translation.model_version == "empty"
