@@ -141,6 +141,13 @@ def test_restart_under_connect_loop_with_least_privilege(node: MeshNode, workdir
     assert "backend" in json.loads(hold.stdout.readline())
     stop_agent(agent)
 
+    # Cleanup needs no more privilege than running did.
+    gone = subprocess.run(
+        [*LEAST, *agent_argv(node, "--cleanup")], capture_output=True, text=True, timeout=120
+    )
+    assert gone.returncode == 0, gone.stderr
+    assert not node.pin_dir.exists()
+
 
 def test_agent_without_cap_bpf_refuses_clearly(node: MeshNode) -> None:
     no_bpf = ["setpriv", "--bounding-set=-all,+net_admin", "--inh-caps=-all", "--"]
