@@ -10,12 +10,13 @@ stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 from prometheus_client import Counter, Gauge
 
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, loader, planner
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
@@ -41,21 +42,45 @@ class AgentSettings:
     node_name: str = ""
 
 
+# Waits until the node Envoy has ACKed the given model version.
+ProxySynced = Callable[[str], Awaitable[None]]
+
+
 class DatapathAgent:
-    def __init__(self, settings: AgentSettings, pods: PodCgroups) -> None:
+    """`proxy_synced`, when given, orders each model against the node Envoy:
+    frontends, backends and removals first, new redirects only after Envoy
+    has ACKed the version (see `applier.apply(hold_new_redirects=True)`)."""
+
+    def __init__(
+        self, settings: AgentSettings, pods: PodCgroups, proxy_synced: ProxySynced | None = None
+    ) -> None:
         self.settings = settings
         self.pods = pods
+        self.proxy_synced = proxy_synced
         self.applied_version: str | None = None
 
     def start(self) -> loader.LoadReport:
         """Load or re-adopt the pinned datapath; raises `DatapathError` if it cannot."""
         return loader.load(self.settings.config)
 
+    def _apply(self, plan: pb.DatapathPlan, hold: bool = False) -> applier.ApplyResult:
+        cfg = self.settings
+        return applier.apply(plan, cfg.config.maps_dir, cfg.proxy_address, self.pods, hold)
+
     def apply_model(self, model: MeshModel) -> applier.ApplyResult:
+        """Plan and apply `model` in one step (no ordering against Envoy)."""
+        return self._record(model, planner.plan(model, self.settings.node_name))
+
+    async def apply_model_ordered(self, model: MeshModel) -> applier.ApplyResult:
+        """Apply `model` in two steps around `proxy_synced` (one step without it)."""
         plan = planner.plan(model, self.settings.node_name)
-        result = applier.apply(
-            plan, self.settings.config.maps_dir, self.settings.proxy_address, self.pods
-        )
+        if self.proxy_synced is not None:
+            self._apply(plan, hold=True)
+            await self.proxy_synced(model.version)
+        return self._record(model, plan)
+
+    def _record(self, model: MeshModel, plan: pb.DatapathPlan) -> applier.ApplyResult:
+        result = self._apply(plan)
         self.applied_version = model.version
         APPLIES.labels(result="ok").inc()
         MAP_OPS.labels(op="write").inc(result.writes)
@@ -68,7 +93,7 @@ class DatapathAgent:
     async def run(self, models: AsyncIterator[MeshModel]) -> None:
         async for model in models:
             try:
-                self.apply_model(model)
+                await self.apply_model_ordered(model)
             except DatapathError as exc:
                 APPLIES.labels(result="error").inc()
                 log.error(

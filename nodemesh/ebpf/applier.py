@@ -247,9 +247,21 @@ def _check_capacity(
 
 
 def apply(
-    plan: pb.DatapathPlan, maps_dir: Path, proxy_address: str | None, pods: PodCgroups
+    plan: pb.DatapathPlan,
+    maps_dir: Path,
+    proxy_address: str | None,
+    pods: PodCgroups,
+    hold_new_redirects: bool = False,
 ) -> ApplyResult:
-    """Bring the pinned maps to `plan`, starting from what they hold now."""
+    """Bring the pinned maps to `plan`, starting from what they hold now.
+
+    `hold_new_redirects` is the first step of an update ordered against the
+    node Envoy: only redirects that are both pinned and in the plan stay,
+    with their pinned target, so nothing is steered to a listener Envoy may
+    not have yet, and redirects that go away leave the kernel before Envoy
+    drops their listener. Reading from the pins (not from the agent's memory)
+    keeps this right across agent restarts.
+    """
     desired = compile_plan(plan, proxy_address, pods)
     result = ApplyResult(plan.model_version, unresolved_clients=desired.unresolved_clients)
     with (
@@ -258,6 +270,9 @@ def apply(
     ):
         services = read_services(svc_map)
         redirects = read_redirects(l7_map)
+        if hold_new_redirects:
+            held = {k: redirects[k] for k in desired.redirects if k in redirects}
+            desired = Desired(desired.frontends, held, desired.unresolved_clients)
         ops = plan_ops(desired, services, redirects)
         svc_keys = [_svc_key(fe, s).as_tuple() for fe, slots in services.items() for s in slots]
         _check_capacity(pinned.SERVICES, svc_keys, [o for o in ops if o.map == "services"])
