@@ -14,17 +14,24 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import translate_models as m
 from envoy_static import ENVOY, static_bootstrap, write_bootstrap
 
-from nodemesh.model.objects import HTTPRule
+from nodemesh.model.objects import (
+    HTTPPolicy,
+    HTTPRule,
+    L7Redirect,
+    RedirectOrigin,
+    ServiceName,
+)
 from nodemesh.xds.translate import Translation, translate
 
 pytestmark = pytest.mark.envoy
@@ -98,25 +105,54 @@ def _serving(port: int, envoy: subprocess.Popen[bytes]) -> bool:
     raise AssertionError("envoy never served the listener")
 
 
-def _translation(proxy_port: int, backends: tuple[int, int]) -> Translation:
-    base = m.canary_model()
-    policy = replace(m.canary_redirect().policies[0], client_ips=("127.0.0.1",), rules=RULES)
-    redirect = replace(m.canary_redirect(proxy_port=proxy_port), policies=(policy,))
-    endpoints = {
+def _endpoints(backends: tuple[int, int]) -> dict[ServiceName, dict[int, Any]]:
+    return {
         m.V1: {80: (m.backend("127.0.0.1", backends[0]),)},
         m.V2: {80: (m.backend("127.0.0.1", backends[1]),)},
     }
-    translation = translate(m.model(m.CANARY_SERVICES, endpoints, base.envoy_configs, [redirect]))
+
+
+def _cec_translation(proxy_port: int, backends: tuple[int, int]) -> Translation:
+    """The canary's CEC steers everyone; a policy restricts 127.0.0.1."""
+    base = m.canary_model()
+    policy = replace(m.canary_redirect().policies[0], client_ips=("127.0.0.1",), rules=RULES)
+    redirect = replace(m.canary_redirect(proxy_port=proxy_port), policies=(policy,))
+    model = m.model(m.CANARY_SERVICES, _endpoints(backends), base.envoy_configs, [redirect])
+    translation = translate(model)
+    assert translation.errors == ()
+    return translation
+
+
+def _policy_translation(proxy_port: int, backends: tuple[int, int]) -> Translation:
+    """No CEC: a policy alone redirects httpbin-v1 for the pod 127.0.0.1."""
+    policy = HTTPPolicy(m.CNP_REF, m.CURL, ("127.0.0.1",), RULES)
+    redirect = L7Redirect(
+        service=m.V1,
+        port=80,
+        protocol="TCP",
+        proxy_port=proxy_port,
+        listener="nodemesh/l7/default/httpbin-v1/80",
+        route_config="nodemesh/l7/default/httpbin-v1/80",
+        origin=RedirectOrigin.NETWORK_POLICY,
+        owners=(m.CNP_REF,),
+        clients=(m.CURL,),
+        policies=(policy,),
+    )
+    translation = translate(m.model(m.CANARY_SERVICES, _endpoints(backends), (), [redirect]))
     assert translation.errors == ()
     return translation
 
 
 @contextmanager
-def _envoy(tmp_path: Path, backends: tuple[int, int]) -> Iterator[int]:
+def _envoy(
+    tmp_path: Path,
+    backends: tuple[int, int],
+    make: Callable[[int, tuple[int, int]], Translation],
+) -> Iterator[int]:
     """A real Envoy serving the translation; yields its proxy port."""
     for attempt in range(3):
         proxy_port = _free_port()
-        config = static_bootstrap(_translation(proxy_port, backends))
+        config = static_bootstrap(make(proxy_port, backends))
         path = write_bootstrap(config, tmp_path / f"envoy-{attempt}.json")
         with (tmp_path / f"envoy-{attempt}.log").open("wb") as log:
             envoy = subprocess.Popen(
@@ -135,7 +171,7 @@ def _envoy(tmp_path: Path, backends: tuple[int, int]) -> Iterator[int]:
 
 
 def test_rbac_rules_in_real_envoy(tmp_path: Path, backends: tuple[int, int]) -> None:
-    with _envoy(tmp_path, backends) as proxy_port:
+    with _envoy(tmp_path, backends, _cec_translation) as proxy_port:
         curl = "127.0.0.1"
         assert _request(proxy_port, "GET", "/allowed", curl) == 200
         assert _request(proxy_port, "GET", "/allowed/deeper", curl) == 200
@@ -150,3 +186,19 @@ def test_rbac_rules_in_real_envoy(tmp_path: Path, backends: tuple[int, int]) -> 
         assert _request(proxy_port, "POST", "/other", curl, **{"X-Probe": "no"}) == 403
         # A client no policy names: the CEC steers it, nothing restricts it.
         assert _request(proxy_port, "POST", "/other", "127.0.0.2") == 200
+
+
+def test_policy_only_redirect_in_real_envoy(tmp_path: Path, backends: tuple[int, int]) -> None:
+    """Only the policy's pods are steered: their requests are held to the rules
+    and reach the Service's own backends; an address no policy names is denied."""
+    with _envoy(tmp_path, backends, _policy_translation) as proxy_port:
+        connection = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=10)
+        try:
+            connection.request("GET", "/allowed", headers={"Host": "httpbin-v1"})
+            response = connection.getresponse()
+            assert response.status == 200
+            assert json.loads(response.read())["version"] == "v1"
+        finally:
+            connection.close()
+        assert _request(proxy_port, "GET", "/other", "127.0.0.1") == 403
+        assert _request(proxy_port, "GET", "/allowed", "127.0.0.2") == 403
