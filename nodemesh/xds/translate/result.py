@@ -62,7 +62,9 @@ class Translation:
     four are always present, possibly empty) to resource name to message. The
     messages are shared with later translations when their input did not
     change (the very same object, so a cache may skip re-encoding by
-    identity): the mappings and messages must not be altered. `errors` name the object, field and reason of everything that was
+    identity): the mappings and messages must not be altered.
+
+    `errors` name the object, field and reason of everything that was
     rejected; for a CEC that had a good translation before, that one is still
     in `resources` (its errors say kept_previous). `last_good` is that memory,
     per CEC, for `translate(..., previous=)`.
