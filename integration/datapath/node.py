@@ -5,11 +5,11 @@ Layout (TAG is random per node, so parallel or crashed runs never collide):
     netns nmTAGn  the node: lo carries NODE_IP (where Envoy listens), forwards
                   between pods; no uplink, nothing leaves it
     netns nmTAGpI pod I: eth0 = POD_NET.I.2/24, default route via .1 (node side)
-    /sys/fs/cgroup/unified/nmTAG/mesh/            the mesh cgroup (hooks attach here)
-    /sys/fs/cgroup/unified/nmTAG/mesh/<ns>_<name> one per pod
-    /sys/fs/cgroup/unified/nmTAG/mesh/proxy       Envoy's
-    /sys/fs/cgroup/unified/nmTAG/outside          a process outside the mesh
-    /tmp/nmTAG-bpffs-*                            a private bpffs for the pins
+    <cgroup2>/nmTAG/mesh/            the mesh cgroup (hooks attach here)
+    <cgroup2>/nmTAG/mesh/<ns>_<name> one per pod
+    <cgroup2>/nmTAG/mesh/proxy       Envoy's
+    <cgroup2>/nmTAG/outside          a process outside the mesh
+    /tmp/nmTAG-bpffs-*               a private bpffs for the pins
 
 All netlink work goes through pyroute2.
 """
@@ -31,9 +31,9 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 
-from nodemesh.ebpf.loader import DatapathConfig
+from nodemesh.ebpf.loader import DatapathConfig, cgroup2_mount
 
-CGROUP2 = Path("/sys/fs/cgroup/unified")
+CGROUP2 = cgroup2_mount()  # /sys/fs/cgroup/unified here (hybrid); /sys/fs/cgroup if unified
 HERE = Path(__file__).parent
 LAUNCHER = HERE / "launcher.py"
 PROBE = HERE / "probe.py"
