@@ -4,6 +4,7 @@ probe.py tcp-server PORT NAME       answer each connection with who we are
 probe.py udp-server PORT NAME       and whom we see as the peer, then close
 probe.py tcp-client HOST PORT N     N connects; one JSON line of results
 probe.py udp-client HOST PORT N     N sockets, one datagram each
+probe.py udp-connected-client H P N the same over connect()ed UDP sockets
 probe.py tcp-loop HOST PORT STOP    connect until the file STOP exists
 probe.py tcp-hold HOST PORT         one connection kept open; "ping" on stdin
 probe.py origdst-server PORT        a proxy stand-in: reports SO_ORIGINAL_DST
@@ -116,16 +117,23 @@ def tcp_client(host: str, port: int, count: int) -> None:
     print(json.dumps([_one_tcp(host, port) for _ in range(count)]), flush=True)
 
 
-def udp_client(host: str, port: int, count: int) -> None:
+def udp_client(host: str, port: int, count: int, connected: bool = False) -> None:
+    """Unconnected: sendto/recvfrom. Connected: connect/send/recvfrom + getpeername."""
     out: list[dict[str, object]] = []
     for _ in range(count):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(5)
             try:
-                s.sendto(b"hi", (host, port))
+                if connected:
+                    s.connect((host, port))
+                    s.send(b"hi")
+                else:
+                    s.sendto(b"hi", (host, port))
                 data, src = s.recvfrom(2048)
                 reply = json.loads(data)
                 reply["from"] = _fmt(src)
+                if connected:
+                    reply["getpeername"] = _fmt(s.getpeername())
                 out.append(reply)
             except OSError as exc:
                 out.append({"error": errno.errorcode.get(exc.errno or 0, str(exc))})
@@ -243,6 +251,8 @@ def main() -> None:
         tcp_client(args[0], int(args[1]), int(args[2]))
     elif mode == "udp-client":
         udp_client(args[0], int(args[1]), int(args[2]))
+    elif mode == "udp-connected-client":
+        udp_client(args[0], int(args[1]), int(args[2]), connected=True)
     elif mode == "tcp-loop":
         tcp_loop(args[0], int(args[1]), args[2])
     elif mode == "http-server":

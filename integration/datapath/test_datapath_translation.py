@@ -50,3 +50,11 @@ def test_tcp_and_udp_translated_in_kernel(node: MeshNode, datapath: Datapath) ->
     assert {r["backend"] for r in udp} == {"b1", "b2"}
     assert {r["peer"].split(":")[0] for r in udp} == {client.ip}
     assert {r["from"] for r in udp} == {f"{VIP}:53"}
+
+    connected: list[dict[str, Any]] = node.client(  # type: ignore[assignment]
+        client, "udp-connected-client", VIP, "53", "40"
+    )
+    assert [r for r in connected if "error" in r] == []
+    assert {r["backend"] for r in connected} == {"b1", "b2"}
+    assert {r["from"] for r in connected} == {f"{VIP}:53"}
+    assert {r["getpeername"] for r in connected} == {f"{VIP}:53"}
