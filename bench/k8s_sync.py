@@ -1,6 +1,7 @@
 """Kubernetes watch benchmark against the API server double.
 
     .venv/bin/python bench/k8s_sync.py [--services 5000] [--endpoints 10] [--changes 30]
+    .venv/bin/python bench/k8s_sync.py --with-control-plane
 
 The double runs in its own process (so its CPU and memory are not ours),
 serving N Services with one EndpointSlice of M endpoints each. This process
@@ -187,7 +188,67 @@ async def list_ab(url: str, rounds: int) -> dict[bool, list[float]]:
     return out
 
 
+def _complete(model: Any, services: int) -> bool:
+    return (
+        model is not None
+        and len(model.services) == services
+        and len(model.endpoint_slices) == services
+    )
+
+
+async def with_control_plane(args: argparse.Namespace) -> None:
+    """The same sync, feeding the xDS control plane (translate, snapshot cache,
+    ADS server without clients) as `nodemesh serve` runs it: this process's RSS
+    is then the whole control-plane side of an agent, minus the datapath."""
+    import socket
+
+    from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
+    from nodemesh.k8s_watch.runner import KubernetesSource
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc, url = start_double(args.services, args.endpoints)
+    try:
+        rss_before = rss_mib()
+        plane = ControlPlane(ControlPlaneConfig(xds_tcp=f"127.0.0.1:{port}", admin_port=0))
+        client = await make_api_client(url)
+        settings = WatchSettings()
+        k8s_source = KubernetesSource(
+            KubeApi(client, settings), plane.store, node="node-a", settings=settings,
+            resources=default_resources("node-a"), report_status=False,
+        )  # fmt: skip
+        started = time.perf_counter()
+        tasks = [
+            asyncio.create_task(plane.run(), name="control-plane"),
+            asyncio.create_task(k8s_source.run(), name="k8s"),
+        ]
+        # Polled: the control plane signals only "ready" (its first, possibly empty, model).
+        while not _complete(plane.model, args.services):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        first = time.perf_counter() - started
+        rss = rss_mib()
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        await client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(
+        f"cluster: {args.services} Services, {args.services * args.endpoints} endpoints; "
+        "watcher feeding the xDS control plane"
+    )
+    print(f"{'measure':<44}{'result':>14}")
+    print(f"{'sync to first translated, published model (s)':<44}{first:>14.2f}")
+    print(f"{'RSS before sync (MiB)':<44}{rss_before:>14.1f}")
+    print(f"{'RSS after (MiB)':<44}{rss:>14.1f}")
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.with_control_plane:
+        await with_control_plane(args)
+        return
     proc, url = start_double(args.services, args.endpoints)
     try:
         rss_before = rss_mib()
@@ -243,4 +304,7 @@ if __name__ == "__main__":
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--changes", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the prefetch A/B")
+    parser.add_argument(
+        "--with-control-plane", action="store_true", help="feed the xDS control plane instead"
+    )
     asyncio.run(main(parser.parse_args()))
