@@ -109,3 +109,14 @@ async def test_compacted_history_is_410_on_watch_and_exact_list(double: ApiServe
             status = await resp.json()
     assert event["type"] == "ERROR" and event["object"]["code"] == 410
     assert resp.status == 410 and status["reason"] == "Expired"
+
+
+async def test_bad_resource_version_is_a_400(double: ApiServerDouble) -> None:
+    async with aiohttp.ClientSession() as session:
+        for query in (
+            "watch=1&resourceVersion=abc",
+            "resourceVersion=abc&resourceVersionMatch=Exact",
+        ):
+            async with session.get(f"{double.url}/api/v1/pods?{query}") as resp:
+                status = await resp.json()
+            assert resp.status == 400 and status["reason"] == "BadRequest", query

@@ -66,6 +66,13 @@ def _flag(value: str | None) -> bool:
     return (value or "") in ("1", "t", "T", "true", "TRUE", "True")
 
 
+def _rv(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise StoreError(400, "BadRequest", f"invalid resource version: {text!r}") from None
+
+
 def _field_value(obj: Obj, path: str) -> str:
     cur: Any = obj
     for part in path.split("."):
@@ -290,7 +297,7 @@ class ApiServerDouble:
                 raise Gone("The provided continue parameter is too old to display")
         else:
             rv = query.get("resourceVersion", "")
-            if query.get("resourceVersionMatch") == "Exact" and rv and int(rv) < self.store.floor:
+            if query.get("resourceVersionMatch") == "Exact" and rv and _rv(rv) < self.store.floor:
                 raise Gone(f"too old resource version: {rv} ({self.store.floor})")
             fsel, lsel = query.get("fieldSelector", ""), query.get("labelSelector", "")
             snapshot = [
@@ -330,6 +337,8 @@ class ApiServerDouble:
         fsel, lsel = query.get("fieldSelector", ""), query.get("labelSelector", "")
         bookmarks = _flag(query.get("allowWatchBookmarks"))
         timeout = float(query.get("timeoutSeconds", "0") or 0) or 1800.0
+        if query.get("resourceVersion", "") not in ("", "0"):
+            _rv(query["resourceVersion"])  # a bad one is a 400, before the stream starts
         sub = Subscriber(rtype)
         self.store.subscribers.add(sub)  # before the replay, so nothing falls in between
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -376,7 +385,7 @@ class ApiServerDouble:
                     await resp.write(encode({"type": "ADDED", "object": obj}) + b"\n")
             sent = store.rv
         else:
-            sent = int(rv_param)
+            sent = _rv(rv_param)
             try:
                 backlog = store.changes_since(rtype, sent)
             except Gone as exc:
