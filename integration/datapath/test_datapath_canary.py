@@ -37,12 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 ADMIN, CP_ADMIN = 19902, 19903
 VIPS = {"httpbin": "10.96.0.10", "httpbin-v1": "10.96.0.11", "httpbin-v2": "10.96.0.12"}
 OTHER_VIP = "10.96.0.20"
-SERVE = (
-    "import argparse, sys\n"
-    "from nodemesh import cli_controlplane as c\n"
-    "p = argparse.ArgumentParser(); c.register(p.add_subparsers())\n"
-    "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
-)
 
 
 def _service(name: str, vip: str, selector: dict[str, str]) -> dict[str, Any]:
@@ -136,8 +130,8 @@ def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> No
     node.spawn(
         [
             sys.executable,
-            "-c",
-            SERVE,
+            "-m",
+            "nodemesh.cli",
             "serve",
             f"--source-dir={sources}",
             f"--xds-socket={sock}",

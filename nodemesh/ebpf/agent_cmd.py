@@ -1,8 +1,4 @@
-"""`nodemesh agent`: the node agent's datapath half, and its operator commands.
-
-    nodemesh agent [--plan FILE | --model-dir DIR] [--watch]   load, apply, keep in step
-    nodemesh agent --cleanup                                   remove everything it made
-    nodemesh agent dump [--plan FILE | --model-dir DIR]        plan vs pinned, side by side
+"""The implementation of `nodemesh agent` (arguments: `nodemesh.ebpf.cli`).
 
 Every `DatapathError` becomes one line on stderr (exit 1; 3 for a missing
 prerequisite); this is the one place that mapping happens.
@@ -15,7 +11,6 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import structlog
 from google.protobuf import json_format
@@ -29,25 +24,6 @@ from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource
 
 log = structlog.get_logger("nodemesh.ebpf.cli")
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("agent", help="eBPF node agent: datapath load, apply, dump, cleanup")
-    p.add_argument("--pin-dir", type=Path, default=loader.DEFAULT_PIN_DIR)
-    p.add_argument("--cgroup", type=Path, default=loader.DEFAULT_CGROUP, help="mesh cgroup")
-    p.add_argument("--proxy-cgroup", type=Path, help="the node Envoy's cgroup")
-    p.add_argument("--proxy-address", help="IPv4 address pods reach the node Envoy at")
-    p.add_argument("--pod-cgroups", type=Path, help="dir of <namespace>_<name> pod cgroups")
-    p.add_argument("--node-name", default="")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--plan", type=Path, help="a DatapathPlan as JSON")
-    src.add_argument("--model-dir", type=Path, help="a directory of Kubernetes YAML")
-    p.add_argument(
-        "--watch", action="store_true", help="keep running: follow the plan file or model dir"
-    )
-    p.add_argument("--cleanup", action="store_true", help="remove all programs, maps and pins")
-    p.add_argument("action", nargs="?", choices=["dump"], help="dump: plan vs pinned")
-    p.set_defaults(func=run)
 
 
 def _config(args: argparse.Namespace) -> loader.DatapathConfig:

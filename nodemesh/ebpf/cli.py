@@ -1,0 +1,43 @@
+"""`nodemesh agent`: the node agent's datapath half, and its operator commands.
+
+    nodemesh agent [--plan FILE | --model-dir DIR] [--watch]   load, apply, keep in step
+    nodemesh agent --cleanup                                   remove everything it made
+    nodemesh agent dump [--plan FILE | --model-dir DIR]        plan vs pinned, side by side
+
+Only the arguments live here. The implementation (`agent_cmd`) is imported
+when the command runs, so the rest of the `nodemesh` CLI keeps working on a
+checkout whose generated protos (nodemesh/_gen) are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from nodemesh.ebpf import loader
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("agent", help="eBPF node agent: datapath load, apply, dump, cleanup")
+    p.add_argument("--pin-dir", type=Path, default=loader.DEFAULT_PIN_DIR)
+    p.add_argument("--cgroup", type=Path, default=loader.DEFAULT_CGROUP, help="mesh cgroup")
+    p.add_argument("--proxy-cgroup", type=Path, help="the node Envoy's cgroup")
+    p.add_argument("--proxy-address", help="IPv4 address pods reach the node Envoy at")
+    p.add_argument("--pod-cgroups", type=Path, help="dir of <namespace>_<name> pod cgroups")
+    p.add_argument("--node-name", default="")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--plan", type=Path, help="a DatapathPlan as JSON")
+    src.add_argument("--model-dir", type=Path, help="a directory of Kubernetes YAML")
+    p.add_argument(
+        "--watch", action="store_true", help="keep running: follow the plan file or model dir"
+    )
+    p.add_argument("--cleanup", action="store_true", help="remove all programs, maps and pins")
+    p.add_argument("action", nargs="?", choices=["dump"], help="dump: plan vs pinned")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nodemesh.ebpf import agent_cmd
+
+    return agent_cmd.run(args)
