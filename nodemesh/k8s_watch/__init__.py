@@ -11,6 +11,10 @@ Wiring (the agent or `nodemesh serve` owns the MeshStore and the TaskGroup):
                            resources=default_resources(node_name))
     tg.create_task(k8s.run(), name="k8s")
 
+- Publish nothing before `await k8s.watch.wait_synced()`: until every
+  informer has listed, the store holds a partial cluster, and publishing it
+  would withdraw Envoy config and kernel redirects on every agent restart.
+  After that, relists replace a resource's set in one step (no window).
 - `k8s.health.reasons()` fits the admin port's `not_ready_reasons()`: empty
   when every informer is synced and connected, else one line per resource
   ("serving last known state; failing since ...").
