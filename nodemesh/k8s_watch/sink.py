@@ -12,7 +12,10 @@ class ObjectSink(Protocol):
     `source` scopes every call: each informer passes its own, so a relist
     (`replace_all`) of one resource type never touches objects of another,
     nor those the file source fed. `raw` is the object as the API server sent
-    it, with `apiVersion` and `kind` always filled in.
+    it, with `apiVersion` and `kind` always filled in, without what changes on
+    every write (resourceVersion, managedFields, generation, kubectl's
+    last-applied annotation) or a status nodemesh writes itself, and held as
+    an immutable `CompactObject` (a read-only Mapping) to keep memory small.
 
     `apply` may raise nodemesh.model.errors.ParseError for an object it cannot
     even identify; `replace_all` may return such errors for skipped objects.
