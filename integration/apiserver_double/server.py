@@ -22,6 +22,7 @@ import base64
 import json
 import re
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -99,6 +100,38 @@ def _selector_matches(obj: Obj, field_sel: str, label_sel: str) -> bool:
         elif term not in labels:
             return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class WatchQuery:
+    """One watch request's parameters."""
+
+    namespace: str
+    field_selector: str
+    label_selector: str
+    bookmarks: bool
+    timeout: float
+    resource_version: int | None  # None: start with every object as ADDED
+
+    @classmethod
+    def of(cls, request: web.Request, namespace: str) -> WatchQuery:
+        query = request.query
+        rv = query.get("resourceVersion", "")
+        return cls(
+            namespace,
+            query.get("fieldSelector", ""),
+            query.get("labelSelector", ""),
+            _flag(query.get("allowWatchBookmarks")),
+            float(query.get("timeoutSeconds", "0") or 0) or 1800.0,
+            None if rv in ("", "0") else _rv(rv),  # a bad one is a 400, before streaming
+        )
+
+    def visible(self, obj: Obj | None) -> bool:
+        if obj is None:
+            return False
+        if self.namespace and obj["metadata"].get("namespace") != self.namespace:
+            return False
+        return _selector_matches(obj, self.field_selector, self.label_selector)
 
 
 class ApiServerDouble:
@@ -333,79 +366,60 @@ class ApiServerDouble:
     async def _watch(
         self, request: web.Request, rtype: ResourceType, ns: str
     ) -> web.StreamResponse:
-        query = request.query
-        fsel, lsel = query.get("fieldSelector", ""), query.get("labelSelector", "")
-        bookmarks = _flag(query.get("allowWatchBookmarks"))
-        timeout = float(query.get("timeoutSeconds", "0") or 0) or 1800.0
-        if query.get("resourceVersion", "") not in ("", "0"):
-            _rv(query["resourceVersion"])  # a bad one is a 400, before the stream starts
+        watch = WatchQuery.of(request, ns)
         sub = Subscriber(rtype)
         self.store.subscribers.add(sub)  # before the replay, so nothing falls in between
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         try:
-            await self._stream(
-                request,
-                resp,
-                sub,
-                query.get("resourceVersion", ""),
-                ns,
-                fsel,
-                lsel,
-                bookmarks,
-                timeout,
-            )
+            sent = await self._replay(resp, rtype, watch)
+            if sent is not None:
+                await self._follow(request, resp, sub, watch, sent)
         except ConnectionResetError:
             pass  # the client went away: that ends this watch
         finally:
             self.store.subscribers.discard(sub)
         return resp
 
-    async def _stream(
+    async def _replay(
+        self, resp: web.StreamResponse, rtype: ResourceType, watch: WatchQuery
+    ) -> int | None:
+        """What happened since the requested resourceVersion (or, without one,
+        every object as ADDED). None when that history is gone (ERROR 410 sent)."""
+        store = self.store
+        if watch.resource_version is None:
+            for obj in store.items(rtype):
+                if watch.visible(obj):
+                    await resp.write(encode({"type": "ADDED", "object": obj}) + b"\n")
+            return store.rv
+        try:
+            backlog = store.changes_since(rtype, watch.resource_version)
+        except Gone as exc:
+            event = {"type": "ERROR", "object": _status(410, "Expired", exc.message)}
+            await resp.write(encode(event) + b"\n")
+            return None
+        for change in backlog:
+            await self._send(resp, change, watch)
+        return max([watch.resource_version] + [c.rv for c in backlog])
+
+    async def _follow(
         self,
         request: web.Request,
         resp: web.StreamResponse,
         sub: Subscriber,
-        rv_param: str,
-        ns: str,
-        fsel: str,
-        lsel: str,
-        bookmarks: bool,
-        timeout: float,
+        watch: WatchQuery,
+        sent: int,
     ) -> None:
-        rtype, store = sub.rtype, self.store
+        """New changes as they happen, bookmarks when idle, until timeoutSeconds."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        if rv_param in ("", "0"):
-            for obj in store.items(rtype):
-                if (not ns or obj["metadata"].get("namespace") == ns) and _selector_matches(
-                    obj, fsel, lsel
-                ):
-                    await resp.write(encode({"type": "ADDED", "object": obj}) + b"\n")
-            sent = store.rv
-        else:
-            sent = _rv(rv_param)
-            try:
-                backlog = store.changes_since(rtype, sent)
-            except Gone as exc:
-                event = {"type": "ERROR", "object": _status(410, "Expired", exc.message)}
-                await resp.write(encode(event) + b"\n")
-                return
-            for change in backlog:
-                await self._send(resp, change, ns, fsel, lsel)
-            sent = max([sent] + [c.rv for c in backlog])
+        deadline = loop.time() + watch.timeout
         while (left := deadline - loop.time()) > 0:
             try:
                 item = await asyncio.wait_for(sub.queue.get(), min(left, self.bookmark_interval))
             except TimeoutError:
-                if bookmarks and loop.time() < deadline:
-                    mark = {
-                        "kind": rtype.kind,
-                        "apiVersion": rtype.api_version,
-                        "metadata": {"resourceVersion": str(store.rv)},
-                    }
-                    await resp.write(encode({"type": "BOOKMARK", "object": mark}) + b"\n")
+                if watch.bookmarks and loop.time() < deadline:
+                    await resp.write(self._bookmark(sub.rtype) + b"\n")
                 continue
             if item is None:
                 if request.transport is not None:
@@ -413,22 +427,21 @@ class ApiServerDouble:
                 return
             if isinstance(item, bytes):
                 await resp.write(item + b"\n")
-                continue
-            if item.rv > sent:
-                await self._send(resp, item, ns, fsel, lsel)
+            elif item.rv > sent:
+                await self._send(resp, item, watch)
                 sent = item.rv
 
-    async def _send(
-        self, resp: web.StreamResponse, change: Change, ns: str, fsel: str, lsel: str
-    ) -> None:
-        def visible(obj: Obj | None) -> bool:
-            if obj is None:
-                return False
-            return (not ns or obj["metadata"].get("namespace") == ns) and _selector_matches(
-                obj, fsel, lsel
-            )
+    def _bookmark(self, rtype: ResourceType) -> bytes:
+        # Every change of this type up to now was sent: the queue is empty.
+        mark = {
+            "kind": rtype.kind,
+            "apiVersion": rtype.api_version,
+            "metadata": {"resourceVersion": str(self.store.rv)},
+        }
+        return encode({"type": "BOOKMARK", "object": mark})
 
-        now, before = visible(change.obj), visible(change.prev)
+    async def _send(self, resp: web.StreamResponse, change: Change, watch: WatchQuery) -> None:
+        now, before = watch.visible(change.obj), watch.visible(change.prev)
         etype = change.type
         if etype == "MODIFIED":
             # A selector filters a watch: leaving it reads as DELETED, entering as ADDED.
