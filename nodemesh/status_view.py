@@ -97,9 +97,7 @@ def format_status(syncz: Mapping[str, Any]) -> str:
     if datapath is not None:
         lines += [
             "",
-            f"datapath: model {_short(datapath.get('applied_model_version'))} in the kernel, "
-            f"{datapath.get('frontends', 0)} service frontends, "
-            f"{datapath.get('redirects', 0)} L7 redirects",
+            f"datapath: model {_short(datapath.get('applied_model_version'))} in the kernel",
         ]
     lines.extend(_problems(syncz))
     return "\n".join(lines)

@@ -58,6 +58,7 @@ class DatapathAgent:
         self.pods = pods
         self.proxy_synced = proxy_synced
         self.applied_version: str | None = None
+        self._planned: tuple[MeshModel, pb.DatapathPlan] | None = None
 
     def start(self) -> loader.LoadReport:
         """Load or re-adopt the pinned datapath; raises `DatapathError` if it cannot."""
@@ -71,13 +72,29 @@ class DatapathAgent:
         """Plan and apply `model` in one step (no ordering against Envoy)."""
         return self._record(model, planner.plan(model, self.settings.node_name))
 
+    def stage(self, model: MeshModel) -> applier.ApplyResult:
+        """First step of an update ordered against the node Envoy: frontends,
+        backends and removed redirects, while new redirects are held back.
+        Run it before the node Envoy is sent `model`."""
+        plan = self._plan(model)
+        return self._apply(plan, hold=True)
+
+    def commit(self, model: MeshModel) -> applier.ApplyResult:
+        """Second step: the whole plan. Run it once Envoy has ACKed `model`."""
+        return self._record(model, self._plan(model))
+
+    def _plan(self, model: MeshModel) -> pb.DatapathPlan:
+        # stage() and commit() of one version share one plan.
+        if self._planned is None or self._planned[0] is not model:
+            self._planned = (model, planner.plan(model, self.settings.node_name))
+        return self._planned[1]
+
     async def apply_model_ordered(self, model: MeshModel) -> applier.ApplyResult:
         """Apply `model` in two steps around `proxy_synced` (one step without it)."""
-        plan = planner.plan(model, self.settings.node_name)
         if self.proxy_synced is not None:
-            self._apply(plan, hold=True)
+            self.stage(model)
             await self.proxy_synced(model.version)
-        return self._record(model, plan)
+        return self.commit(model)
 
     def _record(self, model: MeshModel, plan: pb.DatapathPlan) -> applier.ApplyResult:
         result = self._apply(plan)

@@ -78,11 +78,50 @@ async def _watch(args: argparse.Namespace) -> None:
             log.error("plan not applied; the previous one stays", error=str(exc))
 
 
+async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    """The node agent proper: xDS for the node Envoy and the datapath, from
+    one model store (the wiring lives in nodemesh.agent)."""
+    from nodemesh.agent import run_agent
+    from nodemesh.controlplane import ControlPlaneConfig
+    from nodemesh.xds.translate import TranslateOptions
+
+    host, _, port = args.admin.rpartition(":")
+    if not host or not port.isdigit():
+        raise PlanError(f"--admin: expected host:port, got {args.admin!r}")
+    control_plane = ControlPlaneConfig(
+        source_dirs=(args.model_dir,),
+        xds_tcp=args.xds_address,
+        xds_socket=args.xds_socket,
+        admin_host=host,
+        admin_port=int(port),
+        translate=TranslateOptions(
+            listener_address=args.listener_address or args.proxy_address or "127.0.0.1",
+            node_name=args.node_name or None,
+            use_original_dst=True,
+        ),
+    )
+    settings = AgentSettings(_config(args), args.proxy_address, args.node_name)
+    datapath = DatapathAgent(settings, DirectoryPodCgroups(args.pod_cgroups or args.cgroup))
+    node_id = args.envoy_node_id or args.node_name
+    async with asyncio.TaskGroup() as tg:
+        agent = tg.create_task(
+            run_agent(control_plane, datapath, node_id, args.envoy_sync_timeout), name="agent"
+        )
+        print("agent ready", flush=True)
+        await stop.wait()
+        agent.cancel()
+
+
 async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args.xds_socket is not None or args.xds_address is not None:
+        if args.model_dir is None:
+            raise PlanError("--xds-socket/--xds-address serve a model: give --model-dir")
+        await _serve_with_xds(args, stop)
+        return
     async with asyncio.TaskGroup() as tg:
         tasks = []
         if args.model_dir is not None:
@@ -106,13 +145,19 @@ def _run(args: argparse.Namespace) -> int:
         removed = loader.cleanup(config)
         print(f"removed {len(removed)} pins under {config.pin_dir}")
         return 0
-    plan = read_plan(args)
+    xds_mode = args.xds_socket is not None or args.xds_address is not None
+    plan = None if xds_mode and args.action != "dump" else read_plan(args)
     if args.action == "dump":
         preflight.check_bpffs(config.pin_dir)
         if not config.maps_dir.is_dir():
             raise DatapathError(f"nothing is pinned under {config.pin_dir}; has the agent run?")
         pods = DirectoryPodCgroups(args.pod_cgroups or args.cgroup)
         print(dump.render(plan, config.maps_dir, args.proxy_address, pods))
+        return 0
+    if xds_mode:
+        # The node agent loads the datapath itself and orders the first plan
+        # against the node Envoy (nothing is steered before Envoy listens).
+        asyncio.run(_serve(args))
         return 0
     loader.load(config)
     if plan is not None:

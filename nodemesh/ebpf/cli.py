@@ -1,6 +1,8 @@
 """`nodemesh agent`: the node agent's datapath half, and its operator commands.
 
-    nodemesh agent [--plan FILE | --model-dir DIR] [--watch]   load, apply, keep in step
+    nodemesh agent --model-dir DIR --watch --xds-socket SOCK   the node agent: serves the
+                                                               node Envoy and the kernel
+    nodemesh agent [--plan FILE | --model-dir DIR] [--watch]   datapath only: load, apply
     nodemesh agent --cleanup                                   remove everything it made
     nodemesh agent dump [--plan FILE | --model-dir DIR]        plan vs pinned, side by side
 
@@ -31,6 +33,20 @@ def register(subparsers: Any) -> None:
     src.add_argument("--model-dir", type=Path, help="a directory of Kubernetes YAML")
     p.add_argument(
         "--watch", action="store_true", help="keep running: follow the plan file or model dir"
+    )
+    xds = p.add_argument_group("xDS for the node Envoy (with --model-dir --watch)")
+    xds.add_argument("--xds-socket", type=Path, help="serve the node Envoy on this Unix socket")
+    xds.add_argument("--xds-address", help="also serve ADS/CSDS on TCP host:port")
+    xds.add_argument("--admin", default="127.0.0.1:9876", help="admin HTTP host:port")
+    xds.add_argument("--envoy-node-id", help="the node Envoy's node id (default: --node-name)")
+    xds.add_argument(
+        "--envoy-sync-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for the node Envoy's ACK before steering new redirects",
+    )
+    xds.add_argument(
+        "--listener-address", help="address Envoy's listeners bind (default: --proxy-address)"
     )
     p.add_argument("--cleanup", action="store_true", help="remove all programs, maps and pins")
     p.add_argument("action", nargs="?", choices=["dump"], help="dump: plan vs pinned")
