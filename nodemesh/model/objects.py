@@ -302,9 +302,11 @@ class L7Redirect:
     and serves the RouteConfiguration `route_config`.
 
     `clients` says whose connections the kernel steers: None means every
-    client (a CEC `services` entry), otherwise the pods matching any selector
-    (CNP `rules.http`). `policies` are the HTTP allow-lists Envoy enforces;
-    empty means no HTTP enforcement. `owners` are the CECs/CNPs that caused it.
+    client (a CEC `services` entry with no HTTP policy on the port), otherwise
+    the pods matching any selector (CNP `rules.http`; with a CEC on the same
+    port too, the CEC routes what the policies select). `policies` are the
+    HTTP allow-lists Envoy enforces; empty means no HTTP enforcement.
+    `owners` are the CECs/CNPs that caused it.
     """
 
     service: ServiceName

@@ -250,10 +250,14 @@ def _redirect(
             used.add((owner.namespace, part.clients))
             policies.append(HTTPPolicy(owner, part.clients, ips, tuple(rules)))
     owners = [p.owner for p in policies]
-    clients: tuple[LabelSelector, ...] | None = None
     if item.config is not None:
         owners.insert(0, item.config.ref)
-    else:
+    # A CEC alone steers every client. With HTTP policies on the same port,
+    # the policies select whose traffic goes to Envoy and the CEC routes it:
+    # the article's reading ("a CiliumNetworkPolicy to select which traffic is
+    # subject to this L7 rule"), so its unselected pods stay in the kernel.
+    clients: tuple[LabelSelector, ...] | None = None
+    if policies:
         clients = tuple(dict.fromkeys(p.clients for p in policies))
     return L7Redirect(
         service=item.service.service_name,

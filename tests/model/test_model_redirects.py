@@ -66,7 +66,7 @@ def test_canary_example_gives_exactly_one_merged_redirect() -> None:
             route_config="default/httpbin-traffic-split/httpbin-listener-route",
             origin=RedirectOrigin.ENVOY_CONFIG,
             owners=(CEC_REF, CNP_REF),
-            clients=None,
+            clients=(CURL,),
             policies=(HTTPPolicy(CNP_REF, CURL, (), (HTTPRule(),)),),
         ),
     )

@@ -9,8 +9,8 @@ Cilium's semantics, per redirected service port:
   anchoring Cilium gives them) against `:method` and `:path`, `host` against
   `:authority`, `headers` "Name" means present and "Name: value" means equal.
   An empty rule (`http: [{}]`) allows everything.
-- When the kernel steers every client to Envoy (a CEC `services` entry), a
-  client no policy names is not restricted by any policy, so it is allowed.
+- On a CEC's listener (the CEC routes whoever reaches it), a client no policy
+  names is not restricted by any policy, so it is allowed.
 - Anything else gets Envoy's RBAC answer: 403.
 
 When one listener serves several redirects, each permission is also tied to
@@ -32,7 +32,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
-from nodemesh.model.objects import HTTPPolicy, HTTPRule, L7Redirect, ObjectError, ObjectWarning
+from nodemesh.model.objects import (
+    HTTPPolicy,
+    HTTPRule,
+    L7Redirect,
+    ObjectError,
+    ObjectWarning,
+    RedirectOrigin,
+)
 from nodemesh.xds.translate.registry import pack
 
 RBAC_FILTER = "envoy.filters.http.rbac"
@@ -151,8 +158,9 @@ def _redirect_policies(
         policies[f"{where}{policy.owner} #{index}"] = rbac_pb2.Policy(
             principals=[_from_ips(policy.client_ips)], permissions=permissions
         )
-    if redirect.clients is None or not restricted:
-        # Steered clients no policy names, or every client when no rule can deny
+    if redirect.origin is RedirectOrigin.ENVOY_CONFIG or not restricted:
+        # A CEC routes whoever reaches its listener: clients no policy names
+        # are not restricted by one. Or every client, when no rule can deny
         # (this redirect may share a listener whose other redirects do deny).
         others = (
             rbac_pb2.Principal(not_id=_from_ips(covered))

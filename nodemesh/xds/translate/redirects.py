@@ -227,7 +227,7 @@ class RedirectBuilder:
         so services sharing one network policy share one filter message."""
         key: tuple[object, ...] | None = None
         if len(group) == 1:
-            key = (group[0].policies, group[0].clients is None)
+            key = (group[0].policies, group[0].origin)
             known = stage.rbac_memo.get(key) or self.previous.rbac_memo.get(key)
             if known is not None:
                 stage.rbac_memo[key] = known
