@@ -150,6 +150,13 @@ async def test_http_rule_answers_403_for_a_disallowed_path(rig: Rig) -> None:
     await rig.wait_model("policy allows only GET /headers")
     await rig.wait_synced()
 
+    # Envoy ACKs a listener update before the new listener has warmed up and
+    # taken over; connections in between still meet the old filter chain.
+    for _ in range(200):
+        probe = await request_loop(rig.url("/get"), "httpbin", 1, 1, expect_status=403)
+        if probe.by_status == {403: 1}:
+            break
+        await asyncio.sleep(0.05)
     allowed = await request_loop(rig.url("/headers"), "httpbin", 20, 4, rig.workloads)
     assert allowed.ok == 20, allowed.failures[:3]
     denied = await request_loop(rig.url("/get"), "httpbin", 20, 4, rig.workloads, expect_status=403)
