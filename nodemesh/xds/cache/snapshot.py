@@ -178,6 +178,16 @@ class Snapshot:
             return False
         return all(map(operator.is_, messages, mine)) and list(by_name) == list(owned)
 
+    def endpoint_names(self, clusters: Iterable[str]) -> set[str]:
+        """The EDS resource names the given (existing) EDS clusters use."""
+        found = self.get(CLUSTER)
+        names: set[str] = set()
+        for cluster in clusters:
+            res = found.get(cluster)
+            if res is not None:
+                names.update(_references(res, _cluster_eds_names))
+        return names
+
     def get(self, type_url: str) -> Mapping[str, EncodedResource]:
         """Resources of one type by name (empty mapping when none)."""
         return self.resources.get(type_url, _EMPTY)

@@ -92,10 +92,19 @@ class DeltaStream(AdsStream):
         return changed or bool(new)
 
     def build_response(self, state: TypeState, snapshot: Snapshot) -> bytes | None:
+        refresh = self.take_eds_refresh(state)
+        if refresh:
+            # resend endpoints of updated clusters even if unchanged
+            sent = state.own_sent()
+            for name in refresh:
+                sent.pop(name, None)
+            state.recheck |= refresh
         updated, removed = self._diff(state, snapshot, self._candidates(state, snapshot))
         state.basis = snapshot.serial
         if not updated and not removed:
             return None
+        if state.type_url == CLUSTER:
+            self.note_cluster_updates((r.name for r in updated), snapshot)
         nonce = self.next_nonce()
         payload = b"".join(
             (

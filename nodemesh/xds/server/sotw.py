@@ -140,8 +140,11 @@ class SotwStream(AdsStream):
         view = self._view(state, snapshot)
         if state.type_url == CLUSTER:
             view = self._hold_removed_clusters(state, view, snapshot)
+        # Endpoints of clusters updated in this round are resent even when
+        # unchanged: Envoy keeps an updated cluster warming until it has them.
+        refresh = bool(self.take_eds_refresh(state) & view.resources.keys())
         # Nothing new: same content as the last response (or adopted state).
-        if state.responded and view.version == state.sent_version:
+        if state.responded and view.version == state.sent_version and not refresh:
             return None
         # Named types: an empty answer to names that do not exist yet says
         # nothing; wait until they appear.
@@ -162,6 +165,8 @@ class SotwStream(AdsStream):
         )
         inflight = Inflight(nonce, view.version, time.monotonic(), view.versions)
         self.sent_response(state, inflight, len(view.resources), len(payload))
+        if state.type_url == CLUSTER:
+            self.note_cluster_updates(_updated(state.sent, view.versions), snapshot)
         state.sent, state.sent_resources = view.versions, view.resources
         return payload
 
@@ -180,3 +185,10 @@ class SotwStream(AdsStream):
             resources[name] = state.sent_resources[name]
         versions = {n: r.version for n, r in resources.items()}
         return _View(resources, versions, view_version(resources.values()), shared=False)
+
+
+def _updated(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """Names added or changed between two full-state responses."""
+    if before is after:
+        return []
+    return [name for name, version in after.items() if before.get(name) != version]

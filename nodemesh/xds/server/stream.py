@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,15 @@ import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 
-from nodemesh.xds.cache import CLUSTER, LISTENER, ROUTE, Snapshot, SnapshotSource, short_name
+from nodemesh.xds.cache import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    Snapshot,
+    SnapshotSource,
+    short_name,
+)
 from nodemesh.xds.cache.resources import is_valid_type_url, push_rank
 from nodemesh.xds.metrics import TypeCounters, XdsMetrics
 from nodemesh.xds.server.errors import ClientTooSlow, InvalidRequest, TooManyNames
@@ -83,6 +91,8 @@ class AdsStream(ABC):
         self._nonces = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._type_counters: dict[str, TypeCounters] = {}
+        # EDS names to send again although unchanged (see note_cluster_updates)
+        self._eds_refresh: set[str] = set()
         self.log = log.bind(stream_id=self.stream_id, api=self.api, peer=self.peer)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -265,6 +275,25 @@ class AdsStream(ABC):
         if state.wildcard:
             return {n: r.version for n, r in resources.items()}
         return {n: resources[n].version for n in state.names if n in resources}
+
+    # -- cluster warming ------------------------------------------------------------
+
+    def note_cluster_updates(self, clusters: Iterable[str], snapshot: Snapshot) -> None:
+        """Envoy re-creates an updated cluster and keeps it warming until it
+        receives that cluster's endpoints again, even if they did not change
+        (xDS protocol, "Resource warming"); without a response it waits for
+        initial_fetch_timeout (15 s by default). Remember the EDS names of
+        updated clusters so the EDS step of this round sends them again."""
+        if ENDPOINT in self.states:
+            self._eds_refresh.update(snapshot.endpoint_names(clusters))
+
+    def take_eds_refresh(self, state: TypeState) -> set[str]:
+        """EDS names of updated clusters this subscription must resend."""
+        if state.type_url != ENDPOINT or not self._eds_refresh:
+            return set()
+        wanted = {n for n in self._eds_refresh if state.subscribed(n)}
+        self._eds_refresh.clear()
+        return wanted
 
     # -- the variant's part ----------------------------------------------------------
 

@@ -31,12 +31,18 @@ TIMEOUT = 20.0  # generous: the machine is shared and loaded
 # -- resource builders --------------------------------------------------------
 
 
-def cluster(name: str, eds: bool = True, timeout_s: int = 1) -> cluster_pb2.Cluster:
+def cluster(
+    name: str, eds: bool = True, timeout_s: int = 1, wait_for_eds: bool = False
+) -> cluster_pb2.Cluster:
+    """An EDS cluster over ADS. `wait_for_eds`: initial_fetch_timeout 0, so
+    Envoy keeps the cluster warming until its endpoints arrive, however long."""
     c = cluster_pb2.Cluster(name=name, connect_timeout=duration_pb2.Duration(seconds=timeout_s))
     if eds:
         c.type = cluster_pb2.Cluster.EDS
         c.eds_cluster_config.eds_config.ads.SetInParent()
         c.eds_cluster_config.eds_config.resource_api_version = config_source_pb2.V3
+        if wait_for_eds:
+            c.eds_cluster_config.eds_config.initial_fetch_timeout.SetInParent()
     return c
 
 

@@ -131,9 +131,13 @@ async def _envoy(workdir: Path, sock: Path, api_type: str) -> AsyncIterator[None
         log.close()
 
 
-def _config(ports: dict[str, int], listen: int, weights: dict[str, int]) -> dict[str, Any]:
+def _config(
+    ports: dict[str, int], listen: int, weights: dict[str, int], timeout_s: int = 1
+) -> dict[str, Any]:
+    # initial_fetch_timeout 0: an updated cluster stays warming until its
+    # endpoints arrive again (instead of giving up after 15 s).
     resources: dict[str, dict[str, Message]] = {
-        CLUSTER: {name: cluster(name) for name in ports},
+        CLUSTER: {name: cluster(name, timeout_s=timeout_s, wait_for_eds=True) for name in ports},
         ENDPOINT: {name: endpoints(name, port) for name, port in ports.items()},
         LISTENER: {"ingress": listener("ingress", listen, "routes")},
         ROUTE: {"routes": route("routes", weights)},
@@ -225,8 +229,13 @@ async def test_real_envoy_converges_and_survives_a_nack(tmp_path: Path, api_type
             await wait_until(
                 lambda: _cds(server).resource_names == ("v2",), what="v1 removed after RDS ACK"
             )
-            # 3. A bad cluster: Envoy NACKs it with its own message.
-            bad = _config(v2_only, listen, {"v2": 100})
+            # 3. An updated cluster (endpoints unchanged) finishes warming: its
+            #    endpoints are sent again with it.
+            retuned = _config(v2_only, listen, {"v2": 100}, timeout_s=3)
+            cache.set_snapshot(NODE, cache.build_snapshot(retuned, "m2b", NODE))
+            await _poll_async(lambda: _warmed(tmp_path), "updated cluster warmed")
+            # 4. A bad cluster: Envoy NACKs it with its own message.
+            bad = _config(v2_only, listen, {"v2": 100}, timeout_s=3)
             broken = cluster("broken", eds=False)
             broken.connect_timeout.CopyFrom(duration_pb2.Duration(seconds=-1))
             bad[CLUSTER]["broken"] = broken
@@ -249,6 +258,20 @@ async def test_real_envoy_converges_and_survives_a_nack(tmp_path: Path, api_type
         await server.stop(1.0)
         for runner in runners:
             await runner.cleanup()
+
+
+async def _warmed(workdir: Path) -> bool:
+    """Envoy modified a cluster and has no cluster left warming."""
+    admin = (workdir / "admin").read_text().strip()
+    stats = await _get(
+        f"http://{admin}/stats?filter=^cluster_manager\\.(cluster_modified|warming_clusters)$"
+    )
+    if stats is None:
+        return False
+    values = dict(line.split(": ") for line in stats.strip().splitlines())
+    return int(values["cluster_manager.cluster_modified"]) >= 1 and (
+        int(values["cluster_manager.warming_clusters"]) == 0
+    )
 
 
 def _cds(server: AdsServer) -> Any:
