@@ -96,7 +96,9 @@ class StatusReporter:
         self._api, self._lookup, self.node = api, lookup, node
         self._settings = settings or WatchSettings()
         self._clock = clock
-        self._written: dict[ObjectRef, tuple[int, tuple[Condition, ...]]] = {}
+        # What we last wrote per object: (uid, generation, conditions). The uid
+        # tells a deleted and recreated object (same name) from the old one.
+        self._written: dict[ObjectRef, tuple[str, int, tuple[Condition, ...]]] = {}
         self._buckets: dict[ObjectRef, TokenBucket] = {}
         self._error_events: set[tuple[ObjectRef, str, str]] = set()
 
@@ -149,7 +151,7 @@ class StatusReporter:
             for c in conds
             if c.type in current
         )
-        wanted = (meta.generation, conds)
+        wanted = (meta.uid, meta.generation, conds)
         if (not changed and not stale) or self._written.get(ref) == wanted:
             # Already there, or written by us and not yet seen back on the watch.
             self._written[ref] = wanted

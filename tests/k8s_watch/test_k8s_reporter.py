@@ -243,3 +243,15 @@ async def test_two_agents_with_their_own_nacks_converge_without_looping() -> Non
     await rounds(3)
     assert await rounds(5) == 0
     assert shared.programmed()["status"] == "True"
+
+
+async def test_recreated_object_gets_its_conditions_again() -> None:
+    reporter, api, objects, _ = _reporter()
+    model = _model(service_exists=False)
+    await reporter.reconcile(model)
+    assert len(api.patches) == 1
+    # Deleted and created again under the same name before the next model:
+    # a new uid, no status yet. The same conditions must be written again.
+    objects.metas["cec"] = ObjectMeta("uid-2", 1, ())
+    await reporter.reconcile(model)
+    assert len(api.patches) == 2
