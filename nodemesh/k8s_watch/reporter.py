@@ -100,7 +100,8 @@ class StatusReporter:
         # tells a deleted and recreated object (same name) from the old one.
         self._written: dict[ObjectRef, tuple[str, int, tuple[Condition, ...]]] = {}
         self._buckets: dict[ObjectRef, TokenBucket] = {}
-        self._error_events: set[tuple[ObjectRef, str, str]] = set()
+        # Errors already told as an Event: (object, field, reason) -> uid told.
+        self._error_events: dict[tuple[ObjectRef, str, str], str] = {}
 
     async def reconcile(
         self,
@@ -241,15 +242,14 @@ class StatusReporter:
         """A Warning Event, once, for every other object the model rejected
         (a malformed Service, EndpointSlice or Pod): it was skipped, the rest flows.
         An error that goes away and comes back is reported again."""
-        self._error_events &= {(e.ref, e.field, e.reason) for e in model.errors}
+        current = {(e.ref, e.field, e.reason) for e in model.errors}
+        self._error_events = {k: v for k, v in self._error_events.items() if k in current}
         for error in model.errors:
             key = (error.ref, error.field, error.reason)
-            if spec_for_kind(error.ref.kind) is None or key in self._error_events:
-                continue
-            if error.ref.kind.value.startswith("Cilium"):
-                continue  # reported through conditions above
+            if spec_for_kind(error.ref.kind) is None or error.ref.kind.value.startswith("Cilium"):
+                continue  # unknown here, or reported through conditions above
             meta = self._lookup.lookup(error.ref.kind.value, error.ref.namespace, error.ref.name)
-            if meta is None:
+            if meta is None or self._error_events.get(key) == meta.uid:
                 continue
             try:
                 await self._event(
@@ -262,7 +262,7 @@ class StatusReporter:
             except ApiRejected as exc:
                 log.warning("event refused", object=str(error.ref), error=str(exc))
                 WRITES.labels("event", "refused").inc()
-            self._error_events.add(key)
+            self._error_events[key] = meta.uid
             out.events += 1
 
     async def run(

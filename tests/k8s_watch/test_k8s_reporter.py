@@ -182,6 +182,9 @@ async def test_rejected_service_gets_one_event_per_distinct_error() -> None:
     await reporter.reconcile(_service_model(80))  # fixed
     await reporter.reconcile(broken)  # broken again: a new Event
     assert len(api.events) == 2
+    objects.metas["svc"] = ObjectMeta("uid-s2", 1, ())  # deleted, created again as broken
+    await reporter.reconcile(broken)
+    assert len(api.events) == 3
 
 
 @dataclass
