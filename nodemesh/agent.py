@@ -91,14 +91,20 @@ class DatapathFollower:
         return reasons
 
 
-async def run_agent(
-    control_plane: ControlPlaneConfig,
-    datapath: DatapathAgent,
-    envoy_node_id: str,
-    envoy_sync_timeout: float = 5.0,
-) -> None:
-    """Load the datapath (reusing what is pinned), then serve until cancelled.
-    The datapath stays pinned and live when the agent stops."""
-    await asyncio.to_thread(datapath.start)
-    follower = DatapathFollower(datapath, envoy_node_id, envoy_sync_timeout)
-    await ControlPlane(control_plane, follower=follower).run()
+class NodeAgent:
+    """The control plane for this node's Envoy, with the datapath following it.
+    Call `datapath.start()` first (it loads or re-adopts the pinned programs);
+    the datapath stays pinned and live when the agent stops."""
+
+    def __init__(
+        self,
+        control_plane: ControlPlaneConfig,
+        datapath: DatapathAgent,
+        envoy_node_id: str,
+        envoy_sync_timeout: float = 5.0,
+    ) -> None:
+        self.follower = DatapathFollower(datapath, envoy_node_id, envoy_sync_timeout)
+        self.plane = ControlPlane(control_plane, follower=self.follower)
+
+    async def run(self) -> None:
+        await self.plane.run()

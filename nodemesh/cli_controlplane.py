@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from nodemesh.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT
+from nodemesh.controlplane import KubernetesConfig
 from nodemesh.logs import configure_logging
 from nodemesh.status_view import StatusError, fetch_json, fetch_syncz, format_status
 from nodemesh.xds.server import TlsSettings
@@ -33,9 +34,10 @@ def register(sub: Any) -> None:
         "--source-dir",
         type=Path,
         action="append",
-        required=True,
+        default=[],
         help="directory of Kubernetes YAML manifests (repeatable)",
     )
+    add_kubernetes_arguments(serve)
     serve.add_argument(
         "--xds-address",
         default="127.0.0.1:18000",
@@ -80,6 +82,37 @@ def register(sub: Any) -> None:
     demo.set_defaults(func=run_demo)
 
 
+def add_kubernetes_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that make a command follow the Kubernetes API (serve, agent)."""
+    group = parser.add_argument_group("Kubernetes")
+    group.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="watch the API server (in-cluster account, else kubeconfig)",
+    )
+    group.add_argument("--kubeconfig", help="kubeconfig file")
+    group.add_argument("--context", help="kubeconfig context")
+    group.add_argument("--k8s-server", help="API server URL without credentials (tests, proxies)")
+    group.add_argument(
+        "--no-report-status", action="store_true", help="do not write conditions and Events back"
+    )
+
+
+def kubernetes_config(
+    args: argparse.Namespace, node_name: str | None = None, reporter: str = "control-plane"
+) -> KubernetesConfig | None:
+    if not args.kubernetes:
+        return None
+    return KubernetesConfig(
+        server=args.k8s_server,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        node_name=node_name,
+        report_status=not args.no_report_status,
+        reporter=reporter,
+    )
+
+
 def _split_host_port(text: str, flag: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
@@ -97,12 +130,16 @@ def _tls(args: argparse.Namespace) -> TlsSettings | None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
+    from nodemesh.k8s_watch.errors import K8sWatchError
 
     configure_logging(args.log_level)
     try:
         admin_host, admin_port = _split_host_port(args.admin, "--admin")
+        if not args.source_dir and not args.kubernetes:
+            raise ValueError("give --source-dir DIR, --kubernetes, or both")
         config = ControlPlaneConfig(
             source_dirs=tuple(args.source_dir),
+            kubernetes=kubernetes_config(args),
             xds_tcp=args.xds_address or None,
             xds_socket=args.xds_socket,
             tls=_tls(args),
@@ -118,6 +155,9 @@ def run_serve(args: argparse.Namespace) -> int:
         asyncio.run(ControlPlane(config).run())
     except KeyboardInterrupt:
         return 0
+    except K8sWatchError as exc:
+        print(f"nodemesh serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,12 +9,13 @@ version flows one way from the store to the cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import prometheus_client
 import structlog
@@ -36,6 +37,9 @@ from nodemesh.xds.server import (
     TlsSettings,
 )
 from nodemesh.xds.translate import TranslateOptions, Translation, Translator, validate_envoy_config
+
+if TYPE_CHECKING:
+    from nodemesh.k8s_watch.runner import KubernetesSource
 
 log = structlog.get_logger("nodemesh.controlplane")
 
@@ -72,10 +76,29 @@ class ModelFollower(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    """Where the API server is and how this process reports back.
+
+    Credentials: `server` (tests, proxies), else the in-cluster service
+    account, else a kubeconfig. `node_name` makes an agent watch only its own
+    node's pods; `reporter` names this process in the NACK lines it writes
+    into conditions (several agents each own their node's lines).
+    """
+
+    server: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    node_name: str | None = None
+    report_status: bool = True
+    reporter: str = "control-plane"
+
+
+@dataclass(frozen=True, slots=True)
 class ControlPlaneConfig:
     """Everything `nodemesh serve` can be told. Defaults suit one node."""
 
     source_dirs: Sequence[Path] = ()
+    kubernetes: KubernetesConfig | None = None
     xds_tcp: str | None = "127.0.0.1:18000"
     xds_socket: Path | None = None
     tls: TlsSettings | None = None
@@ -129,22 +152,31 @@ class ControlPlane:
         self.model: MeshModel | None = None
         self.translation: Translation | None = None
         self.ready = asyncio.Event()
+        self.kubernetes: KubernetesSource | None = None
 
     async def run(self) -> None:
         for source in self.sources:
             source.load()  # the first model includes every file, not a partial set
-        await self.server.start()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            if self.config.kubernetes is not None:
+                self.kubernetes = await _kubernetes_source(self, self.config.kubernetes, stack)
+            await self.server.start()
+            stack.push_async_callback(self.server.stop)
             self.admin_port = await self.admin.start()
+            stack.push_async_callback(self.admin.stop)
             async with asyncio.TaskGroup() as group:
                 for source in self.sources:
                     group.create_task(source.run(), name=f"source {source.directory}")
+                if self.kubernetes is not None:
+                    group.create_task(self.kubernetes.run(), name="kubernetes")
                 group.create_task(self._publish_models(), name="model-to-xds")
-        finally:
-            await self.admin.stop()
-            await self.server.stop()
 
     async def _publish_models(self) -> None:
+        if self.kubernetes is not None:
+            # A model from a partial list would withdraw Envoy config and
+            # kernel redirects for objects not listed yet; readiness says
+            # what is being waited for meanwhile.
+            await self.kubernetes.watch.wait_synced()
         async for model in self.store.updates():
             if self.follower is not None:
                 await self.follower.before_publish(model)
@@ -208,6 +240,8 @@ class ControlPlane:
             for source in self.sources
             if not source.directory.is_dir()
         ]
+        if self.kubernetes is not None:
+            reasons += [f"kubernetes: {r}" for r in self.kubernetes.health.reasons()]
         if self.follower is not None:
             reasons += self.follower.not_ready_reasons()
         return reasons
@@ -224,8 +258,15 @@ class ControlPlane:
                 "warnings": _unique([_problem(w) for w in warnings]),
             },
             "sources": [
-                {"name": str(s.directory), "errors": [str(e) for e in s.errors]}
-                for s in self.sources
+                *(
+                    {"name": str(s.directory), "errors": [str(e) for e in s.errors]}
+                    for s in self.sources
+                ),
+                *(
+                    [{"name": "kubernetes", "errors": self.kubernetes.health.reasons()}]
+                    if self.kubernetes is not None
+                    else []
+                ),
             ],
             "clients": [_client_json(c) for c in self.server.clients()],
             **({"datapath": self.follower.status()} if self.follower is not None else {}),
@@ -244,6 +285,35 @@ class ControlPlane:
             for type_url, resources in sorted(dump.items())
             if wanted is None or short_name(type_url) == wanted
         }
+
+
+async def _kubernetes_source(
+    plane: ControlPlane, config: KubernetesConfig, stack: contextlib.AsyncExitStack
+) -> KubernetesSource:
+    """The API server as a source of the model, reporting status back. Imported
+    here, not at module level: the Kubernetes client costs ~45 MiB of imports
+    that file-only runs (the demo) do not need."""
+    from nodemesh.k8s_nacks import XdsNacks
+    from nodemesh.k8s_watch.client import KubeApi, make_api_client
+    from nodemesh.k8s_watch.resources import default_resources
+    from nodemesh.k8s_watch.runner import KubernetesSource
+    from nodemesh.k8s_watch.settings import WatchSettings
+
+    client = await make_api_client(
+        config.server, kubeconfig=config.kubeconfig, context=config.context
+    )
+    stack.push_async_callback(client.close)
+    settings = WatchSettings()
+    return KubernetesSource(
+        KubeApi(client, settings),
+        plane.store,
+        node=config.reporter,
+        settings=settings,
+        resources=default_resources(config.node_name),
+        report_status=config.report_status,
+        nacks=XdsNacks(plane.server.clients),
+        translation_errors=lambda: plane.translation.errors if plane.translation else (),
+    )
 
 
 def _unique(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:

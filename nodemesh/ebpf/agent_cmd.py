@@ -81,15 +81,21 @@ async def _watch(args: argparse.Namespace) -> None:
 async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event) -> None:
     """The node agent proper: xDS for the node Envoy and the datapath, from
     one model store (the wiring lives in nodemesh.agent)."""
-    from nodemesh.agent import run_agent
+    from nodemesh.agent import NodeAgent
+    from nodemesh.cli_controlplane import kubernetes_config
     from nodemesh.controlplane import ControlPlaneConfig
     from nodemesh.xds.translate import TranslateOptions
 
     host, _, port = args.admin.rpartition(":")
     if not host or not port.isdigit():
         raise PlanError(f"--admin: expected host:port, got {args.admin!r}")
+    if args.model_dir is None and not args.kubernetes:
+        raise PlanError("the node agent serves a model: give --kubernetes or --model-dir")
+    if args.kubernetes and not args.node_name:
+        raise PlanError("--kubernetes needs --node-name (this node's pods and NACK reports)")
     control_plane = ControlPlaneConfig(
-        source_dirs=(args.model_dir,),
+        source_dirs=(args.model_dir,) if args.model_dir is not None else (),
+        kubernetes=kubernetes_config(args, args.node_name, reporter=args.node_name),
         xds_tcp=args.xds_address,
         xds_socket=args.xds_socket,
         admin_host=host,
@@ -102,14 +108,24 @@ async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event) -> None
     )
     settings = AgentSettings(_config(args), args.proxy_address, args.node_name)
     datapath = DatapathAgent(settings, DirectoryPodCgroups(args.pod_cgroups or args.cgroup))
-    node_id = args.envoy_node_id or args.node_name
-    async with asyncio.TaskGroup() as tg:
-        agent = tg.create_task(
-            run_agent(control_plane, datapath, node_id, args.envoy_sync_timeout), name="agent"
-        )
-        print("agent ready", flush=True)
-        await stop.wait()
-        agent.cancel()
+    await asyncio.to_thread(datapath.start)  # refusals surface here, as one line
+    agent = NodeAgent(
+        control_plane, datapath, args.envoy_node_id or args.node_name, args.envoy_sync_timeout
+    )
+    running = asyncio.create_task(agent.run(), name="node-agent")
+    ready = asyncio.create_task(agent.plane.ready.wait(), name="node-agent-ready")
+    stopping = asyncio.create_task(stop.wait(), name="node-agent-stop")
+    try:
+        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            print("agent ready", flush=True)
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            running.result()  # what ended it, as a plain exception
+    finally:
+        for task in (running, ready, stopping):
+            task.cancel()
+        await asyncio.gather(running, ready, stopping, return_exceptions=True)
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -118,8 +134,6 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if args.xds_socket is not None or args.xds_address is not None:
-        if args.model_dir is None:
-            raise PlanError("--xds-socket/--xds-address serve a model: give --model-dir")
         await _serve_with_xds(args, stop)
         return
     async with asyncio.TaskGroup() as tg:
@@ -168,8 +182,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nodemesh.k8s_watch.errors import K8sWatchError
+
     try:
         return _run(args)
+    except K8sWatchError as exc:
+        print(f"nodemesh agent: kubernetes: {exc}", file=sys.stderr)
+        return 1
     except PrerequisiteMissing as exc:
         print(f"nodemesh agent: missing: {exc.missing}\n  fix: {exc.fix}", file=sys.stderr)
         return 3

@@ -1,7 +1,7 @@
 """`nodemesh agent`: the node agent's datapath half, and its operator commands.
 
-    nodemesh agent --model-dir DIR --watch --xds-socket SOCK   the node agent: serves the
-                                                               node Envoy and the kernel
+    nodemesh agent --kubernetes --node-name N --xds-socket S   the node agent: serves the
+    nodemesh agent --model-dir DIR --xds-socket SOCK           node Envoy and the kernel
     nodemesh agent [--plan FILE | --model-dir DIR] [--watch]   datapath only: load, apply
     nodemesh agent --cleanup                                   remove everything it made
     nodemesh agent dump [--plan FILE | --model-dir DIR]        plan vs pinned, side by side
@@ -37,7 +37,9 @@ def register(subparsers: Any) -> None:
     xds = p.add_argument_group("xDS for the node Envoy (with --model-dir --watch)")
     xds.add_argument("--xds-socket", type=Path, help="serve the node Envoy on this Unix socket")
     xds.add_argument("--xds-address", help="also serve ADS/CSDS on TCP host:port")
-    xds.add_argument("--admin", default="127.0.0.1:9876", help="admin HTTP host:port")
+    xds.add_argument(
+        "--admin", "--admin-address", default="127.0.0.1:9876", help="admin HTTP host:port"
+    )
     xds.add_argument("--envoy-node-id", help="the node Envoy's node id (default: --node-name)")
     xds.add_argument(
         "--envoy-sync-timeout",
@@ -48,6 +50,9 @@ def register(subparsers: Any) -> None:
     xds.add_argument(
         "--listener-address", help="address Envoy's listeners bind (default: --proxy-address)"
     )
+    from nodemesh.cli_controlplane import add_kubernetes_arguments
+
+    add_kubernetes_arguments(p)
     p.add_argument("--cleanup", action="store_true", help="remove all programs, maps and pins")
     p.add_argument("action", nargs="?", choices=["dump"], help="dump: plan vs pinned")
     p.set_defaults(func=run)

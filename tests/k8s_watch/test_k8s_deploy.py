@@ -233,12 +233,7 @@ def test_shipped_envoy_images_are_the_minor_version_the_suite_runs() -> None:
         assert image.startswith(f"envoyproxy/envoy:v{major}.{minor}"), image
 
 
-# Flags the agent DaemonSet passes that `nodemesh agent` does not have yet:
-# its Kubernetes mode is wired by the agent's owners (see deploy/README.md).
-PENDING_AGENT_FLAGS = {"--kubernetes", "--xds-socket", "--admin-address"}
-
-
-def test_agent_daemonset_args_match_the_cli_but_for_the_pending_flags() -> None:
+def test_agent_daemonset_args_are_the_clis() -> None:
     from nodemesh.cli import build_parser
 
     (agent,) = _docs(DEPLOY / "agent-daemonset.yaml")
@@ -246,5 +241,6 @@ def test_agent_daemonset_args_match_the_cli_but_for_the_pending_flags() -> None:
     args = [a.replace("$(NODE_NAME)", "node-1") for a in args]
     parsed, unknown = build_parser().parse_known_args(args)
     assert parsed.command == "agent"
-    assert {u.split("=", 1)[0] for u in unknown} <= PENDING_AGENT_FLAGS, unknown
+    assert unknown == []
+    assert parsed.kubernetes and parsed.xds_socket is not None
     assert str(parsed.pin_dir) == "/sys/fs/bpf/nodemesh" and parsed.node_name == "node-1"

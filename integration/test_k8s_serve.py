@@ -1,0 +1,103 @@
+"""`nodemesh serve --kubernetes` as a process against the API server double:
+the model comes from the cluster, conditions go back to it, and an API server
+outage leaves the last config serving while readiness says why."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from apiserver_double import ApiServerDouble, find_type
+from canary_copy import free_port
+
+from nodemesh.demo.run import EXAMPLES
+
+CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
+assert CEC
+CLI = [sys.executable, "-m", "nodemesh.cli"]
+
+
+def admin_get(admin: str, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://{admin}{path}", timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+    except OSError:
+        return 0, None
+
+
+async def until(predicate: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await asyncio.to_thread(predicate)
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[ApiServerDouble, str]]:
+    double = ApiServerDouble(bookmark_interval=0.5)
+    for path in sorted(Path(EXAMPLES).glob("*.yaml")):
+        double.store.load(d for d in yaml.safe_load_all(path.read_text()) if d)
+    await double.start()
+    admin = f"127.0.0.1:{free_port()}"
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(  # noqa: ASYNC220 (a fixture starting a server process)
+        [*CLI, "serve", "--kubernetes", "--k8s-server", double.url, "--admin", admin,
+         "--xds-address", f"127.0.0.1:{free_port()}"],
+        stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield double, admin
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=15)
+        log.close()
+        await double.stop()
+
+
+def conditions(double: ApiServerDouble, name: str) -> dict[str, str]:
+    obj = double.store.get(CEC, "default", name)
+    return {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions", [])}
+
+
+async def test_model_from_the_cluster_conditions_back_and_outage_keeps_serving(
+    served: tuple[ApiServerDouble, str],
+) -> None:
+    double, admin = served
+    listeners = "/debug/config_dump?node=n1&type=listeners"
+
+    def has_listener() -> bool:
+        code, dump = admin_get(admin, listeners)
+        return code == 200 and "default/httpbin-traffic-split/listener" in dump.get("LDS", {})
+
+    await until(has_listener, "the article's listener, from the API server")
+    await until(
+        lambda: conditions(double, "httpbin-traffic-split").get("Accepted") == "True",
+        "Accepted=True on the article's CEC",
+    )
+    assert admin_get(admin, "/readyz")[0] == 200
+
+    await double.stop()  # the API server goes away
+    _, body = await until(
+        lambda: (lambda r: r if r[0] == 503 else None)(admin_get(admin, "/readyz")),
+        "readiness to report the API server outage",
+    )
+    assert any(reason.startswith("kubernetes: ") for reason in body["reasons"]), body
+    assert has_listener(), "the last model keeps serving while the API server is gone"
