@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from canary_copy import copy_canary
+from local_mesh import copy_canary
 
 from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.demo.backends import BackendFleet

@@ -8,20 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from canary_copy import copy_canary, free_port
+from local_mesh import copy_canary, envoy_with_backends, free_port, serve_process
 
-from nodemesh.demo.backends import BackendFleet
-from nodemesh.demo.canary import backend_specs
-from nodemesh.model.store import MeshStore
-from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
-from nodemesh.sources.files import FileSource
+from nodemesh.node_envoy import EnvoyProcess
 
 pytestmark = pytest.mark.envoy
 
@@ -37,37 +30,19 @@ LISTENER = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randi
 def serve(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     src = copy_canary(tmp_path)
     xds_port = free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nodemesh.cli", "serve", "--source-dir", str(src),
-         "--admin", f"127.0.0.1:{free_port()}", "--xds-address", f"127.0.0.1:{xds_port}",
-         "--listener-address", LISTENER],
-        stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    try:
+    with serve_process(
+        tmp_path / "serve.log",
+        *("--source-dir", str(src), "--admin", f"127.0.0.1:{free_port()}"),
+        *("--xds-address", f"127.0.0.1:{xds_port}", "--listener-address", LISTENER),
+    ):
         yield src, xds_port
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=15)
-        log.close()
 
 
 @pytest.fixture
 async def envoy(tmp_path: Path, serve: tuple[Path, int]) -> AsyncIterator[EnvoyProcess]:
     src, xds_port = serve
-    proxy = EnvoyProcess(
-        tmp_path / "envoy", render_bootstrap(xds_tcp=("127.0.0.1", xds_port)), "compose-node"
-    )
-    store = MeshStore()
-    FileSource(src, store).load()
-    fleet = BackendFleet(backend_specs(store.build()))
-    await fleet.start()
-    try:
-        await proxy.start()
+    async with envoy_with_backends(tmp_path / "envoy", src, xds_port, "compose-node") as proxy:
         yield proxy
-    finally:
-        await proxy.stop()
-        await fleet.stop()
 
 
 async def _client(envoy: EnvoyProcess, share: str) -> tuple[int, str]:

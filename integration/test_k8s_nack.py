@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 from apiserver_double import ApiServerDouble, find_type
-from canary_copy import free_port
 from k8s_support import FAST, eventually
+from local_mesh import free_port
 
 from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.demo.run import EXAMPLES

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,13 +16,12 @@ from typing import Any
 import pytest
 import yaml
 from apiserver_double import ApiServerDouble, find_type
-from canary_copy import free_port
+from local_mesh import free_port, serve_process
 
 from nodemesh.demo.run import EXAMPLES
 
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
 assert CEC
-CLI = [sys.executable, "-m", "nodemesh.cli"]
 
 
 def admin_get(admin: str, path: str) -> tuple[int, Any]:
@@ -57,18 +52,14 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[ApiServerDouble, str]]:
         double.store.load(d for d in yaml.safe_load_all(path.read_text()) if d)
     await double.start()
     admin = f"127.0.0.1:{free_port()}"
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(  # noqa: ASYNC220 (a fixture starting a server process)
-        [*CLI, "serve", "--kubernetes", "--k8s-server", double.url, "--admin", admin,
-         "--xds-address", f"127.0.0.1:{free_port()}"],
-        stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
     try:
-        yield double, admin
+        with serve_process(
+            tmp_path / "serve.log",
+            *("--kubernetes", "--k8s-server", double.url, "--admin", admin),
+            *("--xds-address", f"127.0.0.1:{free_port()}"),
+        ):
+            yield double, admin
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=15)
-        log.close()
         await double.stop()
 
 

@@ -6,8 +6,6 @@ process, a real Envoy over TCP ADS, then `nodemesh status` and
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,14 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from canary_copy import copy_canary, free_port
+from local_mesh import copy_canary, envoy_with_backends, free_port, serve_process
 
-from nodemesh.demo.backends import BackendFleet
-from nodemesh.demo.canary import backend_specs
 from nodemesh.demo.traffic import request_loop
-from nodemesh.model.store import MeshStore
-from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
-from nodemesh.sources.files import FileSource
+from nodemesh.node_envoy import EnvoyProcess
 
 pytestmark = pytest.mark.envoy
 
@@ -52,37 +46,19 @@ def serve(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     src = copy_canary(tmp_path)
     admin = f"127.0.0.1:{free_port()}"
     xds_port = free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [*NODMESH, "serve", "--source-dir", str(src), "--admin", admin,
-         "--xds-address", f"127.0.0.1:{xds_port}"],
-        stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
-    try:
+    with serve_process(
+        tmp_path / "serve.log",
+        *("--source-dir", str(src), "--admin", admin, "--xds-address", f"127.0.0.1:{xds_port}"),
+    ):
         wait_for('"generation": 1', "status", "--admin", admin, "-o", "json")
         yield src, admin, xds_port
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=15)
-        log.close()
 
 
 @pytest.fixture
 async def envoy(tmp_path: Path, serve: tuple[Path, str, int]) -> AsyncIterator[EnvoyProcess]:
     src, _, xds_port = serve
-    proxy = EnvoyProcess(
-        tmp_path / "envoy", render_bootstrap(xds_tcp=("127.0.0.1", xds_port)), "ops-node"
-    )
-    store = MeshStore()
-    FileSource(src, store).load()
-    fleet = BackendFleet(backend_specs(store.build()))
-    await fleet.start()
-    try:
-        await proxy.start()
+    async with envoy_with_backends(tmp_path / "envoy", src, xds_port, "ops-node") as proxy:
         yield proxy
-    finally:
-        await proxy.stop()
-        await fleet.stop()
 
 
 def listener_port(admin: str) -> int:
