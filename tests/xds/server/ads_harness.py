@@ -318,6 +318,30 @@ class Harness:
         return 0.0 if value is None else float(value)
 
 
+async def settle(harness: Harness, client: Any, types: int, eds: Sequence[str] = ()) -> None:
+    """ACK every response until the one stream has answered `types` types and
+    nothing is pending (robust against responses still being built)."""
+
+    def settled() -> bool:
+        clients = harness.server.clients()
+        if len(clients) != 1 or len(clients[0].types) < types:
+            return False
+        states = clients[0].types.values()
+        return all(t.last_sent_nonce and not t.pending for t in states)
+
+    while not settled():
+        try:
+            resp = await client.recv(timeout=0.5)
+        except TimeoutError:
+            continue  # an ACK or a response still on its way: look again
+        names: Sequence[str] = ()
+        if resp.type_url == ENDPOINT:
+            names = eds
+        elif resp.type_url == ROUTE:
+            names = ["routes"]
+        await client.ack(resp, names)
+
+
 # Starts a real server with StreamSettings overrides (the make_harness fixture).
 MakeHarness = Callable[..., Awaitable[Harness]]
 

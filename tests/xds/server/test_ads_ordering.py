@@ -14,6 +14,7 @@ from ads_harness import (
     mesh,
     names_of,
     publish,
+    settle,
     wait_until,
 )
 from envoy.service.discovery.v3 import ads_pb2_grpc
@@ -60,16 +61,8 @@ async def test_cluster_removal_waits_for_route_ack(harness: Harness, api: str) -
     publish(harness.cache, "node-1", mesh(clusters=("a",), weights={"a": 100}))
     client = await harness.client(api)
     await _subscribe_all(client, api, eds)
-    # ACK whatever arrives until nothing is pending (the first round may
-    # include a refresh of endpoints for the clusters it created).
-    while not harness.server.clients() or any(
-        t.pending for t in harness.server.clients()[0].types.values()
-    ):
-        try:
-            resp = await client.recv(timeout=0.5)
-        except TimeoutError:
-            continue  # an ACK still on its way: look at the state again
-        await _ack(client, api, resp, eds)
+    # the first round may include a refresh of the new clusters' endpoints
+    await settle(harness, client, types=4, eds=eds)
     publish(harness.cache, "node-1", mesh(clusters=("b",), weights={"b": 100}), "v2")
     cds = await client.recv()
     assert cds.type_url == CLUSTER
@@ -179,14 +172,7 @@ async def test_updated_cluster_gets_its_endpoints_again(harness: Harness, api: s
     else:
         await client.request(CLUSTER, subscribe=["*"])
         await client.request(ENDPOINT, subscribe=["a", "b"])
-    while not harness.server.clients() or any(
-        t.pending for t in harness.server.clients()[0].types.values()
-    ):
-        try:
-            resp = await client.recv(timeout=0.5)
-        except TimeoutError:
-            continue
-        await client.ack(resp, ["a", "b"] if resp.type_url == ENDPOINT else [])
+    await settle(harness, client, types=2, eds=["a", "b"])
     changed = mesh(clusters=("a", "b"))
     changed[CLUSTER]["a"] = cluster("a", timeout_s=9)  # endpoints untouched
     publish(harness.cache, "node-1", changed, "v2")
