@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,6 +35,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def private_loopback() -> str:
+    """A loopback address of this test's own. Proxy ports are deterministic
+    from the model and Envoy binds with SO_REUSEPORT, so two Envoys serving
+    the same canary on 127.0.0.1 (a demo, another test session) would share
+    the listener's connections."""
+    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
 
 
 def copy_canary(into: Path) -> Path:

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_mesh import copy_canary
+from local_mesh import copy_canary, private_loopback
 
 from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.demo.backends import BackendFleet
 from nodemesh.demo.canary import backend_specs, find_redirect, load_weighted_envoy_config
 from nodemesh.demo.traffic import judge_split, request_loop
 from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
+from nodemesh.xds.translate import TranslateOptions
 
 pytestmark = pytest.mark.envoy
 
@@ -37,7 +38,8 @@ class Rig:
     def url(self, path: str = "/headers") -> str:
         model = self.plane.model
         assert model is not None
-        return f"http://127.0.0.1:{find_redirect(model, 'default', 'httpbin').proxy_port}{path}"
+        port = find_redirect(model, "default", "httpbin").proxy_port
+        return f"http://{self.plane.config.translate.listener_address}:{port}{path}"
 
     async def wait_synced(self) -> None:
         """Until Envoy ACKed the model version now published."""
@@ -60,7 +62,13 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     src = copy_canary(tmp_path)
     sock = tmp_path / "xds.sock"
     plane = ControlPlane(
-        ControlPlaneConfig(source_dirs=(src,), xds_tcp=None, xds_socket=sock, admin_port=0)
+        ControlPlaneConfig(
+            source_dirs=(src,),
+            xds_tcp=None,
+            xds_socket=sock,
+            admin_port=0,
+            translate=TranslateOptions(listener_address=private_loopback()),
+        )
     )
     task = asyncio.create_task(plane.run(), name="control-plane")
     await asyncio.wait_for(plane.ready.wait(), 30)

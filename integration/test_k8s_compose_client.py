@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from local_mesh import copy_canary, envoy_with_backends, free_port, serve_process
+from local_mesh import copy_canary, envoy_with_backends, free_port, private_loopback, serve_process
 
 from nodemesh.node_envoy import EnvoyProcess
 
@@ -23,7 +22,7 @@ SCRIPT = Path(__file__).parent / "kind" / "compose-split.sh"
 # SO_REUSEPORT: another test's Envoy serving the same canary on 127.0.0.1
 # would share our listener's connections. A loopback address of our own
 # keeps the traffic (and the counters the script reads) ours.
-LISTENER = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
+LISTENER = private_loopback()
 
 
 @pytest.fixture

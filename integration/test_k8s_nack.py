@@ -6,7 +6,6 @@ the CEC's Programmed condition and a Warning Event."""
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import yaml
 from apiserver_double import ApiServerDouble, find_type
 from k8s_support import FAST, eventually
-from local_mesh import free_port
+from local_mesh import free_port, private_loopback
 
 from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.demo.run import EXAMPLES
@@ -71,7 +70,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[ApiServerDouble, Contro
     xds_port = free_port()
     # Our own loopback address: another test's Envoy may serve the same canary
     # listener port on 127.0.0.1 (deterministic ports, SO_REUSEPORT).
-    listen = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    listen = private_loopback()
     plane = ControlPlane(
         ControlPlaneConfig(
             xds_tcp=f"127.0.0.1:{xds_port}",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_mesh import copy_canary, envoy_with_backends, free_port, serve_process
+from local_mesh import copy_canary, envoy_with_backends, free_port, private_loopback, serve_process
 
 from nodemesh.demo.traffic import request_loop
 from nodemesh.node_envoy import EnvoyProcess
@@ -49,6 +49,7 @@ def serve(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     with serve_process(
         tmp_path / "serve.log",
         *("--source-dir", str(src), "--admin", admin, "--xds-address", f"127.0.0.1:{xds_port}"),
+        *("--listener-address", private_loopback()),
     ):
         wait_for('"generation": 1', "status", "--admin", admin, "-o", "json")
         yield src, admin, xds_port
@@ -61,13 +62,14 @@ async def envoy(tmp_path: Path, serve: tuple[Path, str, int]) -> AsyncIterator[E
         yield proxy
 
 
-def listener_port(admin: str) -> int:
+def listener_address(admin: str) -> tuple[str, int]:
     dump = yaml.safe_load(
         nodemesh("config-dump", "--node", "ops-node", "--type", "listeners", "-o", "yaml",
                  "--admin", admin).stdout
     )  # fmt: skip
     (listener,) = dump["LDS"].values()
-    return int(listener["address"]["socket_address"]["port_value"])
+    socket_address = listener["address"]["socket_address"]
+    return socket_address["address"], int(socket_address["port_value"])
 
 
 async def test_status_shows_synced_then_envoys_own_nack_message(
@@ -79,9 +81,9 @@ async def test_status_shows_synced_then_envoys_own_nack_message(
     row = next(line for line in table.splitlines() if line.startswith("ops-node"))
     assert row.count("SYNCED") == 4, table
 
-    port = listener_port(admin)
+    host, port = listener_address(admin)
     await envoy.wait_for_listener(port)
-    url = f"http://127.0.0.1:{port}/headers"
+    url = f"http://{host}:{port}/headers"
 
     # A listener whose port another process holds: nothing we can see
     # statically is wrong with it, so only Envoy can reject it (bind fails).
