@@ -85,6 +85,7 @@ class DeltaStream(AdsStream):
                 sent.pop(name, None)
             state.recheck.add(name)
         # Unsubscribing a name the client never had is fine: nothing to do.
+        state.told_absent -= unsubscribe
         for name in unsubscribe & names:
             names.discard(name)
             if not state.wildcard:
@@ -147,19 +148,28 @@ class DeltaStream(AdsStream):
         resources = snapshot.get(state.type_url)
         updated: list[EncodedResource] = []
         removed: list[str] = []
+        absent: list[str] = []
         for name in sorted(candidates):
             resource = resources.get(name)
             if not state.subscribed(name):
                 continue
             if resource is not None:
+                state.told_absent.discard(name)
                 # Only a new version is sent: a NACKed version is not resent.
                 if state.sent.get(name) != resource.version:
                     updated.append(resource)
             elif name in state.sent:
                 removed.append(name)
+            elif name in state.names and name not in state.told_absent:
+                # "Knowing when a requested resource does not exist": in
+                # delta the server says so in removed_resources, so the
+                # client need not wait out its initial_fetch_timeout.
+                absent.append(name)
+                state.told_absent.add(name)
         if removed and state.type_url == CLUSTER and not self.routes_converged(snapshot):
             # Make-before-break: the client may still route to these.
             self.log.info("xds_hold_cluster_removal", clusters=removed)
             state.recheck.update(removed)
             removed = []
-        return updated, removed
+        state.told_absent.update(removed)
+        return updated, removed + absent

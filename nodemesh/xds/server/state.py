@@ -79,6 +79,9 @@ class TypeState:
     # (new subscriptions, held removals).
     basis: int = 0
     recheck: set[str] = field(default_factory=set)
+    # Delta: explicitly subscribed names already answered with "does not
+    # exist" (in removed_resources), so that answer is given once.
+    told_absent: set[str] = field(default_factory=set)
 
     def own_names(self) -> set[str]:
         """`names` as a set this state may mutate (delta)."""

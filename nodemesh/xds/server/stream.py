@@ -131,9 +131,12 @@ class AdsStream(ABC):
                     f"{type(request).__name__}.type_url {request.type_url!r} is not a "
                     "type.googleapis.com/<message> type URL"
                 )
-            if self.handle_request(request):
-                self._wake.set()
+            changed = self.handle_request(request)
+            # Refuse before any response is built for the names: an abort
+            # while a write is in flight fails in gRPC core.
             self._check_name_bound()
+            if changed:
+                self._wake.set()
         sender.cancel()  # client half-closed: nothing more to answer
 
     def _bind_node(self, request: Any) -> None:

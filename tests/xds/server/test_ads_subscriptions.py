@@ -101,6 +101,8 @@ async def test_unknown_well_formed_type_is_served_empty(harness: Harness, api: s
     else:
         await client.request(secret, subscribe=["cert"])
         await client.request(CLUSTER)
+        absent = await client.recv()  # delta says the secret does not exist
+        assert absent.type_url == secret and list(absent.removed_resources) == ["cert"]
     resp = await client.recv()
     assert resp.type_url == CLUSTER
     await wait_until(
@@ -135,4 +137,29 @@ async def test_sotw_switch_from_wildcard_to_names(harness: Harness) -> None:
     await client.ack(first, ["b"])  # from now on only b
     second = await client.recv()
     assert names_of(second) == ["b"]
+    await client.close()
+
+
+async def test_delta_says_once_that_a_requested_name_does_not_exist(harness: Harness) -> None:
+    """Delta answers a subscription to a name the server does not have with
+    that name in removed_resources (once), so the client need not wait out
+    its initial_fetch_timeout; the resource is sent when it appears."""
+    publish(harness.cache, "node-1", mesh(clusters=("a",)))
+    client = await harness.delta()
+    await client.request(ENDPOINT, subscribe=["a", "missing"])
+    first = await client.recv()
+    assert names_of(first) == ["a"]
+    assert list(first.removed_resources) == ["missing"]
+    await client.ack(first)
+    # An unrelated change does not repeat the answer.
+    resources = mesh(clusters=("a",))
+    resources[ENDPOINT]["a"] = endpoints("a", 8081)
+    publish(harness.cache, "node-1", resources, "v2")
+    second = await client.recv()
+    assert names_of(second) == ["a"] and list(second.removed_resources) == []
+    await client.ack(second)
+    resources[ENDPOINT]["missing"] = endpoints("missing", 9999)
+    publish(harness.cache, "node-1", resources, "v3")
+    third = await client.recv()
+    assert names_of(third) == ["missing"] and list(third.removed_resources) == []
     await client.close()
