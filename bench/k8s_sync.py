@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client as k8s
 
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.informer import content, normalize, object_meta
@@ -150,6 +149,10 @@ async def bytes_only(url: str) -> float:
 
 
 async def typed_vs_raw(url: str) -> tuple[float, float, float]:
+    # Imported here: the generated API classes and models are what the agent
+    # does not load (nodemesh.k8s_watch.kube_core), and the RSS above is the agent's.
+    from kubernetes_asyncio import client as k8s
+
     client = await make_api_client(url)
     try:
         server_s = await bytes_only(url)

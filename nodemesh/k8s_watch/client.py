@@ -1,9 +1,13 @@
 """The HTTP layer: kubernetes-asyncio calls, mapped onto our error hierarchy.
 
-Lists and watches ask the generated API methods for the raw response
-(`_preload_content=False`) and decode JSON themselves: the model store wants
-plain dicts, and skipping the client's model classes keeps a 50,000-endpoint
-sync fast. Nothing above this module sees an aiohttp or ApiException type.
+Every request goes through the client's own `ApiClient.call_api` (auth
+headers, token refresh, TLS, timeouts), but with the REST paths written here
+rather than through the generated `*Api` classes: nodemesh makes five kinds
+of request, and importing the generated classes costs about 35 MiB of RSS
+(see `kube_core`). Responses are taken raw and decoded here: the model store
+wants plain dicts, and skipping the client's model classes keeps a
+50,000-endpoint sync fast. Nothing above this module sees an aiohttp or
+ApiException type.
 """
 
 from __future__ import annotations
@@ -17,9 +21,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
 from nodemesh.k8s_watch.errors import (
     ApiRejected,
@@ -28,6 +29,14 @@ from nodemesh.k8s_watch.errors import (
     K8sWatchError,
     MalformedResponse,
     ResourceGone,
+)
+from nodemesh.k8s_watch.kube_core import (
+    ApiClient,
+    ApiException,
+    ConfigException,
+    Configuration,
+    load_incluster_config,
+    load_kube_config,
 )
 from nodemesh.k8s_watch.resources import ResourceSpec
 from nodemesh.k8s_watch.settings import WatchSettings
@@ -43,12 +52,12 @@ async def make_api_client(
     context: str | None = None,
     token: str | None = None,
     service_account_dir: str = SERVICE_ACCOUNT_DIR,
-) -> k8s.ApiClient:
+) -> ApiClient:
     """An ApiClient for an explicit host (tests), the in-cluster service
     account (when KUBERNETES_SERVICE_HOST is set: the token and CA that
     Kubernetes mounts in `service_account_dir`, the token re-read as it
     rotates), or a kubeconfig."""
-    cfg = k8s.Configuration()
+    cfg = Configuration()
     try:
         if host:
             cfg.host = host
@@ -68,7 +77,7 @@ async def make_api_client(
             )
     except (ConfigException, OSError) as exc:
         raise ConfigError(f"no usable Kubernetes credentials: {exc}") from exc
-    return k8s.ApiClient(configuration=cfg)
+    return ApiClient(configuration=cfg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,39 +110,68 @@ def translate_errors(what: str) -> Iterator[None]:
         raise ApiUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
+def _collection_path(spec: ResourceSpec) -> str:
+    """Every object of `spec`, across namespaces."""
+    prefix = f"/apis/{spec.group}/{spec.version}" if spec.group else f"/api/{spec.version}"
+    return f"{prefix}/{spec.plural}"
+
+
 class KubeApi:
     """The few calls nodemesh makes, over one kubernetes-asyncio ApiClient."""
 
-    def __init__(self, api_client: k8s.ApiClient, settings: WatchSettings) -> None:
-        self._core = k8s.CoreV1Api(api_client)
-        self._discovery = k8s.DiscoveryV1Api(api_client)
-        self._custom = k8s.CustomObjectsApi(api_client)
+    def __init__(self, api_client: ApiClient, settings: WatchSettings) -> None:
+        self._client = api_client
         self._settings = settings
 
-    async def _call(self, spec: ResourceSpec, **kw: Any) -> aiohttp.ClientResponse:
-        kw["_preload_content"] = False
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, Any]],
+        *,
+        path_params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "",
+        raw: bool = False,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Any:
+        """One request through the client's own machinery (auth, TLS, path
+        quoting). `raw` returns the open aiohttp response, whatever its
+        status; otherwise a non-2xx status raises ApiException and nothing is
+        deserialized (no response type is named)."""
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        return await self._client.call_api(
+            path,
+            method,
+            path_params=dict(path_params or {}),
+            query_params=query,
+            header_params=headers,
+            body=dict(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=not raw,
+            _request_timeout=timeout,
+        )
+
+    async def _call(
+        self, spec: ResourceSpec, query: list[tuple[str, Any]], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
         if spec.field_selector:
-            kw["field_selector"] = spec.field_selector
-        if spec.group == "cilium.io":
-            return await self._custom.list_cluster_custom_object(  # type: ignore[no-any-return]
-                spec.group, spec.version, spec.plural, **kw
-            )
-        method = {
-            "services": self._core.list_service_for_all_namespaces,
-            "pods": self._core.list_pod_for_all_namespaces,
-            "endpointslices": self._discovery.list_endpoint_slice_for_all_namespaces,
-        }[spec.plural]
-        return await method(**kw)  # type: ignore[no-any-return]
+            query.append(("fieldSelector", spec.field_selector))
+        resp = await self._request("GET", _collection_path(spec), query, raw=True, timeout=timeout)
+        return resp  # type: ignore[no-any-return]
 
     async def list_page(self, spec: ResourceSpec, continue_token: str = "") -> ListPage:
         timeout = aiohttp.ClientTimeout(
             total=self._settings.list_timeout, sock_connect=self._settings.connect_timeout
         )
-        kw: dict[str, Any] = {"limit": self._settings.list_page_size, "_request_timeout": timeout}
+        query: list[tuple[str, Any]] = [("limit", self._settings.list_page_size)]
         if continue_token:
-            kw["_continue"] = continue_token
+            query.append(("continue", continue_token))
         with translate_errors(f"list {spec}"):
-            resp = await self._call(spec, **kw)
+            resp = await self._call(spec, query, timeout)
             async with resp:
                 body = await resp.read()
                 if resp.status != 200:
@@ -156,14 +194,13 @@ class KubeApi:
             sock_connect=s.connect_timeout, sock_read=s.watch_timeout_seconds + s.read_timeout_grace
         )
         with translate_errors(f"watch {spec}"):
-            resp = await self._call(
-                spec,
-                watch=True,
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=s.watch_timeout_seconds,
-                _request_timeout=timeout,
-            )
+            query: list[tuple[str, Any]] = [
+                ("watch", True),
+                ("resourceVersion", resource_version),
+                ("allowWatchBookmarks", True),
+                ("timeoutSeconds", s.watch_timeout_seconds),
+            ]
+            resp = await self._call(spec, query, timeout)
             async with resp:
                 if resp.status != 200:
                     raise _status_error(resp.status, await resp.read())
@@ -182,22 +219,30 @@ class KubeApi:
 
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
         with translate_errors(f"create event in {namespace}"):
-            await self._core.create_namespaced_event(namespace, dict(body))
+            await self._request(
+                "POST",
+                "/api/v1/namespaces/{namespace}/events",
+                [],
+                path_params={"namespace": namespace},
+                body=body,
+            )
 
     async def patch_status(
         self, spec: ResourceSpec, namespace: str, name: str, body: Mapping[str, Any]
     ) -> None:
-        args = (spec.group, spec.version)
-        kw: dict[str, Any] = {
-            "_content_type": "application/merge-patch+json",
-            "field_manager": self._settings.field_manager,
-        }
+        prefix = f"/apis/{spec.group}/{spec.version}"
+        params = {"plural": spec.plural, "name": name}
+        if spec.namespaced:
+            path = prefix + "/namespaces/{namespace}/{plural}/{name}/status"
+            params["namespace"] = namespace
+        else:
+            path = prefix + "/{plural}/{name}/status"
         with translate_errors(f"patch status of {spec} {namespace}/{name}"):
-            if spec.namespaced:
-                await self._custom.patch_namespaced_custom_object_status(
-                    *args, namespace, spec.plural, name, dict(body), **kw
-                )
-            else:
-                await self._custom.patch_cluster_custom_object_status(
-                    *args, spec.plural, name, dict(body), **kw
-                )
+            await self._request(
+                "PATCH",
+                path,
+                [("fieldManager", self._settings.field_manager)],
+                path_params=params,
+                body=body,
+                content_type="application/merge-patch+json",
+            )
