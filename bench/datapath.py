@@ -17,20 +17,30 @@ new-connection rate (keep-alive off, no rate limit). Then memory: RSS of the
 node Envoy plus the agent, against N sidecar Envoys.
 
 The app is an Envoy answering every request itself (direct_response), so the
-server side costs the same on every path. Run as root:
+server side costs the same on every path.
 
-    .venv/bin/python bench/datapath.py [--seconds 5] [--rate 1000]
+Noise control (the machine has 2 cores, shared with other work): hey runs on
+one fixed CPU set and every Envoy (app, node, sidecars) on another, each Envoy
+with the same --concurrency; each path gets a discarded warm-up cell; rounds
+interleave the paths cell by cell in a rotated order; the report gives the
+median and [min-max] of the per-round values, the per-round paired ratios
+behind each target and in how many rounds each target was met, and the CPU
+that other work took during the cells. The run waits for the 1-minute load to
+drop to --max-load and refuses to start above it (--force to run anyway).
+Run as root:
+
+    .venv/bin/python bench/datapath.py [--seconds 5] [--rate 1000] [--rounds 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +50,23 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "integration"))
 sys.path.insert(0, str(REPO))
 
-from datapath.node import NODE_IP, MeshNode, sysctl_in  # noqa: E402
+from datapath.node import CGROUP2, NODE_IP, PROBE, MeshNode, sysctl_in  # noqa: E402
 from datapath.plans import frontend, plan, redirect  # noqa: E402
+from datapath_measure import (  # noqa: E402
+    CELLS,
+    CONTROLS,
+    TARGETS,
+    Cells,
+    ForeignCpu,
+    bpf_stats,
+    hook_counters,
+    hook_delta,
+    loadavg,
+    map_memlock,
+    parse_hey,
+    rss_kib,
+    wait_for_quiet,
+)
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
 from nodemesh.ebpf import applier, loader  # noqa: E402
@@ -54,6 +79,9 @@ APP_PORT, NODE_PROXY_PORT, OUT_PORT, IN_PORT = 8080, 15001, 15001, 15006
 # TIME_WAIT sockets, and paths sharing a destination port would share (and
 # exhaust) one ephemeral-port space, slowing whichever path runs next.
 PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY = 8080, 8081, 8082, 8083
+# A second direct path (A/A control): how far two identical paths differ is
+# the noise floor every ratio below has to be read against.
+PORT_AGAIN = 8084
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
     "HttpConnectionManager"
@@ -115,7 +143,7 @@ def _cluster(name: str, ip: str, port: int) -> dict[str, Any]:
 
 def app_config() -> dict[str, Any]:
     ok = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
-    ports = (PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY)
+    ports = (PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY, PORT_AGAIN)
     return {"static_resources": {"listeners": [_listener(f"app{p}", p, ok) for p in ports]}}
 
 
@@ -129,9 +157,25 @@ def proxy_config(hops: list[tuple[str, int, str, int]]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where processes run: the same for every path, never tuned per path."""
+
+    hey_cpus: str
+    envoy_cpus: str
+    envoy_concurrency: int
+    nice: int
+
+    def wrap(self, cpus: str, argv: list[str]) -> list[str]:
+        """argv pinned to `cpus` at the benchmark's niceness (which makes
+        other work on the shared cores yield to every path alike)."""
+        return ["nice", "-n", str(self.nice), "taskset", "-c", cpus, *argv]
+
+
 class Bench:
-    def __init__(self, node: MeshNode, work: Path) -> None:
-        self.node, self.work = node, work
+    def __init__(self, node: MeshNode, work: Path, placement: Placement) -> None:
+        self.node, self.work, self.placement = node, work, placement
+        self.foreign = ForeignCpu(CGROUP2, node.cgroup_root)
         self.envoy = find_envoy_binary()
         self.client = node.add_pod("bench", "client")
         self.server = node.add_pod("bench", "server")
@@ -148,10 +192,11 @@ class Bench:
             str(path),
             "--disable-hot-restart",
             "--concurrency",
-            "2",
+            str(self.placement.envoy_concurrency),
             "-l",
             "error",
         ]
+        argv = self.placement.wrap(self.placement.envoy_cpus, argv)
         return self.node.spawn(
             argv, cgroup, ns, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -252,10 +297,11 @@ class Bench:
             "nodemesh kernel": f"http://{VIP_KERNEL}/",
             "node Envoy": "http://10.96.0.11/",
             "sidecars": f"http://{VIP_SIDECAR}/",
+            "direct again": f"http://{self.server.ip}:{PORT_AGAIN}/",
         }
 
     def hey(self, url: str, *args: str) -> dict[str, float]:
-        argv = ["hey", *args, url]
+        argv = self.placement.wrap(self.placement.hey_cpus, ["hey", *args, url])
         proc = self.node.spawn(argv, self.client.cgroup, self.client.netns)
         out, _ = proc.communicate(timeout=600)
         return parse_hey(out)
@@ -270,110 +316,89 @@ class Bench:
                 raise SystemExit(f"path {name} never answered")
 
 
-def parse_hey(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    if m:
-        out["rps"] = float(m[1])
-    for pct in ("50", "99"):
-        m = re.search(rf"{pct}% in ([\d.]+) secs", text)
-        if m:
-            out[f"p{pct}"] = float(m[1]) * 1000
-    m = re.search(r"\[200\]\s+(\d+) responses", text)
-    out["ok"] = float(m[1]) if m else 0.0
-    errors = re.search(r"Error distribution:\n((?:\s+\[\d+\].*\n?)+)", text)
-    out["errors"] = (
-        float(sum(int(x) for x in re.findall(r"\[(\d+)\]", errors[1]))) if errors else 0.0
-    )
-    return out
+def _run_cell(bench: Bench, cell: str, url: str, seconds: int, rate: int) -> dict[str, float]:
+    workers, dur = 10, f"{seconds}s"
+    fixed = ("-z", dur, "-c", str(workers), "-q", str(rate // workers))
+    with bench.foreign.window():
+        if cell == "off":
+            return bench.hey(url, *fixed, "-disable-keepalive")
+        if cell == "on":
+            return bench.hey(url, *fixed)
+        return bench.hey(url, "-z", dur, "-c", "50", "-disable-keepalive")
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def map_memlock(pin_dir: Path) -> int:
-    total = 0
-    for pin in (pin_dir / "maps").iterdir():
-        info = json.loads(
-            subprocess.run(
-                ["bpftool", "-j", "map", "show", "pinned", str(pin)],
-                capture_output=True,
-                check=True,
-            ).stdout
-        )
-        total += int(info.get("bytes_memlock", 0))
-    return total
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
-
-
-def latency_table(bench: Bench, seconds: int, rate: int, rounds: int) -> list[str]:
-    """Each round runs every path once, in a rotated order, so background load
-    on the shared machine hits every path alike; the table shows medians."""
-    workers = 10
-    per_worker = str(rate // workers)
+def latency_table(bench: Bench, seconds: int, rate: int, rounds: int, warmup: int) -> list[str]:
+    """Each round runs every cell type for every path back to back, in an
+    order rotated per round, so neighbouring measurements of different paths
+    share the machine's background; ratios are taken within a round."""
     paths = list(bench.paths().items())
-    cells: dict[str, dict[str, list[float]]] = {name: {} for name, _ in paths}
+    for _, url in paths:  # warm-up: Envoy pools, ARP, conntrack, page cache
+        _run_cell(bench, "off", url, warmup, rate)
+    cells = {m: Cells() for m in ("p50 ka-off", "p99 ka-off", "p50 ka-on", "p99 ka-on", "max")}
+    errors: dict[str, float] = {name: 0.0 for name, _ in paths}
     for r in range(rounds):
-        for name, url in paths[r % len(paths) :] + paths[: r % len(paths)]:
-            dur = f"{seconds}s"
-            off = bench.hey(
-                url, "-z", dur, "-c", str(workers), "-q", per_worker, "-disable-keepalive"
-            )
-            on = bench.hey(url, "-z", dur, "-c", str(workers), "-q", per_worker)
-            peak = bench.hey(url, "-z", dur, "-c", "50", "-disable-keepalive")
-            got = {
-                "off50": off.get("p50", 0),
-                "off99": off.get("p99", 0),
-                "on50": on.get("p50", 0),
-                "on99": on.get("p99", 0),
-                "max": peak.get("rps", 0),
-                "errors": off["errors"] + on["errors"] + peak["errors"],
-            }
-            for key, value in got.items():
-                cells[name].setdefault(key, []).append(value)
-    rows = [
-        f"{'path':<18}{'p50 ka-off':>12}{'p99 ka-off':>12}{'p50 ka-on':>11}{'p99 ka-on':>11}"
-        f"{'max new conn/s':>16}{'errors':>8}"
-    ]
+        order = paths[r % len(paths) :] + paths[: r % len(paths)]
+        for cell in CELLS:
+            for name, url in order:
+                got = _run_cell(bench, cell, url, seconds, rate)
+                errors[name] += got["errors"]
+                if cell == "peak":
+                    cells["max"].add(name, got.get("rps", 0))
+                    continue
+                ka = "ka-off" if cell == "off" else "ka-on"
+                cells[f"p50 {ka}"].add(name, got.get("p50", 0))
+                cells[f"p99 {ka}"].add(name, got.get("p99", 0))
+    head = "".join(f"{m + (' ms' if m != 'max' else ' conn/s'):>26}" for m in cells)
+    rows = [f"{'path':<18}{head}{'errors':>8}"]
     for name, _ in paths:
-        m = {k: _median(v) for k, v in cells[name].items()}
-        errs = int(sum(cells[name]["errors"]))
-        rows.append(
-            f"{name:<18}{m['off50']:>10.2f}ms{m['off99']:>10.2f}ms"
-            f"{m['on50']:>9.2f}ms{m['on99']:>9.2f}ms{m['max']:>16.0f}{errs:>8}"
-        )
+        row = "".join(f"{c.spread(name):>26}" for c in cells.values())
+        rows.append(f"{name:<18}{row}{int(errors[name]):>8}")
+    rows += ["", "per-round paired ratios (median [min-max]) against the targets"]
+    for metric, path, ref, target in TARGETS + CONTROLS:
+        rows.append(f"  {metric:<11}{path} / {ref:<15}{cells[metric].paired(path, ref, target)}")
     return rows
 
 
 def connect_table(bench: Bench, rounds: int, count: int = 2000) -> list[str]:
     """The cost of the translation itself: connect() to each path's address,
-    no HTTP, interleaved per round; medians of the per-round p50/p99."""
+    no HTTP, interleaved per round; medians of the per-round p50/p99. The
+    per-hook cost comes from a separate pass with kernel BPF stats on."""
     paths = {
         "direct pod IP": (bench.server.ip, PORT_DIRECT),
         "iptables DNAT": (VIP_DNAT, 80),
         "nodemesh kernel": (VIP_KERNEL, 80),
+        "direct again": (bench.server.ip, PORT_AGAIN),
     }
-    got: dict[str, dict[str, list[float]]] = {name: {"p50": [], "p99": []} for name in paths}
-    for _ in range(rounds):
+    p50, p99 = Cells(), Cells()
+    for r in range(rounds):
+        order = list(paths.items())
+        order = order[r % len(order) :] + order[: r % len(order)]
+        for name, (host, port) in order:
+            stats = _connect_bench(bench, host, port, count)
+            p50.add(name, stats["p50"])
+            p99.add(name, stats["p99"])
+    rows = [f"{'path':<18}{'connect p50 µs':>24}{'connect p99 µs':>24}"]
+    rows += [f"{name:<18}{p50.spread(name):>24}{p99.spread(name):>24}" for name in paths]
+    rows += ["", "mean ns per program run during 2000 connects (kernel.bpf_stats_enabled=1)"]
+    hooks = [bench.node.mesh, bench.node.proxy_cgroup]
+    with bpf_stats():
         for name, (host, port) in paths.items():
-            proc = bench.node.probe(bench.client, "connect-bench", host, str(port), str(count))
-            out, _ = proc.communicate(timeout=600)
-            stats = json.loads(out)
-            for key in ("p50", "p99"):
-                got[name][key].append(stats[key])
-    rows = [f"{'path':<18}{'connect p50':>13}{'connect p99':>13}"]
-    for name in paths:
-        p50, p99 = _median(got[name]["p50"]), _median(got[name]["p99"])
-        rows.append(f"{name:<18}{p50:>11.1f}µs{p99:>11.1f}µs")
+            before = hook_counters(hooks)
+            _connect_bench(bench, host, port, count)
+            delta = hook_delta(before, hook_counters(hooks))
+            ran = sorted((p, r, ns) for p, (r, ns) in delta.items() if r)
+            cost = ", ".join(f"{p} {runs}x {ns:.0f}ns" for p, runs, ns in ran)
+            rows.append(f"  {name:<18}{cost}")
     return rows
+
+
+def _connect_bench(bench: Bench, host: str, port: int, count: int) -> dict[str, float]:
+    probe = [sys.executable, str(PROBE), "connect-bench", host, str(port), str(count)]
+    argv = bench.placement.wrap(bench.placement.hey_cpus, probe)
+    proc = bench.node.spawn(argv, bench.client.cgroup, bench.client.netns)
+    out, _ = proc.communicate(timeout=600)
+    stats: dict[str, float] = json.loads(out)
+    return stats
 
 
 def memory_table(bench: Bench, counts: list[int]) -> list[str]:
@@ -426,38 +451,68 @@ def memory_table(bench: Bench, counts: list[int]) -> list[str]:
     return rows
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5, help="length of each cell")
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--sidecars", default="10,25,50")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2, help="seconds per path, discarded")
+    parser.add_argument("--hey-cpus", default="0", help="taskset CPU list for the load")
+    parser.add_argument("--envoy-cpus", default="1", help="taskset CPU list for every Envoy")
+    parser.add_argument("--envoy-concurrency", type=int, default=2)
+    parser.add_argument("--nice", type=int, default=-10, help="niceness of every bench process")
+    parser.add_argument("--max-load", type=float, default=1.5)
+    parser.add_argument("--wait-quiet", type=float, default=600, help="seconds to wait for it")
+    parser.add_argument("--force", action="store_true", help="run even above --max-load")
+    return parser.parse_args()
+
+
+def _measure(bench: Bench, args: argparse.Namespace) -> None:
+    print(
+        f"HTTP GET, {args.rate} req/s for {args.seconds}s per cell (10 workers); "
+        f"max: 50 workers, keep-alive off; {args.rounds} interleaved rounds after a "
+        f"{args.warmup}s warm-up per path; median [min-max] over rounds"
+    )
+    print("\n".join(latency_table(bench, args.seconds, args.rate, args.rounds, args.warmup)))
+    print(bench.foreign.summary())
+    print()
+    print(f"TCP connect() only, {args.rounds} rounds of 2000 each, interleaved")
+    print("\n".join(connect_table(bench, args.rounds)))
+    print()
+    print("memory (RSS)")
+    print("\n".join(memory_table(bench, [int(c) for c in args.sidecars.split(",")])))
+
+
+def main() -> None:
+    args = _args()
+    load = wait_for_quiet(args.max_load, args.wait_quiet)
+    print(f"load average before: {load:.2f} (limit {args.max_load})")
+    if load > args.max_load and not args.force:
+        raise SystemExit(f"machine busy (load {load:.2f} > {args.max_load}); --force to run")
+    placement = Placement(args.hey_cpus, args.envoy_cpus, args.envoy_concurrency, args.nice)
+    print(
+        f"placement: hey on CPUs {placement.hey_cpus}, every Envoy on CPUs "
+        f"{placement.envoy_cpus} with --concurrency {placement.envoy_concurrency}; "
+        f"all at nice {placement.nice}"
+    )
     with tempfile.TemporaryDirectory(prefix="nm-bench-") as tmp:
         node = MeshNode(Path(tmp))
         try:
             node.setup()
-            bench = Bench(node, Path(tmp))
+            bench = Bench(node, Path(tmp), placement)
             bench.setup()
             bench.wait_ready()
-            print(
-                f"HTTP GET, {args.rate} req/s for {args.seconds}s per cell (10 workers); "
-                f"max: 50 workers, keep-alive off; median of {args.rounds} rounds"
-            )
-            print("\n".join(latency_table(bench, args.seconds, args.rate, args.rounds)))
-            print()
-            print(f"TCP connect() only, {args.rounds} rounds of 2000 each, interleaved")
-            print("\n".join(connect_table(bench, args.rounds)))
-            print()
-            print("memory (RSS)")
-            print("\n".join(memory_table(bench, [int(c) for c in args.sidecars.split(",")])))
+            _measure(bench, args)
         finally:
             try:
                 loader.cleanup(node.config())
             finally:
                 node.teardown()
+    # Includes the benchmark's own load; the foreign CPU line above does not.
+    print(f"load average after: {loadavg():.2f}")
 
 
 if __name__ == "__main__":
