@@ -3,6 +3,11 @@
     .venv/bin/python bench/k8s_sync.py [--services 5000] [--endpoints 10] [--changes 30]
     .venv/bin/python bench/k8s_sync.py --with-control-plane
 
+--with-control-plane runs the sync feeding the xDS control plane twice, each
+in a fresh process, side by side: with the whole kubernetes-asyncio package
+imported first (what the agent did before nodemesh.k8s_watch.kube_core) and
+as the agent imports it now.
+
 The double runs in its own process (so its CPU and memory are not ours),
 serving N Services with one EndpointSlice of M endpoints each. This process
 is the agent's Kubernetes side: WatchSource (kubernetes-asyncio) feeding the
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import json
 import os
 import resource
 import statistics
@@ -199,7 +205,7 @@ def _complete(model: Any, services: int) -> bool:
     )
 
 
-async def with_control_plane(args: argparse.Namespace) -> None:
+async def control_plane_run(services: int, endpoints: int) -> dict[str, float]:
     """The same sync, feeding the xDS control plane (translate, snapshot cache,
     ADS server without clients) as `nodemesh serve` runs it: this process's RSS
     is then the whole control-plane side of an agent, minus the datapath."""
@@ -211,7 +217,7 @@ async def with_control_plane(args: argparse.Namespace) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc, url = start_double(args.services, args.endpoints)
+    proc, url = start_double(services, endpoints)
     try:
         rss_before = rss_mib()
         plane = ControlPlane(ControlPlaneConfig(xds_tcp=f"127.0.0.1:{port}", admin_port=0))
@@ -227,7 +233,7 @@ async def with_control_plane(args: argparse.Namespace) -> None:
             asyncio.create_task(k8s_source.run(), name="k8s"),
         ]
         # Polled: the control plane signals only "ready" (its first, possibly empty, model).
-        while not _complete(plane.model, args.services):  # noqa: ASYNC110
+        while not _complete(plane.model, services):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         first = time.perf_counter() - started
         rss = rss_mib()
@@ -238,19 +244,58 @@ async def with_control_plane(args: argparse.Namespace) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"first": first, "rss_before": rss_before, "rss": rss, "peak": peak}
+
+
+# The old import path, for the side-by-side: the whole kubernetes-asyncio
+# package (generated API classes and models) loaded before nodemesh, so
+# nodemesh.k8s_watch.kube_core finds it imported and leaves it as it is.
+FULL_CLIENT_CHILD = (
+    "import kubernetes_asyncio, runpy, sys; sys.argv[0] = sys.argv.pop(1); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def control_plane_child(mode: str, args: argparse.Namespace) -> dict[str, float]:
+    argv = [
+        "--control-plane-child",
+        "--services",
+        str(args.services),
+        "--endpoints",
+        str(args.endpoints),
+    ]
+    if mode == "full":
+        cmd = [sys.executable, "-c", FULL_CLIENT_CHILD, __file__, *argv]
+    else:
+        cmd = [sys.executable, __file__, *argv]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, timeout=600)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def with_control_plane(args: argparse.Namespace) -> None:
+    """Each variant in a fresh process of its own, one after the other."""
+    runs = {mode: control_plane_child(mode, args) for mode in ("full", "lean")}
     print(
         f"cluster: {args.services} Services, {args.services * args.endpoints} endpoints; "
-        "watcher feeding the xDS control plane"
+        "watcher feeding the xDS control plane, each column a fresh process"
     )
-    print(f"{'measure':<44}{'result':>14}")
-    print(f"{'sync to first translated, published model (s)':<44}{first:>14.2f}")
-    print(f"{'RSS before sync (MiB)':<44}{rss_before:>14.1f}")
-    print(f"{'RSS after (MiB)':<44}{rss:>14.1f}")
+    print(f"{'measure':<44}{'full client':>14}{'kube_core':>12}{'target':>10}")
+    rows = (
+        ("sync to first translated, published model (s)", "first", "{:.2f}", ""),
+        ("RSS before sync (MiB)", "rss_before", "{:.1f}", ""),
+        ("RSS after (MiB)", "rss", "{:.1f}", "<= 150"),
+        ("peak RSS (MiB)", "peak", "{:.1f}", ""),
+    )
+    for label, key, fmt, target in rows:
+        full, lean = (fmt.format(runs[m][key]) for m in ("full", "lean"))
+        print(f"{label:<44}{full:>14}{lean:>12}{target:>10}")
 
 
 async def main(args: argparse.Namespace) -> None:
-    if args.with_control_plane:
-        await with_control_plane(args)
+    if args.control_plane_child:
+        print(json.dumps(await control_plane_run(args.services, args.endpoints)))
         return
     proc, url = start_double(args.services, args.endpoints)
     try:
@@ -310,4 +355,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--with-control-plane", action="store_true", help="feed the xDS control plane instead"
     )
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--control-plane-child", action="store_true", help=argparse.SUPPRESS)
+    parsed = parser.parse_args()
+    if parsed.with_control_plane:
+        with_control_plane(parsed)
+    else:
+        asyncio.run(main(parsed))
