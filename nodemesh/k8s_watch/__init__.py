@@ -30,10 +30,12 @@ Wiring (the agent or `nodemesh serve` owns the MeshStore and the TaskGroup):
   conditions (every agent computes the same); each agent reports its own
   node's NACKs, and never clears another node's.
 
-Modules: `client` (HTTP calls, error mapping, auth), `watching` (list/watch
-generators), `informer` (stream -> ObjectSink), `source` (all informers),
-`conditions` and `reporter` (status and Events), `runner` (KubernetesSource),
-`cli` (`nodemesh k8s-watch`). Nothing is imported here: kubernetes-asyncio
-costs about 45 MiB and half a second to import, which the other `nodemesh`
-subcommands should not pay.
+Modules: `client` (HTTP calls, error mapping, auth), `kube_core`
+(kubernetes-asyncio's client core without its generated API classes and
+models), `watching` (list/watch generators), `informer` (stream ->
+ObjectSink), `source` (all informers), `conditions` and `reporter` (status
+and Events), `runner` (KubernetesSource), `cli` (`nodemesh k8s-watch`).
+Nothing is imported here: even without the generated classes, the client
+and aiohttp cost RSS and import time the other `nodemesh` subcommands
+should not pay.
 """
