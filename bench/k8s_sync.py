@@ -117,22 +117,34 @@ async def sync(url: str, services: int) -> tuple[float, float, Agent]:
     return synced, first_model, Agent(store, source, changed, task, client)
 
 
+CHANGED_SLICE = "/apis/discovery.k8s.io/v1/namespaces/ns7/endpointslices/svc7-abcde"
+CHANGED_SERVICE = ServiceName("ns7", "svc7")
+
+
+async def next_slice(http: aiohttp.ClientSession, i: int) -> tuple[dict[str, Any], str]:
+    """The changed slice with its first endpoint at a new address (returned)."""
+    async with http.get(CHANGED_SLICE) as resp:
+        new: dict[str, Any] = copy.deepcopy(await resp.json())
+    addr = f"10.200.{i // 250}.{i % 250 + 1}"
+    new["endpoints"][0]["addresses"] = [addr]
+    return new, addr
+
+
+async def put_slice(http: aiohttp.ClientSession, body: dict[str, Any]) -> None:
+    async with http.put(CHANGED_SLICE, json=body) as resp:
+        assert resp.status == 200, await resp.text()
+
+
 async def endpoint_changes(url: str, agent: Agent, n: int) -> list[float]:
     store, changed = agent.store, agent.changed
-    path = "/apis/discovery.k8s.io/v1/namespaces/ns7/endpointslices/svc7-abcde"
-    target = ServiceName("ns7", "svc7")
+    target = CHANGED_SERVICE
     out = []
     async with aiohttp.ClientSession(url) as http:
         for i in range(n):
-            async with http.get(path) as resp:
-                eps = await resp.json()
-            new = copy.deepcopy(eps)
-            addr = f"10.200.{i // 250}.{i % 250 + 1}"
-            new["endpoints"][0]["addresses"] = [addr]
+            body, addr = await next_slice(http, i)
             changed.clear()
             t0 = time.perf_counter()
-            async with http.put(path, json=new) as resp:
-                assert resp.status == 200, await resp.text()
+            await put_slice(http, body)
             while True:
                 await changed.wait()
                 changed.clear()
@@ -205,7 +217,13 @@ def _complete(model: Any, services: int) -> bool:
     )
 
 
-async def control_plane_run(services: int, endpoints: int) -> dict[str, float]:
+def _has_backend(model: Any, addr: str) -> bool:
+    return model is not None and any(
+        b.address == addr for b in model.backends_of(CHANGED_SERVICE, 80)
+    )
+
+
+async def control_plane_run(services: int, endpoints: int, changes: int) -> dict[str, float]:
     """The same sync, feeding the xDS control plane (translate, snapshot cache,
     ADS server without clients) as `nodemesh serve` runs it: this process's RSS
     is then the whole control-plane side of an agent, minus the datapath."""
@@ -237,6 +255,14 @@ async def control_plane_run(services: int, endpoints: int) -> dict[str, float]:
             await asyncio.sleep(0.02)
         first = time.perf_counter() - started
         rss = rss_mib()
+        # Steady state: each change is translated and published as a new snapshot.
+        async with aiohttp.ClientSession(url) as http:
+            for i in range(changes):
+                body, addr = await next_slice(http, i)
+                await put_slice(http, body)
+                while not _has_backend(plane.model, addr):  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+        rss_changes = rss_mib()
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks)
@@ -245,7 +271,13 @@ async def control_plane_run(services: int, endpoints: int) -> dict[str, float]:
         proc.terminate()
         proc.wait(10)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"first": first, "rss_before": rss_before, "rss": rss, "peak": peak}
+    return {
+        "first": first,
+        "rss_before": rss_before,
+        "rss": rss,
+        "rss_changes": rss_changes,
+        "peak": peak,
+    }
 
 
 # The old import path, for the side-by-side: the whole kubernetes-asyncio
@@ -264,6 +296,8 @@ def control_plane_child(mode: str, args: argparse.Namespace) -> dict[str, float]
         str(args.services),
         "--endpoints",
         str(args.endpoints),
+        "--changes",
+        str(args.changes),
     ]
     if mode == "full":
         cmd = [sys.executable, "-c", FULL_CLIENT_CHILD, __file__, *argv]
@@ -285,8 +319,9 @@ def with_control_plane(args: argparse.Namespace) -> None:
     rows = (
         ("sync to first translated, published model (s)", "first", "{:.2f}", ""),
         ("RSS before sync (MiB)", "rss_before", "{:.1f}", ""),
-        ("RSS after (MiB)", "rss", "{:.1f}", "<= 150"),
-        ("peak RSS (MiB)", "peak", "{:.1f}", ""),
+        ("RSS after sync (MiB)", "rss", "{:.1f}", "<= 150"),
+        ("RSS after the EndpointSlice changes (MiB)", "rss_changes", "{:.1f}", "<= 150"),
+        ("peak RSS, sync and changes (MiB)", "peak", "{:.1f}", ""),
     )
     for label, key, fmt, target in rows:
         full, lean = (fmt.format(runs[m][key]) for m in ("full", "lean"))
@@ -295,7 +330,8 @@ def with_control_plane(args: argparse.Namespace) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     if args.control_plane_child:
-        print(json.dumps(await control_plane_run(args.services, args.endpoints)))
+        result = await control_plane_run(args.services, args.endpoints, args.changes)
+        print(json.dumps(result))
         return
     proc, url = start_double(args.services, args.endpoints)
     try:
