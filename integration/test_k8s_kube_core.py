@@ -97,6 +97,10 @@ async def test_list_page_of_a_cluster_scoped_kind(
 LEAN_PROBE = """
 import asyncio, json, sys
 import nodemesh.k8s_watch.client as nm
+# Everything the node agent and `nodemesh serve` import: none of it may pull
+# in the generated classes behind kube_core's back.
+import nodemesh.agent, nodemesh.cli, nodemesh.controlplane, nodemesh.k8s_watch.runner
+import nodemesh.k8s_watch.cli, nodemesh.k8s_nacks
 from apiserver_double import ApiServerDouble, find_type
 from nodemesh.k8s_watch.resources import SERVICES
 from nodemesh.k8s_watch.settings import WatchSettings
