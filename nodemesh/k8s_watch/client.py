@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -161,7 +161,7 @@ class KubeApi:
         if spec.field_selector:
             query.append(("fieldSelector", spec.field_selector))
         resp = await self._request("GET", _collection_path(spec), query, raw=True, timeout=timeout)
-        return resp  # type: ignore[no-any-return]
+        return cast(aiohttp.ClientResponse, resp)
 
     async def list_page(self, spec: ResourceSpec, continue_token: str = "") -> ListPage:
         timeout = aiohttp.ClientTimeout(
