@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/k8s_sync.py [--services 5000] [--endpoints 10] [--changes 30]
     .venv/bin/python bench/k8s_sync.py --with-control-plane
+    .venv/bin/python bench/k8s_sync.py --serve-process
 
 --with-control-plane runs the sync feeding the xDS control plane twice, each
 in a fresh process, side by side: with the whole kubernetes-asyncio package
 imported first (what the agent did before nodemesh.k8s_watch.kube_core) and
-as the agent imports it now.
+as the agent imports it now. --serve-process does the same comparison on
+the shipped `nodemesh serve --kubernetes` process, measured from outside.
 
 The double runs in its own process (so its CPU and memory are not ours),
 serving N Services with one EndpointSlice of M endpoints each. This process
@@ -30,10 +32,12 @@ import copy
 import json
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,14 +231,10 @@ async def control_plane_run(services: int, endpoints: int, changes: int) -> dict
     """The same sync, feeding the xDS control plane (translate, snapshot cache,
     ADS server without clients) as `nodemesh serve` runs it: this process's RSS
     is then the whole control-plane side of an agent, minus the datapath."""
-    import socket
-
     from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
     from nodemesh.k8s_watch.runner import KubernetesSource
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc, url = start_double(services, endpoints)
     try:
         rss_before = rss_mib()
@@ -328,6 +328,70 @@ def with_control_plane(args: argparse.Namespace) -> None:
         print(f"{label:<44}{full:>14}{lean:>12}{target:>10}")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proc_status_mib(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def serve_process(full_client: bool, url: str, settle: float) -> tuple[float, float, float]:
+    """The shipped `nodemesh serve --kubernetes`, measured from outside: seconds
+    to /readyz (first full sync published), then VmRSS and VmHWM (peak) once
+    it has run `settle` more seconds."""
+    prelude = "import kubernetes_asyncio; " if full_client else ""
+    code = f"{prelude}import sys; from nodemesh.cli import main; sys.exit(main(sys.argv[1:]))"
+    admin = f"127.0.0.1:{free_port()}"
+    cmd = [
+        sys.executable, "-c", code, "serve", "--kubernetes", "--k8s-server", url,
+        "--no-report-status", "--xds-address", f"127.0.0.1:{free_port()}",
+        "--admin", admin, "--log-level", "warning",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"nodemesh serve exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://{admin}/readyz", timeout=5):
+                    break
+            except OSError:  # not listening yet, or 503 until synced
+                time.sleep(0.1)
+        ready = time.perf_counter() - started
+        time.sleep(settle)
+        return ready, proc_status_mib(proc.pid, "VmRSS"), proc_status_mib(proc.pid, "VmHWM")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def serve_side_by_side(args: argparse.Namespace) -> None:
+    proc, url = start_double(args.services, args.endpoints)
+    try:
+        runs = {full: serve_process(full, url, args.settle) for full in (True, False)}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    print(
+        f"cluster: {args.services} Services, {args.services * args.endpoints} endpoints; "
+        "the nodemesh serve --kubernetes process, measured from outside"
+    )
+    print(f"{'measure':<44}{'full client':>14}{'kube_core':>12}{'target':>10}")
+    labels = ("start to /readyz (s)", f"VmRSS {args.settle:g} s later (MiB)", "VmHWM, peak (MiB)")
+    for i, label in enumerate(labels):
+        fmt = "{:.2f}" if i == 0 else "{:.1f}"
+        target = "" if i == 0 else "<= 150"
+        full, lean = (fmt.format(runs[mode][i]) for mode in (True, False))
+        print(f"{label:<44}{full:>14}{lean:>12}{target:>10}")
+
+
 async def main(args: argparse.Namespace) -> None:
     if args.control_plane_child:
         result = await control_plane_run(args.services, args.endpoints, args.changes)
@@ -391,9 +455,17 @@ if __name__ == "__main__":
     parser.add_argument(
         "--with-control-plane", action="store_true", help="feed the xDS control plane instead"
     )
+    parser.add_argument(
+        "--serve-process",
+        action="store_true",
+        help="measure the nodemesh serve --kubernetes process from outside instead",
+    )
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds after /readyz")
     parser.add_argument("--control-plane-child", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     if parsed.with_control_plane:
         with_control_plane(parsed)
+    elif parsed.serve_process:
+        serve_side_by_side(parsed)
     else:
         asyncio.run(main(parsed))
