@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from datapath.node import CGROUP2, NODE_IP, PROBE, MeshNode, sysctl_in  # noqa: E402
 from datapath.plans import frontend, plan, redirect  # noqa: E402
+from datapath_envoy import app_config, proxy_config  # noqa: E402
 from datapath_measure import (  # noqa: E402
     CELLS,
     CONTROLS,
@@ -82,79 +83,7 @@ PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY = 8080, 8081, 8082, 8083
 # A second direct path (A/A control): how far two identical paths differ is
 # the noise floor every ratio below has to be read against.
 PORT_AGAIN = 8084
-HCM = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-    "HttpConnectionManager"
-)
-ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-
-
-def _hcm(name: str, route: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": HCM,
-            "stat_prefix": name,
-            "route_config": {
-                "virtual_hosts": [
-                    {
-                        "name": "all",
-                        "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, **route}],
-                    }
-                ]
-            },
-            "http_filters": [
-                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}
-            ],
-        },
-    }
-
-
-def _listener(name: str, port: int, route: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
-        "filter_chains": [{"filters": [_hcm(name, route)]}],
-    }
-
-
-def _cluster(name: str, ip: str, port: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "5s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": ip, "port_value": port}}
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
-
-
-def app_config() -> dict[str, Any]:
-    ok = {"direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
-    ports = (PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY, PORT_AGAIN)
-    return {"static_resources": {"listeners": [_listener(f"app{p}", p, ok) for p in ports]}}
-
-
-def proxy_config(hops: list[tuple[str, int, str, int]]) -> dict[str, Any]:
-    """One HTTP listener per hop: (name, listen port, upstream ip, upstream port)."""
-    return {
-        "static_resources": {
-            "listeners": [_listener(n, port, {"route": {"cluster": n}}) for n, port, _, _ in hops],
-            "clusters": [_cluster(n, ip, up) for n, _, ip, up in hops],
-        }
-    }
+APP_PORTS = (PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY, PORT_AGAIN)
 
 
 @dataclass(frozen=True)
@@ -218,7 +147,7 @@ class Bench:
         for ns in (self.client.netns, n.netns):
             sysctl_in(ns, "net.ipv4.ip_local_port_range", "1024 65535")
         for pod in (self.server, self.server2):
-            self.start_envoy(f"app-{pod.name}", app_config(), pod.cgroup, pod.netns)
+            self.start_envoy(f"app-{pod.name}", app_config(APP_PORTS), pod.cgroup, pod.netns)
         # Kernel path and node Envoy path share one datapath.
         loader.load(n.config())
         fe = frontend(VIP_KERNEL, 80, pb.TCP, [(self.server.ip, PORT_KERNEL)])
@@ -356,6 +285,10 @@ def latency_table(bench: Bench, seconds: int, rate: int, rounds: int, warmup: in
     rows += ["", "per-round paired ratios (median [min-max]) against the targets"]
     for metric, path, ref, target in TARGETS + CONTROLS:
         rows.append(f"  {metric:<11}{path} / {ref:<15}{cells[metric].paired(path, ref, target)}")
+    rows.append("added over direct, (node Envoy - direct) / (sidecars - direct), per round")
+    for metric in ("p50 ka-off", "p99 ka-off", "p50 ka-on", "p99 ka-on"):
+        added = cells[metric].overhead("node Envoy", "sidecars", "direct pod IP")
+        rows.append(f"  {metric:<11}{added}")
     return rows
 
 

@@ -94,6 +94,18 @@ class Cells:
             f"<= {target:g}x in {met}/{len(ratios)} rounds"
         )
 
+    def overhead(self, path: str, ref: str, base: str) -> str:
+        """Per round, (path - base) / (ref - base): the latency each path adds
+        over `base`, as the article's "overhead vs. no mesh" column counts it."""
+        rows = zip(self.values[path], self.values[ref], self.values[base], strict=True)
+        ratios = [(p - b) / (r - b) for p, r, b in rows if r > b]
+        if not ratios:
+            return "n/a (reference not above base)"
+        return (
+            f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}] "
+            f"over {len(ratios)} rounds"
+        )
+
 
 @contextmanager
 def bpf_stats() -> Iterator[None]:
