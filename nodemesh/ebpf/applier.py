@@ -13,8 +13,8 @@ map, or that has a bad entry, is refused before the first write.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -61,7 +61,6 @@ class ApplyResult:
     writes: int = 0
     deletes: int = 0
     unresolved_clients: tuple[str, ...] = ()
-    ops: list[str] = field(default_factory=list)
 
 
 def _ipv4(entry: str, field_name: str, value: str) -> int:
@@ -216,34 +215,50 @@ def _l7_op(key: L7Key, target: Addr | None) -> Op:
     return Op("l7", k, v)
 
 
+def iter_ops(
+    desired: Desired,
+    services: dict[Frontend, dict[int, ServiceValue]],
+    redirects: dict[L7Key, Addr],
+) -> Iterator[Op]:
+    """Every write and delete, in order, that takes the pinned state to
+    `desired`, one at a time: a large plan never holds all its ops in memory
+    (55,000 of them, as mirrors, were ~20 MiB of peak agent RSS)."""
+    for fe in sorted(desired.frontends):
+        yield from _grow_ops(fe, services.get(fe, {}), desired.frontends[fe])
+    for key in sorted(desired.redirects):
+        if redirects.get(key) != desired.redirects[key]:
+            yield _l7_op(key, desired.redirects[key])
+    for key in sorted(set(redirects) - set(desired.redirects)):
+        yield _l7_op(key, None)
+    for fe in sorted(set(services) - set(desired.frontends)):
+        yield from _remove_ops(fe, services[fe])
+
+
 def plan_ops(
     desired: Desired,
     services: dict[Frontend, dict[int, ServiceValue]],
     redirects: dict[L7Key, Addr],
 ) -> list[Op]:
-    """Every write and delete, in order, that takes the pinned state to `desired`."""
-    ops: list[Op] = []
-    for fe in sorted(desired.frontends):
-        ops += _grow_ops(fe, services.get(fe, {}), desired.frontends[fe])
-    for key in sorted(desired.redirects):
-        if redirects.get(key) != desired.redirects[key]:
-            ops.append(_l7_op(key, desired.redirects[key]))
-    ops += [_l7_op(key, None) for key in sorted(set(redirects) - set(desired.redirects))]
-    for fe in sorted(set(services) - set(desired.frontends)):
-        ops += _remove_ops(fe, services[fe])
-    return ops
+    """`iter_ops` as a list (for tests and small plans)."""
+    return list(iter_ops(desired, services, redirects))
 
 
 def _check_capacity(
-    spec: pinned.MapSpec, current: Iterable[tuple[int, ...]], ops: list[Op]
+    specs: dict[str, pinned.MapSpec], current: dict[str, set[tuple[int, ...]]], ops: Iterable[Op]
 ) -> None:
-    # Peak occupancy: adds land before deletes, so count both at once.
-    keys = set(current) | {op.key.as_tuple() for op in ops if op.value is not None}
-    if len(keys) > spec.capacity:
-        raise PlanTooLarge(
-            f"{spec.name} would need {len(keys)} entries during the update but holds "
-            f"{spec.capacity}; nothing was written"
-        )
+    """Refuse before the first write if any map would overflow. Peak
+    occupancy: adds land before deletes, so deletes do not help; each key is
+    written at most once per plan, so counting new keys is enough."""
+    peak = {name: len(keys) for name, keys in current.items()}
+    for op in ops:
+        if op.value is not None and op.key.as_tuple() not in current[op.map]:
+            peak[op.map] += 1
+    for name, spec in specs.items():
+        if peak[name] > spec.capacity:
+            raise PlanTooLarge(
+                f"{spec.name} would need {peak[name]} entries during the update but holds "
+                f"{spec.capacity}; nothing was written"
+            )
 
 
 def apply(
@@ -273,12 +288,17 @@ def apply(
         if hold_new_redirects:
             held = {k: redirects[k] for k in desired.redirects if k in redirects}
             desired = Desired(desired.frontends, held, desired.unresolved_clients)
-        ops = plan_ops(desired, services, redirects)
-        svc_keys = [_svc_key(fe, s).as_tuple() for fe, slots in services.items() for s in slots]
-        _check_capacity(pinned.SERVICES, svc_keys, [o for o in ops if o.map == "services"])
-        l7_keys = [_l7_op(k, None).key.as_tuple() for k in redirects]
-        _check_capacity(pinned.L7REDIR, l7_keys, [o for o in ops if o.map == "l7"])
-        for op in ops:
+        _check_capacity(
+            {"services": pinned.SERVICES, "l7": pinned.L7REDIR},
+            {
+                "services": {
+                    _svc_key(fe, s).as_tuple() for fe, slots in services.items() for s in slots
+                },
+                "l7": {_l7_op(k, None).key.as_tuple() for k in redirects},
+            },
+            iter_ops(desired, services, redirects),
+        )
+        for op in iter_ops(desired, services, redirects):
             target = svc_map if op.map == "services" else l7_map
             if op.value is None:
                 target.delete(op.key)
@@ -286,7 +306,6 @@ def apply(
             else:
                 target.update(op.key, op.value)
                 result.writes += 1
-            result.ops.append(str(op))
     log.info(
         "plan applied",
         model_version=plan.model_version,

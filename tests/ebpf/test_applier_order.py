@@ -219,11 +219,13 @@ def test_redirect_without_its_frontend_is_refused() -> None:
 def test_overflow_is_refused_counting_the_transition_peak() -> None:
     spec = pinned.MapSpec("nm_services_v1", ServiceKey, ServiceValue, capacity=4)
     ops = applier.plan_ops(_desired(_fe([3, 4])), {}, {})  # frontend + 2 slots
-    applier._check_capacity(spec, [], ops)
+    specs = {"services": spec}
+    applier._check_capacity(specs, {"services": set()}, ops)
     # Two entries of another frontend that this plan removes: they are deleted
     # only after the adds, so for a moment all five exist.
-    other = [
-        ServiceKey(vip_be=ip_be("10.96.0.99"), port_be=port_be(80), proto=6, slot=s) for s in (0, 1)
-    ]
+    other = {
+        ServiceKey(vip_be=ip_be("10.96.0.99"), port_be=port_be(80), proto=6, slot=s).as_tuple()
+        for s in (0, 1)
+    }
     with pytest.raises(PlanTooLarge, match=r"nm_services_v1 would need 5 entries .* holds 4"):
-        applier._check_capacity(spec, [k.as_tuple() for k in other], ops)
+        applier._check_capacity(specs, {"services": other}, ops)
