@@ -270,9 +270,9 @@ def latency_table(bench: Bench, seconds: int, rate: int, rounds: int, warmup: in
     order rotated per round, so neighbouring measurements of different paths
     share the machine's background; ratios are taken within a round. The
     unlimited-rate cells run afterwards, in rounds of their own: each leaves
-    tens of thousands of closed connections in TIME_WAIT and conntrack, which
-    made whichever latency cell followed one (first run: p50 135 ms on an
-    otherwise 2 ms path)."""
+    tens of thousands of closed connections behind (TIME_WAIT, conntrack
+    entries), and with them interleaved some latency cells of the fastest
+    paths showed p50 up to 135 ms on an otherwise 2 ms path."""
     paths = list(bench.paths().items())
     for _, url in paths:  # warm-up: Envoy pools, ARP, conntrack, page cache
         _run_cell(bench, "off", url, warmup, rate)
