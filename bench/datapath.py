@@ -146,6 +146,13 @@ class Bench:
         n = self.node
         for ns in (self.client.netns, n.netns):
             sysctl_in(ns, "net.ipv4.ip_local_port_range", "1024 65535")
+        # The max-rate cells close ~30,000 connections each. At the default
+        # 120 s, their conntrack entries filled a namespace's table within a
+        # few cells (nf_conntrack_max counts per namespace) and new connections
+        # of every path stalled to ~100/s. Closed connections leave conntrack
+        # at once in this node's namespaces, and only in them.
+        for ns in (self.client.netns, n.netns, self.server.netns, self.server2.netns):
+            sysctl_in(ns, "net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")
         for pod in (self.server, self.server2):
             self.start_envoy(f"app-{pod.name}", app_config(APP_PORTS), pod.cgroup, pod.netns)
         # Kernel path and node Envoy path share one datapath.
