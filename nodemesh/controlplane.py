@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from prometheus_client import Gauge
 
 from nodemesh.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminServer
-from nodemesh.model.objects import ObjectError, ObjectWarning
+from nodemesh.model.objects import Kind, ObjectError, ObjectWarning
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource
@@ -190,15 +190,18 @@ class ControlPlane:
         translation = self.translator.translate(model)
         snapshot = self.cache.build_snapshot(translation.resources, label=model.version)
         self.cache.set_default_snapshot(snapshot)
+        previous = set(self.translation.errors) if self.translation is not None else set()
         self.model, self.translation = model, translation
         by_kind: dict[str, int] = {}
         for error in translation.errors:
             by_kind[error.ref.kind.value] = by_kind.get(error.ref.kind.value, 0) + 1
-            log.error(
-                "object_rejected", object=str(error.ref), field=error.field, reason=error.reason
-            )
-        for kind in {e.ref.kind.value for e in (*translation.errors, *model.errors)} | set(by_kind):
-            TRANSLATE_ERRORS.labels(kind=kind).set(by_kind.get(kind, 0))
+            if error not in previous:  # once per rejection, not once per model version
+                log.error(
+                    "object_rejected", object=str(error.ref), field=error.field, reason=error.reason
+                )
+        # Every kind, so a kind whose errors cleared goes back to 0.
+        for kind in Kind:
+            TRANSLATE_ERRORS.labels(kind=kind.value).set(by_kind.get(kind.value, 0))
         log.info(
             "model_published",
             version=model.version,

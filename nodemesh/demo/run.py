@@ -142,7 +142,7 @@ class Demo:
         stop = asyncio.Event()
         background = asyncio.create_task(self._loop(None, stop), name="demo-during-change")
         await asyncio.sleep(0.3)
-        self.plane.store.apply(source_name(source.directory), with_weights(raw, weights))
+        self.plane.store.apply(source.source_name, with_weights(raw, weights))
         await self.wait_synced()
         await asyncio.sleep(0.3)
         stop.set()
@@ -167,11 +167,6 @@ class Demo:
         fleet = getattr(self, "fleet", None)
         if fleet is not None:
             await fleet.stop()
-
-
-def source_name(directory: Path) -> str:
-    """The store source name ControlPlane gives a source directory."""
-    return f"files:{directory}"
 
 
 async def _until_ready(plane: ControlPlane, task: asyncio.Task[None], timeout: float = 30) -> None:

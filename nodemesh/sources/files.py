@@ -88,6 +88,11 @@ class FileSource:
         self._warnings: tuple[FileProblem, ...] = ()
 
     @property
+    def source_name(self) -> str:
+        """The name this source's objects are held under in the store."""
+        return self._source
+
+    @property
     def errors(self) -> tuple[FileProblem, ...]:
         """Current problems: unreadable directory, YAML errors, unusable objects."""
         found = [s.error for _, s in sorted(self._files.items()) if s.error is not None]
