@@ -163,6 +163,9 @@ class Pod:
     ips: tuple[str, ...]
     node_name: str | None
     phase: str = "Running"
+    # metadata.uid: where the kubelet puts the pod's cgroup (the node agent
+    # keys L7 steering by it). None when the source gave none (hand-written YAML).
+    uid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

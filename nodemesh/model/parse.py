@@ -389,8 +389,14 @@ def _pod(ref: ObjectRef, top: Fields) -> ParseResult:
         node_name=spec.opt_str("nodeName"),
         # Kubernetes' own default: a pod nobody has reported on is Pending.
         phase=status.opt_str("phase", "Pending") or "Pending",
+        uid=_opt_meta_str(ref, top, "uid"),
     )
     return ParseResult(obj)
+
+
+def _opt_meta_str(ref: ObjectRef, top: Fields, key: str) -> str | None:
+    meta = top.opt_map("metadata") or Fields(ref, {}, "metadata")
+    return meta.opt_str(key) or None
 
 
 def _envoy_config(ref: ObjectRef, top: Fields) -> ParseResult:

@@ -200,6 +200,13 @@ def test_deployment_and_pod() -> None:
     pod = parse_object(pod_raw).obj
     assert isinstance(pod, Pod)
     assert pod.ips == ("10.0.1.5", "fd00::5") and pod.node_name == "n1"
+    assert pod.uid is None
+    pod_raw["metadata"]["uid"] = "0f1e2d3c-aaaa-bbbb-cccc-123456789abc"
+    with_uid = parse_object(pod_raw).obj
+    assert isinstance(with_uid, Pod) and with_uid.uid == "0f1e2d3c-aaaa-bbbb-cccc-123456789abc"
+    pod_raw["metadata"]["uid"] = 7
+    assert error_of(pod_raw).field == "metadata.uid"
+    del pod_raw["metadata"]["uid"]
     pod_raw["status"]["podIPs"][1]["ip"] = "nope"
     assert error_of(pod_raw).field == "status.podIPs[1].ip"
 
