@@ -10,10 +10,10 @@ PYTHON=${PYTHON:-python3}
 
 # clang/llvm/libbpf-dev compile the BPF programs; bpftool inspects them;
 # iptables, iproute2, libcap2-bin (capsh/setpriv) and hey/wrk serve the datapath
-# tests and benchmarks; shellcheck checks the shipped scripts; docker-compose
+# tests and benchmarks (nginx is the datapath benchmark's app server); shellcheck checks the shipped scripts; docker-compose
 # (v1, no engine needed) checks docker-compose.yml with `config -q`; curl runs
 # the compose client script in its test.
-APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iptables iproute2 libcap2-bin util-linux shellcheck wrk hey docker-compose curl)
+APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iptables iproute2 libcap2-bin util-linux shellcheck wrk hey nginx docker-compose curl)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
