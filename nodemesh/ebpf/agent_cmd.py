@@ -17,22 +17,57 @@ from google.protobuf import json_format
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, dump, loader, planner, preflight
-from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
-from nodemesh.ebpf.endpoints import DirectoryPodCgroups
+from nodemesh.ebpf.agent import AgentSettings, DatapathAgent, ProxyPod
+from nodemesh.ebpf.endpoints import DirectoryPodCgroups, PodCgroups
 from nodemesh.ebpf.errors import DatapathError, PlanError, PrerequisiteMissing
+from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource
 
 log = structlog.get_logger("nodemesh.ebpf.cli")
 
 
-def _config(args: argparse.Namespace) -> loader.DatapathConfig:
+def pod_cgroups(args: argparse.Namespace) -> PodCgroups:
+    """The pod -> cgroup resolver: the kubelet's layout (`--kubepods-cgroup`,
+    found below the mesh cgroup with `auto`), else `<dir>/<namespace>_<name>`."""
+    if args.kubepods_cgroup is None:
+        return DirectoryPodCgroups(args.pod_cgroups or args.cgroup)
+    if args.plan is not None:
+        raise PlanError("--kubepods-cgroup resolves pods by UID from a model: use --model-dir")
+    if str(args.kubepods_cgroup) == "auto":
+        return KubeletPodCgroups(find_kubepods(args.cgroup), args.node_name)
+    return KubeletPodCgroups(args.kubepods_cgroup, args.node_name)
+
+
+def proxy_pod(args: argparse.Namespace) -> ProxyPod | None:
+    """Which model pod is the node Envoy (only when --proxy-cgroup does not fix it)."""
+    if args.proxy_cgroup is not None or not args.proxy_pod_selector:
+        return None
+    labels: list[tuple[str, str]] = []
+    selector = args.proxy_pod_selector
+    for term in selector.split(","):
+        key, eq, value = term.partition("=")
+        if not eq or not key.strip():
+            raise PlanError(f"--proxy-pod-selector: expected key=value[,...], got {selector!r}")
+        labels.append((key.strip(), value.strip()))
+    return ProxyPod(args.proxy_pod_namespace, tuple(labels))
+
+
+def _config(args: argparse.Namespace, pods: PodCgroups | None = None) -> loader.DatapathConfig:
     return loader.DatapathConfig(
-        pin_dir=args.pin_dir, cgroup=args.cgroup, proxy_cgroup=args.proxy_cgroup
+        pin_dir=args.pin_dir,
+        cgroup=args.cgroup,
+        proxy_cgroup=args.proxy_cgroup,
+        pod_cgroups=pods.root if pods is not None else None,
     )
 
 
-def read_plan(args: argparse.Namespace) -> pb.DatapathPlan | None:
+def _settings(args: argparse.Namespace, pods: PodCgroups) -> AgentSettings:
+    config = _config(args, pods)
+    return AgentSettings(config, args.proxy_address, args.node_name, proxy_pod(args))
+
+
+def read_plan(args: argparse.Namespace, pods: PodCgroups) -> pb.DatapathPlan | None:
     if args.plan is not None:
         try:
             return json_format.Parse(args.plan.read_text(), pb.DatapathPlan())
@@ -40,7 +75,9 @@ def read_plan(args: argparse.Namespace) -> pb.DatapathPlan | None:
             raise PlanError(f"{args.plan}: {exc}") from exc
     if args.model_dir is not None:
         store, _ = _store_from_dir(args.model_dir)
-        return planner.plan(store.build(), args.node_name)
+        model = store.build()
+        pods.observe(model.pods)
+        return planner.plan(model, args.node_name)
     return None
 
 
@@ -56,12 +93,11 @@ def _store_from_dir(directory: Path) -> tuple[MeshStore, FileSource]:
     return store, source
 
 
-def _apply(args: argparse.Namespace, plan: pb.DatapathPlan) -> None:
-    pods = DirectoryPodCgroups(args.pod_cgroups or args.cgroup)
-    applier.apply(plan, _config(args).maps_dir, args.proxy_address, pods)
+def _apply(args: argparse.Namespace, plan: pb.DatapathPlan, pods: PodCgroups) -> None:
+    applier.apply(plan, _config(args, pods).maps_dir, args.proxy_address, pods)
 
 
-async def _watch(args: argparse.Namespace) -> None:
+async def _watch(args: argparse.Namespace, pods: PodCgroups) -> None:
     """Poll the plan file; apply each new version. Errors keep the last good state."""
     stamp = args.plan.stat().st_mtime_ns if args.plan else 0
     while True:
@@ -71,14 +107,14 @@ async def _watch(args: argparse.Namespace) -> None:
             continue
         stamp = now
         try:
-            plan = read_plan(args)
+            plan = read_plan(args, pods)
             if plan is not None:
-                _apply(args, plan)
+                _apply(args, plan, pods)
         except DatapathError as exc:
             log.error("plan not applied; the previous one stays", error=str(exc))
 
 
-async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event) -> None:
+async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event, pods: PodCgroups) -> None:
     """The node agent proper: xDS for the node Envoy and the datapath, from
     one model store (the wiring lives in nodemesh.agent)."""
     from nodemesh.agent import NodeAgent
@@ -106,8 +142,7 @@ async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event) -> None
             use_original_dst=True,
         ),
     )
-    settings = AgentSettings(_config(args), args.proxy_address, args.node_name)
-    datapath = DatapathAgent(settings, DirectoryPodCgroups(args.pod_cgroups or args.cgroup))
+    datapath = DatapathAgent(_settings(args, pods), pods)
     await asyncio.to_thread(datapath.start)  # refusals surface here, as one line
     agent = NodeAgent(
         control_plane, datapath, args.envoy_node_id or args.node_name, args.envoy_sync_timeout
@@ -128,24 +163,23 @@ async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event) -> None
         await asyncio.gather(running, ready, stopping, return_exceptions=True)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace, pods: PodCgroups) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if args.xds_socket is not None or args.xds_address is not None:
-        await _serve_with_xds(args, stop)
+        await _serve_with_xds(args, stop, pods)
         return
     async with asyncio.TaskGroup() as tg:
         tasks = []
         if args.model_dir is not None:
             store, source = _store_from_dir(args.model_dir)
-            settings = AgentSettings(_config(args), args.proxy_address, args.node_name)
-            agent = DatapathAgent(settings, DirectoryPodCgroups(args.pod_cgroups or args.cgroup))
+            agent = DatapathAgent(_settings(args, pods), pods)
             tasks.append(tg.create_task(source.run(), name="file-source"))
             tasks.append(tg.create_task(agent.run(store.updates()), name="datapath"))
         else:
-            tasks.append(tg.create_task(_watch(args), name="plan-watch"))
+            tasks.append(tg.create_task(_watch(args, pods), name="plan-watch"))
         print("agent ready", flush=True)
         await stop.wait()
         # The datapath stays pinned and live; only the agent goes away.
@@ -154,30 +188,31 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _config(args)
     if args.cleanup:
+        config = _config(args)
         removed = loader.cleanup(config)
         print(f"removed {len(removed)} pins under {config.pin_dir}")
         return 0
+    pods = pod_cgroups(args)
+    config = _config(args, pods)
     xds_mode = args.xds_socket is not None or args.xds_address is not None
-    plan = None if xds_mode and args.action != "dump" else read_plan(args)
+    plan = None if xds_mode and args.action != "dump" else read_plan(args, pods)
     if args.action == "dump":
         preflight.check_bpffs(config.pin_dir)
         if not config.maps_dir.is_dir():
             raise DatapathError(f"nothing is pinned under {config.pin_dir}; has the agent run?")
-        pods = DirectoryPodCgroups(args.pod_cgroups or args.cgroup)
         print(dump.render(plan, config.maps_dir, args.proxy_address, pods))
         return 0
     if xds_mode:
         # The node agent loads the datapath itself and orders the first plan
         # against the node Envoy (nothing is steered before Envoy listens).
-        asyncio.run(_serve(args))
+        asyncio.run(_serve(args, pods))
         return 0
     loader.load(config)
     if plan is not None:
-        _apply(args, plan)
+        _apply(args, plan, pods)
     if args.watch:
-        asyncio.run(_serve(args))
+        asyncio.run(_serve(args, pods))
     return 0
 
 

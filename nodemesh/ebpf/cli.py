@@ -24,9 +24,30 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("agent", help="eBPF node agent: datapath load, apply, dump, cleanup")
     p.add_argument("--pin-dir", type=Path, default=loader.DEFAULT_PIN_DIR)
     p.add_argument("--cgroup", type=Path, default=loader.DEFAULT_CGROUP, help="mesh cgroup")
-    p.add_argument("--proxy-cgroup", type=Path, help="the node Envoy's cgroup")
+    p.add_argument(
+        "--proxy-cgroup",
+        type=Path,
+        help="the node Envoy's cgroup, fixed (default: follow the Envoy pod in the model)",
+    )
     p.add_argument("--proxy-address", help="IPv4 address pods reach the node Envoy at")
-    p.add_argument("--pod-cgroups", type=Path, help="dir of <namespace>_<name> pod cgroups")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--pod-cgroups", type=Path, help="dir of <namespace>_<name> pod cgroups")
+    layout.add_argument(
+        "--kubepods-cgroup",
+        type=Path,
+        help="the kubelet's kubepods cgroup, or 'auto' to find it below --cgroup; pods are "
+        "resolved by UID in the kubelet's layout (systemd or cgroupfs driver)",
+    )
+    p.add_argument(
+        "--proxy-pod-namespace",
+        default="nodemesh-system",
+        help="namespace of the node Envoy pods (followed when --proxy-cgroup is not given)",
+    )
+    p.add_argument(
+        "--proxy-pod-selector",
+        default="app.kubernetes.io/name=nodemesh-envoy",
+        help="labels (k=v,...) of the node Envoy pods; '' follows none",
+    )
     p.add_argument("--node-name", default="")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--plan", type=Path, help="a DatapathPlan as JSON")

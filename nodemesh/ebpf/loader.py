@@ -39,8 +39,6 @@ def cgroup2_mount() -> Path:
 
 
 DEFAULT_CGROUP = cgroup2_mount() / "nodemesh"
-# Programs attached to the proxy's cgroup rather than the mesh cgroup.
-PROXY_PROGRAMS = frozenset({"nm_getsockopt"})
 EPERM = 1
 
 
@@ -48,15 +46,20 @@ EPERM = 1
 class DatapathConfig:
     """Where the datapath lives.
 
-    `cgroup` is the mesh cgroup: every process under it gets Service
-    translation. `proxy_cgroup` is Envoy's (normally under `cgroup`, so its
-    upstream connections are translated too); it is never steered, and it is
-    where SO_ORIGINAL_DST is answered. None means no L7 steering target.
+    `cgroup` is the mesh cgroup: every program attaches there, and every
+    process under it gets Service translation. `proxy_cgroup` is Envoy's
+    (normally under `cgroup`, so its upstream connections are translated
+    too): nothing below it is ever steered, and only it is answered
+    SO_ORIGINAL_DST. None leaves the proxy identity to the node agent, which
+    follows the Envoy pod (`set_proxy_cgroup`). `pod_cgroups` is where pod
+    cgroups sit, one or two levels down (the kubelet's kubepods cgroup, or
+    the test layout's directory); None means `cgroup`.
     """
 
     pin_dir: Path = DEFAULT_PIN_DIR
     cgroup: Path = DEFAULT_CGROUP
     proxy_cgroup: Path | None = None
+    pod_cgroups: Path | None = None
 
     @property
     def maps_dir(self) -> Path:
@@ -173,10 +176,9 @@ def _load_object(path: Path, config: DatapathConfig, report: LoadReport) -> None
             detail = "\n".join("\n".join(lines).splitlines()[-12:])
             raise LoadError(f"the kernel refused {path.name} (errno {-ret}):\n{detail}", -ret)
         for prog, name in _programs_of(obj):
-            target = config.proxy_cgroup if name in PROXY_PROGRAMS else config.cgroup
-            if target is None:
-                continue
-            _attach(prog, name, target, config.links_dir, report)
+            # A link pinned elsewhere by an older agent (nm_getsockopt on
+            # the proxy cgroup) is moved here by _attach.
+            _attach(prog, name, config.cgroup, config.links_dir, report)
     finally:
         lib.bpf_object__close(obj)
 
@@ -184,6 +186,8 @@ def _load_object(path: Path, config: DatapathConfig, report: LoadReport) -> None
 def load(config: DatapathConfig) -> LoadReport:
     """Make the datapath live (or refresh its programs), reusing what is pinned."""
     preflight.check_all(config.pin_dir, config.cgroup, config.proxy_cgroup)
+    if config.pod_cgroups is not None:
+        preflight.check_cgroup2(config.pod_cgroups, "pods")
     objects = build_objects()
     try:
         config.maps_dir.mkdir(parents=True, exist_ok=True)
@@ -201,17 +205,9 @@ def load(config: DatapathConfig) -> LoadReport:
             if exc.errno == EPERM:
                 raise _privilege_hint(exc, f"loading {path.name}") from exc
             raise
-    if config.proxy_cgroup is None:
-        _drop_link(config.links_dir / "nm_getsockopt", report)
     write_config(config)
     log.info("datapath loaded", created=report.created, updated=report.updated)
     return report
-
-
-def _drop_link(pin: Path, report: LoadReport) -> None:
-    if pin.exists():
-        pin.unlink()
-        report.updated.append(f"-{pin.name}")
 
 
 def cleanup(config: DatapathConfig) -> list[str]:
@@ -239,7 +235,32 @@ def cleanup(config: DatapathConfig) -> list[str]:
 
 
 def write_config(config: DatapathConfig) -> None:
-    """Tell the programs which cgroup is the proxy's (never steered)."""
-    proxy = cgroup_id(config.proxy_cgroup) if config.proxy_cgroup is not None else 0
+    """Tell the programs where pods live and which cgroup is the proxy's.
+
+    Without a fixed `proxy_cgroup` the pinned proxy id stays as it is: the
+    agent that wrote it follows the Envoy pod, and zeroing it across an
+    agent restart would let Envoy's own connects be steered back to it.
+    """
+    pods = cgroup_id(config.pod_cgroups or config.cgroup)
     with pinned.open_map(config.maps_dir, pinned.CONFIG) as cfg_map:
-        cfg_map.update(U32(0), Config(proxy_cgroup_id=proxy))
+        current = cfg_map.lookup(U32(0))
+        assert current is None or isinstance(current, Config)
+        proxy = current.proxy_cgroup_id if current is not None else 0
+        if config.proxy_cgroup is not None:
+            proxy = cgroup_id(config.proxy_cgroup)
+        cfg_map.update(U32(0), Config(proxy_cgroup_id=proxy, pods_cgroup_id=pods))
+
+
+def set_proxy_cgroup(maps_dir: Path, proxy_cgroup_id: int) -> bool:
+    """Point the programs at the proxy's (new) cgroup; True if it changed.
+
+    Takes effect at the next connect(): nothing is reattached, so an Envoy
+    restart (a new pod cgroup) costs one map write."""
+    with pinned.open_map(maps_dir, pinned.CONFIG) as cfg_map:
+        current = cfg_map.lookup(U32(0))
+        assert current is None or isinstance(current, Config)
+        if current is not None and current.proxy_cgroup_id == proxy_cgroup_id:
+            return False
+        pods = current.pods_cgroup_id if current is not None else 0
+        cfg_map.update(U32(0), Config(proxy_cgroup_id=proxy_cgroup_id, pods_cgroup_id=pods))
+    return True

@@ -113,6 +113,7 @@ class Config(Mirror):
     C_STRUCT = "nm_config"
     _fields_ = (
         ("proxy_cgroup_id", ctypes.c_uint64),
+        ("pods_cgroup_id", ctypes.c_uint64),
         ("flags", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
     )

@@ -38,7 +38,7 @@ L7REDIR = MapSpec("nm_l7redir_v1", L7RedirKey, L7RedirValue, 16384)
 REVNAT = MapSpec("nm_revnat_v1", RevNatKey, OrigDst, 262144)
 REDIR = MapSpec("nm_redir_v1", U64, OrigDst, 65536)
 ORIGDST = MapSpec("nm_origdst_v1", OrigDstKey, OrigDst, 65536)
-CONFIG = MapSpec("nm_config_v1", U32, Config, 1)
+CONFIG = MapSpec("nm_config_v2", U32, Config, 1)
 
 ALL_MAPS = (SERVICES, L7REDIR, REVNAT, REDIR, ORIGDST, CONFIG)
 

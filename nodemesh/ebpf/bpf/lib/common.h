@@ -87,9 +87,13 @@ struct nm_origdst_key {
 	__be16 proxy_port;
 };
 
-/* nm_config_v1 (one-element array): node-wide settings from the agent. */
+/* nm_config_v2 (one-element array): node-wide settings from the agent.
+ * Both ids name cgroups that are *ancestors* (or the cgroup itself) of the
+ * processes they cover, because a kubelet puts processes in per-container
+ * children of the pod cgroup. 0 means unset. */
 struct nm_config {
-	__u64 proxy_cgroup_id; /* Envoy's cgroup: translated, never steered */
+	__u64 proxy_cgroup_id; /* the node Envoy's pod cgroup: translated, never steered */
+	__u64 pods_cgroup_id;  /* pod cgroups sit one or two levels below it */
 	__u32 flags;
 	__u32 pad;
 };

@@ -63,6 +63,6 @@ struct {
 	__type(value, struct nm_config);
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nm_config_v1 SEC(".maps");
+} nm_config_v2 SEC(".maps");
 
 #endif /* NM_MAPS_H */
