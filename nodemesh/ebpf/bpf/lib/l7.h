@@ -34,6 +34,10 @@ static __always_inline void nm_client_of(const struct nm_config *cfg, struct nm_
 {
 	__u32 level;
 
+	/* Unrolled: as a loop, clang's `!= end` exit test gives the verifier's
+	 * Spectre v1 analysis (agents without CAP_PERFMON) a speculative path
+	 * past the bound that never ends. */
+#pragma unroll
 	for (level = 1; level <= NM_MAX_CGROUP_LEVEL; level++) {
 		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
 
