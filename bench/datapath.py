@@ -1,27 +1,39 @@
-"""Datapath benchmark: the same client and server pods, five ways between them.
+"""Datapath benchmark: the same client and server pods, six ways between them.
 
 Builds a test node (network namespaces and cgroups, no uplink; see
 integration/datapath/node.py) and measures, in one run, with `hey` inside the
 client pod:
 
-  direct        client -> server pod IP
-  iptables DNAT client -> VIP, DNAT in the node namespace's PREROUTING (kube-proxy style)
-  nodemesh      client -> VIP, translated at connect() by the cgroup hooks
-  node Envoy    client -> VIP, steered by the hooks to the node Envoy (HTTP proxy)
-  sidecars      client -> VIP, iptables REDIRECT to a client-side Envoy, which
-                connects to the server pod, where iptables REDIRECT hands it to
-                a server-side Envoy in front of the app (Istio's model)
+  direct         client -> server pod IP
+  iptables DNAT  client -> VIP, DNAT in the node namespace's PREROUTING (kube-proxy style)
+  nodemesh       client -> VIP, translated at connect() by the cgroup hooks
+  node Envoy     client -> VIP, steered by the hooks to the node Envoy, which
+                 routes it to the Service's backends; Envoy bootstrapped from
+                 envoy/bootstrap.yaml and configured over ADS, and the kernel
+                 programmed, by `nodemesh agent` from one model directory
+                 (Services, EndpointSlices, a CiliumEnvoyConfig)
+  sidecars       client -> VIP, iptables REDIRECT (outbound capture) to a
+                 client-side Envoy, which connects to the server pod, where
+                 iptables REDIRECT (inbound capture) hands it to a server-side
+                 Envoy in front of the app (Istio's model)
+  sidecars + mTLS  the same with mTLS between the two sidecars (Istio's
+                 default), certificates made at bench time (--no-mtls: off)
 
 for each: p50/p99 at a fixed rate (keep-alive off and on) and the maximum
-new-connection rate (keep-alive off, no rate limit). Then memory: RSS of the
-node Envoy plus the agent, against N sidecar Envoys.
+new-connection rate (keep-alive off, no rate limit). Then connect() alone and
+the hooks' cost, and memory: RSS of the node Envoy plus the agent, against N
+sidecar Envoys.
 
-The app is an Envoy answering every request itself (direct_response), so the
-server side costs the same on every path.
+The app is nginx (one worker, no access log) on every path, so the server
+side costs the same on every path and no path crosses an Envoy that is not
+one of its proxies. Every Envoy listener (node and sidecars) runs the
+original_dst listener filter and an HTTP connection manager with the router
+alone and no access log; the run prints each one's filters (the node Envoy's
+from its config_dump).
 
 Noise control (the machine has 2 cores, shared with other work): hey runs on
-one fixed CPU set and every Envoy (app, node, sidecars) on another, each Envoy
-with the same --concurrency; each path gets a discarded warm-up cell; rounds
+one fixed CPU set and every Envoy (node, sidecars), nginx and the agent on
+another, each Envoy with the same --concurrency; each path gets a discarded warm-up cell; rounds
 interleave the paths cell by cell in a rotated order; the report gives the
 median and [min-max] of the per-round values, the per-round paired ratios
 behind each target and in how many rounds each target was met, and the CPU
@@ -36,220 +48,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "integration"))
 sys.path.insert(0, str(REPO))
 
-from datapath.node import CGROUP2, NODE_IP, PROBE, MeshNode, sysctl_in  # noqa: E402
-from datapath.plans import frontend, plan, redirect  # noqa: E402
-from datapath_envoy import app_config, proxy_config  # noqa: E402
+from datapath_envoy import Hop, sidecar_config  # noqa: E402
 from datapath_measure import (  # noqa: E402
     CONTROLS,
     LATENCY_CELLS,
     TARGETS,
     Cells,
-    ForeignCpu,
     bpf_stats,
+    counter_delta,
     hook_counters,
     hook_delta,
     loadavg,
     map_memlock,
-    parse_hey,
+    net_counters,
     rss_kib,
     wait_for_quiet,
 )
+from datapath_topology import (  # noqa: E402
+    PORT_AGAIN,
+    PORT_DIRECT,
+    SIDECAR_APP_PORT,
+    VIP_DNAT,
+    VIP_KERNEL,
+    Bench,
+    Placement,
+)
 
-from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
-from nodemesh.ebpf import applier, loader  # noqa: E402
-from nodemesh.ebpf.endpoints import DirectoryPodCgroups  # noqa: E402
-from nodemesh.node_envoy import find_envoy_binary  # noqa: E402
-
-VIP_KERNEL, VIP_DNAT, VIP_SIDECAR = "10.96.0.10", "10.96.1.10", "10.96.2.10"
-APP_PORT, NODE_PROXY_PORT, OUT_PORT, IN_PORT = 8080, 15001, 15001, 15006
-# One app port per path: with keep-alive off, each path leaves thousands of
-# TIME_WAIT sockets, and paths sharing a destination port would share (and
-# exhaust) one ephemeral-port space, slowing whichever path runs next.
-PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY = 8080, 8081, 8082, 8083
-# A second direct path (A/A control): how far two identical paths differ is
-# the noise floor every ratio below has to be read against.
-PORT_AGAIN = 8084
-APP_PORTS = (PORT_DIRECT, PORT_DNAT, PORT_KERNEL, PORT_NODE_ENVOY, PORT_AGAIN)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where processes run: the same for every path, never tuned per path."""
-
-    hey_cpus: str
-    envoy_cpus: str
-    envoy_concurrency: int
-    nice: int
-
-    def wrap(self, cpus: str, argv: list[str]) -> list[str]:
-        """argv pinned to `cpus` at the benchmark's niceness (which makes
-        other work on the shared cores yield to every path alike)."""
-        return ["nice", "-n", str(self.nice), "taskset", "-c", cpus, *argv]
-
-
-class Bench:
-    def __init__(self, node: MeshNode, work: Path, placement: Placement) -> None:
-        self.node, self.work, self.placement = node, work, placement
-        self.foreign = ForeignCpu(CGROUP2, node.cgroup_root)
-        self.envoy = find_envoy_binary()
-        self.client = node.add_pod("bench", "client")
-        self.server = node.add_pod("bench", "server")
-        self.server2 = node.add_pod("bench", "server2")
-
-    def start_envoy(
-        self, name: str, config: dict[str, Any], cgroup: Path, ns: str
-    ) -> subprocess.Popen[str]:
-        path = self.work / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        argv = [
-            self.envoy,
-            "-c",
-            str(path),
-            "--disable-hot-restart",
-            "--concurrency",
-            str(self.placement.envoy_concurrency),
-            "-l",
-            "error",
-        ]
-        argv = self.placement.wrap(self.placement.envoy_cpus, argv)
-        return self.node.spawn(
-            argv, cgroup, ns, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def iptables(self, ns: str, *rule: str) -> None:
-        cmd = [
-            sys.executable,
-            str(REPO / "integration/datapath/launcher.py"),
-            "",
-            ns,
-            "--",
-            "iptables",
-            *rule,
-        ]
-        subprocess.run(cmd, check=True, timeout=60)
-
-    def setup(self) -> None:
-        n = self.node
-        for ns in (self.client.netns, n.netns):
-            sysctl_in(ns, "net.ipv4.ip_local_port_range", "1024 65535")
-        # The max-rate cells close ~30,000 connections each. At the default
-        # 120 s, their conntrack entries filled a namespace's table within a
-        # few cells (nf_conntrack_max counts per namespace) and new connections
-        # of every path stalled to ~100/s. Closed connections leave conntrack
-        # at once in this node's namespaces, and only in them.
-        for ns in (self.client.netns, n.netns, self.server.netns, self.server2.netns):
-            sysctl_in(ns, "net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")
-        for pod in (self.server, self.server2):
-            self.start_envoy(f"app-{pod.name}", app_config(APP_PORTS), pod.cgroup, pod.netns)
-        # Kernel path and node Envoy path share one datapath.
-        loader.load(n.config())
-        fe = frontend(VIP_KERNEL, 80, pb.TCP, [(self.server.ip, PORT_KERNEL)])
-        fe_node = frontend(
-            "10.96.0.11", 80, pb.TCP, [(self.server.ip, PORT_KERNEL)], service="bench/viaenvoy"
-        )
-        steer = redirect(fe_node, NODE_PROXY_PORT, clients=["bench/client"])
-        applier.apply(
-            plan(fe, fe_node, redirects=(steer,)),
-            n.config().maps_dir,
-            NODE_IP,
-            DirectoryPodCgroups(n.mesh),
-        )
-        node_proxy = proxy_config([("node", NODE_PROXY_PORT, self.server.ip, PORT_NODE_ENVOY)])
-        self.node_envoy = self.start_envoy("node-envoy", node_proxy, n.proxy_cgroup, n.netns)
-        # kube-proxy style: DNAT where pod traffic enters the node.
-        self.iptables(
-            n.netns,
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            VIP_DNAT,
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            f"{self.server.ip}:{PORT_DNAT}",
-        )
-        # Sidecars: the client's outbound and the server's inbound, both REDIRECTed.
-        out = proxy_config([("outbound", OUT_PORT, self.server2.ip, APP_PORT)])
-        self.start_envoy("sidecar-client", out, n.outside, self.client.netns)
-        self.iptables(
-            self.client.netns,
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-d",
-            VIP_SIDECAR,
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            str(OUT_PORT),
-        )
-        inbound = proxy_config([("inbound", IN_PORT, "127.0.0.1", APP_PORT)])
-        self.start_envoy("sidecar-server", inbound, n.outside, self.server2.netns)
-        self.iptables(
-            self.server2.netns,
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "--dport",
-            str(APP_PORT),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            str(IN_PORT),
-        )
-
-    def paths(self) -> dict[str, str]:
-        return {
-            "direct pod IP": f"http://{self.server.ip}:{PORT_DIRECT}/",
-            "iptables DNAT": f"http://{VIP_DNAT}/",
-            "nodemesh kernel": f"http://{VIP_KERNEL}/",
-            "node Envoy": "http://10.96.0.11/",
-            "sidecars": f"http://{VIP_SIDECAR}/",
-            "direct again": f"http://{self.server.ip}:{PORT_AGAIN}/",
-        }
-
-    def hey(self, url: str, *args: str) -> dict[str, float]:
-        argv = self.placement.wrap(self.placement.hey_cpus, ["hey", *args, url])
-        proc = self.node.spawn(argv, self.client.cgroup, self.client.netns)
-        out, _ = proc.communicate(timeout=600)
-        return parse_hey(out)
-
-    def wait_ready(self) -> None:
-        for name, url in self.paths().items():
-            for _ in range(300):
-                if self.hey(url, "-n", "5", "-c", "1").get("ok", 0) == 5:
-                    break
-                time.sleep(0.1)
-            else:
-                raise SystemExit(f"path {name} never answered")
+from integration.datapath.node import PROBE, MeshNode  # noqa: E402
+from nodemesh.ebpf import loader  # noqa: E402
 
 
 def _run_cell(bench: Bench, cell: str, url: str, seconds: int, rate: int) -> dict[str, float]:
@@ -263,48 +99,84 @@ def _run_cell(bench: Bench, cell: str, url: str, seconds: int, rate: int) -> dic
         return bench.hey(url, "-z", dur, "-c", "50", "-disable-keepalive")
 
 
-def _record(cells: dict[str, Cells], name: str, cell: str, got: dict[str, float]) -> None:
-    if cell == "peak":
-        cells["max"].add(name, got.get("rps", 0))
-        return
-    ka = "ka-off" if cell == "off" else "ka-on"
-    cells[f"p50 {ka}"].add(name, got.get("p50", 0))
-    cells[f"p99 {ka}"].add(name, got.get("p99", 0))
+def _rotated(paths: list[tuple[str, str]], r: int) -> list[tuple[str, str]]:
+    return paths[r % len(paths) :] + paths[: r % len(paths)]
+
+
+LATENCY_METRICS = ("p50 ka-off", "p99 ka-off", "p50 ka-on", "p99 ka-on")
 
 
 def latency_table(bench: Bench, seconds: int, rate: int, rounds: int, warmup: int) -> list[str]:
     """Each round runs every latency cell for every path back to back, in an
     order rotated per round, so neighbouring measurements of different paths
-    share the machine's background; ratios are taken within a round. The
-    unlimited-rate cells run afterwards, in rounds of their own: each leaves
-    tens of thousands of closed connections behind (TIME_WAIT, conntrack
-    entries), and with them interleaved some latency cells of the fastest
-    paths showed p50 up to 135 ms on an otherwise 2 ms path."""
+    share the machine's background; ratios are taken within a round."""
     paths = list(bench.paths().items())
     for _, url in paths:  # warm-up: Envoy pools, ARP, conntrack, page cache
         _run_cell(bench, "off", url, warmup, rate)
-    cells = {m: Cells() for m in ("p50 ka-off", "p99 ka-off", "p50 ka-on", "p99 ka-on", "max")}
+    cells = {m: Cells() for m in LATENCY_METRICS}
     errors: dict[str, float] = {name: 0.0 for name, _ in paths}
-    for phase in (LATENCY_CELLS, ("peak",)):
-        for r in range(rounds):
-            order = paths[r % len(paths) :] + paths[: r % len(paths)]
-            for cell in phase:
-                for name, url in order:
-                    got = _run_cell(bench, cell, url, seconds, rate)
-                    errors[name] += got["errors"]
-                    _record(cells, name, cell, got)
-    head = "".join(f"{m + (' ms' if m != 'max' else ' conn/s'):>26}" for m in cells)
+    for r in range(rounds):
+        for cell in LATENCY_CELLS:
+            ka = "ka-off" if cell == "off" else "ka-on"
+            for name, url in _rotated(paths, r):
+                got = _run_cell(bench, cell, url, seconds, rate)
+                errors[name] += got["errors"]
+                cells[f"p50 {ka}"].add(name, got.get("p50", 0))
+                cells[f"p99 {ka}"].add(name, got.get("p99", 0))
+    head = "".join(f"{m + ' ms':>24}" for m in cells)
     rows = [f"{'path':<18}{head}{'errors':>8}"]
     for name, _ in paths:
-        row = "".join(f"{c.spread(name):>26}" for c in cells.values())
+        row = "".join(f"{c.spread(name):>24}" for c in cells.values())
         rows.append(f"{name:<18}{row}{int(errors[name]):>8}")
     rows += ["", "per-round paired ratios (median [min-max]) against the targets"]
-    for metric, path, ref, target in TARGETS + CONTROLS:
-        rows.append(f"  {metric:<11}{path} / {ref:<15}{cells[metric].paired(path, ref, target)}")
-    rows.append("added over direct, (node Envoy - direct) / (sidecars - direct), per round")
-    for metric in ("p50 ka-off", "p99 ka-off", "p50 ka-on", "p99 ka-on"):
-        added = cells[metric].overhead("node Envoy", "sidecars", "direct pod IP")
-        rows.append(f"  {metric:<11}{added}")
+    targets = TARGETS + tuple(
+        (metric, "node Envoy", "sidecars + mTLS", 0.5)
+        for metric in ("p99 ka-off", "p99 ka-on")
+        if bench.mtls
+    )
+    for metric, path, ref, target in targets + CONTROLS:
+        rows.append(f"  {metric:<11}{path} / {ref:<16}{cells[metric].paired(path, ref, target)}")
+    refs = ["sidecars", *(["sidecars + mTLS"] if bench.mtls else [])]
+    for ref in refs:
+        rows.append(f"added over direct, (node Envoy - direct) / ({ref} - direct), per round")
+        for metric in LATENCY_METRICS:
+            added = cells[metric].overhead("node Envoy", ref, "direct pod IP")
+            rows.append(f"  {metric:<11}{added}")
+    return rows
+
+
+def peak_table(bench: Bench, seconds: int, rounds: int) -> list[str]:
+    """The maximum new-connection rate: 50 hey workers, keep-alive off, no
+    rate limit, in rounds of their own after the latency rounds (each cell
+    leaves tens of thousands of closed connections behind; interleaved with
+    the latency cells, they spoiled the cell after them). Around each cell,
+    the TCP counters of every namespace of the node are read, so a cell that
+    collapses shows why."""
+    paths = list(bench.paths().items())
+    rates, moved = Cells(), {name: dict[str, int]() for name, _ in paths}
+    errors = {name: 0.0 for name, _ in paths}
+    for r in range(rounds):
+        for name, url in _rotated(paths, r):
+            before = {ns: net_counters(pid) for ns, pid in bench.ns_pids.items()}
+            got = _run_cell(bench, "peak", url, seconds, 0)
+            rates.add(name, got.get("rps", 0))
+            errors[name] += got["errors"]
+            for ns, pid in bench.ns_pids.items():
+                for key, value in counter_delta(before[ns], net_counters(pid)).items():
+                    if key == "tw":
+                        continue
+                    moved[name][f"{ns}:{key}"] = moved[name].get(f"{ns}:{key}", 0) + value
+    rows = [f"{'path':<18}{'max conn/s':>26}{'errors':>8}   per round"]
+    for name, _ in paths:
+        per_round = " ".join(f"{v:.0f}" for v in rates.values[name])
+        rows.append(f"{name:<18}{rates.spread(name):>26}{int(errors[name]):>8}   {per_round}")
+    rows += ["", f"TCP counters that moved during the max-rate cells, summed over {rounds} rounds"]
+    for name, _ in paths:
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(moved[name].items()) if v)
+        rows.append(f"  {name:<18}{shown or '-'}")
+    median = {name: statistics.median(rates.values[name]) for name, _ in paths}
+    slow = [n for n, _ in paths if min(rates.values[n]) < 0.5 * median[n]]
+    rows.append(f"cells under half their path's median: {', '.join(slow) or 'none'}")
     return rows
 
 
@@ -351,26 +223,11 @@ def _connect_bench(bench: Bench, host: str, port: int, count: int) -> dict[str, 
 
 
 def memory_table(bench: Bench, counts: list[int]) -> list[str]:
+    """RSS of the node side (the node Envoy and the one-process agent that
+    serves it and the kernel, both as measured all along) against N sidecar
+    Envoys with a two-listener config each."""
     n = bench.node
-    agent = n.spawn(
-        [
-            sys.executable,
-            "-m",
-            "nodemesh.cli",
-            "agent",
-            f"--pin-dir={n.pin_dir}",
-            f"--cgroup={n.mesh}",
-            f"--proxy-cgroup={n.proxy_cgroup}",
-            "--watch",
-        ],
-        n.outside,
-        n.netns,
-        stdout=subprocess.PIPE,
-    )
-    assert agent.stdout is not None
-    while "agent ready" not in agent.stdout.readline():
-        pass
-    envoy_kib, agent_kib = rss_kib(bench.node_envoy.pid), rss_kib(agent.pid)
+    envoy_kib, agent_kib = rss_kib(bench.node_envoy.pid), rss_kib(bench.agent.pid)
     node_side = envoy_kib + agent_kib
     maps = map_memlock(n.pin_dir) // 1024
     rows = [
@@ -381,10 +238,10 @@ def memory_table(bench: Bench, counts: list[int]) -> list[str]:
     for count in counts:
         while len(running) < count:
             i = len(running)
-            cfg = proxy_config(
+            cfg = sidecar_config(
                 [
-                    ("outbound", 30000 + 2 * i, bench.server2.ip, APP_PORT),
-                    ("inbound", 30001 + 2 * i, "127.0.0.1", APP_PORT),
+                    Hop("outbound", 30000 + 2 * i, bench.server2.ip, SIDECAR_APP_PORT),
+                    Hop("inbound", 30001 + 2 * i, "127.0.0.1", SIDECAR_APP_PORT),
                 ]
             )
             running.append(bench.start_envoy(f"sidecar-{i}", cfg, n.outside, n.netns))
@@ -416,23 +273,40 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--wait-quiet", type=float, default=600, help="seconds to wait for it")
     parser.add_argument("--force", action="store_true", help="run even above --max-load")
+    parser.add_argument("--no-mtls", action="store_true", help="leave out the mTLS sidecar row")
+    parser.add_argument(
+        "--parts", default="latency,peak,connect,memory", help="which tables (for development)"
+    )
     return parser.parse_args()
 
 
 def _measure(bench: Bench, args: argparse.Namespace) -> None:
-    print(
-        f"HTTP GET, {args.rate} req/s for {args.seconds}s per cell (10 workers); "
-        f"max: 50 workers, keep-alive off; {args.rounds} interleaved rounds after a "
-        f"{args.warmup}s warm-up per path; median [min-max] over rounds"
-    )
-    print("\n".join(latency_table(bench, args.seconds, args.rate, args.rounds, args.warmup)))
+    parts = set(args.parts.split(","))
+    print("what each path's proxies run (node Envoy: from its config_dump):")
+    for name, summary in bench.summaries.items():
+        print(f"  {name}: {summary}")
+    print()
+    if "latency" in parts:
+        print(
+            f"HTTP GET, {args.rate} req/s for {args.seconds}s per cell (10 workers), keep-alive "
+            f"off and on; {args.rounds} interleaved rounds after a {args.warmup}s warm-up per "
+            "path; median [min-max] over rounds"
+        )
+        print("\n".join(latency_table(bench, args.seconds, args.rate, args.rounds, args.warmup)))
+        print()
+    if "peak" in parts:
+        print(f"max new-connection rate: 50 workers, keep-alive off, {args.seconds}s per cell")
+        print("\n".join(peak_table(bench, args.seconds, args.rounds)))
+        print()
     print(bench.foreign.summary())
-    print()
-    print(f"TCP connect() only, {args.rounds} rounds of 2000 each, interleaved")
-    print("\n".join(connect_table(bench, args.rounds)))
-    print()
-    print("memory (RSS)")
-    print("\n".join(memory_table(bench, [int(c) for c in args.sidecars.split(",")])))
+    if "connect" in parts:
+        print()
+        print(f"TCP connect() only, {args.rounds} rounds of 2000 each, interleaved")
+        print("\n".join(connect_table(bench, args.rounds)))
+    if "memory" in parts:
+        print()
+        print("memory (RSS)")
+        print("\n".join(memory_table(bench, [int(c) for c in args.sidecars.split(",")])))
 
 
 def main() -> None:
@@ -443,15 +317,15 @@ def main() -> None:
         raise SystemExit(f"machine busy (load {load:.2f} > {args.max_load}); --force to run")
     placement = Placement(args.hey_cpus, args.envoy_cpus, args.envoy_concurrency, args.nice)
     print(
-        f"placement: hey on CPUs {placement.hey_cpus}, every Envoy on CPUs "
-        f"{placement.envoy_cpus} with --concurrency {placement.envoy_concurrency}; "
-        f"all at nice {placement.nice}"
+        f"placement: hey on CPUs {placement.hey_cpus}; every Envoy (node, sidecars) with "
+        f"--concurrency {placement.envoy_concurrency}, nginx (1 worker) and the agent on CPUs "
+        f"{placement.envoy_cpus}; all at nice {placement.nice}"
     )
     with tempfile.TemporaryDirectory(prefix="nm-bench-") as tmp:
         node = MeshNode(Path(tmp))
         try:
             node.setup()
-            bench = Bench(node, Path(tmp), placement)
+            bench = Bench(node, Path(tmp), placement, mtls=not args.no_mtls)
             bench.setup()
             bench.wait_ready()
             _measure(bench, args)

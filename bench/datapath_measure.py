@@ -123,7 +123,7 @@ def bpf_stats() -> Iterator[None]:
 
 def _bpftool(*args: str) -> object:
     out = subprocess.run(["bpftool", "-j", *args], capture_output=True, check=True, text=True)
-    return json.loads(out.stdout or "null")
+    return json.loads(out.stdout.strip() or "null")  # an empty cgroup prints nothing
 
 
 def hook_counters(cgroups: list[Path]) -> dict[str, tuple[int, int]]:
@@ -206,3 +206,46 @@ CONTROLS = (
     ("p99 ka-off", "direct again", "direct pod IP", 1.05),
     ("p99 ka-on", "direct again", "direct pod IP", 1.05),
 )
+
+
+# Kernel counters that say why new connections stall: listen queue overflow,
+# SYN retransmits, TIME_WAIT handling, resets. Read per network namespace
+# through /proc/<pid>/net of a process living in it.
+NET_COUNTERS = (
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "TCPBacklogDrop",
+    "TCPSynRetrans",
+    "TCPTimeWaitOverflow",
+    "TWRecycled",
+    "PAWSEstab",
+    "TCPChallengeACK",
+    "TCPAbortOnData",
+    "AttemptFails",
+    "EstabResets",
+    "OutRsts",
+    "RetransSegs",
+)
+
+
+def net_counters(pid: int) -> dict[str, int]:
+    """The NET_COUNTERS of the netns `pid` lives in, plus `tw` (TIME_WAIT
+    sockets now, from sockstat)."""
+    out: dict[str, int] = {}
+    for table in ("netstat", "snmp"):
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()
+        for head, values in zip(lines[::2], lines[1::2], strict=True):
+            for key, value in zip(head.split()[1:], values.split()[1:], strict=True):
+                if key in NET_COUNTERS:
+                    out[key] = int(value)
+    sockstat = Path(f"/proc/{pid}/net/sockstat").read_text()
+    m = re.search(r"TCP: .* tw (\d+)", sockstat)
+    out["tw"] = int(m[1]) if m else 0
+    return out
+
+
+def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Counters that moved (TIME_WAIT as the count at the end)."""
+    moved = {k: after[k] - before.get(k, 0) for k in after if k != "tw"}
+    return {**{k: v for k, v in moved.items() if v}, "tw": after.get("tw", 0)}
