@@ -51,7 +51,11 @@ def test_dump_then_cleanup_leaves_nothing(workdir: Path) -> None:
         plan_file = workdir / "plan.json"
         plan_file.write_text(json_format.MessageToJson(p))
         assert run_agent(node, f"--plan={plan_file}").returncode == 0
-        assert {e["name"] for e in attached(node.mesh)} >= {"nm_connect4", "nm_sockops"}
+        assert {e["name"] for e in attached(node.mesh)} >= {
+            "nm_connect4",
+            "nm_sockops",
+            "nm_sock_release",
+        }
 
         dump = run_agent(node, "dump", f"--plan={plan_file}")
         assert dump.returncode == 0, dump.stderr

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /* cgroup sock_addr hooks: Service VIPs translated at the socket, before a
- * packet exists, for every process in the mesh cgroup. */
+ * packet exists, for every process in the mesh cgroup; and the release hook
+ * that drops what translation filed for a socket when it goes away. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/l7.h"
@@ -29,6 +30,13 @@ SEC("cgroup/getpeername4")
 int nm_getpeername4(struct bpf_sock_addr *ctx)
 {
 	nm_sock4_revnat(ctx);
+	return NM_SYS_PROCEED;
+}
+
+SEC("cgroup/sock_release")
+int nm_sock_release(struct bpf_sock *sk)
+{
+	nm_sock4_release(sk);
 	return NM_SYS_PROCEED;
 }
 

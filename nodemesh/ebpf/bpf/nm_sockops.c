@@ -1,27 +1,117 @@
 // SPDX-License-Identifier: Apache-2.0
 /* sockops: once a steered connection has its source port (at the SYN), file
- * its original destination under the 4-tuple half Envoy will see. */
+ * its original destination under the 4-tuple half Envoy will see; and delete
+ * per-connection state at TCP_CLOSE where cgroup/sock_release cannot find it. */
 #include "lib/common.h"
 #include "lib/maps.h"
+
+/* sockops gives the peer port in network order in the upper 16 bits. */
+static __always_inline __be16 nm_remote_port(const struct bpf_sock_ops *skops)
+{
+	return (__be16)(skops->remote_port >> 16);
+}
+
+static __always_inline void nm_watch_state(struct bpf_sock_ops *skops, bool on)
+{
+	__u32 flags = skops->bpf_sock_ops_cb_flags;
+
+	flags = on ? flags | BPF_SOCK_OPS_STATE_CB_FLAG : flags & ~BPF_SOCK_OPS_STATE_CB_FLAG;
+	bpf_sock_ops_cb_flags_set(skops, flags);
+}
+
+static __always_inline void nm_revnat_key_of(const struct bpf_sock_ops *skops, __u64 cookie,
+					     struct nm_revnat_key *key)
+{
+	key->cookie = cookie;
+	key->addr = skops->remote_ip4;
+	key->port = nm_remote_port(skops);
+}
+
+/* On Envoy's accepted socket: the same key nm_getsockopt reads. */
+static __always_inline void nm_origdst_key_of(const struct bpf_sock_ops *skops,
+					      struct nm_origdst_key *key)
+{
+	key->client_addr = skops->remote_ip4;
+	key->client_port = nm_remote_port(skops);
+	key->proxy_port = bpf_htons((__u16)skops->local_port);
+}
+
+static __always_inline void nm_on_connect(struct bpf_sock_ops *skops)
+{
+	struct nm_origdst_key okey = {};
+	struct nm_revnat_key rkey = {};
+	const struct nm_origdst *orig;
+	__u64 cookie = bpf_get_socket_cookie(skops);
+
+	/* A blocking connect() the peer refuses has its peer port cleared
+	 * before the socket is released, so a translated socket is watched
+	 * until it is established and its entry deleted if the SYN fails. */
+	nm_revnat_key_of(skops, cookie, &rkey);
+	if (bpf_map_lookup_elem(&nm_revnat_v1, &rkey))
+		nm_watch_state(skops, true);
+
+	orig = bpf_map_lookup_elem(&nm_redir_v1, &cookie);
+	if (!orig)
+		return;
+	okey.client_addr = skops->local_ip4;
+	okey.client_port = bpf_htons((__u16)skops->local_port);
+	okey.proxy_port = orig->proxy_port;
+	bpf_map_update_elem(&nm_origdst_v1, &okey, orig, BPF_ANY);
+	bpf_map_delete_elem(&nm_redir_v1, &cookie);
+}
+
+/* Envoy's side of a steered connection: its nm_origdst_v1 entry must live
+ * until Envoy has asked SO_ORIGINAL_DST, which it does after accept(), and a
+ * client may connect, send and close before that. The accepted socket reaches
+ * TCP_CLOSE only after Envoy is done with it (or on a reset, when there is
+ * nothing left to proxy), so that is when the entry goes. */
+static __always_inline void nm_on_passive(struct bpf_sock_ops *skops)
+{
+	struct nm_origdst_key key = {};
+
+	nm_origdst_key_of(skops, &key);
+	if (bpf_map_lookup_elem(&nm_origdst_v1, &key))
+		nm_watch_state(skops, true);
+}
+
+static __always_inline void nm_on_state(struct bpf_sock_ops *skops)
+{
+	struct nm_origdst_key okey = {};
+	struct nm_revnat_key rkey = {};
+	__u32 old = skops->args[0], new = skops->args[1];
+
+	if (old == BPF_TCP_SYN_SENT) {
+		if (new == BPF_TCP_CLOSE) {
+			nm_revnat_key_of(skops, bpf_get_socket_cookie(skops), &rkey);
+			bpf_map_delete_elem(&nm_revnat_v1, &rkey);
+		} else {
+			/* Established: cgroup/sock_release takes it from here. */
+			nm_watch_state(skops, false);
+		}
+		return;
+	}
+	if (new != BPF_TCP_CLOSE)
+		return;
+	nm_origdst_key_of(skops, &okey);
+	bpf_map_delete_elem(&nm_origdst_v1, &okey);
+}
 
 SEC("sockops")
 int nm_sockops(struct bpf_sock_ops *skops)
 {
-	struct nm_origdst_key key = {};
-	const struct nm_origdst *orig;
-	__u64 cookie;
-
-	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB || skops->family != NM_AF_INET)
+	if (skops->family != NM_AF_INET)
 		return 1;
-	cookie = bpf_get_socket_cookie(skops);
-	orig = bpf_map_lookup_elem(&nm_redir_v1, &cookie);
-	if (!orig)
-		return 1;
-	key.client_addr = skops->local_ip4;
-	key.client_port = bpf_htons((__u16)skops->local_port);
-	key.proxy_port = orig->proxy_port;
-	bpf_map_update_elem(&nm_origdst_v1, &key, orig, BPF_ANY);
-	bpf_map_delete_elem(&nm_redir_v1, &cookie);
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		nm_on_connect(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		nm_on_passive(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		nm_on_state(skops);
+		break;
+	}
 	return 1;
 }
 

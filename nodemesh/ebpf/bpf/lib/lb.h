@@ -96,4 +96,31 @@ static __always_inline void nm_sock4_revnat(struct bpf_sock_addr *ctx)
 	ctx->user_port = vip->port;
 }
 
+/* The socket's last fd is closing (cgroup/sock_release): its per-socket state
+ * goes with it instead of waiting for LRU eviction, which is the slow path of
+ * every later update once the map is full. */
+static __always_inline void nm_sock4_release(struct bpf_sock *sk)
+{
+	struct nm_revnat_key key = {};
+	__u32 proto = sk->protocol;
+	__u64 cookie;
+
+	if (sk->family != NM_AF_INET || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
+		return;
+	cookie = bpf_get_socket_cookie(sk);
+	/* A steered connect() that failed before its SYN never met sockops. */
+	if (proto == IPPROTO_TCP)
+		bpf_map_delete_elem(&nm_redir_v1, &cookie);
+	/* No peer port: a listener, unconnected UDP (its entries, one per
+	 * backend it sent to, stay with the LRU), or a blocking connect() the
+	 * peer refused, whose port the kernel has cleared (sockops deleted
+	 * that one when the SYN failed). */
+	if (sk->dst_port == 0)
+		return;
+	key.cookie = cookie;
+	key.addr = sk->dst_ip4;
+	key.port = (__be16)sk->dst_port;
+	bpf_map_delete_elem(&nm_revnat_v1, &key);
+}
+
 #endif /* NM_LB_H */
