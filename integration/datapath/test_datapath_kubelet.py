@@ -15,6 +15,7 @@ the agent from a model whose pods carry UIDs, and shows:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -29,9 +30,10 @@ from typing import Any
 import pytest
 
 from nodemesh.ebpf import loader, pinned
-from nodemesh.ebpf.agent import AgentSettings, DatapathAgent, ProxyPod
+from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
 from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.ebpf.mirrors import U32, Config
+from nodemesh.ebpf.proxy_follow import ProxyPod
 from nodemesh.model.objects import (
     Kind,
     L7Redirect,
@@ -151,6 +153,19 @@ def pinned_proxy_id(config: loader.DatapathConfig) -> int:
     return int(value.proxy_cgroup_id)
 
 
+async def followed(agent: DatapathAgent, config: loader.DatapathConfig, want: int) -> None:
+    assert agent.proxy is not None
+    watch = asyncio.create_task(agent.proxy.watch(interval=0.05), name="envoy-pod-watch")
+    try:
+        for _ in range(1200):  # a minute
+            if pinned_proxy_id(config) == want:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the proxy cgroup id never became {want}")
+    finally:
+        watch.cancel()
+
+
 def test_kubelet_tree_steers_selected_pod_and_follows_envoy_restarts(
     node: MeshNode, workdir: Path
 ) -> None:
@@ -214,14 +229,19 @@ def test_kubelet_tree_steers_selected_pod_and_follows_envoy_restarts(
     assert (stats(node)[LISTENER], stats(node)[UPSTREAM]) == (20, 20)
 
     # The Envoy pod restarts: new UID, new cgroup (another QoS class, too).
-    links = attachments(node.mesh)
+    # The model names the new pod before the kubelet has made its cgroup.
+    links, old_id = attachments(node.mesh), pinned_proxy_id(config)
     stop(envoy)
     remove_pod_cgroup(envoy_scope)
-    envoy_scope = container_scope(kubepods, "burstable", uids["envoy2"])
-    start_envoy(node, workdir, envoy_scope)
     pods_v3 = (*workloads, envoy_pod("nodemesh-envoy-b", uids["envoy2"]))
     agent.apply_model(model("v3", pods_v3, b1.ip, everyone=True))
-    assert pinned_proxy_id(config) == os.stat(envoy_scope.parent).st_ino
+    assert agent.proxy is not None and agent.proxy.pending
+    assert pinned_proxy_id(config) == old_id
+    envoy_scope = container_scope(kubepods, "burstable", uids["envoy2"])
+    start_envoy(node, workdir, envoy_scope)
+    # No further model: the agent's watch finds the cgroup once it exists.
+    asyncio.run(followed(agent, config, os.stat(envoy_scope.parent).st_ino))
+    assert not agent.proxy.pending
 
     again = connects(node, other, 10)
     assert other.ip not in {r["peer"].split(":")[0] for r in again}

@@ -10,7 +10,7 @@ stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -20,7 +20,7 @@ from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, loader, planner
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
-from nodemesh.model.objects import Pod
+from nodemesh.ebpf.proxy_follow import ProxyFollower, ProxyPod
 from nodemesh.model.snapshot import MeshModel
 
 log = structlog.get_logger("nodemesh.ebpf.agent")
@@ -34,26 +34,6 @@ REDIRECTS = Gauge("nodemesh_datapath_l7_redirects", "L7 redirects in the applied
 UNRESOLVED = Gauge(
     "nodemesh_datapath_unresolved_clients", "Client pods of L7 redirects with no cgroup here"
 )
-PROXY_RESOLVED = Gauge(
-    "nodemesh_datapath_proxy_resolved",
-    "1 while the node Envoy pod's cgroup is known to the kernel (its connects are never steered)",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyPod:
-    """How the agent finds its node's Envoy pod in the model (the Envoy
-    DaemonSet's namespace and pod labels)."""
-
-    namespace: str
-    labels: tuple[tuple[str, str], ...]
-
-    def matches(self, pod: Pod) -> bool:
-        have = dict(pod.labels)
-        return pod.ref.namespace == self.namespace and all(have.get(k) == v for k, v in self.labels)
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{','.join(f'{k}={v}' for k, v in self.labels)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +61,12 @@ class DatapathAgent:
     ) -> None:
         self.settings = settings
         self.pods = pods
+        # A fixed --proxy-cgroup wins; otherwise the Envoy pod is followed.
+        selector = settings.proxy_pod
+        self.proxy: ProxyFollower | None = None
+        if selector is not None and settings.config.proxy_cgroup is None:
+            maps = settings.config.maps_dir
+            self.proxy = ProxyFollower(selector, settings.node_name, pods, maps)
         self.proxy_synced = proxy_synced
         self.applied_version: str | None = None
         self._planned: tuple[MeshModel, pb.DatapathPlan] | None = None
@@ -114,34 +100,10 @@ class DatapathAgent:
             self.pods.observe(model.pods)
             # Before any redirect of this version: a new Envoy pod is known
             # to the kernel before anything could steer it to itself.
-            self._follow_proxy(model.pods)
+            if self.proxy is not None:
+                self.proxy.follow(model.pods)
             self._planned = (model, planner.plan(model, self.settings.node_name))
         return self._planned[1]
-
-    def _follow_proxy(self, pods: Iterable[Pod]) -> None:
-        """Write the node Envoy pod's cgroup id to the kernel when it changes
-        (an Envoy restart is a new pod: new UID, new cgroup)."""
-        selector = self.settings.proxy_pod
-        if selector is None or self.settings.config.proxy_cgroup is not None:
-            return
-        node = self.settings.node_name
-        mine = [p for p in pods if selector.matches(p) and (not node or p.node_name == node)]
-        # A running pod over a pending or terminating one; then by name, so
-        # the choice is stable while two exist during a rollout.
-        mine.sort(key=lambda p: (p.phase != "Running", p.ref.name))
-        for pod in mine:
-            cgroup = self.pods.cgroup_id(f"{pod.ref.namespace}/{pod.ref.name}")
-            if cgroup is not None:
-                if loader.set_proxy_cgroup(self.settings.config.maps_dir, cgroup):
-                    log.info("node Envoy pod followed", pod=str(pod.ref), cgroup_id=cgroup)
-                PROXY_RESOLVED.set(1)
-                return
-        PROXY_RESOLVED.set(0)
-        log.warning(
-            "the node Envoy pod has no cgroup on this node yet; the last one known stays",
-            selector=str(selector),
-            candidates=[str(p.ref) for p in mine],
-        )
 
     async def apply_model_ordered(self, model: MeshModel) -> applier.ApplyResult:
         """Apply `model` in two steps around `proxy_synced` (one step without it)."""

@@ -11,16 +11,18 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 from google.protobuf import json_format
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, dump, loader, planner, preflight
-from nodemesh.ebpf.agent import AgentSettings, DatapathAgent, ProxyPod
+from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups, PodCgroups
 from nodemesh.ebpf.errors import DatapathError, PlanError, PrerequisiteMissing
 from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups, find_kubepods
+from nodemesh.ebpf.proxy_follow import ProxyPod
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource
 
@@ -150,6 +152,9 @@ async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event, pods: P
     running = asyncio.create_task(agent.run(), name="node-agent")
     ready = asyncio.create_task(agent.plane.ready.wait(), name="node-agent-ready")
     stopping = asyncio.create_task(stop.wait(), name="node-agent-stop")
+    helpers: list[asyncio.Task[Any]] = [ready, stopping]
+    if datapath.proxy is not None:
+        helpers.append(asyncio.create_task(datapath.proxy.watch(), name="envoy-pod-watch"))
     try:
         await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
@@ -158,9 +163,9 @@ async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event, pods: P
         if running.done():
             running.result()  # what ended it, as a plain exception
     finally:
-        for task in (running, ready, stopping):
+        for task in (running, *helpers):
             task.cancel()
-        await asyncio.gather(running, ready, stopping, return_exceptions=True)
+        await asyncio.gather(running, *helpers, return_exceptions=True)
 
 
 async def _serve(args: argparse.Namespace, pods: PodCgroups) -> None:
@@ -178,6 +183,8 @@ async def _serve(args: argparse.Namespace, pods: PodCgroups) -> None:
             agent = DatapathAgent(_settings(args, pods), pods)
             tasks.append(tg.create_task(source.run(), name="file-source"))
             tasks.append(tg.create_task(agent.run(store.updates()), name="datapath"))
+            if agent.proxy is not None:
+                tasks.append(tg.create_task(agent.proxy.watch(), name="envoy-pod-watch"))
         else:
             tasks.append(tg.create_task(_watch(args, pods), name="plan-watch"))
         print("agent ready", flush=True)
