@@ -1,0 +1,316 @@
+"""What matching pods and the proxy by cgroup ancestry costs, in one run.
+
+    sudo .venv/bin/python bench/pod_cgroup_cost.py [--rounds 5] [--connects 2000]
+
+Side by side, on one node of network namespaces (integration/datapath/node.py):
+
+- `nm_connect4` of the code before the change (keyed by the leaf cgroup,
+  compiled from git at OLD_COMMIT) against the current code (walks the
+  ancestry up to the pod cgroup), each attached to a mesh cgroup of its own,
+  for a client in a shallow pod cgroup (`<mesh>/<ns>_<name>`) and in a
+  kubelet-shaped container scope (4 levels below the mesh cgroup), and for
+  three destinations: not a VIP, a VIP translated, a VIP steered to a proxy
+  (a CNP-style redirect for that client's pod).
+- `nm_getsockopt` now attached to the mesh cgroup (before: to the proxy's
+  only): the wall time of a pod's getsockopt(SO_ERROR) and getsockopt(TCP_INFO)
+  with and without it, and the program's own time; and its time for an
+  SO_ORIGINAL_DST miss from the proxy, which walks the ancestry.
+
+Program times are mean `run_time_ns` per run with kernel.bpf_stats_enabled=1
+(which itself adds ~100 ns per run, to every cell alike). Each cell is the
+median over rounds of that cell's mean; cells are interleaved per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from integration.datapath.node import NODE_IP, PROBE, MeshNode  # noqa: E402
+from integration.datapath.plans import frontend, plan, redirect  # noqa: E402
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
+from nodemesh.ebpf import applier, build, loader  # noqa: E402
+from nodemesh.model.objects import Pod  # noqa: E402
+
+OLD_COMMIT = "46c8950"  # the last commit with leaf-keyed redirects
+VIP, STEERED_VIP, PROXY_PORT = "10.96.0.10", "10.96.0.20", 15001
+CLIENT = "default/client"
+
+SOCKOPT_LOOP = """
+import json, socket, sys, time
+n, host, option = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+level, opt, size = {"SO_ERROR": (socket.SOL_SOCKET, socket.SO_ERROR, 4),
+                    "TCP_INFO": (socket.IPPROTO_TCP, socket.TCP_INFO, 104),
+                    "SO_ORIGINAL_DST": (socket.SOL_IP, 80, 16)}[option]
+s = socket.create_connection((host, 8080))
+t = time.perf_counter_ns()
+for _ in range(n):
+    try:
+        s.getsockopt(level, opt, size)
+    except OSError:
+        pass
+print((time.perf_counter_ns() - t) / n, flush=True)
+"""
+OPTIONS = ("SO_ERROR", "TCP_INFO", "SO_ORIGINAL_DST")
+DESTS = ("not a VIP", "VIP translated", "VIP steered")
+Stats = dict[str, tuple[int, int]]
+
+
+class FixedPodCgroups:
+    """Pods keyed by a given cgroup (the old code: the process's own)."""
+
+    def __init__(self, root: Path, ids: dict[str, int]) -> None:
+        self.root = root
+        self.ids = ids
+
+    def observe(self, pods: Iterable[Pod]) -> None:
+        pass
+
+    def cgroup_id(self, pod: str) -> int | None:
+        return self.ids.get(pod)
+
+
+@contextmanager
+def bpf_stats() -> Iterator[None]:
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = knob.read_text().strip()
+    knob.write_text("1")
+    try:
+        yield
+    finally:
+        knob.write_text(before)
+
+
+def _bpftool(*args: str) -> object:
+    out = subprocess.run(["bpftool", "-j", *args], capture_output=True, check=True, text=True)
+    return json.loads(out.stdout.strip() or "null")
+
+
+def prog_stats(cgroup: Path) -> Stats:
+    stats: Stats = {}
+    attached = _bpftool("cgroup", "show", str(cgroup))
+    for entry in attached if isinstance(attached, list) else []:
+        info = _bpftool("prog", "show", "id", str(entry["id"]))
+        if isinstance(info, dict):
+            stats[str(info["name"])] = (
+                int(info.get("run_cnt", 0)),
+                int(info.get("run_time_ns", 0)),
+            )
+    return stats
+
+
+def mean_ns(before: Stats, after: Stats, name: str) -> float:
+    runs = after[name][0] - before.get(name, (0, 0))[0]
+    spent = after[name][1] - before.get(name, (0, 0))[1]
+    return spent / runs if runs else 0.0
+
+
+def kubelet_scope(mesh: Path) -> Path:
+    escaped = str(uuid.uuid4()).replace("-", "_")
+    scope = (
+        mesh
+        / "kubepods.slice"
+        / "kubepods-burstable.slice"
+        / f"kubepods-burstable-pod{escaped}.slice"
+        / f"cri-containerd-{secrets.token_hex(32)}.scope"
+    )
+    scope.mkdir(parents=True)
+    return scope
+
+
+def load_old(node: MeshNode, mesh: Path, workdir: Path) -> loader.DatapathConfig:
+    """The old nm_sock object, compiled from git, on `mesh` with its own pins."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", OLD_COMMIT, "nodemesh/ebpf/bpf"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive, check=True)
+    current = build.BPF_DIR
+    build.BPF_DIR = workdir / "nodemesh" / "ebpf" / "bpf"
+    try:
+        obj = build.build_objects()["nm_sock"]
+    finally:
+        build.BPF_DIR = current
+    config = loader.DatapathConfig(pin_dir=node.bpffs / "old", cgroup=mesh)
+    config.maps_dir.mkdir(parents=True)
+    config.links_dir.mkdir(parents=True)
+    loader._load_object(obj, config, loader.LoadReport())  # the old code: one object
+    return config
+
+
+@dataclass
+class Bench:
+    node: MeshNode
+    netns: str
+    b1_ip: str
+    clients: dict[tuple[str, str], Path]
+    proxy: Path
+    plan: pb.DatapathPlan
+    configs: dict[str, loader.DatapathConfig]
+
+    def key_redirect(self, code: str, layout: str) -> None:
+        """The redirect for this cell's client, keyed as each code keys it."""
+        config, cg = self.configs[code], self.clients[(code, layout)]
+        if code == "new":
+            # Pods sit below the mesh (shallow) or below kubepods.slice.
+            anchor = config.cgroup if layout == "shallow" else config.cgroup / "kubepods.slice"
+            config = dataclasses.replace(config, pod_cgroups=anchor)
+            loader.write_config(config)
+            cg = cg if layout == "shallow" else cg.parent
+        pods = FixedPodCgroups(config.cgroup, {CLIENT: os.stat(cg).st_ino})
+        applier.apply(self.plan, config.maps_dir, NODE_IP, pods)
+
+    def connects(self, code: str, layout: str, dest: str, n: int) -> float:
+        host, port = {
+            DESTS[0]: (self.b1_ip, 8080),
+            DESTS[1]: (VIP, 80),
+            DESTS[2]: (STEERED_VIP, 80),
+        }[dest]
+        mesh = self.configs[code].cgroup
+        before = prog_stats(mesh)
+        argv = [sys.executable, str(PROBE), "connect-bench", host, str(port), str(n)]
+        proc = self.node.spawn(argv, self.clients[(code, layout)], self.netns)
+        proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise SystemExit(f"connect-bench {dest} failed ({code}, {layout})")
+        return mean_ns(before, prog_stats(mesh), "nm_connect4")
+
+    def sockopts(self, cgroup: Path, netns: str, option: str, n: int) -> tuple[float, float]:
+        """(wall ns per getsockopt call, nm_getsockopt ns per run or 0)."""
+        before = prog_stats(self.node.mesh)
+        argv = [sys.executable, "-c", SOCKOPT_LOOP, str(n), self.b1_ip, option]
+        out, _ = self.node.spawn(argv, cgroup, netns).communicate(timeout=600)
+        after = prog_stats(self.node.mesh)
+        ran = after.get("nm_getsockopt", (0, 0))[0] > before.get("nm_getsockopt", (0, 0))[0]
+        return float(out), mean_ns(before, after, "nm_getsockopt") if ran else 0.0
+
+
+def setup(node: MeshNode, workdir: Path) -> Bench:
+    client = node.add_pod("default", "client")
+    b1 = node.add_pod("default", "b1")
+    # connect-bench resets every connection; the servers' complaints are noise.
+    quiet = {"stderr": subprocess.DEVNULL}
+    for argv, cgroup, netns in (
+        (["tcp-server", "8080", "b1"], b1.cgroup, b1.netns),
+        (["tcp-server", str(PROXY_PORT), "proxy"], node.outside, node.netns),
+    ):
+        server = node.spawn([sys.executable, str(PROBE), *argv], cgroup, netns, **quiet)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    new_mesh, old_mesh = node.mesh, node.cgroup_root / "mesh-old"
+    old_mesh.mkdir()
+    clients = {
+        ("new", "shallow"): new_mesh / "default_client",
+        ("new", "kubelet"): kubelet_scope(new_mesh),
+        ("old", "shallow"): old_mesh / "default_client",
+        ("old", "kubelet"): kubelet_scope(old_mesh),
+    }
+    clients[("old", "shallow")].mkdir()
+    proxy = kubelet_scope(new_mesh)
+    fe = frontend(VIP, 80, pb.TCP, [(b1.ip, 8080)], service="default/a")
+    fe2 = frontend(STEERED_VIP, 80, pb.TCP, [(b1.ip, 8080)], service="default/b")
+    new = loader.DatapathConfig(pin_dir=node.pin_dir, cgroup=new_mesh, proxy_cgroup=proxy.parent)
+    loader.load(new)
+    old = load_old(node, old_mesh, workdir)
+    the_plan = plan(fe, fe2, redirects=(redirect(fe2, PROXY_PORT, [CLIENT]),))
+    return Bench(node, client.netns, b1.ip, clients, proxy, the_plan, {"new": new, "old": old})
+
+
+def run(bench: Bench, rounds: int, n_connect: int, n_sockopt: int) -> None:
+    connect: dict[tuple[str, str, str], list[float]] = {}
+    wall: dict[tuple[str, str], list[float]] = {}
+    prog: dict[tuple[str, str], list[float]] = {}
+    with bpf_stats():
+        for _ in range(rounds):
+            for layout in ("shallow", "kubelet"):
+                for code in ("old", "new"):
+                    bench.key_redirect(code, layout)
+                    for dest in DESTS:
+                        ns = bench.connects(code, layout, dest, n_connect)
+                        connect.setdefault((layout, code, dest), []).append(ns)
+            for option in OPTIONS:
+                for who, cgroup, netns in (
+                    ("pod, no program", bench.clients[("old", "kubelet")], bench.netns),
+                    ("pod", bench.clients[("new", "kubelet")], bench.netns),
+                    ("proxy", bench.proxy, bench.node.netns),
+                ):
+                    w, p = bench.sockopts(cgroup, netns, option, n_sockopt)
+                    wall.setdefault((option, who), []).append(w)
+                    prog.setdefault((option, who), []).append(p)
+    report(connect, wall, prog, rounds, n_connect, n_sockopt)
+
+
+def report(
+    connect: dict[tuple[str, str, str], list[float]],
+    wall: dict[tuple[str, str], list[float]],
+    prog: dict[tuple[str, str], list[float]],
+    rounds: int,
+    n_connect: int,
+    n_sockopt: int,
+) -> None:
+    med = statistics.median
+    print(f"nm_connect4 ns per run (median of {rounds} rounds x {n_connect} connects)")
+    print(f"{'client':<9} {'destination':<15} {'old: leaf':>10} {'new: ancestry':>14}  added")
+    for layout in ("shallow", "kubelet"):
+        for dest in DESTS:
+            olds, news = connect[(layout, "old", dest)], connect[(layout, "new", dest)]
+            cells = f"{med(olds):>10.0f} {med(news):>14.0f}"
+            print(f"{layout:<9} {dest:<15} {cells}  {paired(news, olds)}")
+    print(f"\ngetsockopt() ns per call, wall / nm_getsockopt (median of {rounds} x {n_sockopt})")
+    whos = ("pod, no program", "pod", "proxy")
+    print(f"{'option':<16} " + " ".join(f"{w:>22}" for w in whos))
+    for option in OPTIONS:
+        row = " ".join(
+            f"{med(wall[(option, w)]):.0f} / {med(prog[(option, w)]):.0f}".rjust(22) for w in whos
+        )
+        added = paired(wall[(option, "pod")], wall[(option, "pod, no program")])
+        print(f"{option:<16} {row}  pod added {added}")
+
+
+def paired(new: list[float], old: list[float]) -> str:
+    """Median [min..max] of the per-round differences (cells of a round are
+    adjacent in time, so load drift cancels better than in a difference of medians)."""
+    diffs = sorted(n - o for n, o in zip(new, old, strict=True))
+    return f"{statistics.median(diffs):+.0f} [{diffs[0]:+.0f}..{diffs[-1]:+.0f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connects", type=int, default=2000)
+    ap.add_argument("--sockopts", type=int, default=100000)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (netns, cgroups, BPF)")
+    workdir = Path(tempfile.mkdtemp(prefix="nm-pcc-"))
+    node = MeshNode(workdir)
+    try:
+        node.setup()
+        run(setup(node, workdir), args.rounds, args.connects, args.sockopts)
+    finally:
+        loader.cleanup(node.config())
+        loader.cleanup(loader.DatapathConfig(pin_dir=node.bpffs / "old", cgroup=node.mesh))
+        node.teardown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
