@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -52,10 +53,10 @@ def test_bench_model_steers_only_the_envoy_service_to_an_original_dst_listener(
     assert result.errors == ()
     listeners = list(result.resources[registry.LISTENER].values())
     assert len(listeners) == 1
-    listener = listeners[0]
+    listener: Any = listeners[0]
     assert listener.address.socket_address.port_value == plan.redirects[0].proxy_port
     assert [f.name for f in listener.listener_filters] == ["envoy.filters.listener.original_dst"]
-    endpoints = result.resources[registry.ENDPOINT]["bench/viaenvoy"]
+    endpoints: Any = result.resources[registry.ENDPOINT]["bench/viaenvoy"]
     address = endpoints.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (address.address, address.port_value) == ("10.0.2.2", 8083)
 
