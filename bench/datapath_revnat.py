@@ -1,30 +1,25 @@
-"""connect() latency as nm_revnat_v1 fills: per-socket cleanup off against on.
+"""connect() latency as nm_revnat_v1 fills: the BPF programs of an older
+revision (no per-socket cleanup) against the working tree's, in one run.
 
-Builds a test node (network namespaces and cgroups, no uplink; see
-integration/datapath/node.py) with a client pod and a server pod, loads the
-datapath, and times N back-to-back pairs of connect() from the client pod: one
-to a Service VIP (translated by the cgroup hooks, which file a nm_revnat_v1
-entry per socket) and one straight to the server pod IP (no entry). Each
-connection closes with a reset at once (no TIME_WAIT, so the client never runs
-out of ports), as a short-lived client would. Latency is reported per window
-of connections, so the effect of the map filling up (262,144 entries; the
-eviction slow path starts once it is full) shows as the run goes.
+Builds two test nodes (network namespaces and cgroups, no uplink; see
+integration/datapath/node.py), each with a client pod, a server pod and its
+own datapath (own mesh cgroup and bpffs): node "old" runs the BPF programs of
+`--old-rev` (default 50d2725^, the commit before cgroup/sock_release; its
+sources are taken with `git show` and compiled like the shipped ones), node
+"new" runs the working tree's. The Python side (loader, applier) is the
+working tree's for both; the maps' layouts are the same in both revisions.
 
-It runs twice in one invocation, each on a freshly loaded datapath:
+On each node the client times back-to-back pairs of connect(): one to a
+Service VIP (translated by the cgroup hooks, which file a nm_revnat_v1 entry
+per socket) and one straight to the server pod IP (no entry). Each connection
+closes with a reset at once (no TIME_WAIT, so the client never runs out of
+ports), as a short-lived client would. The run goes in windows, alternating
+between the nodes window by window (the order flips each window), so both see
+the same background load; the old node's map fills up over the run (262,144
+entries, after which every update evicts).
 
-  cleanup off   the cgroup/sock_release link is unpinned (detached), so
-                nm_revnat_v1 keeps one entry per closed socket until LRU
-                eviction, as before the release hook existed
-  cleanup on    the datapath as shipped: entries go when their socket closes
-
-"cleanup off" is the old behaviour minus one thing: the sockops additions
-(one nm_revnat_v1 lookup per TCP connect, one STATE_CB run per translated
-connect) stay. To compare against the exact old programs, run this script
-with PYTHONPATH pointing at a checkout of the old commit (there is no
-release link to detach there, so both columns show the old code).
-
-Then, with kernel.bpf_stats_enabled=1, the mean cost per run of each hook
-over a short pass with cleanup on. Run as root, on a quiet machine:
+Then, with kernel.bpf_stats_enabled=1, the mean cost per run of each hook on
+each node over a short pass. Run as root, on a quiet machine:
 
     .venv/bin/python bench/datapath_revnat.py [--connections 300000] [--window 25000]
 """
@@ -40,16 +35,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 # integration/ first: its datapath package, not bench/datapath.py (this
 # script's own directory is already on the path, for datapath_measure).
 sys.path.insert(0, str(REPO / "integration"))
-sys.path.append(str(REPO))  # after PYTHONPATH, so an old checkout can stand in
+sys.path.insert(1, str(REPO))
 
 VIP, PORT = "10.96.0.10", 8080
-RELEASE_LINK = "nm_sock_release"
 # One CPU each, the same for both modes (the machine has two).
 SERVER_CPU, CLIENT_CPU = 0, 1 % (os.cpu_count() or 1)
 
@@ -105,54 +98,97 @@ def client(vip: str, direct: str, port: int, count: int, window: int, cpu: int) 
 
 
 # -- the driver ---------------------------------------------------------------
-def _setup(workdir: Path) -> tuple[Any, Any, Any]:
-    from datapath.node import MeshNode
-    from datapath.plans import frontend, plan
+class Side:
+    """One test node with its own datapath, built from one revision's programs."""
 
-    from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
-    from nodemesh.ebpf import applier, loader
-    from nodemesh.ebpf.endpoints import DirectoryPodCgroups
+    def __init__(self, name: str, bpf_dir: Path | None) -> None:
+        import tempfile
 
-    node = MeshNode(workdir)
-    node.setup()
-    client_pod, server_pod = node.add_pod("default", "client"), node.add_pod("default", "server")
+        from datapath.node import MeshNode
 
-    def load() -> None:
-        loader.cleanup(node.config())
-        loader.load(node.config())
-        fe = frontend(VIP, 80, pb.TCP, [(server_pod.ip, PORT)], service="default/server")
-        pods = DirectoryPodCgroups(node.mesh)
-        applier.apply(plan(fe), node.config().maps_dir, "10.0.0.1", pods)
+        self.name = name
+        self.bpf_dir = bpf_dir
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"nm-bench-revnat-{name}-"))
+        self.node = MeshNode(self.workdir)
 
-    return node, (client_pod, server_pod), load
+    def setup(self) -> None:
+        self.node.setup()
+        self.client = self.node.add_pod("default", "client")
+        self.server = self.node.add_pod("default", "server")
+        argv = [sys.executable, __file__, "--server", str(PORT)]
+        proc = self.node.spawn(argv, self.server.cgroup, self.server.netns)
+        line = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if line != "ready":
+            raise SystemExit(f"the server did not start: {line!r}")
+
+    def load(self) -> None:
+        """A fresh datapath (empty maps) from this side's programs."""
+        from datapath.plans import frontend, plan
+
+        from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+        from nodemesh.ebpf import applier, build, loader
+        from nodemesh.ebpf.endpoints import DirectoryPodCgroups
+
+        config = self.node.config()
+        loader.cleanup(config)
+        shipped = build.BPF_DIR
+        build.BPF_DIR = self.bpf_dir or shipped
+        try:
+            loader.load(config)
+        finally:
+            build.BPF_DIR = shipped
+        fe = frontend(VIP, 80, pb.TCP, [(self.server.ip, PORT)], service="default/server")
+        applier.apply(plan(fe), config.maps_dir, "10.0.0.1", DirectoryPodCgroups(self.node.mesh))
+
+    def run(self, count: int, window: int) -> list[dict[str, float]]:
+        argv = [sys.executable, __file__, "--client", self.server.ip, str(count), str(window)]
+        proc = self.node.spawn(argv, self.client.cgroup, self.client.netns)
+        out, _ = proc.communicate(timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"the client on {self.name} failed")
+        windows: list[dict[str, float]] = json.loads(out)
+        return windows
+
+    def revnat_entries(self) -> int:
+        from nodemesh.ebpf import pinned
+
+        with pinned.open_map(self.node.config().maps_dir, pinned.REVNAT) as m:
+            return sum(1 for _ in m.iter_keys())
+
+    def links(self) -> list[str]:
+        return sorted(p.name for p in self.node.config().links_dir.iterdir())
+
+    def teardown(self) -> None:
+        import shutil
+
+        from nodemesh.ebpf import loader
+
+        try:
+            loader.cleanup(self.node.config())
+        finally:
+            self.node.teardown()
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _revnat_entries(node: Any) -> int:
-    from nodemesh.ebpf import pinned
+def old_sources(rev: str, into: Path) -> Path:
+    """The BPF sources of `rev`, as files, for build.py to compile."""
+    from nodemesh.ebpf import build
 
-    with pinned.open_map(node.config().maps_dir, pinned.REVNAT) as m:
-        return sum(1 for _ in m.iter_keys())
-
-
-def _run_client(node: Any, pods: Any, count: int, window: int) -> list[dict[str, float]]:
-    client_pod, server_pod = pods
-    argv = [sys.executable, __file__, "--client", server_pod.ip, str(count), str(window)]
-    proc = node.spawn(argv, client_pod.cgroup, client_pod.netns)
-    out, _ = proc.communicate(timeout=3600)
-    if proc.returncode != 0:
-        raise SystemExit("the client failed")
-    windows: list[dict[str, float]] = json.loads(out)
-    return windows
-
-
-def _mode(node: Any, pods: Any, load: Any, cleanup: bool, args: argparse.Namespace) -> Any:
-    load()
-    link = node.config().links_dir / RELEASE_LINK
-    present = link.exists()
-    if not cleanup and present:
-        link.unlink()  # the last reference: the kernel detaches the program
-    windows = _run_client(node, pods, args.connections, args.window)
-    return windows, _revnat_entries(node), present
+    rel = build.BPF_DIR.relative_to(REPO)
+    listing = subprocess.run(
+        ["git", "-C", str(REPO), "ls-tree", "-r", "--name-only", rev, str(rel)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in listing:
+        blob = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:{name}"], capture_output=True, check=True
+        ).stdout
+        out = into / Path(name).relative_to(rel)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(blob)
+    return into
 
 
 def _cells(w: dict[str, float]) -> str:
@@ -160,39 +196,51 @@ def _cells(w: dict[str, float]) -> str:
     return f"{w['xl50']:>7.1f}/{w['xl99']:<7.1f}{w['dr50']:>7.1f}/{w['dr99']:<7.1f}{gap:>+7.1f}"
 
 
-def _table(off: list[dict[str, float]], on: list[dict[str, float]]) -> list[str]:
+def table(old: list[dict[str, float]], new: list[dict[str, float]], rev: str) -> list[str]:
     """µs per window: VIP p50/p99, direct p50/p99, and VIP p99 minus direct p99."""
     sub = f"{'VIP p50/p99':^15}{'direct p50/p99':^15}{'Δp99':>7}"
-    rows = [f"{'':>9} | {'cleanup off':^37} | {'cleanup on':^37}"]
+    rows = [f"{'':>9} | {'old (' + rev + ')':^37} | {'new (working tree)':^37}"]
     rows += [f"{'connects':>9} | {sub} | {sub}"]
     rows += ["-" * len(rows[1])]
-    for a, b in zip(off, on, strict=True):
+    for a, b in zip(old, new, strict=True):
         rows.append(f"{int(a['upto']):>9} | {_cells(a)} | {_cells(b)}")
     return rows
 
 
-def _hook_costs(node: Any, pods: Any, load: Any, count: int) -> list[str]:
+def interleaved(sides: list[Side], count: int, window: int) -> dict[str, list[dict[str, float]]]:
+    out: dict[str, list[dict[str, float]]] = {s.name: [] for s in sides}
+    done = 0
+    while done < count:
+        n = min(window, count - done)
+        order = sides if (done // window) % 2 == 0 else sides[::-1]
+        for side in order:
+            (got,) = side.run(n, n)
+            got["upto"] = done + n
+            out[side.name].append(got)
+        done += n
+    return out
+
+
+def hook_costs(sides: list[Side], count: int) -> list[str]:
     from datapath_measure import bpf_stats, hook_counters, hook_delta
 
-    load()
-    hooks = [node.mesh]
+    rows = [f"mean ns per program run, {count} VIP + {count} direct connects on each node"]
     with bpf_stats():
-        before = hook_counters(hooks)
-        _run_client(node, pods, count, count)
-        delta = hook_delta(before, hook_counters(hooks))
-    rows = [f"mean ns per program run over {count} VIP + {count} direct connects"]
-    rows += [
-        f"  {name:<18}{runs:>8} runs {ns:>8.0f} ns"
-        for name, (runs, ns) in sorted(delta.items())
-        if runs
-    ]
+        for side in sides:
+            side.load()
+            before = hook_counters([side.node.mesh])
+            side.run(count, count)
+            delta = hook_delta(before, hook_counters([side.node.mesh]))
+            ran = sorted((p, r, ns) for p, (r, ns) in delta.items() if r)
+            rows += [f"  {side.name:<4}{p:<18}{r:>8} runs {ns:>7.0f} ns" for p, r, ns in ran]
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=300_000, help="pairs per mode")
+    parser.add_argument("--connections", type=int, default=300_000, help="pairs per node")
     parser.add_argument("--window", type=int, default=25_000)
+    parser.add_argument("--old-rev", default="50d2725^", help="revision of the old programs")
     parser.add_argument("--stats-connections", type=int, default=20_000)
     parser.add_argument("--max-load", type=float, default=1.0, help="1-minute load to wait for")
     parser.add_argument("--wait-quiet", type=float, default=900, help="seconds to wait for it")
@@ -214,36 +262,28 @@ def drive(args: argparse.Namespace) -> None:
 
     from datapath_measure import wait_for_quiet
 
-    from nodemesh.ebpf import loader
-
+    src = Path(tempfile.mkdtemp(prefix="nm-bench-revnat-src-"))
+    sides = [Side("old", old_sources(args.old_rev, src)), Side("new", None)]
     quiet = wait_for_quiet(args.max_load, args.wait_quiet)
-    print(f"load before: {quiet:.2f} (limit {args.max_load}; uptime: {_uptime()})")
-    workdir = Path(tempfile.mkdtemp(prefix="nm-bench-revnat-"))
-    node, pods, load = _setup(workdir)
+    print(f"load before: {quiet:.2f} (limit {args.max_load}; {_uptime()})")
     try:
-        _start_server(node, pods[1])
-        off, off_left, present = _mode(node, pods, load, cleanup=False, args=args)
-        on, on_left, _ = _mode(node, pods, load, cleanup=True, args=args)
-        if not present:
-            print("no cgroup/sock_release link in this tree: both columns are the same code")
-        print("\n".join(_table(off, on)))
-        print(f"nm_revnat_v1 entries after the run: cleanup off {off_left}, cleanup on {on_left}")
+        for side in sides:
+            side.setup()
+            side.load()
+            print(f"{side.name}: links {', '.join(side.links())}")
+        got = interleaved(sides, args.connections, args.window)
+        print("\n".join(table(got["old"], got["new"], args.old_rev)))
+        left = ", ".join(f"{s.name} {s.revnat_entries()}" for s in sides)
+        print(f"nm_revnat_v1 entries after the run: {left} (capacity 262144)")
         print()
-        print("\n".join(_hook_costs(node, pods, load, args.stats_connections)))
+        print("\n".join(hook_costs(sides, args.stats_connections)))
         print(f"load after: {_uptime()}")
     finally:
-        try:
-            loader.cleanup(node.config())
-        finally:
-            node.teardown()
+        for side in sides:
+            side.teardown()
+        import shutil
 
-
-def _start_server(node: Any, pod: Any) -> None:
-    argv = [sys.executable, __file__, "--server", str(PORT)]
-    proc = node.spawn(argv, pod.cgroup, pod.netns)
-    line = proc.stdout.readline().strip()
-    if line != "ready":
-        raise SystemExit(f"the server did not start: {line!r}")
+        shutil.rmtree(src, ignore_errors=True)
 
 
 def _uptime() -> str:
