@@ -174,7 +174,7 @@ def peak_table(bench: Bench, seconds: int, rounds: int) -> list[str]:
     rows += [
         "",
         f"TCP counters that moved during the max-rate cells, summed over {rounds} rounds, per "
-        "netns (tw: most TIME_WAIT sockets at a cell's end)",
+        "netns (tw: the most TIME_WAIT sockets in that netns at a cell's end, all paths')",
     ]
     for name, _ in paths:
         shown = ", ".join(f"{k} {v}" for k, v in sorted(moved[name].items()) if v)

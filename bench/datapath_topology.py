@@ -167,12 +167,18 @@ class Bench:
             f"--admin=127.0.0.1:{AGENT_ADMIN}",
         ]
         argv = self.placement.wrap(self.placement.envoy_cpus, agent)
-        self.agent = n.spawn(argv, n.outside, n.netns, stderr=subprocess.STDOUT)
-        assert self.agent.stdout is not None
-        while (line := self.agent.stdout.readline()) and line.strip() != "agent ready":
-            pass
-        if not line:
-            raise SystemExit("nodemesh agent exited before it was ready")
+        # Its log goes to a file: a pipe nobody reads would fill and stall it.
+        log = self.work / "agent.log"
+        with log.open("w") as out:
+            self.agent = n.spawn(argv, n.outside, n.netns, stdout=out, stderr=subprocess.STDOUT)
+        for _ in range(1200):
+            if "agent ready" in log.read_text():
+                break
+            if self.agent.poll() is not None:
+                raise SystemExit(f"nodemesh agent exited before it was ready:\n{log.read_text()}")
+            time.sleep(0.1)
+        else:
+            raise SystemExit(f"nodemesh agent not ready after 120 s:\n{log.read_text()}")
         bootstrap = self.work / "node-envoy.yaml"
         rendered = render_bootstrap(xds_socket=sock, admin_port=NODE_ENVOY_ADMIN)
         bootstrap.write_text(yaml.safe_dump(rendered))
