@@ -116,7 +116,9 @@ class KubeletPodCgroups:
         self.root = kubepods
         self.node_name = node_name
         self._uids: dict[str, str | None] = {}
-        self._told: set[str] = set()
+        # pod -> the last reason logged for it; pruned with the model, so a
+        # long-running agent does not keep every pod it ever saw.
+        self._told: dict[str, str] = {}
 
     def observe(self, pods: Iterable[Pod]) -> None:
         uids: dict[str, str | None] = {}
@@ -125,6 +127,7 @@ class KubeletPodCgroups:
                 continue
             uids[f"{pod.ref.namespace}/{pod.ref.name}"] = pod.uid
         self._uids = uids
+        self._told = {k: v for k, v in self._told.items() if k in uids}
 
     def path_of(self, pod: str) -> Path:
         """The pod's cgroup directory; `PodCgroupError` says why there is none."""
@@ -147,12 +150,12 @@ class KubeletPodCgroups:
             path = self.path_of(pod)
             return os.stat(path).st_ino
         except PodCgroupError as exc:
-            self._tell_once(str(exc))
+            self._tell_once(pod, str(exc))
             return None
         except FileNotFoundError:
             return None  # removed between the check and the stat
 
-    def _tell_once(self, message: str) -> None:
-        if message not in self._told:
-            self._told.add(message)
+    def _tell_once(self, pod: str, message: str) -> None:
+        if self._told.get(pod) != message and pod in self._uids:
+            self._told[pod] = message
             log.warning("pod cgroup not resolved", reason=message)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from nodemesh.ebpf.errors import PrerequisiteMissing
 from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups, PodCgroupError, find_kubepods
@@ -125,3 +126,17 @@ def test_only_this_nodes_pods_and_the_latest_model_count(tmp_path: Path) -> None
     assert resolver.cgroup_id("default/curl") is not None
     resolver.observe([])  # the pod left the model
     assert resolver.cgroup_id("default/curl") is None
+
+
+def test_an_unresolved_pod_is_logged_once_until_it_leaves_the_model(tmp_path: Path) -> None:
+    (tmp_path / "kubepods").mkdir()
+    resolver = KubeletPodCgroups(tmp_path / "kubepods")
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            resolver.observe([pod("curl", UID)])
+            assert resolver.cgroup_id("default/curl") is None
+        resolver.observe([])
+        resolver.observe([pod("curl", UID)])
+        resolver.cgroup_id("default/curl")
+    reasons = [e["reason"] for e in logs if e["event"] == "pod cgroup not resolved"]
+    assert len(reasons) == 2 and reasons[0].startswith("default/curl: no cgroup for uid")
