@@ -22,14 +22,17 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
+import yaml
 
-from nodemesh.ebpf import loader, pinned
+from nodemesh.ebpf import applier, loader, pinned
 from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
 from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.ebpf.mirrors import U32, Config
@@ -50,11 +53,13 @@ from nodemesh.model.snapshot import BackendAddress, MeshModel
 
 from . import node as node_mod
 from .node import NODE_IP, MeshNode
+from .test_datapath_agent import LEAST
 from .test_datapath_envoy import BOOTSTRAP, ENVOY, PROXY_PORT, VIP, stats
 
 pytestmark = [pytest.mark.privileged, pytest.mark.envoy]
 
 HTTPBIN = ServiceName("default", "httpbin")
+REPO = Path(__file__).resolve().parents[2]
 NODE = "node-a"
 ENVOY_LABELS = (("app.kubernetes.io/name", "nodemesh-envoy"),)
 LISTENER = f"listener.0.0.0.0_{PROXY_PORT}.downstream_cx_total"
@@ -248,3 +253,107 @@ def test_kubelet_tree_steers_selected_pod_and_follows_envoy_restarts(
     assert {r["backend"] for r in again} == {"b1"}
     assert (stats(node)[LISTENER], stats(node)[UPSTREAM]) == (10, 10)  # the new Envoy's counters
     assert attachments(node.mesh) == links  # nothing was reattached
+
+
+def _yaml_pod(ns: str, name: str, uid: str, labels: dict[str, str], ip: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels},
+        "spec": {"nodeName": NODE},
+        "status": {"phase": "Running", "podIP": ip},
+    }
+
+
+def _write_model(directory: Path, curl_uid: str, envoy_uid: str) -> None:
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "httpbin", "namespace": "default"},
+        "spec": {"clusterIP": VIP, "ports": [{"port": 80, "protocol": "TCP"}]},
+    }
+    article = yaml.safe_load_all((REPO / "examples/canary/traffic-split.yaml").read_text())
+    policy = next(d for d in article if d and d["kind"] == "CiliumNetworkPolicy")
+    docs = [
+        service,
+        policy,  # the article's CiliumNetworkPolicy: app=curl, rules.http
+        _yaml_pod("default", "curl", curl_uid, {"app": "curl"}, "10.0.1.2"),
+        _yaml_pod(
+            "nodemesh-system", f"envoy-{envoy_uid[:5]}", envoy_uid, dict(ENVOY_LABELS), NODE_IP
+        ),
+    ]
+    tmp = directory / "model.yaml.tmp"
+    tmp.write_text(yaml.safe_dump_all(docs))
+    tmp.replace(directory / "model.yaml")
+
+
+def _pins_until(config: loader.DatapathConfig, what: str, check: Any) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with pinned.open_map(config.maps_dir, pinned.CONFIG) as m:
+            cfg = m.lookup(U32(0))
+        with pinned.open_map(config.maps_dir, pinned.L7REDIR) as m:
+            redirects = applier.read_redirects(m)
+        if check(cfg, redirects):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pins never showed {what}: {cfg.as_tuple() if cfg else None} {redirects}")
+
+
+def _log_until(path: Path, text: str) -> None:
+    for _ in range(600):  # a minute
+        if text in path.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in the agent's log:\n{path.read_text()}")
+
+
+def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
+    node: MeshNode, workdir: Path
+) -> None:
+    """`nodemesh agent --model-dir --kubepods-cgroup=auto` with the deploy/
+    defaults for the Envoy pod, least privilege, pins read back."""
+    kubepods = node.mesh / "kubepods.slice"
+    curl_uid, envoy1, envoy2 = (str(uuid.uuid4()) for _ in range(3))
+    curl_pod = container_scope(kubepods, "burstable", curl_uid).parent
+    envoy_pod = container_scope(kubepods, "guaranteed", envoy1).parent
+    models = workdir / "models"
+    models.mkdir()
+    _write_model(models, curl_uid, envoy1)
+    log = (workdir / "agent.log").open("w")
+    argv = [
+        *LEAST,
+        sys.executable,
+        "-m",
+        "nodemesh.cli",
+        "agent",
+        f"--pin-dir={node.pin_dir}",
+        f"--cgroup={node.mesh}",
+        "--kubepods-cgroup=auto",
+        f"--proxy-address={NODE_IP}",
+        f"--node-name={NODE}",
+        f"--model-dir={models}",
+        "--watch",
+    ]
+    node.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True))
+    config = loader.DatapathConfig(pin_dir=node.pin_dir, cgroup=node.mesh)
+    _log_until(workdir / "agent.log", "agent ready")
+
+    ino = lambda p: os.stat(p).st_ino  # noqa: E731
+    _pins_until(
+        config,
+        "curl's pod cgroup keyed, Envoy's pod as the proxy, kubepods as the pods cgroup",
+        lambda cfg, r: (
+            {k[0] for k in r} == {ino(curl_pod)}
+            and (cfg.proxy_cgroup_id, cfg.pods_cgroup_id) == (ino(envoy_pod), ino(kubepods))
+        ),
+    )
+    # Envoy restarts: the model names the new pod first, its cgroup comes later.
+    _write_model(models, curl_uid, envoy2)
+    _log_until(workdir / "agent.log", f"waiting for Pod nodemesh-system/envoy-{envoy2[:5]}")
+    new_envoy_pod = container_scope(kubepods, "besteffort", envoy2).parent
+    _pins_until(
+        config,
+        "the restarted Envoy pod as the proxy",
+        lambda cfg, r: cfg.proxy_cgroup_id == ino(new_envoy_pod),
+    )
