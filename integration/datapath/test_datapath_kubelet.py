@@ -357,3 +357,36 @@ def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
         "the restarted Envoy pod as the proxy",
         lambda cfg, r: cfg.proxy_cgroup_id == ino(new_envoy_pod),
     )
+
+
+def test_during_a_rollout_the_running_envoy_pod_of_this_node_is_the_proxy(node: MeshNode) -> None:
+    kubepods = node.mesh / "kubepods.slice"
+    uids = [str(uuid.uuid4()) for _ in range(4)]
+    slices = [container_scope(kubepods, "burstable", uid).parent for uid in uids]
+    config = loader.DatapathConfig(pin_dir=node.pin_dir, cgroup=node.mesh, pod_cgroups=kubepods)
+    loader.load(config)
+    settings = AgentSettings(config, NODE_IP, NODE, ProxyPod("nodemesh-system", ENVOY_LABELS))
+    agent = DatapathAgent(settings, KubeletPodCgroups(kubepods, NODE))
+    assert agent.proxy is not None
+
+    def envoy(name: str, uid: str, phase: str, node_name: str = NODE) -> Pod:
+        labels = pairs(dict(ENVOY_LABELS))
+        ref = ObjectRef(Kind.POD, "nodemesh-system", name)
+        return Pod(ref, labels, (), node_name, phase=phase, uid=uid)
+
+    lookalike = Pod(
+        ObjectRef(Kind.POD, "default", "a"), pairs(dict(ENVOY_LABELS)), (), NODE, uid=uids[3]
+    )
+    # Every one has a cgroup here, and each of the others sorts before envoy-b.
+    pods = [
+        envoy("envoy-a", uids[0], "Pending"),  # not running yet
+        envoy("envoy-b", uids[1], "Running"),
+        envoy("envoy-0", uids[2], "Running", node_name="node-b"),  # another node's
+        lookalike,  # the labels, in another namespace
+    ]
+    agent.pods.observe(pods)  # as the agent does with each model, before following
+    agent.proxy.follow(pods)
+    assert pinned_proxy_id(config) == os.stat(slices[1]).st_ino
+    # With no Envoy pod in the model, the last one known stays.
+    agent.proxy.follow([])
+    assert pinned_proxy_id(config) == os.stat(slices[1]).st_ino and not agent.proxy.pending
