@@ -66,6 +66,7 @@ from datapath_measure import (  # noqa: E402
     Cells,
     bpf_stats,
     counter_delta,
+    cpu_seconds,
     hook_counters,
     hook_delta,
     loadavg,
@@ -114,12 +115,17 @@ def latency_table(bench: Bench, seconds: int, rate: int, rounds: int, warmup: in
     for _, url in paths:  # warm-up: Envoy pools, ARP, conntrack, page cache
         _run_cell(bench, "off", url, warmup, rate)
     cells = {m: Cells() for m in LATENCY_METRICS}
+    cpu = {ka: Cells() for ka in ("ka-off", "ka-on")}
     errors: dict[str, float] = {name: 0.0 for name, _ in paths}
     for r in range(rounds):
         for cell in LATENCY_CELLS:
             ka = "ka-off" if cell == "off" else "ka-on"
             for name, url in _rotated(paths, r):
+                pids = bench.proxy_pids.get(name, [])
+                before = cpu_seconds(pids)
                 got = _run_cell(bench, cell, url, seconds, rate)
+                if pids and got.get("ok"):
+                    cpu[ka].add(name, (cpu_seconds(pids) - before) / got["ok"] * 1e6)
                 errors[name] += got["errors"]
                 cells[f"p50 {ka}"].add(name, got.get("p50", 0))
                 cells[f"p99 {ka}"].add(name, got.get("p99", 0))
@@ -128,6 +134,11 @@ def latency_table(bench: Bench, seconds: int, rate: int, rounds: int, warmup: in
     for name, _ in paths:
         row = "".join(f"{c.spread(name):>24}" for c in cells.values())
         rows.append(f"{name:<18}{row}{int(errors[name]):>8}")
+    rows += ["", "server-side CPU per request, µs: the path's Envoys and nginx (utime+stime)"]
+    for name in cpu["ka-off"].values:
+        rows.append(
+            f"  {name:<18}ka-off {cpu['ka-off'].spread(name):<24}ka-on {cpu['ka-on'].spread(name)}"
+        )
     rows += ["", "per-round paired ratios (median [min-max]) against the targets"]
     targets = TARGETS + tuple(
         (metric, "node Envoy", "sidecars + mTLS", 0.5)

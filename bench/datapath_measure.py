@@ -249,3 +249,24 @@ def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     """Counters that moved (TIME_WAIT as the count at the end)."""
     moved = {k: after[k] - before.get(k, 0) for k in after if k != "tw"}
     return {**{k: v for k, v in moved.items() if v}, "tw": after.get("tw", 0)}
+
+
+def _with_children(pid: int) -> list[int]:
+    """pid and its descendants (nginx's worker is a child of its master)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += _with_children(int(child))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes and their children, all threads
+    (from /proc/<pid>/stat, which sums a process's threads)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in [p for top in pids for p in _with_children(top)]:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    return total / ticks
