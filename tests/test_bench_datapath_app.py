@@ -6,6 +6,7 @@ bench/datapath_envoy.py)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from datapath_app import nginx_config, write_model
 from datapath_envoy import Hop, sidecar_config, summarize_listener
-from datapath_measure import counter_delta, net_counters
+from datapath_measure import counter_delta, cpu_seconds, net_counters
 
 from nodemesh.ebpf import planner
 from nodemesh.model.store import MeshStore
@@ -78,9 +79,26 @@ def test_sidecar_and_node_listeners_summarize_alike() -> None:
 
 
 def test_net_counters_of_this_namespace_and_their_delta() -> None:
-    import os
-
     now = net_counters(os.getpid())
     assert {"ListenOverflows", "TCPSynRetrans", "OutRsts", "tw"} <= now.keys()
     later = {**now, "OutRsts": now["OutRsts"] + 3, "tw": 7}
     assert counter_delta(now, later) == {"OutRsts": 3, "tw": 7}
+
+
+def test_cpu_seconds_counts_a_process_and_its_children() -> None:
+    import subprocess
+
+    script = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+    script += "print('busy done', flush=True)\ninput()\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "busy done"
+        alone = cpu_seconds([child.pid])
+        assert alone >= 0.25  # it burned 0.3 s of CPU; /proc counts in 10 ms ticks
+        own = os.times()
+        # Without the child, this process would count only its own CPU.
+        assert cpu_seconds([os.getpid()]) >= own.user + own.system + alone - 0.05
+    finally:
+        child.communicate("\n", timeout=30)
