@@ -23,6 +23,7 @@ from prometheus_client import Gauge
 
 from nodemesh.ebpf import loader
 from nodemesh.ebpf.endpoints import PodCgroups
+from nodemesh.ebpf.errors import DatapathError
 from nodemesh.model.objects import Pod
 
 log = structlog.get_logger("nodemesh.ebpf.proxy_follow")
@@ -105,5 +106,10 @@ class ProxyFollower:
         """Look again while a named Envoy pod's cgroup is missing. Runs until cancelled."""
         while True:
             await asyncio.sleep(interval)
-            if self.pending:
+            if not self.pending:
+                continue
+            try:
                 await asyncio.to_thread(self.follow, self._seen)
+            except DatapathError as exc:
+                # A map write that failed now may work on the next look.
+                log.error("node Envoy pod not followed", error=str(exc))
