@@ -308,7 +308,11 @@ def _measure(bench: Bench, args: argparse.Namespace) -> None:
             f"off and on; {args.rounds} interleaved rounds after a {args.warmup}s warm-up per "
             "path; median [min-max] over rounds"
         )
+        agent_cpu, started = cpu_seconds([bench.agent.pid]), time.monotonic()
         print("\n".join(latency_table(bench, args.seconds, args.rate, args.rounds, args.warmup)))
+        agent_cpu = cpu_seconds([bench.agent.pid]) - agent_cpu
+        wall = time.monotonic() - started
+        print(f"nodemesh agent CPU meanwhile: {agent_cpu:.2f} s in {wall:.0f} s")
         print()
     if "peak" in parts:
         print(f"max new-connection rate: 50 workers, keep-alive off, {args.seconds}s per cell")
