@@ -97,8 +97,9 @@ static __always_inline void nm_sock4_revnat(struct bpf_sock_addr *ctx)
 }
 
 /* The socket's last fd is closing (cgroup/sock_release): its per-socket state
- * goes with it instead of waiting for LRU eviction, which is the slow path of
- * every later update once the map is full. */
+ * goes with it instead of waiting for LRU eviction. One lookup per socket, and
+ * a delete only on a hit: most sockets released here were never translated,
+ * and a lookup takes no lock where a delete takes the bucket's. */
 static __always_inline void nm_sock4_release(struct bpf_sock *sk)
 {
 	struct nm_revnat_key key = {};
@@ -108,19 +109,23 @@ static __always_inline void nm_sock4_release(struct bpf_sock *sk)
 	if (sk->family != NM_AF_INET || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
 		return;
 	cookie = bpf_get_socket_cookie(sk);
-	/* A steered connect() that failed before its SYN never met sockops. */
-	if (proto == IPPROTO_TCP)
-		bpf_map_delete_elem(&nm_redir_v1, &cookie);
-	/* No peer port: a listener, unconnected UDP (its entries, one per
-	 * backend it sent to, stay with the LRU), or a blocking connect() the
-	 * peer refused, whose port the kernel has cleared (sockops deleted
-	 * that one when the SYN failed). */
-	if (sk->dst_port == 0)
+	if (sk->dst_port == 0) {
+		/* No peer port: a listener, unconnected UDP (its entries, one per
+		 * backend it sent to, stay with the LRU), or a TCP connect() that
+		 * failed, whose port the kernel cleared (sockops deleted the
+		 * reverse NAT of one that failed after its SYN). One that failed
+		 * before its SYN never met sockops, so its redirect is still here. */
+		if (proto == IPPROTO_TCP && bpf_map_lookup_elem(&nm_redir_v1, &cookie))
+			bpf_map_delete_elem(&nm_redir_v1, &cookie);
 		return;
+	}
+	/* A TCP socket keeps its peer port only past the SYN, where sockops
+	 * has already moved any redirect to nm_origdst_v1. */
 	key.cookie = cookie;
 	key.addr = sk->dst_ip4;
 	key.port = (__be16)sk->dst_port;
-	bpf_map_delete_elem(&nm_revnat_v1, &key);
+	if (bpf_map_lookup_elem(&nm_revnat_v1, &key))
+		bpf_map_delete_elem(&nm_revnat_v1, &key);
 }
 
 #endif /* NM_LB_H */
