@@ -1,6 +1,6 @@
 """What matching pods and the proxy by cgroup ancestry costs, in one run.
 
-    sudo .venv/bin/python bench/pod_cgroup_cost.py [--rounds 5] [--connects 2000]
+    sudo .venv/bin/python bench/pod_cgroup_cost.py [--rounds 5] [--connects 2000] [--sockopt-only]
 
 Side by side, on one node of network namespaces (integration/datapath/node.py):
 
@@ -11,10 +11,13 @@ Side by side, on one node of network namespaces (integration/datapath/node.py):
   kubelet-shaped container scope (4 levels below the mesh cgroup), and for
   three destinations: not a VIP, a VIP translated, a VIP steered to a proxy
   (a CNP-style redirect for that client's pod).
-- `nm_getsockopt` now attached to the mesh cgroup (before: to the proxy's
-  only): the wall time of a pod's getsockopt(SO_ERROR) and getsockopt(TCP_INFO)
-  with and without it, and the program's own time; and its time for an
-  SO_ORIGINAL_DST miss from the proxy, which walks the ancestry.
+- `nm_getsockopt`: the wall time of a pod's getsockopt(SO_ERROR),
+  getsockopt(TCP_INFO) and getsockopt(SOL_IP, SO_ORIGINAL_DST), and the
+  program's own time, for a pod in a mesh cgroup with no getsockopt program
+  at all ("pod, no hook"), with the program linked to the mesh cgroup (as
+  5551bda did, to survive Envoy restarts: "pod, hook at mesh root"), and as
+  the agent links it now, to the proxy's cgroup only ("pod, proxy-only
+  hook"); and the proxy's own calls, which do run it.
 
 Program times are mean `run_time_ns` per run with kernel.bpf_stats_enabled=1
 (which itself adds ~100 ns per run, to every cell alike). Each cell is the
@@ -45,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from integration.datapath.node import NODE_IP, PROBE, MeshNode  # noqa: E402
 from integration.datapath.plans import frontend, plan, redirect  # noqa: E402
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
-from nodemesh.ebpf import applier, build, loader  # noqa: E402
+from nodemesh.ebpf import applier, build, libbpf, loader  # noqa: E402
 from nodemesh.model.objects import Pod  # noqa: E402
 
 OLD_COMMIT = "46c8950"  # the last commit with leaf-keyed redirects
@@ -113,6 +116,36 @@ def prog_stats(cgroup: Path) -> Stats:
                 int(info.get("run_time_ns", 0)),
             )
     return stats
+
+
+def getsockopt_stats(config: loader.DatapathConfig) -> tuple[int, int]:
+    """(run_cnt, run_time_ns) of the agent's pinned nm_getsockopt, wherever linked."""
+    pin = config.progs_dir / loader.PROXY_PROGRAM
+    info = _bpftool("prog", "show", "pinned", str(pin))
+    assert isinstance(info, dict)
+    return int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))
+
+
+@contextmanager
+def mesh_root_link(config: loader.DatapathConfig) -> Iterator[None]:
+    """nm_getsockopt linked to the whole mesh cgroup while inside (unpinned:
+    closing the link's only fd detaches it)."""
+    lib = libbpf.lib()
+    pin = config.progs_dir / loader.PROXY_PROGRAM
+    prog_fd = libbpf.check(lib.bpf_obj_get(str(pin).encode()), "open nm_getsockopt")
+    cg_fd = os.open(config.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        link_fd = libbpf.check(
+            lib.bpf_link_create(prog_fd, cg_fd, loader.BPF_CGROUP_GETSOCKOPT, None),
+            "link nm_getsockopt to the mesh cgroup",
+        )
+    finally:
+        os.close(cg_fd)
+        os.close(prog_fd)
+    try:
+        yield
+    finally:
+        os.close(link_fd)
 
 
 def mean_ns(before: Stats, after: Stats, name: str) -> float:
@@ -194,12 +227,20 @@ class Bench:
 
     def sockopts(self, cgroup: Path, netns: str, option: str, n: int) -> tuple[float, float]:
         """(wall ns per getsockopt call, nm_getsockopt ns per run or 0)."""
-        before = prog_stats(self.node.mesh)
+        (runs0, ns0) = getsockopt_stats(self.configs["new"])
         argv = [sys.executable, "-c", SOCKOPT_LOOP, str(n), self.b1_ip, option]
         out, _ = self.node.spawn(argv, cgroup, netns).communicate(timeout=600)
-        after = prog_stats(self.node.mesh)
-        ran = after.get("nm_getsockopt", (0, 0))[0] > before.get("nm_getsockopt", (0, 0))[0]
-        return float(out), mean_ns(before, after, "nm_getsockopt") if ran else 0.0
+        (runs1, ns1) = getsockopt_stats(self.configs["new"])
+        return float(out), (ns1 - ns0) / (runs1 - runs0) if runs1 > runs0 else 0.0
+
+    def sockopt_cells(self, option: str, n: int) -> Iterator[tuple[str, float, float]]:
+        """One round of the getsockopt cells: (who, wall ns, program ns)."""
+        pod, netns = self.clients[("new", "kubelet")], self.netns
+        yield ("pod, no hook", *self.sockopts(self.clients[("old", "kubelet")], netns, option, n))
+        with mesh_root_link(self.configs["new"]):
+            yield ("pod, hook at mesh root", *self.sockopts(pod, netns, option, n))
+        yield ("pod, proxy-only hook", *self.sockopts(pod, netns, option, n))
+        yield ("proxy", *self.sockopts(self.proxy, self.node.netns, option, n))
 
 
 def setup(node: MeshNode, workdir: Path) -> Bench:
@@ -232,25 +273,23 @@ def setup(node: MeshNode, workdir: Path) -> Bench:
     return Bench(node, client.netns, b1.ip, clients, proxy, the_plan, {"new": new, "old": old})
 
 
+WHOS = ("pod, no hook", "pod, hook at mesh root", "pod, proxy-only hook", "proxy")
+
+
 def run(bench: Bench, rounds: int, n_connect: int, n_sockopt: int) -> None:
     connect: dict[tuple[str, str, str], list[float]] = {}
     wall: dict[tuple[str, str], list[float]] = {}
     prog: dict[tuple[str, str], list[float]] = {}
     with bpf_stats():
         for _ in range(rounds):
-            for layout in ("shallow", "kubelet"):
+            for layout in ("shallow", "kubelet") if n_connect else ():
                 for code in ("old", "new"):
                     bench.key_redirect(code, layout)
                     for dest in DESTS:
                         ns = bench.connects(code, layout, dest, n_connect)
                         connect.setdefault((layout, code, dest), []).append(ns)
             for option in OPTIONS:
-                for who, cgroup, netns in (
-                    ("pod, no program", bench.clients[("old", "kubelet")], bench.netns),
-                    ("pod", bench.clients[("new", "kubelet")], bench.netns),
-                    ("proxy", bench.proxy, bench.node.netns),
-                ):
-                    w, p = bench.sockopts(cgroup, netns, option, n_sockopt)
+                for who, w, p in bench.sockopt_cells(option, n_sockopt):
                     wall.setdefault((option, who), []).append(w)
                     prog.setdefault((option, who), []).append(p)
     report(connect, wall, prog, rounds, n_connect, n_sockopt)
@@ -265,22 +304,26 @@ def report(
     n_sockopt: int,
 ) -> None:
     med = statistics.median
-    print(f"nm_connect4 ns per run (median of {rounds} rounds x {n_connect} connects)")
-    print(f"{'client':<9} {'destination':<15} {'old: leaf':>10} {'new: ancestry':>14}  added")
-    for layout in ("shallow", "kubelet"):
+    if connect:
+        print(f"nm_connect4 ns per run (median of {rounds} rounds x {n_connect} connects)")
+        print(f"{'client':<9} {'destination':<15} {'old: leaf':>10} {'new: ancestry':>14}  added")
+    for layout in ("shallow", "kubelet") if connect else ():
         for dest in DESTS:
             olds, news = connect[(layout, "old", dest)], connect[(layout, "new", dest)]
             cells = f"{med(olds):>10.0f} {med(news):>14.0f}"
             print(f"{layout:<9} {dest:<15} {cells}  {paired(news, olds)}")
     print(f"\ngetsockopt() ns per call, wall / nm_getsockopt (median of {rounds} x {n_sockopt})")
-    whos = ("pod, no program", "pod", "proxy")
-    print(f"{'option':<16} " + " ".join(f"{w:>22}" for w in whos))
+    print(f"{'option':<16} " + " ".join(f"{w:>22}" for w in WHOS))
     for option in OPTIONS:
         row = " ".join(
-            f"{med(wall[(option, w)]):.0f} / {med(prog[(option, w)]):.0f}".rjust(22) for w in whos
+            f"{med(wall[(option, w)]):.0f} / {med(prog[(option, w)]):.0f}".rjust(22) for w in WHOS
         )
-        added = paired(wall[(option, "pod")], wall[(option, "pod, no program")])
-        print(f"{option:<16} {row}  pod added {added}")
+        print(f"{option:<16} {row}")
+    print("\npod's wall ns per call added over no hook, median [min..max] of per-round differences")
+    for option in OPTIONS:
+        base = wall[(option, WHOS[0])]
+        added = "   ".join(f"{w}: {paired(wall[(option, w)], base)}" for w in WHOS[1:3])
+        print(f"{option:<16} {added}")
 
 
 def paired(new: list[float], old: list[float]) -> str:
@@ -297,6 +340,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--connects", type=int, default=2000)
     ap.add_argument("--sockopts", type=int, default=100000)
+    ap.add_argument("--sockopt-only", action="store_true", help="skip the connect4 table")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (netns, cgroups, BPF)")
@@ -304,7 +348,8 @@ def main() -> None:
     node = MeshNode(workdir)
     try:
         node.setup()
-        run(setup(node, workdir), args.rounds, args.connects, args.sockopts)
+        connects = 0 if args.sockopt_only else args.connects
+        run(setup(node, workdir), args.rounds, connects, args.sockopts)
     finally:
         loader.cleanup(node.config())
         loader.cleanup(loader.DatapathConfig(pin_dir=node.bpffs / "old", cgroup=node.mesh))

@@ -20,7 +20,7 @@ from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, loader, planner
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
-from nodemesh.ebpf.proxy_follow import ProxyFollower, ProxyPod
+from nodemesh.ebpf.proxy_follow import PodPaths, ProxyFollower, ProxyPod
 from nodemesh.model.snapshot import MeshModel
 
 log = structlog.get_logger("nodemesh.ebpf.agent")
@@ -65,8 +65,12 @@ class DatapathAgent:
         selector = settings.proxy_pod
         self.proxy: ProxyFollower | None = None
         if selector is not None and settings.config.proxy_cgroup is None:
-            maps = settings.config.maps_dir
-            self.proxy = ProxyFollower(selector, settings.node_name, pods, maps)
+            if not isinstance(pods, PodPaths):
+                raise DatapathError(
+                    f"{type(pods).__name__} names no pod cgroup directories: "
+                    "the Envoy pod cannot be followed (give a fixed proxy cgroup)"
+                )
+            self.proxy = ProxyFollower(selector, settings.node_name, pods, settings.config)
         self.proxy_synced = proxy_synced
         self.applied_version: str | None = None
         self._planned: tuple[MeshModel, pb.DatapathPlan] | None = None

@@ -5,6 +5,13 @@ Everything the datapath needs survives the agent: maps are pinned under
 `<pin_dir>/links/`. A restarted agent reuses the pinned maps (libbpf checks
 their layout) and swaps new program code into the existing links with
 BPF_LINK_UPDATE, which is atomic, so connections never see a gap.
+
+`nm_getsockopt` is the exception to "attached to the mesh cgroup": it is
+linked to the proxy's cgroup only (link `nm_getsockopt_proxy`), because a
+cgroup getsockopt program makes every getsockopt() below it take the
+kernel's slower cgroup path. The program is pinned too (`<pin_dir>/progs/`),
+so the agent can link it to a restarted Envoy's new cgroup (`attach_proxy`)
+without loading anything.
 """
 
 from __future__ import annotations
@@ -40,18 +47,25 @@ def cgroup2_mount() -> Path:
 
 DEFAULT_CGROUP = cgroup2_mount() / "nodemesh"
 EPERM = 1
+# Linked to the proxy's cgroup, not the mesh's (see the module docstring).
+PROXY_PROGRAM = "nm_getsockopt"
+PROXY_LINK = "nm_getsockopt_proxy"
+# Where agents before the proxy link pinned nm_getsockopt's mesh-cgroup link.
+LEGACY_MESH_LINK = "nm_getsockopt"
+BPF_CGROUP_GETSOCKOPT = 21  # enum bpf_attach_type (linux/bpf.h)
 
 
 @dataclass(frozen=True, slots=True)
 class DatapathConfig:
     """Where the datapath lives.
 
-    `cgroup` is the mesh cgroup: every program attaches there, and every
-    process under it gets Service translation. `proxy_cgroup` is Envoy's
-    (normally under `cgroup`, so its upstream connections are translated
-    too): nothing below it is ever steered, and only it is answered
-    SO_ORIGINAL_DST. None leaves the proxy identity to the node agent, which
-    follows the Envoy pod (`set_proxy_cgroup`). `pod_cgroups` is where pod
+    `cgroup` is the mesh cgroup: every program but `nm_getsockopt` attaches
+    there, and every process under it gets Service translation.
+    `proxy_cgroup` is Envoy's (normally under `cgroup`, so its upstream
+    connections are translated too): nothing below it is ever steered, and
+    `nm_getsockopt` (SO_ORIGINAL_DST) is linked there. None leaves the proxy
+    identity to the node agent, which follows the Envoy pod
+    (`set_proxy_cgroup`, `attach_proxy`). `pod_cgroups` is where pod
     cgroups sit, one or two levels down (the kubelet's kubepods cgroup, or
     the test layout's directory); None means `cgroup`.
     """
@@ -68,6 +82,10 @@ class DatapathConfig:
     @property
     def links_dir(self) -> Path:
         return self.pin_dir / "links"
+
+    @property
+    def progs_dir(self) -> Path:
+        return self.pin_dir / "progs"
 
 
 class _LinkInfo(ctypes.Structure):
@@ -108,6 +126,18 @@ def _link_target(link_fd: int) -> int:
     ret = libbpf.lib().bpf_obj_get_info_by_fd(link_fd, ctypes.byref(info), ctypes.byref(size))
     libbpf.check(ret, "read pinned link info")
     return int(info.cgroup_id)
+
+
+def linked_cgroup(pin: Path) -> int | None:
+    """The cgroup id a pinned cgroup link is attached to; None if no such pin."""
+    lib = libbpf.lib()
+    if not pin.exists():
+        return None
+    link_fd = libbpf.check(lib.bpf_obj_get(str(pin).encode()), f"open pinned link {pin}")
+    try:
+        return _link_target(link_fd)
+    finally:
+        os.close(link_fd)
 
 
 def _attach(prog: int, name: str, target: Path, links_dir: Path, report: LoadReport) -> None:
@@ -176,11 +206,89 @@ def _load_object(path: Path, config: DatapathConfig, report: LoadReport) -> None
             detail = "\n".join("\n".join(lines).splitlines()[-12:])
             raise LoadError(f"the kernel refused {path.name} (errno {-ret}):\n{detail}", -ret)
         for prog, name in _programs_of(obj):
-            # A link pinned elsewhere by an older agent (nm_getsockopt on
-            # the proxy cgroup) is moved here by _attach.
-            _attach(prog, name, config.cgroup, config.links_dir, report)
+            if name == PROXY_PROGRAM:
+                _refresh_proxy(prog, config, report)
+            else:
+                _attach(prog, name, config.cgroup, config.links_dir, report)
     finally:
         lib.bpf_object__close(obj)
+
+
+def _refresh_proxy(prog: int, config: DatapathConfig, report: LoadReport) -> None:
+    """Pin the (new) getsockopt program; swap it into the pinned proxy link
+    (re-adopted: no gap), and link it to a fixed `proxy_cgroup`. A followed
+    proxy gets its link from `attach_proxy` once its cgroup is known."""
+    lib = libbpf.lib()
+    prog_fd = lib.bpf_program__fd(prog)
+    pin = config.progs_dir / PROXY_PROGRAM
+    if pin.exists():
+        pin.unlink()  # only attach_proxy reads it, and after load()
+    libbpf.check(lib.bpf_obj_pin(prog_fd, str(pin).encode()), f"pin program {pin}")
+    link = config.links_dir / PROXY_LINK
+    if link.exists():
+        link_fd = libbpf.check(lib.bpf_obj_get(str(link).encode()), f"open pinned link {link}")
+        try:
+            libbpf.check(lib.bpf_link_update(link_fd, prog_fd, None), f"update link {link.name}")
+        finally:
+            os.close(link_fd)
+        report.updated.append(PROXY_LINK)
+    if config.proxy_cgroup is not None and attach_proxy(config, config.proxy_cgroup):
+        report.created.append(PROXY_LINK)
+
+
+def attach_proxy(config: DatapathConfig, target: Path) -> bool:
+    """Link the pinned getsockopt program to the proxy's cgroup `target`.
+
+    True if a link was made. The new link is pinned beside the old one and
+    renamed over it, so the old link (a previous Envoy pod's cgroup) is
+    detached only once the new one is live: during a rollout there is no
+    moment where neither Envoy is answered SO_ORIGINAL_DST.
+    """
+    lib = libbpf.lib()
+    pin = config.links_dir / PROXY_LINK
+    try:
+        want = cgroup_id(target)
+        if linked_cgroup(pin) == want:
+            _drop_legacy(config)
+            return False
+        cg_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise LoadError(f"proxy cgroup {target}: {exc.strerror}", exc.errno or 0) from exc
+    prog_pin = config.progs_dir / PROXY_PROGRAM
+    try:
+        prog_fd = libbpf.check(
+            lib.bpf_obj_get(str(prog_pin).encode()), f"open pinned program {prog_pin}"
+        )
+        try:
+            link_fd = libbpf.check(
+                lib.bpf_link_create(prog_fd, cg_fd, BPF_CGROUP_GETSOCKOPT, None),
+                f"attach {PROXY_PROGRAM} to {target}",
+            )
+        finally:
+            os.close(prog_fd)
+    finally:
+        os.close(cg_fd)
+    staged = config.links_dir / f"{PROXY_LINK}_new"
+    try:
+        if staged.exists():
+            staged.unlink()  # left by an agent that died here
+        libbpf.check(lib.bpf_obj_pin(link_fd, str(staged).encode()), f"pin link {staged}")
+    finally:
+        os.close(link_fd)
+    # The old link's pin was its last reference: replacing it detaches it.
+    os.replace(staged, pin)
+    _drop_legacy(config)
+    log.info("getsockopt linked to the proxy cgroup", cgroup=str(target), cgroup_id=want)
+    return True
+
+
+def _drop_legacy(config: DatapathConfig) -> None:
+    """An older agent's nm_getsockopt link on the mesh cgroup, dropped only
+    once the proxy link exists (so an upgrade leaves no gap either)."""
+    legacy = config.links_dir / LEGACY_MESH_LINK
+    if legacy.exists():
+        legacy.unlink()
+        log.info("getsockopt link on the mesh cgroup dropped", pin=str(legacy))
 
 
 def load(config: DatapathConfig) -> LoadReport:
@@ -192,6 +300,7 @@ def load(config: DatapathConfig) -> LoadReport:
     try:
         config.maps_dir.mkdir(parents=True, exist_ok=True)
         config.links_dir.mkdir(parents=True, exist_ok=True)
+        config.progs_dir.mkdir(parents=True, exist_ok=True)
     except PermissionError as exc:
         raise PrerequisiteMissing(
             f"cannot create {config.pin_dir} ({exc.strerror})",
@@ -220,12 +329,12 @@ def cleanup(config: DatapathConfig) -> list[str]:
     if not config.pin_dir.exists():
         return removed
     preflight.check_bpffs(config.pin_dir)
-    for sub in (config.links_dir, config.maps_dir):
+    for sub in (config.links_dir, config.progs_dir, config.maps_dir):
         if sub.is_dir():
             for pin in sorted(sub.iterdir()):
                 pin.unlink()
                 removed.append(str(pin))
-    for directory in (config.links_dir, config.maps_dir, config.pin_dir):
+    for directory in (config.links_dir, config.progs_dir, config.maps_dir, config.pin_dir):
         if directory.is_dir():
             # rmdir, not rmtree: anything we did not make stays, and says so.
             directory.rmdir()
@@ -254,8 +363,8 @@ def write_config(config: DatapathConfig) -> None:
 def set_proxy_cgroup(maps_dir: Path, proxy_cgroup_id: int) -> bool:
     """Point the programs at the proxy's (new) cgroup; True if it changed.
 
-    Takes effect at the next connect(): nothing is reattached, so an Envoy
-    restart (a new pod cgroup) costs one map write."""
+    Takes effect at the next connect(): the connect-side programs stay on
+    the mesh cgroup. (The getsockopt link moves with `attach_proxy`.)"""
     with pinned.open_map(maps_dir, pinned.CONFIG) as cfg_map:
         current = cfg_map.lookup(U32(0))
         assert current is None or isinstance(current, Config)

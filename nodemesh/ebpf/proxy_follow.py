@@ -3,11 +3,12 @@
 Nothing below the proxy's cgroup is ever steered (its upstream connects
 would loop back into it), and only it is answered SO_ORIGINAL_DST. A
 DaemonSet's Envoy gets a new pod, UID and cgroup with every restart, so the
-agent finds its node's Envoy pod in each model and writes that pod's cgroup
-id to `nm_config_v2`: one map write, nothing reattached. A model can name the
-new pod before the kubelet has made its cgroup; until it appears, `watch()`
-looks again every half second, so the window where the new Envoy is not yet
-known stays that short.
+agent finds its node's Envoy pod in each model, links the getsockopt program
+to that pod's cgroup (the new link before the old one goes:
+`loader.attach_proxy`) and writes the cgroup's id to `nm_config_v2`. A model
+can name the new pod before the kubelet has made its cgroup; until it
+appears, `watch()` looks again every half second, so the window where the
+new Envoy is not yet known stays that short.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import structlog
 from prometheus_client import Gauge
@@ -33,6 +35,13 @@ PROXY_RESOLVED = Gauge(
     "1 while the node Envoy pod's cgroup is known to the kernel (its connects are never steered)",
 )
 POLL_SECONDS = 0.5
+
+
+@runtime_checkable
+class PodPaths(PodCgroups, Protocol):
+    """A resolver that also names a pod's cgroup directory (to link to it)."""
+
+    def path_of(self, pod: str) -> Path: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +61,19 @@ class ProxyPod:
 
 
 class ProxyFollower:
-    """Keeps `nm_config_v2.proxy_cgroup_id` on this node's Envoy pod.
+    """Keeps the getsockopt link and `nm_config_v2.proxy_cgroup_id` on this
+    node's Envoy pod.
 
     `follow()` runs from the agent's apply thread and `watch()` on the event
     loop; a lock keeps their writes in order."""
 
-    def __init__(self, selector: ProxyPod, node_name: str, pods: PodCgroups, maps: Path) -> None:
+    def __init__(
+        self, selector: ProxyPod, node_name: str, pods: PodPaths, config: loader.DatapathConfig
+    ) -> None:
         self.selector = selector
         self.node_name = node_name
         self.pods = pods
-        self.maps_dir = maps
+        self.config = config
         self.pending = False  # the model names an Envoy pod whose cgroup is not here yet
         self._seen: tuple[Pod, ...] = ()
         self._state = ""
@@ -81,16 +93,33 @@ class ProxyFollower:
         # the choice is stable while two exist during a rollout.
         mine.sort(key=lambda p: (p.phase != "Running", p.ref.name))
         for pod in mine:
-            cgroup = self.pods.cgroup_id(f"{pod.ref.namespace}/{pod.ref.name}")
-            if cgroup is not None:
-                if loader.set_proxy_cgroup(self.maps_dir, cgroup):
-                    log.info("node Envoy pod followed", pod=str(pod.ref), cgroup_id=cgroup)
+            if self._adopt(pod):
                 self.pending = False
                 self._tell("resolved", 1)
                 return
         self.pending = bool(mine)
         state = "waiting for " + ", ".join(str(p.ref) for p in mine) if mine else "absent"
         self._tell(state, 0)
+
+    def _adopt(self, pod: Pod) -> bool:
+        """Make `pod` the proxy if its cgroup is here; False if it is not."""
+        name = f"{pod.ref.namespace}/{pod.ref.name}"
+        cgroup = self.pods.cgroup_id(name)
+        if cgroup is None:
+            return False
+        try:
+            path = self.pods.path_of(name)
+            # The link first: SO_ORIGINAL_DST is answered before anything
+            # could be steered to this Envoy for being the proxy.
+            moved = loader.attach_proxy(self.config, path)
+        except DatapathError as exc:
+            # Gone between the lookups (a pod cgroup removed): not here.
+            log.warning("node Envoy pod cgroup not linked", pod=str(pod.ref), error=str(exc))
+            return False
+        changed = loader.set_proxy_cgroup(self.config.maps_dir, cgroup)
+        if moved or changed:
+            log.info("node Envoy pod followed", pod=str(pod.ref), cgroup_id=cgroup)
+        return True
 
     def _tell(self, state: str, resolved: int) -> None:
         PROXY_RESOLVED.set(resolved)

@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-/* cgroup/getsockopt on the mesh cgroup: answer SO_ORIGINAL_DST for steered
- * connections, which carry no conntrack entry for netfilter to answer from.
- * Attached to the mesh cgroup rather than Envoy's, whose pod cgroup is new
- * with every Envoy restart; only the proxy (by cgroup ancestry) is answered. */
+/* cgroup/getsockopt on the proxy's cgroup only: answer SO_ORIGINAL_DST for
+ * steered connections, which carry no conntrack entry for netfilter to
+ * answer from. The agent links it to the Envoy pod's cgroup and moves the
+ * link when that pod is replaced (loader.attach_proxy), so the attachment is
+ * the proxy check: no other pod's getsockopt() runs it, or pays the kernel's
+ * cgroup getsockopt path around it. */
 #include "lib/common.h"
 #include "lib/maps.h"
-#include "lib/l7.h"
 
 struct nm_sockaddr_in {
 	__u16 family;
@@ -24,7 +25,7 @@ int nm_getsockopt(struct bpf_sockopt *ctx)
 
 	if (ctx->level != NM_SOL_IP || ctx->optname != NM_SO_ORIGINAL_DST || !sk)
 		return 1;
-	if (sk->family != NM_AF_INET || !nm_is_proxy())
+	if (sk->family != NM_AF_INET)
 		return 1;
 	/* On Envoy's accepted socket, the peer is the client. */
 	key.client_addr = sk->dst_ip4;
