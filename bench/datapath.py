@@ -115,17 +115,19 @@ def latency_table(bench: Bench, seconds: int, rate: int, rounds: int, warmup: in
     for _, url in paths:  # warm-up: Envoy pools, ARP, conntrack, page cache
         _run_cell(bench, "off", url, warmup, rate)
     cells = {m: Cells() for m in LATENCY_METRICS}
-    cpu = {ka: Cells() for ka in ("ka-off", "ka-on")}
+    # Per keep-alive setting and path: CPU µs per request of each process crossed.
+    cpu: dict[str, dict[str, Cells]] = {"ka-off": {}, "ka-on": {}}
     errors: dict[str, float] = {name: 0.0 for name, _ in paths}
     for r in range(rounds):
         for cell in LATENCY_CELLS:
             ka = "ka-off" if cell == "off" else "ka-on"
             for name, url in _rotated(paths, r):
-                pids = bench.proxy_pids.get(name, [])
-                before = cpu_seconds(pids)
+                crossed = bench.proxy_pids.get(name, {})
+                before = {label: cpu_seconds([pid]) for label, pid in crossed.items()}
                 got = _run_cell(bench, cell, url, seconds, rate)
-                if pids and got.get("ok"):
-                    cpu[ka].add(name, (cpu_seconds(pids) - before) / got["ok"] * 1e6)
+                for label, pid in crossed.items() if got.get("ok") else ():
+                    used = (cpu_seconds([pid]) - before[label]) / got["ok"] * 1e6
+                    cpu[ka].setdefault(name, Cells()).add(label, used)
                 errors[name] += got["errors"]
                 cells[f"p50 {ka}"].add(name, got.get("p50", 0))
                 cells[f"p99 {ka}"].add(name, got.get("p99", 0))
@@ -134,11 +136,13 @@ def latency_table(bench: Bench, seconds: int, rate: int, rounds: int, warmup: in
     for name, _ in paths:
         row = "".join(f"{c.spread(name):>24}" for c in cells.values())
         rows.append(f"{name:<18}{row}{int(errors[name]):>8}")
-    rows += ["", "server-side CPU per request, µs: the path's Envoys and nginx (utime+stime)"]
-    for name in cpu["ka-off"].values:
-        rows.append(
-            f"  {name:<18}ka-off {cpu['ka-off'].spread(name):<24}ka-on {cpu['ka-on'].spread(name)}"
-        )
+    rows += ["", "CPU µs per request of each process the path crosses (utime+stime), median"]
+    for name in cpu["ka-off"]:
+        for ka in ("ka-off", "ka-on"):
+            per = cpu[ka].get(name, Cells()).values
+            each = ", ".join(f"{label} {statistics.median(v):.0f}" for label, v in per.items())
+            total = sum(statistics.median(v) for v in per.values())
+            rows.append(f"  {name:<18}{ka:<8}{total:>5.0f} = {each}")
     rows += ["", "per-round paired ratios (median [min-max]) against the targets"]
     targets = TARGETS + tuple(
         (metric, "node Envoy", "sidecars + mTLS", 0.5)

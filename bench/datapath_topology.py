@@ -65,9 +65,9 @@ class Bench:
         self.server = node.add_pod(NAMESPACE, "server")
         self.server2 = node.add_pod(NAMESPACE, "server2")
         self.summaries: dict[str, str] = {}
-        # The Envoys each path crosses and the nginx it ends at: the
-        # server-side CPU per request.
-        self.proxy_pids: dict[str, list[int]] = {}
+        # Per path, the Envoys it crosses and the nginx it ends at, by label:
+        # the server-side CPU per request, process by process.
+        self.proxy_pids: dict[str, dict[str, int]] = {}
 
     # -- processes ------------------------------------------------------------
     def envoy_argv(self, config: Path, *extra: str) -> list[str]:
@@ -117,9 +117,10 @@ class Bench:
         self.iptables(n.netns, "-t", "nat", "-A", "PREROUTING", *dnat)
         sidecar = self.start_sidecars()
         for name in ("direct pod IP", "iptables DNAT", "nodemesh kernel", "direct again"):
-            self.proxy_pids[name] = [app.pid]
-        self.proxy_pids["node Envoy"].append(app.pid)
-        self.proxy_pids["sidecars"].append(app2.pid)  # the same list as "sidecars + mTLS"
+            self.proxy_pids[name] = {"nginx": app.pid}
+        self.proxy_pids["node Envoy"]["nginx"] = app.pid
+        for name in ("sidecars", "sidecars + mTLS"):
+            self.proxy_pids[name]["nginx"] = app2.pid
         # A process living in each namespace: its /proc/<pid>/net is that netns's.
         self.ns_pids = {
             "client": sidecar.pid,
@@ -197,7 +198,7 @@ class Bench:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.proxy_pids["node Envoy"] = [self.node_envoy.pid]
+        self.proxy_pids["node Envoy"] = {"node Envoy": self.node_envoy.pid}
 
     def start_sidecars(self) -> subprocess.Popen[str]:
         """Istio's model: outbound capture (REDIRECT in the client pod's OUTPUT)
@@ -225,8 +226,8 @@ class Bench:
             for listener in config["static_resources"]["listeners"]:
                 key = f"sidecar {side} {listener['name']}"
                 self.summaries[key] = summarize_listener(listener)
-        both = [p.pid for p in procs.values()]
-        self.proxy_pids["sidecars"] = self.proxy_pids["sidecars + mTLS"] = both
+        for name in ("sidecars", "sidecars + mTLS"):
+            self.proxy_pids[name] = {f"{side} sidecar": p.pid for side, p in procs.items()}
         for vip, out_port, app_port, in_port in captures:
             outbound = ["OUTPUT", "-d", vip, "-p", "tcp", "--dport", "80"]
             self.iptables(
