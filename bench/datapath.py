@@ -136,14 +136,22 @@ def latency_table(bench: Bench, seconds: int, rate: int, rounds: int, warmup: in
     for name, _ in paths:
         row = "".join(f"{c.spread(name):>24}" for c in cells.values())
         rows.append(f"{name:<18}{row}{int(errors[name]):>8}")
-    rows += ["", "CPU µs per request of each process the path crosses (utime+stime), median"]
+    return rows + _cpu_rows(cpu) + _ratio_rows(bench, cells)
+
+
+def _cpu_rows(cpu: dict[str, dict[str, Cells]]) -> list[str]:
+    rows = ["", "CPU µs per request of each process the path crosses (utime+stime), median"]
     for name in cpu["ka-off"]:
         for ka in ("ka-off", "ka-on"):
             per = cpu[ka].get(name, Cells()).values
             each = ", ".join(f"{label} {statistics.median(v):.0f}" for label, v in per.items())
             total = sum(statistics.median(v) for v in per.values())
             rows.append(f"  {name:<18}{ka:<8}{total:>5.0f} = {each}")
-    rows += ["", "per-round paired ratios (median [min-max]) against the targets"]
+    return rows
+
+
+def _ratio_rows(bench: Bench, cells: dict[str, Cells]) -> list[str]:
+    rows = ["", "per-round paired ratios (median [min-max]) against the targets"]
     targets = TARGETS + tuple(
         (metric, "node Envoy", "sidecars + mTLS", 0.5)
         for metric in ("p99 ka-off", "p99 ka-on")

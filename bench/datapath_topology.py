@@ -174,6 +174,22 @@ class Bench:
             f"--xds-socket={sock}",
             f"--admin=127.0.0.1:{AGENT_ADMIN}",
         ]
+        self.start_agent(agent)
+        bootstrap = self.work / "node-envoy.yaml"
+        rendered = render_bootstrap(xds_socket=sock, admin_port=NODE_ENVOY_ADMIN)
+        bootstrap.write_text(yaml.safe_dump(rendered))
+        node_id = ("--service-node", NODE_NAME, "--service-cluster", "nodemesh")
+        self.node_envoy = n.spawn(
+            self.envoy_argv(bootstrap, *node_id),
+            n.proxy_cgroup,
+            n.netns,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.proxy_pids["node Envoy"] = {"node Envoy": self.node_envoy.pid}
+
+    def start_agent(self, agent: list[str]) -> None:
+        n = self.node
         argv = self.placement.wrap(self.placement.envoy_cpus, agent)
         # Its log goes to a file: a pipe nobody reads would fill and stall it.
         log = self.work / "agent.log"
@@ -187,18 +203,6 @@ class Bench:
             time.sleep(0.1)
         else:
             raise SystemExit(f"nodemesh agent not ready after 120 s:\n{log.read_text()}")
-        bootstrap = self.work / "node-envoy.yaml"
-        rendered = render_bootstrap(xds_socket=sock, admin_port=NODE_ENVOY_ADMIN)
-        bootstrap.write_text(yaml.safe_dump(rendered))
-        node_id = ("--service-node", NODE_NAME, "--service-cluster", "nodemesh")
-        self.node_envoy = n.spawn(
-            self.envoy_argv(bootstrap, *node_id),
-            n.proxy_cgroup,
-            n.netns,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.proxy_pids["node Envoy"] = {"node Envoy": self.node_envoy.pid}
 
     def start_sidecars(self) -> subprocess.Popen[str]:
         """Istio's model: outbound capture (REDIRECT in the client pod's OUTPUT)
