@@ -56,6 +56,11 @@ def test_dump_then_cleanup_leaves_nothing(workdir: Path) -> None:
             "nm_sockops",
             "nm_sock_release",
         }
+        # getsockopt on the proxy's cgroup only (a pinned link and program).
+        assert "nm_getsockopt" not in {e["name"] for e in attached(node.mesh)}
+        assert [e["name"] for e in attached(node.proxy_cgroup)] == ["nm_getsockopt"]
+        assert (node.pin_dir / "links" / "nm_getsockopt_proxy").exists()
+        assert (node.pin_dir / "progs" / "nm_getsockopt").exists()
 
         dump = run_agent(node, "dump", f"--plan={plan_file}")
         assert dump.returncode == 0, dump.stderr

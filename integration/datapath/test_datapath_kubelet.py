@@ -9,8 +9,12 @@ the agent from a model whose pods carry UIDs, and shows:
 - the CNP-selected pod is steered to Envoy; a sibling pod is not;
 - Envoy, in its own pod slice and container scope, is never steered back to
   itself (its upstream connects to the VIP are translated);
+- the getsockopt program (SO_ORIGINAL_DST) is linked to Envoy's pod cgroup
+  only: the mesh cgroup has no getsockopt attachment, and a pod's
+  getsockopt() runs no BPF program;
 - after the Envoy pod "restarts" (new UID, new cgroup, model change) it is
-  recognised again, and its SO_ORIGINAL_DST answered, with nothing reattached.
+  recognised again and its SO_ORIGINAL_DST answered: the link moved to the
+  new pod cgroup, the old link is gone, nothing on the mesh cgroup changed.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nodemesh.ebpf import applier, loader, pinned
+from nodemesh.ebpf import applier, libbpf, loader, pinned
 from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
 from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.ebpf.mirrors import U32, Config
@@ -151,6 +155,76 @@ def attachments(cgroup: Path) -> list[tuple[str, int]]:
     return sorted((e["name"], e["id"]) for e in json.loads(out.strip() or b"[]"))
 
 
+def bpftool(*args: str) -> Any:
+    out = subprocess.run(["bpftool", "-j", *args], capture_output=True, check=True).stdout
+    return json.loads(out.strip() or b"null")
+
+
+def getsockopt_prog(config: loader.DatapathConfig) -> dict[str, Any]:
+    info: dict[str, Any] = bpftool(
+        "prog", "show", "pinned", str(config.progs_dir / "nm_getsockopt")
+    )
+    return info
+
+
+def getsockopt_links(config: loader.DatapathConfig) -> list[int]:
+    """The cgroup ids the getsockopt program is linked to, pinned or not."""
+    prog_id = getsockopt_prog(config)["id"]
+    return sorted(e["cgroup_id"] for e in bpftool("link", "show") if e["prog_id"] == prog_id)
+
+
+def links_become(config: loader.DatapathConfig, want: list[int]) -> None:
+    # A dropped link is freed by the kernel right after its last reference, or soon after.
+    for _ in range(600):
+        if getsockopt_links(config) == want:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"getsockopt linked to {getsockopt_links(config)}, not {want}")
+
+
+POD_GETSOCKOPTS = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 8080))
+for level, opt, size in ((socket.SOL_SOCKET, socket.SO_ERROR, 4),
+                         (socket.IPPROTO_TCP, socket.TCP_INFO, 104), (socket.SOL_IP, 80, 16)):
+    for _ in range(100):
+        try:
+            s.getsockopt(level, opt, size)
+        except OSError:
+            pass  # SO_ORIGINAL_DST: no conntrack entry, no program to answer
+print("done", flush=True)
+"""
+
+
+def getsockopt_runs(config: loader.DatapathConfig) -> int:
+    return int(getsockopt_prog(config).get("run_cnt", 0))
+
+
+def pod_getsockopts(node: MeshNode, pod: node_mod.Pod, server_ip: str) -> None:
+    argv = [sys.executable, "-c", POD_GETSOCKOPTS, server_ip]
+    out, _ = node.spawn(argv, pod.cgroup, pod.netns).communicate(timeout=120)
+    assert out.strip() == "done"
+
+
+def check_pods_run_no_getsockopt_program(
+    node: MeshNode, config: loader.DatapathConfig, pods: list[node_mod.Pod], server_ip: str
+) -> None:
+    """Run counts (kernel.bpf_stats via BPF_ENABLE_STATS, which ends with its
+    fd and leaves the sysctl as others set it): pods' getsockopt() calls run
+    nothing; Envoy's, for a steered connection, do."""
+    stats_fd = libbpf.check(libbpf.lib().bpf_enable_stats(0), "BPF_ENABLE_STATS run time")
+    try:
+        before = getsockopt_runs(config)
+        for pod in pods:
+            pod_getsockopts(node, pod, server_ip)
+        assert getsockopt_runs(config) == before
+        # Steered: Envoy asks SO_ORIGINAL_DST of each accepted connection.
+        connects(node, pods[0], 3)
+        assert getsockopt_runs(config) >= before + 3
+    finally:
+        os.close(stats_fd)
+
+
 def pinned_proxy_id(config: loader.DatapathConfig) -> int:
     with pinned.open_map(config.maps_dir, pinned.CONFIG) as m:
         value = m.lookup(U32(0))
@@ -210,9 +284,13 @@ def test_kubelet_tree_steers_selected_pod_and_follows_envoy_restarts(
     pods_v1 = (*workloads, envoy_pod("nodemesh-envoy-a", uids["envoy1"]))
     result = agent.apply_model(model("v1", pods_v1, b1.ip, everyone=False))
     assert result.unresolved_clients == ()
-    assert (
-        pinned_proxy_id(config) == os.stat(pod_slice(kubepods, "guaranteed", uids["envoy1"])).st_ino
-    )
+    envoy1_id = os.stat(pod_slice(kubepods, "guaranteed", uids["envoy1"])).st_ino
+    assert pinned_proxy_id(config) == envoy1_id
+    # getsockopt is linked to Envoy's pod cgroup, and to nothing else.
+    assert "nm_getsockopt" not in {name for name, _ in attachments(node.mesh)}
+    assert [n for n, _ in attachments(envoy_scope.parent)] == ["nm_getsockopt"]
+    assert loader.linked_cgroup(config.links_dir / loader.PROXY_LINK) == envoy1_id
+    assert getsockopt_links(config) == [envoy1_id]
 
     # The CNP-selected pod goes through Envoy, which reaches b1 by the VIP
     # (SO_ORIGINAL_DST answered, its own connect translated).
@@ -225,13 +303,16 @@ def test_kubelet_tree_steers_selected_pod_and_follows_envoy_restarts(
     direct = connects(node, other, 10)
     assert {r["peer"].split(":")[0] for r in direct} == {other.ip}
     assert stats(node)[LISTENER] == 10
+    # The steered pod, the other pod, the backend: no getsockopt program runs.
+    check_pods_run_no_getsockopt_program(node, config, [curl, other, b1], b1.ip)
+    assert stats(node)[LISTENER] == 13
 
     # Every client steered (a CEC): Envoy, in its own pod slice, is not.
     agent.apply_model(model("v2", pods_v1, b1.ip, everyone=True))
     everyone = connects(node, other, 10)
     assert other.ip not in {r["peer"].split(":")[0] for r in everyone}
     assert {r["backend"] for r in everyone} == {"b1"}
-    assert (stats(node)[LISTENER], stats(node)[UPSTREAM]) == (20, 20)
+    assert (stats(node)[LISTENER], stats(node)[UPSTREAM]) == (23, 23)
 
     # The Envoy pod restarts: new UID, new cgroup (another QoS class, too).
     # The model names the new pod before the kubelet has made its cgroup.
@@ -245,14 +326,22 @@ def test_kubelet_tree_steers_selected_pod_and_follows_envoy_restarts(
     envoy_scope = container_scope(kubepods, "burstable", uids["envoy2"])
     start_envoy(node, workdir, envoy_scope)
     # No further model: the agent's watch finds the cgroup once it exists.
-    asyncio.run(followed(agent, config, os.stat(envoy_scope.parent).st_ino))
+    envoy2_id = os.stat(envoy_scope.parent).st_ino
+    asyncio.run(followed(agent, config, envoy2_id))
     assert not agent.proxy.pending
 
+    # SO_ORIGINAL_DST answered again: Envoy's ORIGINAL_DST cluster reaches b1.
     again = connects(node, other, 10)
     assert other.ip not in {r["peer"].split(":")[0] for r in again}
     assert {r["backend"] for r in again} == {"b1"}
     assert (stats(node)[LISTENER], stats(node)[UPSTREAM]) == (10, 10)  # the new Envoy's counters
-    assert attachments(node.mesh) == links  # nothing was reattached
+    # The link moved: on the new pod cgroup, the old one's gone, the mesh untouched.
+    assert attachments(node.mesh) == links
+    assert [n for n, _ in attachments(envoy_scope.parent)] == ["nm_getsockopt"]
+    links_become(config, [envoy2_id])
+    assert sorted(p.name for p in config.links_dir.iterdir() if "getsockopt" in p.name) == [
+        loader.PROXY_LINK
+    ]
 
 
 def _yaml_pod(ns: str, name: str, uid: str, labels: dict[str, str], ip: str) -> dict[str, Any]:
@@ -312,7 +401,9 @@ def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
     node: MeshNode, workdir: Path
 ) -> None:
     """`nodemesh agent --model-dir --kubepods-cgroup=auto` with the deploy/
-    defaults for the Envoy pod, least privilege, pins read back."""
+    defaults for the Envoy pod, least privilege, pins read back; the
+    getsockopt link follows the Envoy pod and is re-adopted by a restarted
+    agent."""
     kubepods = node.mesh / "kubepods.slice"
     curl_uid, envoy1, envoy2 = (str(uuid.uuid4()) for _ in range(3))
     curl_pod = container_scope(kubepods, "burstable", curl_uid).parent
@@ -335,11 +426,14 @@ def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
         f"--model-dir={models}",
         "--watch",
     ]
-    node.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True))
+    agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
+    node.procs.append(agent)
     config = loader.DatapathConfig(pin_dir=node.pin_dir, cgroup=node.mesh)
     _log_until(workdir / "agent.log", "agent ready")
 
-    ino = lambda p: os.stat(p).st_ino  # noqa: E731
+    def ino(path: Path) -> int:
+        return os.stat(path).st_ino
+
     _pins_until(
         config,
         "curl's pod cgroup keyed, Envoy's pod as the proxy, kubepods as the pods cgroup",
@@ -357,6 +451,20 @@ def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
         "the restarted Envoy pod as the proxy",
         lambda cfg, r: cfg.proxy_cgroup_id == ino(new_envoy_pod),
     )
+    links_become(config, [ino(new_envoy_pod)])  # linked under least privilege
+    assert "nm_getsockopt" not in {name for name, _ in attachments(node.mesh)}
+
+    # A restarted agent swaps its program into the pinned link: same link, no gap.
+    link_pin = str(config.links_dir / loader.PROXY_LINK)
+    link_id = bpftool("link", "show", "pinned", link_pin)["id"]
+    agent.terminate()
+    agent.wait(timeout=60)
+    log = (workdir / "agent2.log").open("w")
+    node.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True))
+    _log_until(workdir / "agent2.log", "agent ready")
+    assert "'nm_getsockopt_proxy'" in (workdir / "agent2.log").read_text()  # updated=[...]
+    assert bpftool("link", "show", "pinned", link_pin)["id"] == link_id
+    links_become(config, [ino(new_envoy_pod)])  # carrying the new agent's program
 
 
 def test_during_a_rollout_the_running_envoy_pod_of_this_node_is_the_proxy(node: MeshNode) -> None:
@@ -387,6 +495,15 @@ def test_during_a_rollout_the_running_envoy_pod_of_this_node_is_the_proxy(node: 
     agent.pods.observe(pods)  # as the agent does with each model, before following
     agent.proxy.follow(pods)
     assert pinned_proxy_id(config) == os.stat(slices[1]).st_ino
+    assert getsockopt_links(config) == [os.stat(slices[1]).st_ino]
     # With no Envoy pod in the model, the last one known stays.
     agent.proxy.follow([])
     assert pinned_proxy_id(config) == os.stat(slices[1]).st_ino and not agent.proxy.pending
+    assert getsockopt_links(config) == [os.stat(slices[1]).st_ino]
+    # The rollout's next pod, while the old pod's cgroup is still there: the
+    # link moves to it, and the old pod's link goes.
+    rollout = [envoy("envoy-c", uids[0], "Running")]
+    agent.pods.observe(rollout)
+    agent.proxy.follow(rollout)
+    links_become(config, [os.stat(slices[0]).st_ino])
+    assert pinned_proxy_id(config) == os.stat(slices[0]).st_ino
