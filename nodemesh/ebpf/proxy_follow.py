@@ -77,6 +77,7 @@ class ProxyFollower:
         self.pending = False  # the model names an Envoy pod whose cgroup is not here yet
         self._seen: tuple[Pod, ...] = ()
         self._state = ""
+        self._link_error = ""  # the last one logged: a retry every poll says it once
         self._lock = threading.Lock()
 
     def follow(self, pods: Iterable[Pod]) -> None:
@@ -113,9 +114,13 @@ class ProxyFollower:
             # could be steered to this Envoy for being the proxy.
             moved = loader.attach_proxy(self.config, path)
         except DatapathError as exc:
-            # Gone between the lookups (a pod cgroup removed): not here.
-            log.warning("node Envoy pod cgroup not linked", pod=str(pod.ref), error=str(exc))
+            # Gone between the lookups (a pod cgroup removed), or refused:
+            # not the proxy yet; the watch tries again.
+            if str(exc) != self._link_error:
+                log.warning("node Envoy pod cgroup not linked", pod=str(pod.ref), error=str(exc))
+            self._link_error = str(exc)
             return False
+        self._link_error = ""
         changed = loader.set_proxy_cgroup(self.config.maps_dir, cgroup)
         if moved or changed:
             log.info("node Envoy pod followed", pod=str(pod.ref), cgroup_id=cgroup)
