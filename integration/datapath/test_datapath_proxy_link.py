@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,25 @@ def test_a_missing_proxy_cgroup_is_refused_by_name_and_the_link_stays(node: Mesh
     assert attached(node.proxy_cgroup) == {"nm_getsockopt"}
     link = config.links_dir / loader.PROXY_LINK
     assert loader.linked_cgroup(link) == node.proxy_cgroup.stat().st_ino
+
+
+def test_a_restarted_agent_drops_a_link_whose_envoy_pod_cgroup_is_gone(node: MeshNode) -> None:
+    """The Envoy pod went while the agent was down: the kernel auto-detached
+    its link (the cgroup was released), which cannot be updated; load()
+    drops it instead of failing, and the next pod is linked afresh."""
+    config = dataclasses.replace(node.config(), proxy_cgroup=None)
+    loader.load(node.config())
+    envoy_cgroup = node.mesh / "nodemesh-system_envoy"
+    envoy_cgroup.mkdir()
+    loader.attach_proxy(config, envoy_cgroup)
+    envoy_cgroup.rmdir()
+    link = config.links_dir / loader.PROXY_LINK
+    for _ in range(600):  # the cgroup is released asynchronously
+        if loader.linked_cgroup(link) == 0:
+            break
+        time.sleep(0.1)
+    loader.load(config)
+    assert not link.exists()
+    envoy_cgroup.mkdir()
+    assert loader.attach_proxy(config, envoy_cgroup)
+    assert attached(envoy_cgroup) == {"nm_getsockopt"}

@@ -47,6 +47,7 @@ def cgroup2_mount() -> Path:
 
 DEFAULT_CGROUP = cgroup2_mount() / "nodemesh"
 EPERM = 1
+ENOLINK = 67  # a cgroup link whose cgroup was released (auto-detached)
 # Linked to the proxy's cgroup, not the mesh's (see the module docstring).
 PROXY_PROGRAM = "nm_getsockopt"
 PROXY_LINK = "nm_getsockopt_proxy"
@@ -229,9 +230,16 @@ def _refresh_proxy(prog: int, config: DatapathConfig, report: LoadReport) -> Non
         link_fd = libbpf.check(lib.bpf_obj_get(str(link).encode()), f"open pinned link {link}")
         try:
             libbpf.check(lib.bpf_link_update(link_fd, prog_fd, None), f"update link {link.name}")
+            report.updated.append(PROXY_LINK)
+        except LoadError as exc:
+            if exc.errno != ENOLINK:
+                raise
+            # The Envoy pod's cgroup went while no agent ran: nothing is
+            # attached any more; the next proxy gets a link of its own.
+            link.unlink()
+            log.info("proxy link to a removed cgroup dropped", pin=str(link))
         finally:
             os.close(link_fd)
-        report.updated.append(PROXY_LINK)
     if config.proxy_cgroup is not None and attach_proxy(config, config.proxy_cgroup):
         report.created.append(PROXY_LINK)
 
