@@ -12,6 +12,7 @@
 #define NM_REVNAT_MAX 262144
 #define NM_REDIR_MAX 65536
 #define NM_ORIGDST_MAX 65536
+#define NM_PROXIES_MAX 64
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -64,5 +65,15 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nm_config_v2 SEC(".maps");
+
+/* The node Envoy pods' cgroup ids (every one of a rollout): never steered.
+ * Value: flags from the agent (unused by the programs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(max_entries, NM_PROXIES_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_proxies_v1 SEC(".maps");
 
 #endif /* NM_MAPS_H */
