@@ -32,7 +32,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nm_l7redir_v1 SEC(".maps");
 
-/* LRU: entries of closed sockets age out instead of needing a close hook. */
+/* Entries go when their socket does (cgroup/sock_release, sockops); LRU for
+ * what no hook can find (unconnected UDP). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct nm_revnat_key);
@@ -41,7 +42,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nm_revnat_v1 SEC(".maps");
 
-/* Steered sockets between connect() and the SYN, keyed by socket cookie. */
+/* Steered sockets between connect() and the SYN, keyed by socket cookie.
+ * Deleted at the SYN by sockops, or at release if the SYN never went out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, __u64);
