@@ -225,11 +225,16 @@ def check_pods_run_no_getsockopt_program(
         os.close(stats_fd)
 
 
-def pinned_proxy_id(config: loader.DatapathConfig) -> int:
+def pinned_proxies(config: loader.DatapathConfig) -> set[int]:
+    """The followed Envoy pods' cgroup ids; the single-proxy id stays 0."""
     with pinned.open_map(config.maps_dir, pinned.CONFIG) as m:
         value = m.lookup(U32(0))
-    assert isinstance(value, Config)
-    return int(value.proxy_cgroup_id)
+    assert isinstance(value, Config) and value.proxy_cgroup_id == 0
+    return loader.proxy_set(config.maps_dir)
+
+
+def pod_link(uid: str) -> str:
+    return loader.POD_LINK_PREFIX + uid
 
 
 async def followed(agent: DatapathAgent, config: loader.DatapathConfig, want: int) -> None:
@@ -237,7 +242,7 @@ async def followed(agent: DatapathAgent, config: loader.DatapathConfig, want: in
     watch = asyncio.create_task(agent.proxy.watch(interval=0.05), name="envoy-pod-watch")
     try:
         for _ in range(1200):  # a minute
-            if pinned_proxy_id(config) == want:
+            if pinned_proxies(config) == {want}:
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"the proxy cgroup id never became {want}")
@@ -285,11 +290,11 @@ def test_kubelet_tree_steers_selected_pod_and_follows_envoy_restarts(
     result = agent.apply_model(model("v1", pods_v1, b1.ip, everyone=False))
     assert result.unresolved_clients == ()
     envoy1_id = os.stat(pod_slice(kubepods, "guaranteed", uids["envoy1"])).st_ino
-    assert pinned_proxy_id(config) == envoy1_id
+    assert pinned_proxies(config) == {envoy1_id}
     # getsockopt is linked to Envoy's pod cgroup, and to nothing else.
     assert "nm_getsockopt" not in {name for name, _ in attachments(node.mesh)}
     assert [n for n, _ in attachments(envoy_scope.parent)] == ["nm_getsockopt"]
-    assert loader.linked_cgroup(config.links_dir / loader.PROXY_LINK) == envoy1_id
+    assert loader.linked_cgroup(config.links_dir / pod_link(uids["envoy1"])) == envoy1_id
     assert getsockopt_links(config) == [envoy1_id]
 
     # The CNP-selected pod goes through Envoy, which reaches b1 by the VIP
@@ -316,13 +321,13 @@ def test_kubelet_tree_steers_selected_pod_and_follows_envoy_restarts(
 
     # The Envoy pod restarts: new UID, new cgroup (another QoS class, too).
     # The model names the new pod before the kubelet has made its cgroup.
-    links, old_id = attachments(node.mesh), pinned_proxy_id(config)
+    links, old_ids = attachments(node.mesh), pinned_proxies(config)
     stop(envoy)
     remove_pod_cgroup(envoy_scope)
     pods_v3 = (*workloads, envoy_pod("nodemesh-envoy-b", uids["envoy2"]))
     agent.apply_model(model("v3", pods_v3, b1.ip, everyone=True))
     assert agent.proxy is not None and agent.proxy.pending
-    assert pinned_proxy_id(config) == old_id
+    assert pinned_proxies(config) == old_ids
     envoy_scope = container_scope(kubepods, "burstable", uids["envoy2"])
     start_envoy(node, workdir, envoy_scope)
     # No further model: the agent's watch finds the cgroup once it exists.
@@ -340,7 +345,7 @@ def test_kubelet_tree_steers_selected_pod_and_follows_envoy_restarts(
     assert [n for n, _ in attachments(envoy_scope.parent)] == ["nm_getsockopt"]
     links_become(config, [envoy2_id])
     assert sorted(p.name for p in config.links_dir.iterdir() if "getsockopt" in p.name) == [
-        loader.PROXY_LINK
+        pod_link(uids["envoy2"])
     ]
 
 
@@ -439,7 +444,8 @@ def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
         "curl's pod cgroup keyed, Envoy's pod as the proxy, kubepods as the pods cgroup",
         lambda cfg, r: (
             {k[0] for k in r} == {ino(curl_pod)}
-            and (cfg.proxy_cgroup_id, cfg.pods_cgroup_id) == (ino(envoy_pod), ino(kubepods))
+            and (cfg.proxy_cgroup_id, cfg.pods_cgroup_id) == (0, ino(kubepods))
+            and loader.proxy_set(config.maps_dir) == {ino(envoy_pod)}
         ),
     )
     # Envoy restarts: the model names the new pod first, its cgroup comes later.
@@ -449,25 +455,25 @@ def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
     _pins_until(
         config,
         "the restarted Envoy pod as the proxy",
-        lambda cfg, r: cfg.proxy_cgroup_id == ino(new_envoy_pod),
+        lambda cfg, r: loader.proxy_set(config.maps_dir) == {ino(new_envoy_pod)},
     )
     links_become(config, [ino(new_envoy_pod)])  # linked under least privilege
     assert "nm_getsockopt" not in {name for name, _ in attachments(node.mesh)}
 
     # A restarted agent swaps its program into the pinned link: same link, no gap.
-    link_pin = str(config.links_dir / loader.PROXY_LINK)
+    link_pin = str(config.links_dir / pod_link(envoy2))
     link_id = bpftool("link", "show", "pinned", link_pin)["id"]
     agent.terminate()
     agent.wait(timeout=60)
     log = (workdir / "agent2.log").open("w")
     node.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True))
     _log_until(workdir / "agent2.log", "agent ready")
-    assert "'nm_getsockopt_proxy'" in (workdir / "agent2.log").read_text()  # updated=[...]
+    assert f"'{pod_link(envoy2)}'" in (workdir / "agent2.log").read_text()  # updated=[...]
     assert bpftool("link", "show", "pinned", link_pin)["id"] == link_id
     links_become(config, [ino(new_envoy_pod)])  # carrying the new agent's program
 
 
-def test_during_a_rollout_the_running_envoy_pod_of_this_node_is_the_proxy(node: MeshNode) -> None:
+def test_during_a_rollout_every_envoy_pod_of_this_node_is_a_proxy(node: MeshNode) -> None:
     kubepods = node.mesh / "kubepods.slice"
     uids = [str(uuid.uuid4()) for _ in range(4)]
     slices = [container_scope(kubepods, "burstable", uid).parent for uid in uids]
@@ -485,25 +491,29 @@ def test_during_a_rollout_the_running_envoy_pod_of_this_node_is_the_proxy(node: 
     lookalike = Pod(
         ObjectRef(Kind.POD, "default", "a"), pairs(dict(ENVOY_LABELS)), (), NODE, uid=uids[3]
     )
-    # Every one has a cgroup here, and each of the others sorts before envoy-b.
+    # Every one has a cgroup here.
+    ids = [os.stat(s).st_ino for s in slices]
     pods = [
-        envoy("envoy-a", uids[0], "Pending"),  # not running yet
+        envoy("envoy-a", uids[0], "Pending"),  # starting: it may bind before it is Running
         envoy("envoy-b", uids[1], "Running"),
         envoy("envoy-0", uids[2], "Running", node_name="node-b"),  # another node's
         lookalike,  # the labels, in another namespace
     ]
     agent.pods.observe(pods)  # as the agent does with each model, before following
     agent.proxy.follow(pods)
-    assert pinned_proxy_id(config) == os.stat(slices[1]).st_ino
-    assert getsockopt_links(config) == [os.stat(slices[1]).st_ino]
-    # With no Envoy pod in the model, the last one known stays.
+    assert pinned_proxies(config) == {ids[0], ids[1]}
+    assert getsockopt_links(config) == sorted(ids[:2])
+    # With no Envoy pod in the model, the last ones known stay.
     agent.proxy.follow([])
-    assert pinned_proxy_id(config) == os.stat(slices[1]).st_ino and not agent.proxy.pending
-    assert getsockopt_links(config) == [os.stat(slices[1]).st_ino]
-    # The rollout's next pod, while the old pod's cgroup is still there: the
-    # link moves to it, and the old pod's link goes.
-    rollout = [envoy("envoy-c", uids[0], "Running")]
+    assert pinned_proxies(config) == {ids[0], ids[1]} and not agent.proxy.pending
+    assert getsockopt_links(config) == sorted(ids[:2])
+    # The old pod left the model while its cgroup is still there: its id
+    # and its link go; an ended pod is no proxy either.
+    rollout = [envoy("envoy-a", uids[0], "Running"), envoy("envoy-x", uids[3], "Succeeded")]
     agent.pods.observe(rollout)
     agent.proxy.follow(rollout)
-    links_become(config, [os.stat(slices[0]).st_ino])
-    assert pinned_proxy_id(config) == os.stat(slices[0]).st_ino
+    links_become(config, [ids[0]])
+    assert pinned_proxies(config) == {ids[0]}
+    assert sorted(p.name for p in config.links_dir.iterdir() if "getsockopt" in p.name) == [
+        pod_link(uids[0])
+    ]

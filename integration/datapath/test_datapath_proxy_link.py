@@ -93,7 +93,9 @@ def test_upgrade_with_a_followed_envoy_pod_keeps_the_mesh_link_until_the_pod_is_
     assert not legacy.exists()
     assert "nm_getsockopt" not in attached(node.mesh)
     assert attached(envoy_cgroup) == {"nm_getsockopt"}
-    assert loader.linked_cgroup(config.links_dir / loader.PROXY_LINK) == envoy_cgroup.stat().st_ino
+    link = config.links_dir / f"{loader.POD_LINK_PREFIX}nodemesh-system_envoy"
+    assert loader.linked_cgroup(link) == envoy_cgroup.stat().st_ino
+    assert loader.proxy_set(config.maps_dir) == {envoy_cgroup.stat().st_ino}
 
 
 def test_a_missing_proxy_cgroup_is_refused_by_name_and_the_link_stays(node: MeshNode) -> None:

@@ -11,7 +11,10 @@ linked to the proxy's cgroup only (link `nm_getsockopt_proxy`), because a
 cgroup getsockopt program makes every getsockopt() below it take the
 kernel's slower cgroup path. The program is pinned too (`<pin_dir>/progs/`),
 so the agent can link it to a restarted Envoy's new cgroup (`attach_proxy`)
-without loading anything.
+without loading anything. A fixed `--proxy-cgroup` has one link,
+`nm_getsockopt_proxy`; followed Envoy pods have one each,
+`nm_getsockopt_pod_<pod uid>`, because during a surge rollout two of them
+run at once and both ask SO_ORIGINAL_DST.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import structlog
 from nodemesh.ebpf import libbpf, pinned, preflight
 from nodemesh.ebpf.build import build_objects
 from nodemesh.ebpf.errors import LoadError, PrerequisiteMissing
-from nodemesh.ebpf.mirrors import U32, Config
+from nodemesh.ebpf.mirrors import U32, U64, Config
 
 log = structlog.get_logger("nodemesh.ebpf.loader")
 
@@ -51,6 +54,8 @@ ENOLINK = 67  # a cgroup link whose cgroup was released (auto-detached)
 # Linked to the proxy's cgroup, not the mesh's (see the module docstring).
 PROXY_PROGRAM = "nm_getsockopt"
 PROXY_LINK = "nm_getsockopt_proxy"
+# + the Envoy pod's uid: one link per followed pod (bpffs refuses dots in names)
+POD_LINK_PREFIX = "nm_getsockopt_pod_"
 # Where agents before the proxy link pinned nm_getsockopt's mesh-cgroup link.
 LEGACY_MESH_LINK = "nm_getsockopt"
 BPF_CGROUP_GETSOCKOPT = 21  # enum bpf_attach_type (linux/bpf.h)
@@ -225,12 +230,11 @@ def _refresh_proxy(prog: int, config: DatapathConfig, report: LoadReport) -> Non
     if pin.exists():
         pin.unlink()  # only attach_proxy reads it, and after load()
     libbpf.check(lib.bpf_obj_pin(prog_fd, str(pin).encode()), f"pin program {pin}")
-    link = config.links_dir / PROXY_LINK
-    if link.exists():
+    for link in proxy_links(config):
         link_fd = libbpf.check(lib.bpf_obj_get(str(link).encode()), f"open pinned link {link}")
         try:
             libbpf.check(lib.bpf_link_update(link_fd, prog_fd, None), f"update link {link.name}")
-            report.updated.append(PROXY_LINK)
+            report.updated.append(link.name)
         except LoadError as exc:
             if exc.errno != ENOLINK:
                 raise
@@ -244,16 +248,28 @@ def _refresh_proxy(prog: int, config: DatapathConfig, report: LoadReport) -> Non
         report.created.append(PROXY_LINK)
 
 
-def attach_proxy(config: DatapathConfig, target: Path) -> bool:
-    """Link the pinned getsockopt program to the proxy's cgroup `target`.
+def proxy_links(config: DatapathConfig) -> list[Path]:
+    """The pinned getsockopt links: the fixed proxy's and each followed pod's."""
+    if not config.links_dir.is_dir():
+        return []
+    return sorted(
+        p
+        for p in config.links_dir.iterdir()
+        if p.name == PROXY_LINK or p.name.startswith(POD_LINK_PREFIX)
+    )
+
+
+def attach_proxy(config: DatapathConfig, target: Path, name: str = PROXY_LINK) -> bool:
+    """Link the pinned getsockopt program to the proxy's cgroup `target`,
+    pinned as `links/<name>`.
 
     True if a link was made. The new link is pinned beside the old one and
-    renamed over it, so the old link (a previous Envoy pod's cgroup) is
-    detached only once the new one is live: during a rollout there is no
-    moment where neither Envoy is answered SO_ORIGINAL_DST.
+    renamed over it, so an old link of that name (elsewhere) is detached
+    only once the new one is live: there is no moment where the proxy is not
+    answered SO_ORIGINAL_DST.
     """
     lib = libbpf.lib()
-    pin = config.links_dir / PROXY_LINK
+    pin = config.links_dir / name
     try:
         want = cgroup_id(target)
         if linked_cgroup(pin) == want:
@@ -276,7 +292,7 @@ def attach_proxy(config: DatapathConfig, target: Path) -> bool:
             os.close(prog_fd)
     finally:
         os.close(cg_fd)
-    staged = config.links_dir / f"{PROXY_LINK}_new"
+    staged = config.links_dir / f"{name}_new"
     try:
         if staged.exists():
             staged.unlink()  # left by an agent that died here
@@ -286,7 +302,17 @@ def attach_proxy(config: DatapathConfig, target: Path) -> bool:
     # The old link's pin was its last reference: replacing it detaches it.
     os.replace(staged, pin)
     _drop_legacy(config)
-    log.info("getsockopt linked to the proxy cgroup", cgroup=str(target), cgroup_id=want)
+    log.info("getsockopt linked to a proxy cgroup", cgroup=str(target), cgroup_id=want, pin=name)
+    return True
+
+
+def detach_proxy(config: DatapathConfig, name: str) -> bool:
+    """Drop the pinned getsockopt link `name` (its last reference: detached)."""
+    pin = config.links_dir / name
+    if not pin.exists():
+        return False
+    pin.unlink()
+    log.info("getsockopt link dropped", pin=name)
     return True
 
 
@@ -366,6 +392,26 @@ def write_config(config: DatapathConfig) -> None:
         if config.proxy_cgroup is not None:
             proxy = cgroup_id(config.proxy_cgroup)
         cfg_map.update(U32(0), Config(proxy_cgroup_id=proxy, pods_cgroup_id=pods))
+
+
+def proxy_set(maps_dir: Path) -> set[int]:
+    """The cgroup ids in `nm_proxies_v1` (followed Envoy pods)."""
+    with pinned.open_map(maps_dir, pinned.PROXIES) as m:
+        return {int(k.as_tuple()[0]) for k in m.iter_keys()}
+
+
+def add_proxy(maps_dir: Path, cgroup: int, flags: int = 0) -> bool:
+    """Put a cgroup in the proxy set; True if it was not there."""
+    with pinned.open_map(maps_dir, pinned.PROXIES) as m:
+        if m.lookup(U64(cgroup)) is not None:
+            return False
+        m.update(U64(cgroup), U32(flags))
+    return True
+
+
+def remove_proxy(maps_dir: Path, cgroup: int) -> bool:
+    with pinned.open_map(maps_dir, pinned.PROXIES) as m:
+        return m.delete(U64(cgroup))
 
 
 def set_proxy_cgroup(maps_dir: Path, proxy_cgroup_id: int) -> bool:

@@ -39,8 +39,10 @@ REVNAT = MapSpec("nm_revnat_v1", RevNatKey, OrigDst, 262144)
 REDIR = MapSpec("nm_redir_v1", U64, OrigDst, 65536)
 ORIGDST = MapSpec("nm_origdst_v1", OrigDstKey, OrigDst, 65536)
 CONFIG = MapSpec("nm_config_v2", U32, Config, 1)
+# cgroup id -> flags: every node Envoy pod of a rollout (proxy_follow).
+PROXIES = MapSpec("nm_proxies_v1", U64, U32, 64)
 
-ALL_MAPS = (SERVICES, L7REDIR, REVNAT, REDIR, ORIGDST, CONFIG)
+ALL_MAPS = (SERVICES, L7REDIR, REVNAT, REDIR, ORIGDST, CONFIG, PROXIES)
 
 
 def open_map(maps_dir: Path, spec: MapSpec) -> PinnedMap[Mirror, Mirror]:

@@ -1,14 +1,22 @@
-"""The node Envoy's identity in the kernel: its pod's cgroup, followed.
+"""The node Envoy's identity in the kernel: its pods' cgroups, followed.
 
-Nothing below the proxy's cgroup is ever steered (its upstream connects
-would loop back into it), and only it is answered SO_ORIGINAL_DST. A
-DaemonSet's Envoy gets a new pod, UID and cgroup with every restart, so the
-agent finds its node's Envoy pod in each model, links the getsockopt program
-to that pod's cgroup (the new link before the old one goes:
-`loader.attach_proxy`) and writes the cgroup's id to `nm_config_v2`. A model
-can name the new pod before the kubelet has made its cgroup; until it
-appears, `watch()` looks again every half second, so the window where the
-new Envoy is not yet known stays that short.
+Nothing below a proxy's cgroup is ever steered (its upstream connects would
+loop back into it), and only proxies are answered SO_ORIGINAL_DST. A
+DaemonSet's Envoy gets a new pod, UID and cgroup with every restart, and a
+surge rollout (maxSurge 1, maxUnavailable 0) runs the draining pod and its
+successor side by side, sharing the listener ports through SO_REUSEPORT. So
+the kernel knows a SET of proxies: every Envoy pod of this node in the model
+that has not ended (Pending ones too: with SO_REUSEPORT a new Envoy takes
+connections as soon as it binds, before the model may call it Running) and
+whose cgroup is here. Each gets its own getsockopt link
+(`links/nm_getsockopt_pod_<uid>`) before its cgroup id enters
+`nm_proxies_v1`; a pod that left the model leaves the set, then loses its
+link. A model can name a new pod before the kubelet has made its cgroup;
+until it appears, `watch()` looks again every half second.
+
+The follower keeps no state of its own: what is pinned (links, set) is
+reconciled against each model, so a restarted agent picks up where the last
+one stopped.
 """
 
 from __future__ import annotations
@@ -32,8 +40,10 @@ log = structlog.get_logger("nodemesh.ebpf.proxy_follow")
 
 PROXY_RESOLVED = Gauge(
     "nodemesh_datapath_proxy_resolved",
-    "1 while the node Envoy pod's cgroup is known to the kernel (its connects are never steered)",
+    "1 while at least one node Envoy pod's cgroup is known to the kernel",
 )
+PROXIES = Gauge("nodemesh_datapath_proxies", "Node Envoy pod cgroups in nm_proxies_v1")
+ENDED = ("Succeeded", "Failed")  # phases whose processes are gone
 POLL_SECONDS = 0.5
 
 
@@ -60,9 +70,14 @@ class ProxyPod:
         return f"{self.namespace}/{','.join(f'{k}={v}' for k, v in self.labels)}"
 
 
+def link_name(pod: Pod) -> str:
+    """The pinned getsockopt link of a followed pod (its UID, which the
+    kubelet also names its cgroup by; namespace_name without one)."""
+    return loader.POD_LINK_PREFIX + (pod.uid or f"{pod.ref.namespace}_{pod.ref.name}")
+
+
 class ProxyFollower:
-    """Keeps the getsockopt link and `nm_config_v2.proxy_cgroup_id` on this
-    node's Envoy pod.
+    """Keeps the getsockopt links and `nm_proxies_v1` on this node's Envoy pods.
 
     `follow()` runs from the agent's apply thread and `watch()` on the event
     loop; a lock keeps their writes in order."""
@@ -88,43 +103,63 @@ class ProxyFollower:
     def _follow(self) -> None:
         node = self.node_name
         mine = [
-            p for p in self._seen if self.selector.matches(p) and (not node or p.node_name == node)
+            p
+            for p in self._seen
+            if self.selector.matches(p)
+            and (not node or p.node_name == node)
+            and p.phase not in ENDED
         ]
-        # A running pod over a pending or terminating one; then by name, so
-        # the choice is stable while two exist during a rollout.
-        mine.sort(key=lambda p: (p.phase != "Running", p.ref.name))
-        for pod in mine:
-            if self._adopt(pod):
-                self.pending = False
-                self._tell("resolved", 1)
-                return
-        self.pending = bool(mine)
+        linked = {name: cg for pod in mine if (name := link_name(pod)) and (cg := self._adopt(pod))}
+        self.pending = len(linked) < len(mine)
+        if linked:
+            self._retire(linked)
+            self._tell("resolved", 1)
+            return
+        # No Envoy pod of this node here (none in the model, or none started
+        # yet): the last ones known stay, or an Envoy still running would be
+        # steered back to itself.
         state = "waiting for " + ", ".join(str(p.ref) for p in mine) if mine else "absent"
         self._tell(state, 0)
 
-    def _adopt(self, pod: Pod) -> bool:
-        """Make `pod` the proxy if its cgroup is here; False if it is not."""
+    def _adopt(self, pod: Pod) -> int:
+        """Link `pod`, then put it in the set; its cgroup id, 0 if it is not here."""
         name = f"{pod.ref.namespace}/{pod.ref.name}"
         cgroup = self.pods.cgroup_id(name)
         if cgroup is None:
-            return False
+            return 0
         try:
             path = self.pods.path_of(name)
             # The link first: SO_ORIGINAL_DST is answered before anything
-            # could be steered to this Envoy for being the proxy.
-            moved = loader.attach_proxy(self.config, path)
+            # could be steered to this Envoy for being a proxy.
+            moved = loader.attach_proxy(self.config, path, link_name(pod))
         except DatapathError as exc:
             # Gone between the lookups (a pod cgroup removed), or refused:
-            # not the proxy yet; the watch tries again.
+            # not a proxy yet; the watch tries again.
             if str(exc) != self._link_error:
                 log.warning("node Envoy pod cgroup not linked", pod=str(pod.ref), error=str(exc))
             self._link_error = str(exc)
-            return False
+            return 0
         self._link_error = ""
-        changed = loader.set_proxy_cgroup(self.config.maps_dir, cgroup)
-        if moved or changed:
+        added = loader.add_proxy(self.config.maps_dir, cgroup)
+        if moved or added:
             log.info("node Envoy pod followed", pod=str(pod.ref), cgroup_id=cgroup)
-        return True
+        return cgroup
+
+    def _retire(self, linked: dict[str, int]) -> None:
+        """Everything pinned that is not `linked`: out of the set, then unlinked."""
+        maps_dir = self.config.maps_dir
+        # What a single-proxy agent left: its id, then its link (the pod it
+        # followed is in `linked` by now, under its own link).
+        loader.set_proxy_cgroup(maps_dir, 0)
+        loader.detach_proxy(self.config, loader.PROXY_LINK)
+        keep = set(linked.values())
+        for cgroup in loader.proxy_set(maps_dir) - keep:
+            loader.remove_proxy(maps_dir, cgroup)
+            log.info("node Envoy pod left the proxy set", cgroup_id=cgroup)
+        for pin in loader.proxy_links(self.config):
+            if pin.name not in linked:
+                loader.detach_proxy(self.config, pin.name)
+        PROXIES.set(len(keep))
 
     def _tell(self, state: str, resolved: int) -> None:
         PROXY_RESOLVED.set(resolved)

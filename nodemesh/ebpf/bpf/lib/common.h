@@ -92,7 +92,9 @@ struct nm_origdst_key {
  * processes they cover, because a kubelet puts processes in per-container
  * children of the pod cgroup. 0 means unset. */
 struct nm_config {
-	__u64 proxy_cgroup_id; /* the node Envoy's pod cgroup: translated, never steered */
+	/* A fixed proxy cgroup (--proxy-cgroup): translated, never steered.
+	 * Followed Envoy pods are in nm_proxies_v1 instead (0 here then). */
+	__u64 proxy_cgroup_id;
 	__u64 pods_cgroup_id;  /* pod cgroups sit one or two levels below it */
 	__u32 flags;
 	__u32 pad;

@@ -11,8 +11,9 @@
  * at 7 in a kind node; 16 leaves room for nesting. */
 #define NM_MAX_CGROUP_LEVEL 16
 
-/* Who the current task is, from its cgroup ancestry: the proxy (anything
- * below proxy_cgroup_id), and which of its ancestors could be a pod cgroup
+/* Who the current task is, from its cgroup ancestry: a proxy (anything at
+ * or below a cgroup in nm_proxies_v1, or below the fixed proxy_cgroup_id),
+ * and which of its ancestors could be a pod cgroup
  * (one or two levels below pods_cgroup_id: Guaranteed pods sit directly in
  * kubepods, the other QoS classes one slice deeper). */
 struct nm_client {
@@ -43,7 +44,9 @@ static __always_inline void nm_client_of(const struct nm_config *cfg, struct nm_
 
 		if (id == 0)
 			return;
-		if (id == cfg->proxy_cgroup_id) {
+		/* A set, not one id: during an Envoy rollout the draining pod
+		 * and its successor both run, and neither may be steered. */
+		if (id == cfg->proxy_cgroup_id || bpf_map_lookup_elem(&nm_proxies_v1, &id)) {
 			out->proxy = true;
 			return;
 		}
@@ -61,7 +64,7 @@ static __always_inline bool nm_is_proxy(void)
 	const struct nm_config *cfg = nm_config();
 	struct nm_client client = {};
 
-	if (!cfg || cfg->proxy_cgroup_id == 0)
+	if (!cfg)
 		return false;
 	nm_client_of(cfg, &client);
 	return client.proxy;
