@@ -62,6 +62,10 @@ def _resolve(types: dict[int, BtfType], tid: int) -> tuple[int, list[str]]:
     while t.kind in ("TYPEDEF", "VOLATILE", "CONST"):
         names.append(t.name)
         t = types[int(t.attrs["type_id"])]
+    if t.kind == "ARRAY":
+        # An IPv6 address as __be32[4]: the element's typedefs name its order.
+        elem, elem_names = _resolve(types, int(t.attrs["type_id"]))
+        return elem * int(t.attrs["nr_elems"]), names + elem_names
     return int(t.attrs.get("size", 0)), names
 
 

@@ -38,7 +38,33 @@ class Mirror(ctypes.Structure):
     C_STRUCT: ClassVar[str] = ""
 
     def as_tuple(self) -> tuple[int, ...]:
-        return tuple(int(getattr(self, name)) for name, *_ in self._fields_)
+        return tuple(_as_int(getattr(self, name)) for name, *_ in self._fields_)
+
+
+def _as_int(value: object) -> int:
+    # An IPv6 address field (__be32[4]) reads as a ctypes array: its bytes,
+    # in memory (network) order, are the address's integer value.
+    if isinstance(value, ctypes.Array):
+        return int.from_bytes(bytes(value), "big")
+    assert isinstance(value, int)
+    return value
+
+
+IP6 = ctypes.c_uint32 * 4
+
+
+def ip6_int(address: str) -> int:
+    """IPv6 text (or an IPv4-mapped one) -> the address as one integer."""
+    return int(ipaddress.IPv6Address(address))
+
+
+def ip6_words(value: int) -> ctypes.Array[ctypes.c_uint32]:
+    """An address integer -> the __be32[4] a map key holds."""
+    return IP6.from_buffer_copy(value.to_bytes(16, "big"))
+
+
+def ip6_str(value: int) -> str:
+    return str(ipaddress.IPv6Address(value))
 
 
 class ServiceKey(Mirror):
@@ -109,6 +135,46 @@ class OrigDstKey(Mirror):
     )
 
 
+class ServiceKey6(Mirror):
+    C_STRUCT = "nm_service6_key"
+    _fields_ = (
+        ("vip_be", IP6),
+        ("port_be", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("slot", ctypes.c_uint32),
+    )
+
+
+class ServiceValue6(Mirror):
+    C_STRUCT = "nm_service6_value"
+    _fields_ = (
+        ("addr_be", IP6),
+        ("port_be", ctypes.c_uint16),
+        ("count", ctypes.c_uint16),
+    )
+
+
+class RevNatKey6(Mirror):
+    C_STRUCT = "nm_revnat6_key"
+    _fields_ = (
+        ("cookie", ctypes.c_uint64),
+        ("addr_be", IP6),
+        ("port_be", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint32),
+    )
+
+
+class OrigDst6(Mirror):
+    C_STRUCT = "nm_origdst6"
+    _fields_ = (
+        ("addr_be", IP6),
+        ("port_be", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    )
+
+
 class Config(Mirror):
     C_STRUCT = "nm_config"
     _fields_ = (
@@ -146,4 +212,8 @@ ALL_MIRRORS: tuple[type[Mirror], ...] = (
     OrigDst,
     OrigDstKey,
     Config,
+    ServiceKey6,
+    ServiceValue6,
+    RevNatKey6,
+    OrigDst6,
 )

@@ -18,10 +18,14 @@ from nodemesh.ebpf.mirrors import (
     L7RedirValue,
     Mirror,
     OrigDst,
+    OrigDst6,
     OrigDstKey,
     RevNatKey,
+    RevNatKey6,
     ServiceKey,
+    ServiceKey6,
     ServiceValue,
+    ServiceValue6,
 )
 
 
@@ -42,7 +46,11 @@ CONFIG = MapSpec("nm_config_v2", U32, Config, 1)
 # cgroup id -> flags: every node Envoy pod of a rollout (proxy_follow).
 PROXIES = MapSpec("nm_proxies_v1", U64, U32, 64)
 
-ALL_MAPS = (SERVICES, L7REDIR, REVNAT, REDIR, ORIGDST, CONFIG, PROXIES)
+# IPv6 (bpf/lib/maps6.h): the same roles with 16-byte addresses.
+SERVICES6 = MapSpec("nm_services6_v1", ServiceKey6, ServiceValue6, 65536)
+REVNAT6 = MapSpec("nm_revnat6_v1", RevNatKey6, OrigDst6, 262144)
+
+ALL_MAPS = (SERVICES, L7REDIR, REVNAT, REDIR, ORIGDST, CONFIG, PROXIES, SERVICES6, REVNAT6)
 
 
 def open_map(maps_dir: Path, spec: MapSpec) -> PinnedMap[Mirror, Mirror]:

@@ -78,4 +78,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nm_proxies_v1 SEC(".maps");
 
+/* IPv6: declared by every object too, so each one pins the same set. */
+#include "maps6.h"
+
 #endif /* NM_MAPS_H */
