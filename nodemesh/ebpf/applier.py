@@ -4,6 +4,8 @@ For each frontend the applier writes new or moved backend slots first, then
 the frontend's count; only then does it delete slots past the new count. A
 removed frontend loses its frontend entry first and its slots after. L7
 redirects are added after their frontend exists and removed before it goes.
+IPv6 frontends go to nm_services6_v1 under the same rules; an IPv4 frontend
+takes only IPv4 backends and an IPv6 one only IPv6 ones.
 
 The starting point is always what is pinned, never an empty map: a restarted
 agent that applies the same plan writes nothing. A plan that would overflow a
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -29,7 +31,11 @@ from nodemesh.ebpf.mirrors import (
     L7RedirValue,
     Mirror,
     ServiceKey,
+    ServiceKey6,
     ServiceValue,
+    ServiceValue6,
+    ip6_int,
+    ip6_words,
     ip_be,
     port_be,
 )
@@ -39,7 +45,8 @@ log = structlog.get_logger("nodemesh.ebpf.applier")
 IPPROTO: dict[int, int] = {pb.TCP: 6, pb.UDP: 17}
 MAX_BACKENDS = 0xFFFF  # nm_service_value.count is a __u16
 
-# (vip_be, port_be, proto) and (addr_be, port_be)
+# (vip_be, port_be, proto) and (addr_be, port_be); an IPv6 address is its
+# 128-bit integer (the mirrors' as_tuple form).
 Frontend = tuple[int, int, int]
 Addr = tuple[int, int]
 # (cgroup_id, vip_be, port_be, proto)
@@ -53,6 +60,7 @@ class Desired:
     frontends: dict[Frontend, list[Addr]]
     redirects: dict[L7Key, Addr]
     unresolved_clients: tuple[str, ...] = ()
+    frontends6: dict[Frontend, list[Addr]] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +78,24 @@ def _ipv4(entry: str, field_name: str, value: str) -> int:
         raise PlanError(f"{entry}: {field_name}: {value!r} is not an IPv4 address") from exc
 
 
+def _family(entry: str, field_name: str, value: str) -> int:
+    """4 or 6; an IPv4-mapped IPv6 address is refused: the kernel looks
+    those up in the IPv4 map (a dual-stack socket reaching an IPv4 VIP)."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise PlanError(f"{entry}: {field_name}: {value!r} is not an IPv4 or IPv6 address") from exc
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        raise PlanError(f"{entry}: {field_name}: {value!r} is IPv4-mapped; use {ip.ipv4_mapped}")
+    return ip.version
+
+
+def _ip(entry: str, field_name: str, value: str, version: int) -> int:
+    if _family(entry, field_name, value) != version:
+        raise PlanError(f"{entry}: {field_name}: {value!r} is not an IPv{version} address")
+    return _ipv4(entry, field_name, value) if version == 4 else ip6_int(value)
+
+
 def _port(entry: str, field_name: str, value: int) -> int:
     if not 1 <= value <= 0xFFFF:
         raise PlanError(f"{entry}: {field_name}: {value} is not a port (1-65535)")
@@ -82,9 +108,11 @@ def _proto(entry: str, value: int) -> int:
     return IPPROTO[value]
 
 
-def _frontend(fe: pb.ServiceFrontend) -> tuple[Frontend, list[Addr]]:
+def _frontend(fe: pb.ServiceFrontend) -> tuple[int, Frontend, list[Addr]]:
+    """(address family, key, backends): backends of the VIP's family only."""
+    version = _family(fe.name, "vip", fe.vip)
     key = (
-        _ipv4(fe.name, "vip", fe.vip),
+        _ip(fe.name, "vip", fe.vip, version),
         _port(fe.name, "port", fe.port),
         _proto(fe.name, fe.protocol),
     )
@@ -94,25 +122,29 @@ def _frontend(fe: pb.ServiceFrontend) -> tuple[Frontend, list[Addr]]:
     for i, b in enumerate(fe.backends):
         where = f"backends[{i}]"
         addr = (
-            _ipv4(fe.name, f"{where}.address", b.address),
+            _ip(fe.name, f"{where}.address", b.address, version),
             _port(fe.name, f"{where}.port", b.port),
         )
         addrs.setdefault(addr)
-    return key, list(addrs)
+    return version, key, list(addrs)
 
 
 def compile_plan(plan: pb.DatapathPlan, proxy_address: str | None, pods: PodCgroups) -> Desired:
     frontends: dict[Frontend, list[Addr]] = {}
+    frontends6: dict[Frontend, list[Addr]] = {}
     for fe in plan.frontends:
-        key, addrs = _frontend(fe)
-        if key in frontends:
+        version, key, addrs = _frontend(fe)
+        into = frontends if version == 4 else frontends6
+        if key in into:
             raise PlanError(f"{fe.name}: vip/port/protocol: duplicates another frontend")
-        frontends[key] = addrs
+        into[key] = addrs
     redirects: dict[L7Key, Addr] = {}
     unresolved: list[str] = []
     for r in plan.redirects:
         if proxy_address is None:
             raise PlanError(f"{r.name}: the agent has no proxy address (--proxy-address)")
+        if _family(r.name, "vip", r.vip) == 6:
+            raise PlanError(f"{r.name}: vip: {r.vip!r}: IPv6 connections are not steered yet")
         fe_key = (
             _ipv4(r.name, "vip", r.vip),
             _port(r.name, "port", r.port),
@@ -133,19 +165,40 @@ def compile_plan(plan: pb.DatapathPlan, proxy_address: str | None, pods: PodCgro
                 cgroups.append(cg)
         for cg in cgroups:
             redirects[(cg, *fe_key)] = target
-    return Desired(frontends, redirects, tuple(sorted(set(unresolved))))
+    return Desired(frontends, redirects, tuple(sorted(set(unresolved))), frontends6)
 
 
-def _svc_key(fe: Frontend, slot: int) -> ServiceKey:
+# Which services map an op is for: "services" (IPv4) or "services6".
+SERVICES6 = "services6"
+SlotValue = ServiceValue | ServiceValue6
+
+
+def _svc_key(fe: Frontend, slot: int, map_: str = "services") -> Mirror:
+    if map_ == SERVICES6:
+        return ServiceKey6(vip_be=ip6_words(fe[0]), port_be=fe[1], proto=fe[2], slot=slot)
     return ServiceKey(vip_be=fe[0], port_be=fe[1], proto=fe[2], slot=slot)
 
 
-def read_services(m: PinnedMap[Mirror, Mirror]) -> dict[Frontend, dict[int, ServiceValue]]:
-    """Pinned services, grouped: frontend -> slot -> value (slot 0 is the count)."""
-    out: dict[Frontend, dict[int, ServiceValue]] = {}
+def _svc_value(map_: str, addr: Addr = (0, 0), count: int = 0) -> SlotValue:
+    if map_ == SERVICES6:
+        return ServiceValue6(addr_be=ip6_words(addr[0]), port_be=addr[1], count=count)
+    return ServiceValue(addr_be=addr[0], port_be=addr[1], count=count)
+
+
+def slot_addr(value: SlotValue) -> Addr:
+    addr, port, _count = value.as_tuple()
+    return addr, port
+
+
+def read_services(m: PinnedMap[Mirror, Mirror]) -> dict[Frontend, dict[int, SlotValue]]:
+    """Pinned services (either map), grouped: frontend -> slot -> value
+    (slot 0 is the count)."""
+    out: dict[Frontend, dict[int, SlotValue]] = {}
     for key, value in m.items().values():
-        assert isinstance(key, ServiceKey) and isinstance(value, ServiceValue)
-        out.setdefault((key.vip_be, key.port_be, key.proto), {})[key.slot] = value
+        assert isinstance(key, ServiceKey | ServiceKey6)
+        assert isinstance(value, ServiceValue | ServiceValue6)
+        vip, port, proto, _pad, slot = key.as_tuple()
+        out.setdefault((vip, port, proto), {})[slot] = value
     return out
 
 
@@ -183,30 +236,28 @@ class Op:
         return f"{verb} {self.map} {self.key.as_tuple()}"
 
 
-def _grow_ops(fe: Frontend, slots: dict[int, ServiceValue], desired: list[Addr]) -> list[Op]:
+def _grow_ops(
+    fe: Frontend, slots: dict[int, SlotValue], desired: list[Addr], m: str = "services"
+) -> list[Op]:
     """Ops for a new or changed frontend, in the never-empty order."""
-    count = slots[0].count if 0 in slots else 0
-    current = [
-        (slots[i].addr_be, slots[i].port_be) if i in slots else (0, 0) for i in range(1, count + 1)
-    ]
+    count = int(slots[0].count) if 0 in slots else 0
+    current = [slot_addr(slots[i]) if i in slots else (0, 0) for i in range(1, count + 1)]
     layout = _layout(current, desired)
     ops: list[Op] = []
     for i, addr in enumerate(layout, start=1):
         have = slots.get(i)
-        if have is None or (have.addr_be, have.port_be) != addr:
-            ops.append(
-                Op("services", _svc_key(fe, i), ServiceValue(addr_be=addr[0], port_be=addr[1]))
-            )
+        if have is None or slot_addr(have) != addr:
+            ops.append(Op(m, _svc_key(fe, i, m), _svc_value(m, addr)))
     if 0 not in slots or count != len(layout):
-        ops.append(Op("services", _svc_key(fe, 0), ServiceValue(count=len(layout))))
+        ops.append(Op(m, _svc_key(fe, 0, m), _svc_value(m, count=len(layout))))
     # Past the new count, including strays a crashed agent may have left.
-    ops += [Op("services", _svc_key(fe, i), None) for i in sorted(slots) if i > len(layout)]
+    ops += [Op(m, _svc_key(fe, i, m), None) for i in sorted(slots) if i > len(layout)]
     return ops
 
 
-def _remove_ops(fe: Frontend, slots: dict[int, ServiceValue]) -> list[Op]:
+def _remove_ops(fe: Frontend, slots: dict[int, SlotValue], m: str = "services") -> list[Op]:
     order = sorted(slots)  # slot 0, the frontend, goes first
-    return [Op("services", _svc_key(fe, i), None) for i in order]
+    return [Op(m, _svc_key(fe, i, m), None) for i in order]
 
 
 def _l7_op(key: L7Key, target: Addr | None) -> Op:
@@ -217,14 +268,18 @@ def _l7_op(key: L7Key, target: Addr | None) -> Op:
 
 def iter_ops(
     desired: Desired,
-    services: dict[Frontend, dict[int, ServiceValue]],
+    services: dict[Frontend, dict[int, SlotValue]],
     redirects: dict[L7Key, Addr],
+    services6: dict[Frontend, dict[int, SlotValue]] | None = None,
 ) -> Iterator[Op]:
     """Every write and delete, in order, that takes the pinned state to
     `desired`, one at a time: a large plan never holds all its ops in memory
     (55,000 of them, as mirrors, were ~20 MiB of peak agent RSS)."""
+    have6 = services6 or {}
     for fe in sorted(desired.frontends):
         yield from _grow_ops(fe, services.get(fe, {}), desired.frontends[fe])
+    for fe in sorted(desired.frontends6):
+        yield from _grow_ops(fe, have6.get(fe, {}), desired.frontends6[fe], SERVICES6)
     for key in sorted(desired.redirects):
         if redirects.get(key) != desired.redirects[key]:
             yield _l7_op(key, desired.redirects[key])
@@ -232,15 +287,18 @@ def iter_ops(
         yield _l7_op(key, None)
     for fe in sorted(set(services) - set(desired.frontends)):
         yield from _remove_ops(fe, services[fe])
+    for fe in sorted(set(have6) - set(desired.frontends6)):
+        yield from _remove_ops(fe, have6[fe], SERVICES6)
 
 
 def plan_ops(
     desired: Desired,
-    services: dict[Frontend, dict[int, ServiceValue]],
+    services: dict[Frontend, dict[int, SlotValue]],
     redirects: dict[L7Key, Addr],
+    services6: dict[Frontend, dict[int, SlotValue]] | None = None,
 ) -> list[Op]:
     """`iter_ops` as a list (for tests and small plans)."""
-    return list(iter_ops(desired, services, redirects))
+    return list(iter_ops(desired, services, redirects, services6))
 
 
 def _check_capacity(
@@ -259,6 +317,10 @@ def _check_capacity(
                 f"{spec.name} would need {peak[name]} entries during the update but holds "
                 f"{spec.capacity}; nothing was written"
             )
+
+
+def _slot_keys(services: dict[Frontend, dict[int, SlotValue]], m: str) -> set[tuple[int, ...]]:
+    return {_svc_key(fe, s, m).as_tuple() for fe, slots in services.items() for s in slots}
 
 
 def apply(
@@ -281,25 +343,29 @@ def apply(
     result = ApplyResult(plan.model_version, unresolved_clients=desired.unresolved_clients)
     with (
         pinned.open_map(maps_dir, pinned.SERVICES) as svc_map,
+        pinned.open_map(maps_dir, pinned.SERVICES6) as svc6_map,
         pinned.open_map(maps_dir, pinned.L7REDIR) as l7_map,
     ):
         services = read_services(svc_map)
+        services6 = read_services(svc6_map)
         redirects = read_redirects(l7_map)
         if hold_new_redirects:
             held = {k: redirects[k] for k in desired.redirects if k in redirects}
-            desired = Desired(desired.frontends, held, desired.unresolved_clients)
+            desired = Desired(
+                desired.frontends, held, desired.unresolved_clients, desired.frontends6
+            )
         _check_capacity(
-            {"services": pinned.SERVICES, "l7": pinned.L7REDIR},
+            {"services": pinned.SERVICES, SERVICES6: pinned.SERVICES6, "l7": pinned.L7REDIR},
             {
-                "services": {
-                    _svc_key(fe, s).as_tuple() for fe, slots in services.items() for s in slots
-                },
+                "services": _slot_keys(services, "services"),
+                SERVICES6: _slot_keys(services6, SERVICES6),
                 "l7": {_l7_op(k, None).key.as_tuple() for k in redirects},
             },
-            iter_ops(desired, services, redirects),
+            iter_ops(desired, services, redirects, services6),
         )
-        for op in iter_ops(desired, services, redirects):
-            target = svc_map if op.map == "services" else l7_map
+        maps = {"services": svc_map, SERVICES6: svc6_map, "l7": l7_map}
+        for op in iter_ops(desired, services, redirects, services6):
+            target = maps[op.map]
             if op.value is None:
                 target.delete(op.key)
                 result.deletes += 1

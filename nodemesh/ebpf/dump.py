@@ -7,26 +7,39 @@ from pathlib import Path
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, pinned
 from nodemesh.ebpf.endpoints import PodCgroups
-from nodemesh.ebpf.mirrors import ServiceValue, ip_str, port_host
+from nodemesh.ebpf.mirrors import ip6_str, ip_str, port_host
 
 PROTO_NAMES = {6: "TCP", 17: "UDP"}
 
 
-def _fe_label(fe: applier.Frontend) -> str:
-    return f"{ip_str(fe[0])}:{port_host(fe[1])}/{PROTO_NAMES.get(fe[2], fe[2])}"
+def _fe_label(fe: applier.Frontend, v6: bool = False) -> str:
+    host = f"[{ip6_str(fe[0])}]" if v6 else ip_str(fe[0])
+    return f"{host}:{port_host(fe[1])}/{PROTO_NAMES.get(fe[2], fe[2])}"
 
 
-def _addrs(addrs: list[applier.Addr] | None) -> str:
+def _addrs(addrs: list[applier.Addr] | None, v6: bool = False) -> str:
     if addrs is None:
         return "-"
-    return ",".join(f"{ip_str(a)}:{port_host(p)}" for a, p in addrs) or "(no backends)"
+    fmt = (lambda a: f"[{ip6_str(a)}]") if v6 else ip_str
+    return ",".join(f"{fmt(a)}:{port_host(p)}" for a, p in addrs) or "(no backends)"
 
 
-def _pinned_backends(slots: dict[int, ServiceValue]) -> list[applier.Addr]:
-    count = slots[0].count if 0 in slots else 0
-    return [
-        (slots[i].addr_be, slots[i].port_be) if i in slots else (0, 0) for i in range(1, count + 1)
-    ]
+def _pinned_backends(slots: dict[int, applier.SlotValue]) -> list[applier.Addr]:
+    count = int(slots[0].count) if 0 in slots else 0
+    return [applier.slot_addr(slots[i]) if i in slots else (0, 0) for i in range(1, count + 1)]
+
+
+def _frontend_rows(
+    desired: dict[applier.Frontend, list[applier.Addr]] | None,
+    services: dict[applier.Frontend, dict[int, applier.SlotValue]],
+    v6: bool,
+) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for fe in sorted(set(desired or {}) | set(services)):
+        want = desired.get(fe) if desired is not None else None
+        have = _pinned_backends(services[fe]) if fe in services else None
+        rows.append((_fe_label(fe, v6), _addrs(want, v6), _addrs(have, v6), _state(want, have)))
+    return rows
 
 
 def _state(plan: list[applier.Addr] | None, have: list[applier.Addr] | None) -> str:
@@ -44,14 +57,14 @@ def render(
     desired = applier.compile_plan(plan or empty, proxy_address, pods)
     with pinned.open_map(maps_dir, pinned.SERVICES) as m:
         services = applier.read_services(m)
+    with pinned.open_map(maps_dir, pinned.SERVICES6) as m:
+        services6 = applier.read_services(m)
     with pinned.open_map(maps_dir, pinned.L7REDIR) as m:
         redirects = applier.read_redirects(m)
     version = plan.model_version if plan is not None else "(no plan given)"
     rows = [("FRONTEND", "PLAN", "PINNED", "STATE")]
-    for fe in sorted(set(desired.frontends) | set(services)):
-        want = desired.frontends.get(fe) if plan is not None else None
-        have = _pinned_backends(services[fe]) if fe in services else None
-        rows.append((_fe_label(fe), _addrs(want), _addrs(have), _state(want, have)))
+    rows += _frontend_rows(desired.frontends if plan is not None else None, services, False)
+    rows += _frontend_rows(desired.frontends6 if plan is not None else None, services6, True)
     rows.append(("L7 REDIRECT (cgroup)", "PLAN", "PINNED", "STATE"))
     for key in sorted(set(desired.redirects) | set(redirects)):
         want_r = desired.redirects.get(key) if plan is not None else None

@@ -2,8 +2,12 @@
 
 Which backends a VIP gets follows kube-proxy: the ready endpoints, or, when
 none is ready, the serving ones that are terminating (so a rolling update's
-last pod keeps taking connections). IPv6 VIPs and backends and SCTP ports are
-outside this datapath (IPv4 sock_addr hooks only) and are left out, logged.
+last pod keeps taking connections). Each cluster IP is a frontend of its own
+and gets only the backends of its own address family (a dual-stack Service
+has an IPv4 and an IPv6 frontend). SCTP ports are outside this datapath and
+are left out, logged. L7 redirects are planned for IPv4 VIPs only: IPv6
+connections are not steered to Envoy (no IPv6 SO_ORIGINAL_DST yet), so an
+IPv6 VIP with an L7 rule is translated straight to its backends, logged.
 """
 
 from __future__ import annotations
@@ -24,11 +28,19 @@ PROTOCOLS = {"TCP": pb.TCP, "UDP": pb.UDP}
 PROTOCOL_NAMES = {pb.TCP: "TCP", pb.UDP: "UDP"}
 
 
-def _is_ipv4(address: str) -> bool:
+def _version(address: str) -> int:
+    """4, 6, or 0 for what the datapath cannot use (bad text, IPv4-mapped)."""
     try:
-        return isinstance(ipaddress.ip_address(address), ipaddress.IPv4Address)
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        return False
+        return 0
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return 0
+    return ip.version
+
+
+def _is_ipv4(address: str) -> bool:
+    return _version(address) == 4
 
 
 def frontend_name(service: str, port: int, protocol: str, vip: str) -> str:
@@ -45,25 +57,25 @@ def _chosen(backends: Iterable[BackendAddress]) -> list[BackendAddress]:
     return ready or [b for b in all_ if b.serving and b.terminating]
 
 
-def _backends(model: MeshModel, svc: Service, port: ServicePort) -> list[pb.Backend]:
+def _backends(model: MeshModel, svc: Service, port: ServicePort, version: int) -> list[pb.Backend]:
     out: dict[tuple[int, int], pb.Backend] = {}
     for b in _chosen(model.backends_of(svc.service_name, port.port)):
-        if not _is_ipv4(b.address):
+        if _version(b.address) != version:
             continue
         pod = f"{svc.ref.namespace}/{b.pod_name}" if b.pod_name else ""
-        key = (int(ipaddress.IPv4Address(b.address)), b.port)
+        key = (int(ipaddress.ip_address(b.address)), b.port)
         out.setdefault(key, pb.Backend(address=b.address, port=b.port, pod=pod))
     return [out[k] for k in sorted(out)]
 
 
 def _frontends_of(model: MeshModel, svc: Service) -> Iterator[pb.ServiceFrontend]:
-    vips = [ip for ip in svc.cluster_ips if _is_ipv4(ip)]
+    vips = [ip for ip in svc.cluster_ips if _version(ip)]
     for port in svc.ports:
         if port.protocol not in PROTOCOLS:
             log.info("port skipped", service=str(svc.service_name), protocol=port.protocol)
             continue
-        backends = _backends(model, svc, port)
         for vip in vips:
+            backends = _backends(model, svc, port, _version(vip))
             yield pb.ServiceFrontend(
                 name=frontend_name(str(svc.service_name), port.port, port.protocol, vip),
                 model_version=model.version,
@@ -94,6 +106,15 @@ def _redirects_of(model: MeshModel, redirect: L7Redirect, node: str) -> Iterator
     if svc is None or redirect.protocol != "TCP":
         return
     clients = _client_pods(model, redirect, node)
+    unsteered = [ip for ip in svc.cluster_ips if _version(ip) == 6]
+    if unsteered:
+        log.warning(
+            "IPv6 VIPs not steered to Envoy: translated to backends, L7 rules not enforced",
+            service=str(redirect.service),
+            port=redirect.port,
+            vips=unsteered,
+            owners=sorted(str(o) for o in redirect.owners),
+        )
     for vip in (ip for ip in svc.cluster_ips if _is_ipv4(ip)):
         fe = frontend_name(str(redirect.service), redirect.port, redirect.protocol, vip)
         yield pb.L7Redirect(

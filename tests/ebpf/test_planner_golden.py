@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from types import MappingProxyType
 
+import structlog
 from google.protobuf import text_format
 
 from nodemesh.ebpf import planner
@@ -155,3 +156,12 @@ def test_resources_keep_their_names_when_content_changes() -> None:
     assert before[fe_type][name] != after[fe_type][name]
     assert len(after[fe_type][name].backends) == 1
     assert fe_type.endswith(after[fe_type][name].DESCRIPTOR.full_name)
+
+
+def test_planner_logs_ipv6_vips_it_does_not_steer() -> None:
+    with structlog.testing.capture_logs() as logs:
+        plan = planner.plan(model(), "node-a")
+    assert all(":" not in r.vip for r in plan.redirects)
+    warned = [e for e in logs if e["event"].startswith("IPv6 VIPs not steered")]
+    assert [e["vips"] for e in warned] == [["fd00::10"]]
+    assert "fd00::10" in {f.vip for f in plan.frontends}
