@@ -1,0 +1,128 @@
+"""IPv6 Service VIPs translated in the kernel (connect6/sendmsg6), and IPv4
+VIPs reached from dual-stack sockets as ::ffff:a.b.c.d.
+
+Addresses are ULAs inside the node's own namespaces (no uplink)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+from nodemesh.ebpf import dump, pinned
+
+from .conftest import Datapath
+from .node import NODE_IP, MeshNode
+from .node6 import add_ipv6, client6, enable_forwarding, server6
+from .plans import frontend, plan
+
+pytestmark = pytest.mark.privileged
+
+VIP6, EMPTY6, VIP4 = "fd00:96::10", "fd00:96::30", "10.96.0.10"
+
+
+def _revnat6(datapath: Datapath) -> int:
+    with pinned.open_map(datapath.config.maps_dir, pinned.REVNAT6) as m:
+        return sum(1 for _ in m.iter_keys())
+
+
+def _wait_revnat6_empty(datapath: Datapath) -> None:
+    deadline = time.monotonic() + 30
+    while _revnat6(datapath) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _revnat6(datapath) == 0
+
+
+def test_ipv6_tcp_and_udp_translated_in_kernel(node: MeshNode, datapath: Datapath) -> None:
+    enable_forwarding(node)
+    client, b1, b2 = (node.add_pod("default", n) for n in ("client", "b1", "b2"))
+    cip = add_ipv6(node, client)
+    ips = {b.name: add_ipv6(node, b) for b in (b1, b2)}
+    for b in (b1, b2):
+        server6(node, b, "tcp-server", "8080", b.name)
+        server6(node, b, "udp-server", "5353", b.name)
+    tcp_backends = [(ips["b1"], 8080), (ips["b2"], 8080)]
+    udp_backends = [(ips["b1"], 5353), (ips["b2"], 5353)]
+    datapath.apply(
+        plan(
+            frontend(VIP6, 80, pb.TCP, tcp_backends),
+            frontend(VIP6, 53, pb.UDP, udp_backends),
+            frontend(EMPTY6, 80, pb.TCP, []),
+            frontend(EMPTY6, 53, pb.UDP, []),
+        )
+    )
+
+    tcp = client6(node, client, "tcp-client", VIP6, "80", "40")
+    assert [r for r in tcp if "error" in r] == []
+    assert {r["backend"] for r in tcp} == {"b1", "b2"}
+    assert {r["peer"].rsplit(":", 1)[0] for r in tcp} == {f"[{cip}]"}
+    assert {r["getpeername"] for r in tcp} == {f"[{VIP6}]:80"}
+    # Every TCP socket closed: the release hook emptied nm_revnat6_v1.
+    _wait_revnat6_empty(datapath)
+
+    connected = client6(node, client, "udp-connected-client", VIP6, "53", "40")
+    assert [r for r in connected if "error" in r] == []
+    assert {r["backend"] for r in connected} == {"b1", "b2"}
+    assert {r["from"] for r in connected} == {f"[{VIP6}]:53"}
+    assert {r["getpeername"] for r in connected} == {f"[{VIP6}]:53"}
+    _wait_revnat6_empty(datapath)
+
+    udp = client6(node, client, "udp-client", VIP6, "53", "40")
+    assert [r for r in udp if "error" in r] == []
+    assert {r["backend"] for r in udp} == {"b1", "b2"}
+    assert {r["peer"].rsplit(":", 1)[0] for r in udp} == {f"[{cip}]"}
+    assert {r["from"] for r in udp} == {f"[{VIP6}]:53"}
+
+    # Zero backends: refused by the hook, for TCP and for UDP.
+    refused = client6(node, client, "tcp-client", EMPTY6, "80", "3")
+    assert {r.get("error") for r in refused} == {"ECONNREFUSED"}
+    refused_udp = client6(node, client, "udp-client", EMPTY6, "53", "3")
+    assert {r.get("error") for r in refused_udp} == {"ECONNREFUSED"}
+
+    # Not a VIP: a pod's own IPv6 address and port, reached as addressed.
+    direct = client6(node, client, "tcp-client", ips["b1"], "8080", "3")
+    assert {r.get("backend") for r in direct} == {"b1"}
+    assert {r["getpeername"] for r in direct} == {f"[{ips['b1']}]:8080"}
+
+    text = dump.render(
+        plan(frontend(VIP6, 80, pb.TCP, tcp_backends)),
+        datapath.config.maps_dir,
+        NODE_IP,
+        datapath.pods,
+    )
+    assert f"[{VIP6}]:80/TCP" in text and "in sync" in text
+    assert f"[{EMPTY6}]:53/UDP" in text and "STALE" in text
+    assert "nm_services6_v1" in text
+
+
+def test_ipv4_mapped_vip_from_dual_stack_socket(node: MeshNode, datapath: Datapath) -> None:
+    client, b1, b2 = (node.add_pod("default", n) for n in ("client", "b1", "b2"))
+    for b in (b1, b2):
+        node.server(b, "tcp-server", "8080", b.name)
+        node.server(b, "udp-server", "5353", b.name)
+    datapath.apply(
+        plan(
+            frontend(VIP4, 80, pb.TCP, [(b1.ip, 8080), (b2.ip, 8080)]),
+            frontend(VIP4, 53, pb.UDP, [(b1.ip, 5353), (b2.ip, 5353)]),
+            frontend("10.96.0.30", 80, pb.TCP, []),
+        )
+    )
+    mapped = f"::ffff:{VIP4}"
+
+    tcp = client6(node, client, "tcp-client", mapped, "80", "40")
+    assert [r for r in tcp if "error" in r] == []
+    assert {r["backend"] for r in tcp} == {"b1", "b2"}
+    # The IPv4 servers see the pod's IPv4 address; the app sees the mapped VIP.
+    assert {r["peer"].split(":")[0] for r in tcp} == {client.ip}
+    assert {r["getpeername"] for r in tcp} == {f"[{mapped}]:80"}
+    _wait_revnat6_empty(datapath)
+
+    for mode in ("udp-connected-client", "udp-client"):
+        udp = client6(node, client, mode, mapped, "53", "20")
+        assert [r for r in udp if "error" in r] == [], mode
+        assert {r["backend"] for r in udp} == {"b1", "b2"}, mode
+        assert {r["from"] for r in udp} == {f"[{mapped}]:53"}, mode
+
+    refused = client6(node, client, "tcp-client", "::ffff:10.96.0.30", "80", "3")
+    assert {r.get("error") for r in refused} == {"ECONNREFUSED"}
