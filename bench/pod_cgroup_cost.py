@@ -1,6 +1,13 @@
 """What matching pods and the proxy by cgroup ancestry costs, in one run.
 
     sudo .venv/bin/python bench/pod_cgroup_cost.py [--rounds 5] [--connects 2000] [--sockopt-only]
+    sudo .venv/bin/python bench/pod_cgroup_cost.py --vs-single-proxy --connects-only
+
+`--vs-single-proxy` makes the "old" column the walk before the proxy set
+(SINGLE_PROXY_COMMIT: one proxy id compared at each level) and keys both
+columns by pod cgroup; the new code then has two Envoy pods in
+`nm_proxies_v1` (a surge rollout), so each level of the walk does one hash
+lookup there.
 
 Side by side, on one node of network namespaces (integration/datapath/node.py):
 
@@ -52,6 +59,7 @@ from nodemesh.ebpf import applier, build, libbpf, loader  # noqa: E402
 from nodemesh.model.objects import Pod  # noqa: E402
 
 OLD_COMMIT = "46c8950"  # the last commit with leaf-keyed redirects
+SINGLE_PROXY_COMMIT = "dbde26c"  # the last commit with one proxy cgroup id
 VIP, STEERED_VIP, PROXY_PORT = "10.96.0.10", "10.96.0.20", 15001
 CLIENT = "default/client"
 
@@ -167,20 +175,21 @@ def kubelet_scope(mesh: Path) -> Path:
     return scope
 
 
-def load_old(node: MeshNode, mesh: Path, workdir: Path) -> loader.DatapathConfig:
+def load_old(node: MeshNode, mesh: Path, workdir: Path, commit: str) -> loader.DatapathConfig:
     """The old nm_sock object, compiled from git, on `mesh` with its own pins."""
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", OLD_COMMIT, "nodemesh/ebpf/bpf"],
+        ["git", "-C", str(REPO), "archive", commit, "nodemesh/ebpf/bpf"],
         capture_output=True,
         check=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive, check=True)
-    current = build.BPF_DIR
+    current, objects = build.BPF_DIR, build.OBJECTS
     build.BPF_DIR = workdir / "nodemesh" / "ebpf" / "bpf"
+    build.OBJECTS = ("nm_sock",)  # objects added since are not in the old tree
     try:
         obj = build.build_objects()["nm_sock"]
     finally:
-        build.BPF_DIR = current
+        build.BPF_DIR, build.OBJECTS = current, objects
     config = loader.DatapathConfig(pin_dir=node.bpffs / "old", cgroup=mesh)
     config.maps_dir.mkdir(parents=True)
     config.links_dir.mkdir(parents=True)
@@ -197,11 +206,12 @@ class Bench:
     proxy: Path
     plan: pb.DatapathPlan
     configs: dict[str, loader.DatapathConfig]
+    old_by_ancestry: bool = False
 
     def key_redirect(self, code: str, layout: str) -> None:
         """The redirect for this cell's client, keyed as each code keys it."""
         config, cg = self.configs[code], self.clients[(code, layout)]
-        if code == "new":
+        if code == "new" or self.old_by_ancestry:
             # Pods sit below the mesh (shallow) or below kubepods.slice.
             anchor = config.cgroup if layout == "shallow" else config.cgroup / "kubepods.slice"
             config = dataclasses.replace(config, pod_cgroups=anchor)
@@ -243,7 +253,7 @@ class Bench:
         yield ("proxy", *self.sockopts(self.proxy, self.node.netns, option, n))
 
 
-def setup(node: MeshNode, workdir: Path) -> Bench:
+def setup(node: MeshNode, workdir: Path, single_proxy: bool = False) -> Bench:
     client = node.add_pod("default", "client")
     b1 = node.add_pod("default", "b1")
     # connect-bench resets every connection; the servers' complaints are noise.
@@ -268,9 +278,15 @@ def setup(node: MeshNode, workdir: Path) -> Bench:
     fe2 = frontend(STEERED_VIP, 80, pb.TCP, [(b1.ip, 8080)], service="default/b")
     new = loader.DatapathConfig(pin_dir=node.pin_dir, cgroup=new_mesh, proxy_cgroup=proxy.parent)
     loader.load(new)
-    old = load_old(node, old_mesh, workdir)
+    old = load_old(node, old_mesh, workdir, SINGLE_PROXY_COMMIT if single_proxy else OLD_COMMIT)
+    if single_proxy:
+        # Two Envoy pods of a surge rollout in the set (neither the client's).
+        for scope in (kubelet_scope(new_mesh), kubelet_scope(new_mesh)):
+            loader.add_proxy(new.maps_dir, os.stat(scope.parent).st_ino)
+        loader.write_config(dataclasses.replace(old, proxy_cgroup=proxy.parent))
     the_plan = plan(fe, fe2, redirects=(redirect(fe2, PROXY_PORT, [CLIENT]),))
-    return Bench(node, client.netns, b1.ip, clients, proxy, the_plan, {"new": new, "old": old})
+    configs = {"new": new, "old": old}
+    return Bench(node, client.netns, b1.ip, clients, proxy, the_plan, configs, single_proxy)
 
 
 WHOS = ("pod, no hook", "pod, hook at mesh root", "pod, proxy-only hook", "proxy")
@@ -288,7 +304,7 @@ def run(bench: Bench, rounds: int, n_connect: int, n_sockopt: int) -> None:
                     for dest in DESTS:
                         ns = bench.connects(code, layout, dest, n_connect)
                         connect.setdefault((layout, code, dest), []).append(ns)
-            for option in OPTIONS:
+            for option in OPTIONS if n_sockopt else ():
                 for who, w, p in bench.sockopt_cells(option, n_sockopt):
                     wall.setdefault((option, who), []).append(w)
                     prog.setdefault((option, who), []).append(p)
@@ -306,12 +322,14 @@ def report(
     med = statistics.median
     if connect:
         print(f"nm_connect4 ns per run (median of {rounds} rounds x {n_connect} connects)")
-        print(f"{'client':<9} {'destination':<15} {'old: leaf':>10} {'new: ancestry':>14}  added")
+        print(f"{'client':<9} {'destination':<15} {'old':>10} {'new':>14}  added (per round)")
     for layout in ("shallow", "kubelet") if connect else ():
         for dest in DESTS:
             olds, news = connect[(layout, "old", dest)], connect[(layout, "new", dest)]
             cells = f"{med(olds):>10.0f} {med(news):>14.0f}"
             print(f"{layout:<9} {dest:<15} {cells}  {paired(news, olds)}")
+    if not wall:
+        return
     print(f"\ngetsockopt() ns per call, wall / nm_getsockopt (median of {rounds} x {n_sockopt})")
     print(f"{'option':<16} " + " ".join(f"{w:>22}" for w in WHOS))
     for option in OPTIONS:
@@ -341,6 +359,12 @@ def main() -> None:
     ap.add_argument("--connects", type=int, default=2000)
     ap.add_argument("--sockopts", type=int, default=100000)
     ap.add_argument("--sockopt-only", action="store_true", help="skip the connect4 table")
+    ap.add_argument("--connects-only", action="store_true", help="skip the getsockopt table")
+    ap.add_argument(
+        "--vs-single-proxy",
+        action="store_true",
+        help=f"old = {SINGLE_PROXY_COMMIT} (one proxy id), new with two pods in the proxy set",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (netns, cgroups, BPF)")
@@ -349,7 +373,8 @@ def main() -> None:
     try:
         node.setup()
         connects = 0 if args.sockopt_only else args.connects
-        run(setup(node, workdir), args.rounds, connects, args.sockopts)
+        sockopts = 0 if args.connects_only else args.sockopts
+        run(setup(node, workdir, args.vs_single_proxy), args.rounds, connects, sockopts)
     finally:
         loader.cleanup(node.config())
         loader.cleanup(loader.DatapathConfig(pin_dir=node.bpffs / "old", cgroup=node.mesh))
