@@ -20,7 +20,12 @@ from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, loader, planner
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
-from nodemesh.ebpf.proxy_follow import PodPaths, ProxyFollower, ProxyPod
+from nodemesh.ebpf.proxy_follow import (
+    PodPaths,
+    ProxyFollower,
+    ProxyPod,
+    warn_without_migrate_req,
+)
 from nodemesh.model.snapshot import MeshModel
 
 log = structlog.get_logger("nodemesh.ebpf.agent")
@@ -77,6 +82,8 @@ class DatapathAgent:
 
     def start(self) -> loader.LoadReport:
         """Load or re-adopt the pinned datapath; raises `DatapathError` if it cannot."""
+        if self.proxy is not None:
+            warn_without_migrate_req()
         return loader.load(self.settings.config)
 
     def _apply(self, plan: pb.DatapathPlan, hold: bool = False) -> applier.ApplyResult:

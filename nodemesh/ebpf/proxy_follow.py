@@ -70,6 +70,27 @@ class ProxyPod:
         return f"{self.namespace}/{','.join(f'{k}={v}' for k, v in self.labels)}"
 
 
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def warn_without_migrate_req(sysctl: Path = MIGRATE_REQ) -> bool:
+    """True if a closing Envoy's queued connections move to the other Envoy.
+
+    Without net.ipv4.tcp_migrate_req=1 the kernel resets connections still in
+    the accept queue of a listener the old Envoy closes during a rollout."""
+    try:
+        on = sysctl.read_text().strip() == "1"
+    except OSError:
+        on = False
+    if not on:
+        log.warning(
+            "net.ipv4.tcp_migrate_req is not 1: an Envoy rollout may reset connections "
+            "queued on the old Envoy's listeners (set it on the node)",
+            sysctl=str(sysctl),
+        )
+    return on
+
+
 def link_name(pod: Pod) -> str:
     """The pinned getsockopt link of a followed pod (its UID, which the
     kubelet also names its cgroup by; namespace_name without one)."""
