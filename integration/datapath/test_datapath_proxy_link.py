@@ -129,3 +129,65 @@ def test_a_restarted_agent_drops_a_link_whose_envoy_pod_cgroup_is_gone(node: Mes
     envoy_cgroup.mkdir()
     assert loader.attach_proxy(config, envoy_cgroup)
     assert attached(envoy_cgroup) == {"nm_getsockopt"}
+
+
+def _envoy(name: str, uid: str) -> Pod:
+    ref = ObjectRef(Kind.POD, "nodemesh-system", name)
+    return Pod(ref, pairs(dict(LABELS)), (), None, uid=uid)
+
+
+def test_upgrade_from_a_single_proxy_agent_moves_its_id_and_link_into_the_set(
+    node: MeshNode,
+) -> None:
+    """What an agent before the set left (one followed id in nm_config_v2,
+    one link nm_getsockopt_proxy) is retired only once the set holds the
+    pod, under its own link: no moment where Envoy is steered or unanswered."""
+    config = dataclasses.replace(node.config(), proxy_cgroup=None)
+    loader.load(node.config())
+    envoy_cgroup = node.mesh / "nodemesh-system_envoy"
+    envoy_cgroup.mkdir()
+    loader.attach_proxy(config, envoy_cgroup)  # the old agent's single link
+    loader.set_proxy_cgroup(config.maps_dir, envoy_cgroup.stat().st_ino)
+    loader.load(config)  # the new agent re-adopts, the old id stays meanwhile
+    assert loader.linked_cgroup(config.links_dir / loader.PROXY_LINK) == envoy_cgroup.stat().st_ino
+    follower = ProxyFollower(
+        ProxyPod("nodemesh-system", LABELS), "", DirectoryPodCgroups(node.mesh), config
+    )
+    follower.follow([_envoy("envoy", "u1")])
+    assert loader.proxy_set(config.maps_dir) == {envoy_cgroup.stat().st_ino}
+    assert not (config.links_dir / loader.PROXY_LINK).exists()
+    pod_link = config.links_dir / f"{loader.POD_LINK_PREFIX}u1"
+    assert loader.linked_cgroup(pod_link) == envoy_cgroup.stat().st_ino
+    assert attached(envoy_cgroup) == {"nm_getsockopt"}
+
+
+def test_a_restarted_agent_reconciles_the_set_from_the_pins(node: MeshNode) -> None:
+    """Two Envoy pods in the set and linked; the agent restarts; one pod's
+    cgroup went meanwhile (its link auto-detached) and the model names only
+    the other: the gone pod's link and id go, the other's stay."""
+    config = dataclasses.replace(node.config(), proxy_cgroup=None)
+    loader.load(node.config())
+    selector = ProxyPod("nodemesh-system", LABELS)
+    cgroups = [node.mesh / f"nodemesh-system_envoy-{n}" for n in ("a", "b")]
+    for cg in cgroups:
+        cg.mkdir()
+    ids = [cg.stat().st_ino for cg in cgroups]
+    pods = [_envoy("envoy-a", "ua"), _envoy("envoy-b", "ub")]
+    ProxyFollower(selector, "", DirectoryPodCgroups(node.mesh), config).follow(pods)
+    assert loader.proxy_set(config.maps_dir) == set(ids)
+    links = [config.links_dir / f"{loader.POD_LINK_PREFIX}{u}" for u in ("ua", "ub")]
+    assert [loader.linked_cgroup(p) for p in links] == ids
+
+    cgroups[0].rmdir()  # envoy-a went while no agent ran
+    for _ in range(600):
+        if loader.linked_cgroup(links[0]) == 0:
+            break
+        time.sleep(0.1)
+    report = loader.load(config)
+    assert links[1].name in report.updated and not links[0].exists()
+    assert loader.proxy_set(config.maps_dir) == set(ids)  # nothing removed before a model
+    restarted = ProxyFollower(selector, "", DirectoryPodCgroups(node.mesh), config)
+    restarted.follow([pods[1]])
+    assert loader.proxy_set(config.maps_dir) == {ids[1]}
+    assert [p.name for p in loader.proxy_links(config)] == [links[1].name]
+    assert attached(cgroups[1]) == {"nm_getsockopt"}

@@ -22,6 +22,7 @@ single-proxy datapath does) and shows the same loop failing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -136,6 +137,19 @@ def envoy_stats(node: MeshNode, envoy: EnvoyPod) -> dict[str, int]:
     out = _node_python(node, str(PROBE.with_name("probe.py")), "http-get", url)
     pairs = (line.split(": ", 1) for line in out.splitlines() if ": " in line)
     return {k: int(v) for k, v in pairs if v.strip().isdigit()}
+
+
+def getsockopt_cgroups(root: Path) -> list[str]:
+    """Every cgroup below `root` with a getsockopt program attached."""
+    out = subprocess.run(
+        ["bpftool", "-j", "cgroup", "tree", str(root)], capture_output=True, check=True
+    ).stdout
+    tree = json.loads(out.strip() or b"[]")
+    return [
+        c["cgroup"]
+        for c in tree
+        if any(p["attach_type"] == "cgroup_getsockopt" for p in c["programs"])
+    ]
 
 
 def drained(node: MeshNode, envoy: EnvoyPod) -> bool:
@@ -256,7 +270,8 @@ def rollout(node: MeshNode, workdir: Path, *, publish_old: bool, migrate: bool =
         _poll("the old Envoy's listener closed, its connections done", lambda: drained(node, old))
         old_stats = envoy_stats(node, old)
         assert old.proc is not None
-        os.killpg(old.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may exit after the drain
+            os.killpg(old.proc.pid, signal.SIGTERM)
         old.proc.wait(timeout=60)
         _more_by(stop, new.name, 20)
         # The kubelet removes the pod's cgroup; the pod leaves the model.
@@ -287,6 +302,13 @@ def test_envoy_rollout_with_both_pods_in_the_set_drops_nothing(
     old_down, new_down = result.old[LISTENER], result.new[LISTENER]
     assert (old_down, new_down) == (loop["envoys"]["envoy-old"], loop["envoys"]["envoy-new"])
     assert (result.old[UPSTREAM], result.new[UPSTREAM]) == (old_down, new_down)
+    # --cleanup removes the set and every pod's link with the rest.
+    config = loader.DatapathConfig(pin_dir=node.pin_dir, cgroup=node.mesh)
+    (linked,) = getsockopt_cgroups(node.mesh)  # the new pod's slice
+    assert "kubepods-burstable-pod" in linked
+    loader.cleanup(config)
+    assert not node.pin_dir.exists()
+    _poll("no getsockopt attached below the mesh", lambda: not getsockopt_cgroups(node.mesh))
 
 
 def test_negative_control_with_only_the_newest_pod_published_fails(
