@@ -166,6 +166,9 @@ class Pod:
     # metadata.uid: where the kubelet puts the pod's cgroup (the node agent
     # keys L7 steering by it). None when the source gave none (hand-written YAML).
     uid: str | None = None
+    # metadata.deletionTimestamp is set: the pod is terminating (its
+    # processes may still run, e.g. an Envoy draining during a rollout).
+    deleting: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -390,8 +390,20 @@ def _pod(ref: ObjectRef, top: Fields) -> ParseResult:
         # Kubernetes' own default: a pod nobody has reported on is Pending.
         phase=status.opt_str("phase", "Pending") or "Pending",
         uid=_opt_meta_str(ref, top, "uid"),
+        deleting=_deleting(ref, top),
     )
     return ParseResult(obj)
+
+
+def _deleting(ref: ObjectRef, top: Fields) -> bool:
+    """metadata.deletionTimestamp set: the API server is deleting the pod."""
+    meta = top.opt_map("metadata") or Fields(ref, {}, "metadata")
+    value = meta.data.get("deletionTimestamp")
+    if value is None:
+        return False
+    if not isinstance(value, str | datetime) or not value:
+        raise meta.error("deletionTimestamp", "must be an RFC 3339 timestamp")
+    return True
 
 
 def _opt_meta_str(ref: ObjectRef, top: Fields, key: str) -> str | None:

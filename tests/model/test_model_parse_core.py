@@ -207,6 +207,13 @@ def test_deployment_and_pod() -> None:
     pod_raw["metadata"]["uid"] = 7
     assert error_of(pod_raw).field == "metadata.uid"
     del pod_raw["metadata"]["uid"]
+    assert pod.deleting is False
+    pod_raw["metadata"]["deletionTimestamp"] = "2026-11-26T09:00:00Z"
+    terminating = parse_object(pod_raw).obj
+    assert isinstance(terminating, Pod) and terminating.deleting is True
+    pod_raw["metadata"]["deletionTimestamp"] = 5
+    assert error_of(pod_raw).field == "metadata.deletionTimestamp"
+    del pod_raw["metadata"]["deletionTimestamp"]
     pod_raw["status"]["podIPs"][1]["ip"] = "nope"
     assert error_of(pod_raw).field == "status.podIPs[1].ip"
 
