@@ -5,6 +5,7 @@ probe6.py udp-server PORT NAME
 probe6.py tcp-client HOST PORT N        N AF_INET6 connects (HOST may be ::ffff:a.b.c.d)
 probe6.py udp-client HOST PORT N        N AF_INET6 sockets, sendto/recvfrom
 probe6.py udp-connected-client H P N    the same over connect()ed sockets
+probe6.py connect-bench HOST PORT N     N AF_INET6 connects, closed with RST
 
 Addresses print as "[host]:port".
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import struct
 import sys
 import threading
 import time
@@ -99,6 +101,15 @@ def udp_client(host: str, port: int, count: int, connected: bool) -> None:
     print(json.dumps(out), flush=True)
 
 
+def connect_bench(host: str, port: int, count: int) -> None:
+    """N connects (for the hooks' bpf_stats; RST on close: no TIME_WAIT pile)."""
+    for _ in range(count):
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.connect((host, port))
+    print(json.dumps({"connects": count}), flush=True)
+
+
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "tcp-server":
@@ -110,6 +121,8 @@ def main() -> None:
         print(json.dumps(res), flush=True)
     elif mode in ("udp-client", "udp-connected-client"):
         udp_client(args[0], int(args[1]), int(args[2]), mode == "udp-connected-client")
+    elif mode == "connect-bench":
+        connect_bench(args[0], int(args[1]), int(args[2]))
     else:
         raise SystemExit(f"unknown mode {mode}")
 
