@@ -10,7 +10,8 @@ import time
 import pytest
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
-from nodemesh.ebpf import dump, pinned
+from nodemesh.ebpf import applier, dump, pinned
+from nodemesh.ebpf.errors import PlanTooLarge
 
 from .conftest import Datapath
 from .node import NODE_IP, MeshNode
@@ -126,3 +127,26 @@ def test_ipv4_mapped_vip_from_dual_stack_socket(node: MeshNode, datapath: Datapa
 
     refused = client6(node, client, "tcp-client", "::ffff:10.96.0.30", "80", "3")
     assert {r.get("error") for r in refused} == {"ECONNREFUSED"}
+
+
+def test_overflowing_ipv6_plan_writes_nothing(node: MeshNode, datapath: Datapath) -> None:
+    small = plan(frontend(VIP6, 80, pb.TCP, [("fd00:10:0:1::2", 8080)]))
+    datapath.apply(small)
+
+    def pinned_state() -> dict[tuple[int, ...], tuple[int, ...]]:
+        out: dict[tuple[int, ...], tuple[int, ...]] = {}
+        for spec in (pinned.SERVICES, pinned.SERVICES6):
+            with pinned.open_map(datapath.config.maps_dir, spec) as m:
+                out |= {k: v.as_tuple() for k, (_, v) in m.items().items()}
+        return out
+
+    before = pinned_state()
+    many = [(f"fd00:128::{i:x}", 8080) for i in range(1, applier.MAX_BACKENDS + 1)]
+    huge = plan(
+        frontend("10.96.0.11", 80, pb.TCP, [("10.0.1.2", 8080)]),
+        frontend("fd00:96::11", 80, pb.TCP, many),
+        frontend("fd00:96::12", 80, pb.TCP, many[:10]),
+    )
+    with pytest.raises(PlanTooLarge, match="nm_services6_v1 would need"):
+        datapath.apply(huge)
+    assert pinned_state() == before

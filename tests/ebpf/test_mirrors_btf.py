@@ -40,3 +40,33 @@ def test_a_drifted_mirror_is_caught() -> None:
     assert "'vip' should be 'vip_be'" in text
     assert "'pad' should be 'proto'" in text
     assert "slot: offset/size 8/2 != C 8/4" in text
+
+
+def test_a_drifted_ipv6_mirror_is_caught() -> None:
+    class Drifted6(Mirror):
+        C_STRUCT = "nm_service6_key"
+        _fields_ = (
+            ("vip", ctypes.c_uint8 * 16),  # __be32[4] in C: must be named vip_be
+            ("port_be", ctypes.c_uint16),
+            ("proto", ctypes.c_uint8),
+            ("pad", ctypes.c_uint8),
+            ("slot", ctypes.c_uint32),
+        )
+
+    class Short6(Mirror):
+        C_STRUCT = "nm_revnat6_key"
+        _fields_ = (
+            ("cookie", ctypes.c_uint64),
+            ("addr_be", ctypes.c_uint32),  # an IPv4-sized address
+            ("port_be", ctypes.c_uint16),
+            ("pad", ctypes.c_uint16),
+            ("pad2", ctypes.c_uint32),
+        )
+
+    types = btfcheck.dump(build_objects()["nm_sock6"])
+    assert btfcheck.check_mirror(types, Drifted6) == [
+        "Drifted6 (struct nm_service6_key): field 'vip' should be 'vip_be'"
+    ]
+    text = "\n".join(btfcheck.check_mirror(types, Short6))
+    assert "size 24 != C 32" in text
+    assert "addr_be: offset/size 8/4 != C 8/16" in text
