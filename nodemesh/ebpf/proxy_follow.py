@@ -12,7 +12,10 @@ whose cgroup is here. Each gets its own getsockopt link
 (`links/nm_getsockopt_pod_<uid>`) before its cgroup id enters
 `nm_proxies_v1`; a pod that left the model leaves the set, then loses its
 link. A model can name a new pod before the kubelet has made its cgroup;
-until it appears, `watch()` looks again every half second.
+until it appears, `watch()` looks again every half second. A pod of the set
+that is terminating (deleting) stays in it until it leaves the model, and
+`watch()` drains its Envoy once through its own admin socket
+(`proxy_drain`), so what it still serves completes.
 
 The follower keeps no state of its own: what is pinned (links, set) is
 reconciled against each model, so a restarted agent picks up where the last
@@ -34,6 +37,7 @@ from prometheus_client import Gauge
 from nodemesh.ebpf import loader
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
+from nodemesh.ebpf.proxy_drain import ADMIN_DIR, ProxyDrainer
 from nodemesh.model.objects import Pod
 
 log = structlog.get_logger("nodemesh.ebpf.proxy_follow")
@@ -57,10 +61,12 @@ class PodPaths(PodCgroups, Protocol):
 @dataclass(frozen=True, slots=True)
 class ProxyPod:
     """How the agent finds its node's Envoy pod in the model (the Envoy
-    DaemonSet's namespace and pod labels)."""
+    DaemonSet's namespace and pod labels), and where each pod's admin socket
+    directory is (`<admin_dir>/<pod uid>/admin.sock`)."""
 
     namespace: str
     labels: tuple[tuple[str, str], ...]
+    admin_dir: Path = ADMIN_DIR
 
     def matches(self, pod: Pod) -> bool:
         have = dict(pod.labels)
@@ -112,6 +118,8 @@ class ProxyFollower:
         self.config = config
         self.pending = False  # the model names an Envoy pod whose cgroup is not here yet
         self._seen: tuple[Pod, ...] = ()
+        self._mine: list[Pod] = []  # this node's Envoy pods in the last model
+        self.drainer = ProxyDrainer(selector.admin_dir)
         self._state = ""
         self._link_error = ""  # the last one logged: a retry every poll says it once
         self._lock = threading.Lock()
@@ -130,6 +138,7 @@ class ProxyFollower:
             and (not node or p.node_name == node)
             and p.phase not in ENDED
         ]
+        self._mine = mine
         linked = {name: cg for pod in mine if (name := link_name(pod)) and (cg := self._adopt(pod))}
         self.pending = len(linked) < len(mine)
         if linked:
@@ -193,9 +202,13 @@ class ProxyFollower:
         self._state = state
 
     async def watch(self, interval: float = POLL_SECONDS) -> None:
-        """Look again while a named Envoy pod's cgroup is missing. Runs until cancelled."""
+        """Look again while a named Envoy pod's cgroup is missing, and drain
+        each terminating one once. Runs until cancelled."""
         while True:
             await asyncio.sleep(interval)
+            # A terminating pod stays in the set (and linked): only its
+            # listeners are drained, its connections finish.
+            await self.drainer.drain_all(list(self._mine))
             if not self.pending:
                 continue
             try:
