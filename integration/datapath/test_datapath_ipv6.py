@@ -16,7 +16,7 @@ from nodemesh.ebpf.errors import PlanTooLarge
 from .conftest import Datapath
 from .node import NODE_IP, MeshNode
 from .node6 import add_ipv6, client6, enable_forwarding, server6
-from .plans import frontend, plan
+from .plans import frontend, plan, redirect
 
 pytestmark = pytest.mark.privileged
 
@@ -150,3 +150,24 @@ def test_overflowing_ipv6_plan_writes_nothing(node: MeshNode, datapath: Datapath
     with pytest.raises(PlanTooLarge, match="nm_services6_v1 would need"):
         datapath.apply(huge)
     assert pinned_state() == before
+
+
+def test_ipv4_mapped_connect_is_steered_like_connect4(node: MeshNode, datapath: Datapath) -> None:
+    """A dual-stack client of an L7-policied IPv4 VIP goes to Envoy too (no
+    bypass through ::ffff:), and Envoy's SO_ORIGINAL_DST answers it."""
+    curl, other, b1 = (node.add_pod("default", n) for n in ("curl", "other", "b1"))
+    node.server(b1, "tcp-server", "8080", "b1")
+    node.server(None, "origdst-server", "15001", cgroup=node.proxy_cgroup)
+    httpbin = frontend(VIP4, 80, pb.TCP, [(b1.ip, 8080)], service="default/httpbin")
+    datapath.apply(plan(httpbin, redirects=(redirect(httpbin, 15001, ["default/curl"]),)))
+    mapped = f"::ffff:{VIP4}"
+
+    steered = client6(node, curl, "tcp-client", mapped, "80", "10")
+    assert [r for r in steered if "error" in r] == []
+    assert {r["backend"] for r in steered} == {"proxy"}
+    assert {r["orig"] for r in steered} == {f"{VIP4}:80"}
+    assert {r["peer"].split(":")[0] for r in steered} == {curl.ip}
+    assert {r["getpeername"] for r in steered} == {f"[{mapped}]:80"}
+
+    direct = client6(node, other, "tcp-client", mapped, "80", "10")
+    assert {r.get("backend") for r in direct} == {"b1"}

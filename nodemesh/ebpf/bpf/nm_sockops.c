@@ -36,11 +36,25 @@ static __always_inline void nm_origdst_key_of(const struct bpf_sock_ops *skops,
 	key->proxy_port = bpf_htons((__u16)skops->local_port);
 }
 
-static __always_inline void nm_on_connect(struct bpf_sock_ops *skops)
+/* A steered socket has its source port now: file its original destination
+ * under what Envoy will see, (client IP, client port, proxy port). */
+static __always_inline void nm_file_origdst(struct bpf_sock_ops *skops, __u64 cookie)
 {
 	struct nm_origdst_key okey = {};
+	const struct nm_origdst *orig = bpf_map_lookup_elem(&nm_redir_v1, &cookie);
+
+	if (!orig)
+		return;
+	okey.client_addr = skops->local_ip4;
+	okey.client_port = bpf_htons((__u16)skops->local_port);
+	okey.proxy_port = orig->proxy_port;
+	bpf_map_update_elem(&nm_origdst_v1, &okey, orig, BPF_ANY);
+	bpf_map_delete_elem(&nm_redir_v1, &cookie);
+}
+
+static __always_inline void nm_on_connect(struct bpf_sock_ops *skops)
+{
 	struct nm_revnat_key rkey = {};
-	const struct nm_origdst *orig;
 	__u64 cookie = bpf_get_socket_cookie(skops);
 
 	/* A blocking connect() the peer refuses has its peer port cleared
@@ -50,14 +64,7 @@ static __always_inline void nm_on_connect(struct bpf_sock_ops *skops)
 	if (bpf_map_lookup_elem(&nm_revnat_v1, &rkey))
 		nm_watch_state(skops, true);
 
-	orig = bpf_map_lookup_elem(&nm_redir_v1, &cookie);
-	if (!orig)
-		return;
-	okey.client_addr = skops->local_ip4;
-	okey.client_port = bpf_htons((__u16)skops->local_port);
-	okey.proxy_port = orig->proxy_port;
-	bpf_map_update_elem(&nm_origdst_v1, &okey, orig, BPF_ANY);
-	bpf_map_delete_elem(&nm_redir_v1, &cookie);
+	nm_file_origdst(skops, cookie);
 }
 
 /* Envoy's side of a steered connection: its nm_origdst_v1 entry must live
@@ -99,8 +106,13 @@ static __always_inline void nm_on_state(struct bpf_sock_ops *skops)
 SEC("sockops")
 int nm_sockops(struct bpf_sock_ops *skops)
 {
-	if (skops->family != NM_AF_INET)
+	if (skops->family != NM_AF_INET) {
+		/* A dual-stack socket steered as ::ffff:<proxy>: IPv4 on the wire,
+		 * so its IPv4 halves (local_ip4/port) are what Envoy sees. */
+		if (skops->family == NM_AF_INET6 && skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB)
+			nm_file_origdst(skops, bpf_get_socket_cookie(skops));
 		return 1;
+	}
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		nm_on_connect(skops);

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Socket-level load balancing for AF_INET6 sockets: IPv6 VIPs against
  * nm_services6_v1, and IPv4-mapped VIPs (::ffff:a.b.c.d, a dual-stack socket
- * talking IPv4) against the IPv4 nm_services_v1, written back mapped. IPv6
- * connections are not steered to Envoy (no IPv6 SO_ORIGINAL_DST yet). */
+ * talking IPv4) against the IPv4 nm_services_v1, written back mapped. IPv4-
+ * mapped TCP is steered to Envoy like connect4 (the connection is IPv4 on
+ * the wire, so Envoy's IPv4 SO_ORIGINAL_DST answers it); IPv6 connections
+ * are not (no IPv6 SO_ORIGINAL_DST yet). */
 #ifndef NM_LB6_H
 #define NM_LB6_H
 
@@ -25,6 +27,25 @@ static __always_inline void nm_remember_vip6(__u64 cookie, const __be32 peer[4],
 	bpf_map_update_elem(&nm_revnat6_v1, &key, &orig, BPF_ANY);
 }
 
+/* ::ffff:VIP -> ::ffff:Envoy if an L7 redirect covers this client (nm_sockops
+ * files the original destination at the SYN, as for connect4). */
+static __always_inline bool nm_sock6_steer_mapped(struct bpf_sock_addr *ctx, __u64 cookie,
+						  const struct nm_service_key *key,
+						  const __be32 dst[4])
+{
+	const struct nm_l7redir_value *redir = nm_l7_lookup(key);
+	__be32 peer[4] = { 0, 0, bpf_htonl(0xffff), 0 };
+
+	if (!redir)
+		return false;
+	nm_l7_steer(cookie, key, redir);
+	peer[3] = redir->proxy_addr;
+	nm_remember_vip6(cookie, peer, redir->proxy_port, dst, key->port);
+	ctx->user_ip6[3] = redir->proxy_addr;
+	ctx->user_port = redir->proxy_port;
+	return true;
+}
+
 /* ::ffff:VIP -> ::ffff:backend, from the IPv4 service map. */
 static __always_inline int nm_sock6_xlate_mapped(struct bpf_sock_addr *ctx, __be32 dst[4],
 						 __u8 proto, bool is_connect)
@@ -38,9 +59,11 @@ static __always_inline int nm_sock6_xlate_mapped(struct bpf_sock_addr *ctx, __be
 	frontend = bpf_map_lookup_elem(&nm_services_v1, &key);
 	if (!frontend)
 		return NM_SYS_PROCEED;
+	cookie = bpf_get_socket_cookie(ctx);
+	if (is_connect && proto == IPPROTO_TCP && nm_sock6_steer_mapped(ctx, cookie, &key, dst))
+		return NM_SYS_PROCEED;
 	if (frontend->count == 0)
 		return nm_refuse();
-	cookie = bpf_get_socket_cookie(ctx);
 	key.slot = nm_pick_slot(frontend->count, cookie, !is_connect);
 	backend = bpf_map_lookup_elem(&nm_services_v1, &key);
 	if (!backend)
