@@ -5,7 +5,10 @@ Addresses are ULAs inside the node's own namespaces (no uplink)."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -15,7 +18,7 @@ from nodemesh.ebpf.errors import PlanTooLarge
 
 from .conftest import Datapath
 from .node import NODE_IP, MeshNode
-from .node6 import add_ipv6, client6, enable_forwarding, server6
+from .node6 import PROBE6, add_ipv6, client6, enable_forwarding, server6
 from .plans import frontend, plan, redirect
 
 pytestmark = pytest.mark.privileged
@@ -171,3 +174,21 @@ def test_ipv4_mapped_connect_is_steered_like_connect4(node: MeshNode, datapath: 
 
     direct = client6(node, other, "tcp-client", mapped, "80", "10")
     assert {r.get("backend") for r in direct} == {"b1"}
+
+
+def test_ipv6_scope_is_the_mesh_cgroup(node: MeshNode, datapath: Datapath) -> None:
+    """A host-network process in the mesh cgroup is translated; one outside
+    it is untouched (the node has no route to the VIP range: ENETUNREACH,
+    nothing leaves)."""
+    b1 = node.add_pod("default", "b1")
+    b1_ip = add_ipv6(node, b1)
+    server6(node, b1, "tcp-server", "8080", "b1")
+    datapath.apply(plan(frontend(VIP6, 80, pb.TCP, [(b1_ip, 8080)])))
+    hostnet = node.mesh / "hostnet"
+    hostnet.mkdir()
+    for cgroup, want in ((hostnet, {"backend": "b1"}), (node.outside, {"error": "ENETUNREACH"})):
+        out = node.spawn(
+            [sys.executable, str(PROBE6), "tcp-client", VIP6, "80", "3"], cgroup, node.netns
+        ).communicate(timeout=120)[0]
+        results: list[dict[str, Any]] = json.loads(out)
+        assert [{k: r.get(k) for k in want} for r in results] == [want] * 3, cgroup.name
