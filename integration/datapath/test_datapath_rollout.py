@@ -50,7 +50,7 @@ from typing import Any
 
 import pytest
 
-from nodemesh.ebpf import loader
+from nodemesh.ebpf import dump, loader
 from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
 from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups
 from nodemesh.ebpf.proxy_follow import ProxyFollower, ProxyPod
@@ -340,9 +340,8 @@ def _rollout(
     config = loader.DatapathConfig(pin_dir=node.pin_dir, cgroup=node.mesh, pod_cgroups=kubepods)
     loader.load(config)
     selector = ProxyPod("nodemesh-system", ENVOY_LABELS, admin_dir=admin_dir)
-    agent = DatapathAgent(
-        AgentSettings(config, NODE_IP, NODE, selector), KubeletPodCgroups(kubepods, NODE)
-    )
+    pods = KubeletPodCgroups(kubepods, NODE)
+    agent = DatapathAgent(AgentSettings(config, NODE_IP, NODE, selector), pods)
     assert agent.proxy is not None
     workloads = (k8s_pod("default", "curl", curl_uid, {"app": "curl"}, (curl.ip,)),)
 
@@ -374,7 +373,7 @@ def _rollout(
                 return Outcome(loops.finish()["http-loop"], {}, {}, {})
             _more_by(stop, old.name, 5)  # both take connections (SO_REUSEPORT)
             loops.start("slow-loop", "4")
-            in_flight, old_stats = _retire(config, old, new, publish)
+            in_flight, old_stats = _retire(config, pods, old, new, publish)
             _more_by(stop, new.name, 20)
     finally:
         results = loops.finish()
@@ -388,7 +387,11 @@ def _rollout(
 
 
 def _retire(
-    config: loader.DatapathConfig, old: EnvoyPod, new: EnvoyPod, publish: Callable[..., None]
+    config: loader.DatapathConfig,
+    pods: KubeletPodCgroups,
+    old: EnvoyPod,
+    new: EnvoyPod,
+    publish: Callable[..., None],
 ) -> tuple[int, dict[str, int]]:
     """The old pod terminates: marked deleting in the model (the agent drains
     it, nothing else does), SIGTERM once its listener stopped, then its
@@ -409,6 +412,11 @@ def _retire(
     assert pinned_proxies(config) == {old.cgroup_id, new.cgroup_id}
     pins = {p.name for p in config.links_dir.iterdir()}
     assert {loader.POD_LINK_PREFIX + old.uid, loader.POD_LINK_PREFIX + new.uid} <= pins
+    # `agent dump` shows both beside the plan, each with its link.
+    shown = dump.render(None, config.maps_dir, NODE_IP, pods).splitlines()
+    for envoy in (old, new):
+        (row,) = [line for line in shown if line.startswith(f"{envoy.cgroup_id} ")]
+        assert envoy.uid in row and row.endswith("linked"), shown
     old_stats = envoy_stats(old)
     assert old.proc is not None
     with contextlib.suppress(ProcessLookupError):

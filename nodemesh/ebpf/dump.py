@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
-from nodemesh.ebpf import applier, pinned
+from nodemesh.ebpf import applier, loader, pinned
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.mirrors import ip6_str, ip_str, port_host
 
@@ -86,8 +86,35 @@ def render(
         lines.append(
             "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
         )
+    lines += _proxy_lines(maps_dir)
     lines.append("map usage: " + ", ".join(_usage(maps_dir)))
     return "\n".join(lines)
+
+
+def _proxy_lines(maps_dir: Path) -> list[str]:
+    """The proxy set (`nm_proxies_v1`) beside the getsockopt link pins: each
+    member should hold one link, and no link should outlive its member."""
+    members = loader.proxy_set(maps_dir)
+    links_dir = maps_dir.parent / "links"
+    pins: dict[int, list[str]] = {}
+    if links_dir.is_dir():
+        for pin in sorted(links_dir.iterdir()):
+            if pin.name == loader.PROXY_LINK or pin.name.startswith(loader.POD_LINK_PREFIX):
+                pins.setdefault(loader.linked_cgroup(pin) or 0, []).append(pin.name)
+    rows = [("PROXY SET (cgroup id)", "POD UID", "LINK PIN", "STATE")]
+    for cgroup in sorted(members | set(pins)):
+        names = pins.get(cgroup, [])
+        uids = [n.removeprefix(loader.POD_LINK_PREFIX) for n in names]
+        if cgroup not in members:
+            state = "LINK ONLY (not in set)"
+        else:
+            state = "linked" if names else "NOT LINKED"
+        rows.append((str(cgroup), ",".join(uids) or "-", ",".join(names) or "-", state))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        for r in rows
+    ]
 
 
 def _usage(maps_dir: Path) -> list[str]:
