@@ -55,9 +55,14 @@ apply_canary() {
         --for=jsonpath='{.status.conditions[?(@.type=="Programmed")].status}'=True
 }
 
-# The node Envoy's upstream_rq_2xx counter of cluster $2 (a Service: namespace/name).
+# The node Envoy's upstream_rq_2xx counter of cluster $2 (a Service: namespace/name),
+# read from that Envoy pod's own admin socket (deploy/envoy-daemonset.yaml).
 served() {
-    docker exec "$1" curl -s "http://127.0.0.1:9901/stats?filter=upstream_rq_2xx" \
+    local uid
+    uid=$(kubectl -n nodemesh-system get pod -l app.kubernetes.io/name=nodemesh-envoy \
+        --field-selector "spec.nodeName=$1" -o jsonpath='{.items[0].metadata.uid}')
+    docker exec "$1" curl -s --unix-socket "/var/run/nodemesh/envoy/$uid/admin.sock" \
+        "http://envoy/stats?filter=upstream_rq_2xx" \
         | awk -v want="cluster.$2.upstream_rq_2xx:" '$1 == want { n += $2 } END { print n + 0 }'
 }
 
