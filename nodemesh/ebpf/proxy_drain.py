@@ -18,6 +18,7 @@ proxy set, with its getsockopt link, until it leaves the model.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -59,6 +60,18 @@ async def drain(socket: Path, timeout: float = TIMEOUT_SECONDS) -> str:
         return body.strip()
 
 
+def _listening(sock: Path) -> bool:
+    """True if something accepts on the Unix socket `sock` (a local connect:
+    refused at once when no one listens)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
 class ProxyDrainer:
     """Drains each terminating Envoy pod once (by UID), forgetting pods that
     left the set; a failure is logged, counted and not retried (the pod is
@@ -68,12 +81,33 @@ class ProxyDrainer:
         self.admin_dir = admin_dir
         self.timeout = timeout
         self.done: set[str] = set()  # pod UIDs asked (or failed) already
+        self.known: set[str] = set()  # pod UIDs in the last look
 
     def wanted(self, pods: list[Pod]) -> list[Pod]:
-        """The terminating pods of `pods` not drained yet; forgets the rest."""
+        """The terminating pods of `pods` not drained yet; forgets the rest
+        and removes the admin directories of pods that left."""
         live = {p.uid for p in pods if p.uid}
+        for uid in sorted(self.known - live):
+            self._remove(uid)
+        self.known = live
         self.done &= live
         return [p for p in pods if p.deleting and p.uid and p.uid not in self.done]
+
+    def _remove(self, uid: str) -> None:
+        """A gone pod's admin directory (a hostPath the kubelet leaves
+        behind), unless an Envoy still answers on its socket."""
+        path = self.admin_dir / uid
+        sock = path / "admin.sock"
+        if _listening(sock):
+            return
+        try:
+            sock.unlink(missing_ok=True)
+            path.rmdir()
+        except OSError as exc:
+            # Not there (another agent removed it) or not empty: left alone.
+            log.debug("admin directory of a gone Envoy pod kept", path=str(path), error=str(exc))
+            return
+        log.info("admin directory of a gone Envoy pod removed", path=str(path))
 
     async def drain_all(self, pods: list[Pod]) -> None:
         for pod in self.wanted(pods):

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import http.client
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,28 @@ def test_only_terminating_pods_with_a_uid_are_drained_once(tmp_path: Path) -> No
     # A pod that left the set is forgotten (a UID is never reused, but the
     # set of those asked must not grow forever).
     assert drainer.wanted([]) == [] and drainer.done == set()
+
+
+def test_the_admin_directory_of_a_gone_pod_is_removed_unless_envoy_answers() -> None:
+    with tempfile.TemporaryDirectory(prefix="nmd", dir="/tmp") as short:
+        admin_dir = Path(short)
+        drainer = ProxyDrainer(admin_dir)
+        gone, alive, other = UID, UID[:-1] + "2", UID[:-1] + "3"
+        pods = [dataclasses.replace(envoy_pod(), uid=u) for u in (gone, alive)]
+        for uid in (gone, alive, other):
+            (admin_dir / uid).mkdir()
+        (admin_dir / gone / "admin.sock").touch()  # what an exited Envoy leaves
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(str(admin_dir / alive / "admin.sock"))
+            listener.listen()
+            drainer.wanted(pods)
+            drainer.wanted([])
+            # `other` was never seen in the model: not ours to remove.
+            assert sorted(p.name for p in admin_dir.iterdir()) == sorted([alive, other])
+            listener.close()
+            drainer.wanted(pods[1:])
+            drainer.wanted([])
+        assert [p.name for p in admin_dir.iterdir()] == [other]
 
 
 def _bootstrap(sock: Path) -> str:
