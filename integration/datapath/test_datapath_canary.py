@@ -174,10 +174,12 @@ def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> No
     )
 
     def until_served(pod: Pod) -> None:
-        # A steered connect is refused until Envoy has its listener; poll.
+        # Until Envoy ACKs the policy's listener the agent holds the redirect
+        # back (the pod goes direct); after the bounded wait it steers anyway
+        # and connects are refused until Envoy listens. Poll for Envoy itself.
         for _ in range(300):
             probe = _get(node, pod, VIPS["httpbin"], 1, "httpbin")
-            if probe[0].get("status") == 200:
+            if probe[0].get("status") == 200 and probe[0].get("via") == "envoy":
                 return
         pytest.fail(f"Envoy never served the steered connection: {probe}")
 
