@@ -104,7 +104,7 @@ class Side:
     def __init__(self, name: str, bpf_dir: Path | None) -> None:
         import tempfile
 
-        from datapath.node import MeshNode
+        from integration.datapath.node import MeshNode
 
         self.name = name
         self.bpf_dir = bpf_dir
@@ -123,8 +123,7 @@ class Side:
 
     def load(self) -> None:
         """A fresh datapath (empty maps) from this side's programs."""
-        from datapath.plans import frontend, plan
-
+        from integration.datapath.plans import frontend, plan
         from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
         from nodemesh.ebpf import applier, build, loader
         from nodemesh.ebpf.endpoints import DirectoryPodCgroups

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -189,7 +190,7 @@ def main() -> None:
 
     print(f"model: {args.services} services x {args.endpoints} endpoints; resources {counts}")
     print(f"{'case':<56}{'best wall':>11}{'median wall':>13}{'median CPU':>12}{'bytes':>10}")
-    rows = [
+    rows: list[tuple[Any, ...]] = [
         ("examples/canary: translate + encode (fresh Translator)", *canary_times, sizes["canary"]),
         ("full translate + encode (fresh Translator)", *full_times, sizes["full"]),
         ("one-endpoint change, unchanged objects shared", *shared, sizes["shared"]),
