@@ -121,7 +121,7 @@ def bpf_stats() -> Iterator[None]:
         knob.write_text(before)
 
 
-def _bpftool(*args: str) -> object:
+def bpftool_json(*args: str) -> object:
     out = subprocess.run(["bpftool", "-j", *args], capture_output=True, check=True, text=True)
     return json.loads(out.stdout.strip() or "null")  # an empty cgroup prints nothing
 
@@ -131,9 +131,9 @@ def hook_counters(cgroups: list[Path]) -> dict[str, tuple[int, int]]:
     program name (each of ours is attached once)."""
     out: dict[str, tuple[int, int]] = {}
     for cg in cgroups:
-        attached = _bpftool("cgroup", "show", str(cg))
+        attached = bpftool_json("cgroup", "show", str(cg))
         for entry in attached if isinstance(attached, list) else []:
-            info = _bpftool("prog", "show", "id", str(entry["id"]))
+            info = bpftool_json("prog", "show", "id", str(entry["id"]))
             if isinstance(info, dict):
                 name = str(info.get("name", entry["id"]))
                 out[name] = (int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0)))

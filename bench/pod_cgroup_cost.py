@@ -34,8 +34,8 @@ median over rounds of that cell's mean; cells are interleaved per round.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
-import json
 import os
 import secrets
 import shutil
@@ -52,10 +52,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from datapath_measure import bpf_stats, bpftool_json, hook_counters, hook_delta  # noqa: E402
+
 from integration.datapath.node import NODE_IP, PROBE, MeshNode  # noqa: E402
 from integration.datapath.plans import frontend, plan, redirect  # noqa: E402
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
-from nodemesh.ebpf import applier, build, libbpf, loader  # noqa: E402
+from nodemesh.ebpf import applier, build, libbpf, loader, pinned  # noqa: E402
 from nodemesh.model.objects import Pod  # noqa: E402
 
 OLD_COMMIT = "46c8950"  # the last commit with leaf-keyed redirects
@@ -80,7 +82,6 @@ print((time.perf_counter_ns() - t) / n, flush=True)
 """
 OPTIONS = ("SO_ERROR", "TCP_INFO", "SO_ORIGINAL_DST")
 DESTS = ("not a VIP", "VIP translated", "VIP steered")
-Stats = dict[str, tuple[int, int]]
 
 
 class FixedPodCgroups:
@@ -97,39 +98,10 @@ class FixedPodCgroups:
         return self.ids.get(pod)
 
 
-@contextmanager
-def bpf_stats() -> Iterator[None]:
-    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
-    before = knob.read_text().strip()
-    knob.write_text("1")
-    try:
-        yield
-    finally:
-        knob.write_text(before)
-
-
-def _bpftool(*args: str) -> object:
-    out = subprocess.run(["bpftool", "-j", *args], capture_output=True, check=True, text=True)
-    return json.loads(out.stdout.strip() or "null")
-
-
-def prog_stats(cgroup: Path) -> Stats:
-    stats: Stats = {}
-    attached = _bpftool("cgroup", "show", str(cgroup))
-    for entry in attached if isinstance(attached, list) else []:
-        info = _bpftool("prog", "show", "id", str(entry["id"]))
-        if isinstance(info, dict):
-            stats[str(info["name"])] = (
-                int(info.get("run_cnt", 0)),
-                int(info.get("run_time_ns", 0)),
-            )
-    return stats
-
-
 def getsockopt_stats(config: loader.DatapathConfig) -> tuple[int, int]:
     """(run_cnt, run_time_ns) of the agent's pinned nm_getsockopt, wherever linked."""
     pin = config.progs_dir / loader.PROXY_PROGRAM
-    info = _bpftool("prog", "show", "pinned", str(pin))
+    info = bpftool_json("prog", "show", "pinned", str(pin))
     assert isinstance(info, dict)
     return int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))
 
@@ -154,12 +126,6 @@ def mesh_root_link(config: loader.DatapathConfig) -> Iterator[None]:
         yield
     finally:
         os.close(link_fd)
-
-
-def mean_ns(before: Stats, after: Stats, name: str) -> float:
-    runs = after[name][0] - before.get(name, (0, 0))[0]
-    spent = after[name][1] - before.get(name, (0, 0))[1]
-    return spent / runs if runs else 0.0
 
 
 def kubelet_scope(mesh: Path) -> Path:
@@ -194,6 +160,13 @@ def load_old(node: MeshNode, mesh: Path, workdir: Path, commit: str) -> loader.D
     config.maps_dir.mkdir(parents=True)
     config.links_dir.mkdir(parents=True)
     loader._load_object(obj, config, loader.LoadReport())  # the old code: one object
+    # Today's applier also writes the IPv6 service map, which the old tree
+    # lacks: an empty one, never read by the old programs.
+    spec = pinned.SERVICES6
+    sizes = ["key", str(ctypes.sizeof(spec.key)), "value", str(ctypes.sizeof(spec.value))]
+    rest = ["entries", str(spec.capacity), "name", spec.name, "flags", "1"]
+    pin = str(config.maps_dir / spec.name)
+    subprocess.run(["bpftool", "map", "create", pin, "type", "hash", *sizes, *rest], check=True)
     return config
 
 
@@ -227,13 +200,13 @@ class Bench:
             DESTS[2]: (STEERED_VIP, 80),
         }[dest]
         mesh = self.configs[code].cgroup
-        before = prog_stats(mesh)
+        before = hook_counters([mesh])
         argv = [sys.executable, str(PROBE), "connect-bench", host, str(port), str(n)]
         proc = self.node.spawn(argv, self.clients[(code, layout)], self.netns)
         proc.communicate(timeout=600)
         if proc.returncode != 0:
             raise SystemExit(f"connect-bench {dest} failed ({code}, {layout})")
-        return mean_ns(before, prog_stats(mesh), "nm_connect4")
+        return hook_delta(before, hook_counters([mesh]))["nm_connect4"][1]
 
     def sockopts(self, cgroup: Path, netns: str, option: str, n: int) -> tuple[float, float]:
         """(wall ns per getsockopt call, nm_getsockopt ns per run or 0)."""
