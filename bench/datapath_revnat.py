@@ -101,13 +101,14 @@ def client(vip: str, direct: str, port: int, count: int, window: int, cpu: int) 
 class Side:
     """One test node with its own datapath, built from one revision's programs."""
 
-    def __init__(self, name: str, bpf_dir: Path | None) -> None:
+    def __init__(self, name: str, rev: str | None, src: Path) -> None:
         import tempfile
 
         from integration.datapath.node import MeshNode
 
         self.name = name
-        self.bpf_dir = bpf_dir
+        self.rev = rev  # None: the working tree's programs
+        self.src = src
         self.workdir = Path(tempfile.mkdtemp(prefix=f"nm-bench-revnat-{name}-"))
         self.node = MeshNode(self.workdir)
 
@@ -125,17 +126,17 @@ class Side:
         """A fresh datapath (empty maps) from this side's programs."""
         from integration.datapath.plans import frontend, plan
         from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
-        from nodemesh.ebpf import applier, build, loader
+        from nodemesh.ebpf import applier, loader
         from nodemesh.ebpf.endpoints import DirectoryPodCgroups
 
         config = self.node.config()
         loader.cleanup(config)
-        shipped = build.BPF_DIR
-        build.BPF_DIR = self.bpf_dir or shipped
-        try:
+        if self.rev is None:
             loader.load(config)
-        finally:
-            build.BPF_DIR = shipped
+        else:
+            from old_datapath import load_revision
+
+            load_revision(self.rev, config, self.src)
         fe = frontend(VIP, 80, pb.TCP, [(self.server.ip, PORT)], service="default/server")
         applier.apply(plan(fe), config.maps_dir, "10.0.0.1", DirectoryPodCgroups(self.node.mesh))
 
@@ -167,27 +168,6 @@ class Side:
         finally:
             self.node.teardown()
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def old_sources(rev: str, into: Path) -> Path:
-    """The BPF sources of `rev`, as files, for build.py to compile."""
-    from nodemesh.ebpf import build
-
-    rel = build.BPF_DIR.relative_to(REPO)
-    listing = subprocess.run(
-        ["git", "-C", str(REPO), "ls-tree", "-r", "--name-only", rev, str(rel)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listing:
-        blob = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{rev}:{name}"], capture_output=True, check=True
-        ).stdout
-        out = into / Path(name).relative_to(rel)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(blob)
-    return into
 
 
 def _cells(w: dict[str, float]) -> str:
@@ -266,7 +246,7 @@ def drive(args: argparse.Namespace) -> None:
     from datapath_measure import wait_for_quiet
 
     src = Path(tempfile.mkdtemp(prefix="nm-bench-revnat-src-"))
-    sides = [Side("old", old_sources(args.old_rev, src)), Side("new", None)]
+    sides = [Side("old", args.old_rev, src), Side("new", None, src)]
     quiet = wait_for_quiet(args.max_load, args.wait_quiet)
     print(f"load before: {quiet:.2f} (limit {args.max_load}; {_uptime()})")
     try:

@@ -34,7 +34,6 @@ median over rounds of that cell's mean; cells are interleaved per round.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import os
 import secrets
@@ -53,11 +52,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datapath_measure import bpf_stats, bpftool_json, hook_counters, hook_delta  # noqa: E402
+from old_datapath import load_revision  # noqa: E402
 
 from integration.datapath.node import NODE_IP, PROBE, MeshNode  # noqa: E402
 from integration.datapath.plans import frontend, plan, redirect  # noqa: E402
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
-from nodemesh.ebpf import applier, build, libbpf, loader, pinned  # noqa: E402
+from nodemesh.ebpf import applier, libbpf, loader  # noqa: E402
 from nodemesh.model.objects import Pod  # noqa: E402
 
 OLD_COMMIT = "46c8950"  # the last commit with leaf-keyed redirects
@@ -143,30 +143,8 @@ def kubelet_scope(mesh: Path) -> Path:
 
 def load_old(node: MeshNode, mesh: Path, workdir: Path, commit: str) -> loader.DatapathConfig:
     """The old nm_sock object, compiled from git, on `mesh` with its own pins."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", commit, "nodemesh/ebpf/bpf"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive, check=True)
-    current, objects = build.BPF_DIR, build.OBJECTS
-    build.BPF_DIR = workdir / "nodemesh" / "ebpf" / "bpf"
-    build.OBJECTS = ("nm_sock",)  # objects added since are not in the old tree
-    try:
-        obj = build.build_objects()["nm_sock"]
-    finally:
-        build.BPF_DIR, build.OBJECTS = current, objects
     config = loader.DatapathConfig(pin_dir=node.bpffs / "old", cgroup=mesh)
-    config.maps_dir.mkdir(parents=True)
-    config.links_dir.mkdir(parents=True)
-    loader._load_object(obj, config, loader.LoadReport())  # the old code: one object
-    # Today's applier also writes the IPv6 service map, which the old tree
-    # lacks: an empty one, never read by the old programs.
-    spec = pinned.SERVICES6
-    sizes = ["key", str(ctypes.sizeof(spec.key)), "value", str(ctypes.sizeof(spec.value))]
-    rest = ["entries", str(spec.capacity), "name", spec.name, "flags", "1"]
-    pin = str(config.maps_dir / spec.name)
-    subprocess.run(["bpftool", "map", "create", pin, "type", "hash", *sizes, *rest], check=True)
+    load_revision(commit, config, workdir, objects=("nm_sock",))
     return config
 
 
