@@ -22,7 +22,7 @@ from datapath_envoy import Hop, make_certs, sidecar_config, summarize_listener
 from datapath_measure import ForeignCpu, parse_hey
 
 from integration.datapath.node import CGROUP2, NODE_IP, PROBE, MeshNode, sysctl_in
-from nodemesh.node_envoy import find_envoy_binary, render_bootstrap
+from nodemesh.node.envoy_process import find_envoy_binary, render_bootstrap
 
 REPO = Path(__file__).resolve().parent.parent
 VIP_KERNEL, VIP_NODE, VIP_DNAT = "10.96.0.10", "10.96.0.11", "10.96.1.10"
@@ -162,7 +162,7 @@ class Bench:
         agent = [
             sys.executable,
             "-m",
-            "nodemesh.cli",
+            "nodemesh.cmd.main",
             "agent",
             f"--pin-dir={n.pin_dir}",
             f"--cgroup={n.mesh}",

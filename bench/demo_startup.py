@@ -27,14 +27,14 @@ from google.protobuf import json_format
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nodemesh.controlplane import ControlPlane, ControlPlaneConfig  # noqa: E402
-from nodemesh.demo.backends import BackendFleet  # noqa: E402
-from nodemesh.demo.canary import backend_specs, find_redirect  # noqa: E402
-from nodemesh.demo.run import EXAMPLES  # noqa: E402
-from nodemesh.demo.traffic import request_loop  # noqa: E402
+from nodemesh.cmd.demo.backends import BackendFleet  # noqa: E402
+from nodemesh.cmd.demo.canary import backend_specs, find_redirect  # noqa: E402
+from nodemesh.cmd.demo.run import EXAMPLES  # noqa: E402
+from nodemesh.cmd.demo.traffic import request_loop  # noqa: E402
 from nodemesh.model.store import MeshStore  # noqa: E402
-from nodemesh.node_envoy import EnvoyProcess, render_bootstrap  # noqa: E402
+from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap  # noqa: E402
 from nodemesh.sources.files import FileSource  # noqa: E402
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig  # noqa: E402
 from nodemesh.xds.translate import Translator, encode, validate_envoy_config  # noqa: E402
 from tests.xds.translate.envoy_static import static_bootstrap  # noqa: E402
 

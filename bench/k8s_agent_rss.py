@@ -32,7 +32,7 @@ from k8s_sync import ROOT, free_port, proc_status_mib, start_double
 from nodemesh.ebpf.loader import cgroup2_mount
 
 FULL_CLIENT = (
-    "import kubernetes_asyncio, runpy; runpy.run_module('nodemesh.cli', run_name='__main__')"
+    "import kubernetes_asyncio, runpy; runpy.run_module('nodemesh.cmd.main', run_name='__main__')"
 )
 
 
@@ -66,7 +66,7 @@ def agent_run(full: bool, url: str, seconds: float) -> tuple[float, float, float
             f"--k8s-server={url}", "--no-report-status", f"--xds-socket={tmp}/xds.sock",
             f"--admin=127.0.0.1:{free_port()}", "--envoy-sync-timeout=1",
         ]  # fmt: skip
-        head = ["-c", FULL_CLIENT] if full else ["-m", "nodemesh.cli"]
+        head = ["-c", FULL_CLIENT] if full else ["-m", "nodemesh.cmd.main"]
         log = Path(tmp) / "agent.log"
         started = time.perf_counter()
         with log.open("w") as out:
@@ -84,7 +84,7 @@ def agent_run(full: bool, url: str, seconds: float) -> tuple[float, float, float
         finally:
             proc.terminate()
             proc.wait(60)
-            cleanup = [sys.executable, "-m", "nodemesh.cli", "agent", *common, "--cleanup"]
+            cleanup = [sys.executable, "-m", "nodemesh.cmd.main", "agent", *common, "--cleanup"]
             subprocess.run(cleanup, cwd=ROOT, capture_output=True, check=False)
 
 

@@ -12,7 +12,7 @@ the shipped `nodemesh serve --kubernetes` process, measured from outside.
 
 The double runs in its own process (so its CPU and memory are not ours),
 serving N Services with one EndpointSlice of M endpoints each. This process
-is the agent's Kubernetes side: WatchSource (kubernetes-asyncio) feeding the
+is the agent's Kubernetes side: InformerSet (kubernetes-asyncio) feeding the
 real MeshStore. It measures, in one run:
 
 - initial sync to first model: from start to a built model holding every
@@ -46,9 +46,9 @@ import aiohttp
 
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.informer import content, normalize, object_meta
+from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, SERVICES, default_resources
 from nodemesh.k8s_watch.settings import WatchSettings
-from nodemesh.k8s_watch.source import WatchSource
 from nodemesh.k8s_watch.watching import list_all
 from nodemesh.model.objects import ServiceName
 from nodemesh.model.store import MeshStore
@@ -93,7 +93,7 @@ def start_double(services: int, endpoints: int) -> tuple[subprocess.Popen[str], 
 @dataclass
 class Agent:
     store: MeshStore
-    source: WatchSource
+    source: InformerSet
     changed: asyncio.Event
     task: asyncio.Task[None]
     client: Any
@@ -104,7 +104,7 @@ async def sync(url: str, services: int) -> tuple[float, float, Agent]:
     store = MeshStore()
     changed = asyncio.Event()
     settings = WatchSettings()
-    source = WatchSource(
+    source = InformerSet(
         KubeApi(client, settings),
         store,
         settings=settings,
@@ -231,8 +231,8 @@ async def control_plane_run(services: int, endpoints: int, changes: int) -> dict
     """The same sync, feeding the xDS control plane (translate, snapshot cache,
     ADS server without clients) as `nodemesh serve` runs it: this process's RSS
     is then the whole control-plane side of an agent, minus the datapath."""
-    from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
-    from nodemesh.k8s_watch.runner import KubernetesSource
+    from nodemesh.k8s_watch.source import KubernetesSource
+    from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 
     port = free_port()
     proc, url = start_double(services, endpoints)
@@ -346,7 +346,7 @@ def serve_process(full_client: bool, url: str, settle: float) -> tuple[float, fl
     to /readyz (first full sync published), then VmRSS and VmHWM (peak) once
     it has run `settle` more seconds."""
     prelude = "import kubernetes_asyncio; " if full_client else ""
-    code = f"{prelude}import sys; from nodemesh.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = f"{prelude}import sys; from nodemesh.cmd.main import main; sys.exit(main(sys.argv[1:]))"
     admin = f"127.0.0.1:{free_port()}"
     cmd = [
         sys.executable, "-c", code, "serve", "--kubernetes", "--k8s-server", url,

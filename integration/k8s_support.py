@@ -13,8 +13,8 @@ from apiserver_double import ApiServerDouble
 from apiserver_double.synthetic import endpoint_slice, service
 
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
+from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.settings import WatchSettings
-from nodemesh.k8s_watch.source import WatchSource
 
 Raw = dict[str, Any]
 
@@ -94,9 +94,9 @@ async def running_source(
     sink: Any,
     settings: WatchSettings = FAST,
     **kw: Any,
-) -> AsyncIterator[WatchSource]:
+) -> AsyncIterator[InformerSet]:
     api_client = await make_api_client(double.url)
-    source = WatchSource(KubeApi(api_client, settings), sink, settings=settings, **kw)
+    source = InformerSet(KubeApi(api_client, settings), sink, settings=settings, **kw)
     task = asyncio.create_task(source.run(), name="watch-source")
     try:
         await source.wait_synced(30)

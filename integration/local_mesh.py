@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-from nodemesh.demo.backends import BackendFleet
-from nodemesh.demo.canary import backend_specs
-from nodemesh.demo.run import EXAMPLES
+from nodemesh.cmd.demo.backends import BackendFleet
+from nodemesh.cmd.demo.canary import backend_specs
+from nodemesh.cmd.demo.run import EXAMPLES
 from nodemesh.model.store import MeshStore
-from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
+from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
 from nodemesh.sources.files import FileSource
 
 DEMO_PORTS = (18081, 18082)
@@ -62,7 +62,7 @@ def serve_process(log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """`nodemesh serve ARGS` in its own session; SIGINT and reaped on exit."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nodemesh.cli", "serve", *args],
+            [sys.executable, "-m", "nodemesh.cmd.main", "serve", *args],
             stdout=out,
             stderr=out,
             start_new_session=True,

@@ -18,11 +18,11 @@ import pytest
 import yaml
 from local_mesh import copy_canary, private_loopback
 
-from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
-from nodemesh.demo.backends import BackendFleet
-from nodemesh.demo.canary import backend_specs, find_redirect, load_weighted_envoy_config
-from nodemesh.demo.traffic import judge_split, request_loop
-from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
+from nodemesh.cmd.demo.backends import BackendFleet
+from nodemesh.cmd.demo.canary import backend_specs, find_redirect, load_weighted_envoy_config
+from nodemesh.cmd.demo.traffic import judge_split, request_loop
+from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.xds.translate import TranslateOptions
 
 pytestmark = pytest.mark.envoy

@@ -21,8 +21,8 @@ from cryptography.x509.oid import NameOID
 from k8s_support import FAST, Recorder, eventually, seed
 
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
+from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.resources import SERVICES
-from nodemesh.k8s_watch.source import WatchSource
 
 
 def _cert(
@@ -79,8 +79,8 @@ async def https_double(tmp_path: Path) -> AsyncIterator[tuple[ApiServerDouble, P
 
 
 @asynccontextmanager
-async def watching(client: Any, sink: Recorder) -> AsyncIterator[WatchSource]:
-    source = WatchSource(KubeApi(client, FAST), sink, settings=FAST, resources=(SERVICES,))
+async def watching(client: Any, sink: Recorder) -> AsyncIterator[InformerSet]:
+    source = InformerSet(KubeApi(client, FAST), sink, settings=FAST, resources=(SERVICES,))
     task = asyncio.create_task(source.run(), name="watch-source")
     try:
         yield source

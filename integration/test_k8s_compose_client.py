@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from local_mesh import copy_canary, envoy_with_backends, free_port, private_loopback, serve_process
 
-from nodemesh.node_envoy import EnvoyProcess
+from nodemesh.node.envoy_process import EnvoyProcess
 
 pytestmark = pytest.mark.envoy
 

@@ -99,8 +99,8 @@ import asyncio, json, sys
 import nodemesh.k8s_watch.client as nm
 # Everything the node agent and `nodemesh serve` import: none of it may pull
 # in the generated classes behind kube_core's back.
-import nodemesh.agent, nodemesh.cli, nodemesh.controlplane, nodemesh.k8s_watch.runner
-import nodemesh.k8s_watch.cli, nodemesh.k8s_nacks
+import nodemesh.wiring.agent, nodemesh.cmd.main, nodemesh.wiring.controlplane
+import nodemesh.k8s_watch.source, nodemesh.cmd.k8s_watch, nodemesh.wiring.nacks
 from apiserver_double import ApiServerDouble, find_type
 from nodemesh.k8s_watch.resources import SERVICES
 from nodemesh.k8s_watch.settings import WatchSettings

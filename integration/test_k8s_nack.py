@@ -17,12 +17,12 @@ from apiserver_double import ApiServerDouble, find_type
 from k8s_support import FAST, eventually
 from local_mesh import free_port, private_loopback
 
-from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
-from nodemesh.demo.run import EXAMPLES
-from nodemesh.k8s_nacks import XdsNacks
+from nodemesh.cmd.demo.run import EXAMPLES
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
-from nodemesh.k8s_watch.runner import KubernetesSource
-from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
+from nodemesh.k8s_watch.source import KubernetesSource
+from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
+from nodemesh.wiring.nacks import XdsNacks
 from nodemesh.xds.translate import TranslateOptions
 
 pytestmark = pytest.mark.envoy

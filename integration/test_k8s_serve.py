@@ -18,7 +18,7 @@ import yaml
 from apiserver_double import ApiServerDouble, find_type
 from local_mesh import free_port, serve_process
 
-from nodemesh.demo.run import EXAMPLES
+from nodemesh.cmd.demo.run import EXAMPLES
 
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
 assert CEC

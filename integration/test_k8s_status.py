@@ -14,7 +14,7 @@ from k8s_support import FAST, eventually
 
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.conditions import NackReport
-from nodemesh.k8s_watch.runner import KubernetesSource
+from nodemesh.k8s_watch.source import KubernetesSource
 from nodemesh.model.store import MeshStore
 from nodemesh.xds.translate.envoy_config import validate_envoy_config
 

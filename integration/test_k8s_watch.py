@@ -15,8 +15,8 @@ from k8s_support import FAST, Recorder, eventually, running_source, seed
 from prometheus_client import REGISTRY
 
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
+from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, PODS, SERVICES, ResourceSpec
-from nodemesh.k8s_watch.source import WatchSource
 
 SVC = find_type("", "v1", "services")
 EPS = find_type("discovery.k8s.io", "v1", "endpointslices")
@@ -175,7 +175,7 @@ async def test_forbidden_list_reports_why_then_recovers(double: ApiServerDouble)
     # As with a ClusterRole missing "pods": the list is refused a few times.
     double.fail("/api/v1/pods", 403, times=5)
     client = await make_api_client(double.url)
-    source = WatchSource(KubeApi(client, FAST), sink, settings=FAST, resources=(SERVICES, PODS))
+    source = InformerSet(KubeApi(client, FAST), sink, settings=FAST, resources=(SERVICES, PODS))
     task = asyncio.create_task(source.run(), name="watch-source")
     try:
         await eventually(lambda: any("HTTP 403" in r for r in source.health.reasons()))

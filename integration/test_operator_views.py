@@ -17,12 +17,12 @@ import pytest
 import yaml
 from local_mesh import copy_canary, envoy_with_backends, free_port, private_loopback, serve_process
 
-from nodemesh.demo.traffic import request_loop
-from nodemesh.node_envoy import EnvoyProcess
+from nodemesh.cmd.demo.traffic import request_loop
+from nodemesh.node.envoy_process import EnvoyProcess
 
 pytestmark = pytest.mark.envoy
 
-NODMESH = [sys.executable, "-m", "nodemesh.cli"]
+NODMESH = [sys.executable, "-m", "nodemesh.cmd.main"]
 
 
 def nodemesh(*args: str) -> subprocess.CompletedProcess[str]:

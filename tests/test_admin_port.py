@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 
 SERVICE = """
 apiVersion: v1

@@ -8,7 +8,7 @@ from typing import Any
 import prometheus_client
 from structlog.testing import capture_logs
 
-from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 
 
 def cec(cluster: str) -> dict[str, Any]:

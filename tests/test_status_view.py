@@ -1,4 +1,4 @@
-from nodemesh.status_view import format_status
+from nodemesh.cmd.status_view import format_status
 
 SYNCZ = {
     "model": {

@@ -36,7 +36,7 @@ def agent_argv(node: MeshNode, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "nodemesh.cli",
+        "nodemesh.cmd.main",
         "agent",
         f"--pin-dir={node.pin_dir}",
         f"--cgroup={node.mesh}",

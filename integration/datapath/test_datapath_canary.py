@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nodemesh.node_envoy import find_envoy_binary, render_bootstrap
+from nodemesh.node.envoy_process import find_envoy_binary, render_bootstrap
 
 from .node import MeshNode, Pod
 from .test_datapath_agent import LEAST, agent_argv

@@ -88,7 +88,7 @@ def test_dump_then_cleanup_leaves_nothing(workdir: Path) -> None:
 
 def test_dump_refuses_a_pin_dir_off_bpffs(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "nodemesh.cli", "agent", "dump", f"--pin-dir={tmp_path}/nm"],
+        [sys.executable, "-m", "nodemesh.cmd.main", "agent", "dump", f"--pin-dir={tmp_path}/nm"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -37,10 +37,7 @@ import pytest
 import yaml
 
 from nodemesh.ebpf import applier, libbpf, loader, pinned
-from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
-from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.ebpf.mirrors import U32, Config
-from nodemesh.ebpf.proxy_follow import ProxyPod
 from nodemesh.model.objects import (
     Kind,
     L7Redirect,
@@ -54,6 +51,9 @@ from nodemesh.model.objects import (
     pairs,
 )
 from nodemesh.model.snapshot import BackendAddress, MeshModel
+from nodemesh.node.datapath import AgentSettings, DatapathAgent
+from nodemesh.node.kubelet_cgroups import KubeletPodCgroups, find_kubepods
+from nodemesh.node.proxy_follow import ProxyPod
 
 from . import node as node_mod
 from .node import NODE_IP, MeshNode
@@ -421,7 +421,7 @@ def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
         *LEAST,
         sys.executable,
         "-m",
-        "nodemesh.cli",
+        "nodemesh.cmd.main",
         "agent",
         f"--pin-dir={node.pin_dir}",
         f"--cgroup={node.mesh}",

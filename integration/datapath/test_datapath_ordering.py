@@ -5,13 +5,12 @@ kernel before that (while Envoy still has the listener)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from types import MappingProxyType
 
 import pytest
 
 from nodemesh.ebpf import applier, pinned
-from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups
 from nodemesh.model.objects import (
     Kind,
@@ -26,6 +25,7 @@ from nodemesh.model.objects import (
     pairs,
 )
 from nodemesh.model.snapshot import BackendAddress, MeshModel
+from nodemesh.node.datapath import AgentSettings, DatapathAgent, DatapathFollower
 
 from .conftest import Datapath
 from .node import NODE_IP, MeshNode
@@ -76,19 +76,27 @@ def test_redirects_wait_for_envoy_and_leave_before_it(node: MeshNode, datapath: 
     seen_at_sync: list[tuple[str, int]] = []
     between: list[int] = []
 
-    async def envoy_acked(version: str) -> None:
-        seen_at_sync.append((version, _pinned_redirects(datapath)))
+    current: list[str] = []
+
+    async def envoy_acked(node_id: str, timeout: float) -> None:
+        seen_at_sync.append((current[-1], _pinned_redirects(datapath)))
 
     async def models() -> AsyncIterator[MeshModel]:
+        for m in _models():
+            current.append(m.version)
+            yield m
+
+    def _models() -> Iterator[MeshModel]:
         yield _model("m1", steer=False)
         yield _model("m2", steer=True)
         between.append(_pinned_redirects(datapath))  # after m2 is fully applied
         yield _model("m3", steer=False)
 
     settings = AgentSettings(datapath.config, NODE_IP)
-    agent = DatapathAgent(settings, DirectoryPodCgroups(node.mesh), proxy_synced=envoy_acked)
+    agent = DatapathAgent(settings, DirectoryPodCgroups(node.mesh))
+    follower = DatapathFollower(agent, "node-envoy", envoy_synced=envoy_acked)
     # Sync test around asyncio.run: pyroute2's sync API (add_pod) needs no running loop.
-    asyncio.run(agent.run(models()))
+    asyncio.run(follower.follow(models()))
 
     assert seen_at_sync == [("m1", 0), ("m2", 0), ("m3", 0)]
     assert between == [1]

@@ -22,8 +22,8 @@ import pytest
 from nodemesh.ebpf import libbpf, loader
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups
 from nodemesh.ebpf.errors import LoadError
-from nodemesh.ebpf.proxy_follow import ProxyFollower, ProxyPod
 from nodemesh.model.objects import Kind, ObjectRef, Pod, pairs
+from nodemesh.node.proxy_follow import ProxyFollower, ProxyPod
 
 from .node import MeshNode
 

@@ -51,10 +51,10 @@ from typing import Any
 import pytest
 
 from nodemesh.ebpf import dump, loader
-from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
-from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups
-from nodemesh.ebpf.proxy_follow import ProxyFollower, ProxyPod
 from nodemesh.model.objects import Pod
+from nodemesh.node.datapath import AgentSettings, DatapathAgent
+from nodemesh.node.kubelet_cgroups import KubeletPodCgroups
+from nodemesh.node.proxy_follow import ProxyFollower, ProxyPod
 
 from .node import NODE_IP, MeshNode, sysctl_in
 from .test_datapath_envoy import ENVOY, PROXY_PORT, VIP

@@ -1,7 +1,7 @@
 """The eBPF datapath's errors.
 
 Every failure the agent can explain is a `DatapathError`; the CLI maps these
-to one-line messages (no traceback) in exactly one place, `nodemesh.ebpf.cli`.
+to one-line messages (no traceback) in exactly one place, `nodemesh.cmd.agent`.
 """
 
 from __future__ import annotations

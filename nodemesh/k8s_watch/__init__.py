@@ -6,7 +6,7 @@ Wiring (the agent or `nodemesh serve` owns the MeshStore and the TaskGroup):
     api_client = await make_api_client()            # in-cluster, else kubeconfig
     k8s = KubernetesSource(KubeApi(api_client, WatchSettings()), store,
                            node=node_name,
-                           nacks=XdsNacks(ads_server.clients),     # nodemesh.k8s_nacks
+                           nacks=XdsNacks(ads_server.clients),     # nodemesh.wiring.nacks
                            translation_errors=lambda: translation.errors,
                            resources=default_resources(node_name))
     tg.create_task(k8s.run(), name="k8s")
@@ -18,7 +18,7 @@ Wiring (the agent or `nodemesh serve` owns the MeshStore and the TaskGroup):
 - `k8s.health.reasons()` fits the admin port's `not_ready_reasons()`: empty
   when every informer is synced and connected, else one line per resource
   ("serving last known state; failing since ...").
-- `nodemesh.k8s_nacks.XdsNacks` implements `conditions.NackSource` over the
+- `nodemesh.wiring.nacks.XdsNacks` implements `conditions.NackSource` over the
   xDS server's status view: one `NackReport(node, type_url, resource_names,
   message)` per type a node's Envoy currently NACKs. Call
   `k8s.nacks_changed()` when that set changes, so Programmed conditions

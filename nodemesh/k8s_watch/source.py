@@ -1,4 +1,10 @@
-"""`WatchSource`: every informer in one TaskGroup, feeding one ObjectSink."""
+"""`KubernetesSource`: the Kubernetes side of a nodemesh process, in one object.
+
+It watches the API server into a MeshStore and, when asked to, reports
+conditions and Events back from every model the store publishes. The
+process that owns the store (the agent or `nodemesh serve`) runs it in its
+own TaskGroup beside the xDS server and the datapath.
+"""
 
 from __future__ import annotations
 
@@ -7,55 +13,75 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
+from nodemesh.k8s_watch.client import KubeApi
+from nodemesh.k8s_watch.conditions import NackSource
 from nodemesh.k8s_watch.health import WatchHealth
-from nodemesh.k8s_watch.informer import Informer, ObjectMeta
-from nodemesh.k8s_watch.resources import ResourceSpec, default_resources
+from nodemesh.k8s_watch.informer_set import InformerSet
+from nodemesh.k8s_watch.reporter import StatusReporter
+from nodemesh.k8s_watch.resources import ResourceSpec
 from nodemesh.k8s_watch.settings import WatchSettings
-from nodemesh.k8s_watch.sink import ObjectSink
-from nodemesh.k8s_watch.watching import WatchApi
+from nodemesh.model.objects import ObjectError
+from nodemesh.model.snapshot import MeshModel
+from nodemesh.model.store import MeshStore
 
 log = structlog.get_logger("nodemesh.k8s_watch")
 
 
-class WatchSource:
-    """Runs until cancelled. An unreachable API server never ends it: each
-    informer retries on its own, and what the sink holds keeps serving.
-
-    `on_change` is called (synchronously, from the event loop) after every
-    batch that changed the sink, so the owner can rebuild the model; it should
-    coalesce, as a burst of events calls it many times.
-    """
-
+class KubernetesSource:
     def __init__(
         self,
-        api: WatchApi,
-        sink: ObjectSink,
+        api: KubeApi,
+        store: MeshStore,
         *,
+        node: str,
         settings: WatchSettings | None = None,
         resources: Iterable[ResourceSpec] | None = None,
-        on_change: Callable[[], None] | None = None,
+        report_status: bool = True,
+        nacks: NackSource | None = None,
+        translation_errors: Callable[[], Iterable[ObjectError]] | None = None,
+        retry_interval: float = 5.0,
     ) -> None:
         self.settings = settings or WatchSettings()
-        self.health = WatchHealth()
-        specs = tuple(resources) if resources is not None else default_resources()
-        self.informers = [
-            Informer(spec, api, sink, self.settings, self.health, on_change) for spec in specs
-        ]
+        self.store = store
+        self.watch = InformerSet(api, store, settings=self.settings, resources=resources)
+        self.reporter = (
+            StatusReporter(api, self.watch, node=node, settings=self.settings)
+            if report_status
+            else None
+        )
+        self._nacks = nacks
+        self._translation_errors = translation_errors
+        self._retry_interval = retry_interval
+        self._latest: MeshModel | None = None
+        self._wake = asyncio.Event()
 
-    def lookup(self, kind: str, namespace: str, name: str) -> ObjectMeta | None:
-        """Metadata of a watched object, or None if it is not (or no longer) known."""
-        for informer in self.informers:
-            if informer.spec.kind.value == kind:
-                return informer.meta(namespace, name)
-        return None
+    @property
+    def health(self) -> WatchHealth:
+        return self.watch.health
 
     async def run(self) -> None:
-        log.info("watching", resources=[str(i.spec) for i in self.informers])
         async with asyncio.TaskGroup() as tg:
-            for informer in self.informers:
-                tg.create_task(informer.run(), name=f"informer:{informer.spec}")
+            tg.create_task(self.watch.run(), name="k8s-watch")
+            if self.reporter is not None:
+                tg.create_task(self._follow_models(), name="k8s-model-follow")
+                tg.create_task(
+                    self.reporter.run(
+                        lambda: self._latest,
+                        self._wake,
+                        self._nacks,
+                        self._retry_interval,
+                        self._translation_errors,
+                    ),
+                    name="k8s-status-reporter",
+                )
 
-    async def wait_synced(self, timeout: float | None = None) -> None:
-        """Until every informer has delivered its first list."""
-        async with asyncio.timeout(timeout):
-            await self.health.synced_event.wait()
+    def nacks_changed(self) -> None:
+        """The xDS side calls this when a NACK arrives or clears, so conditions
+        follow without waiting for the retry interval."""
+        self._wake.set()
+
+    async def _follow_models(self) -> None:
+        await self.watch.wait_synced()
+        async for model in self.store.updates():
+            self._latest = model
+            self._wake.set()

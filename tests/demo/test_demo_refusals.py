@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nodemesh import cli_controlplane
-from nodemesh.cli import main
+from nodemesh.cmd import serve as cli_controlplane
+from nodemesh.cmd.main import main
 
 
 @pytest.fixture(autouse=True)

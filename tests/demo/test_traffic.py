@@ -1,5 +1,5 @@
-from nodemesh.demo.backends import BackendFleet, BackendSpec
-from nodemesh.demo.traffic import judge_split, request_loop
+from nodemesh.cmd.demo.backends import BackendFleet, BackendSpec
+from nodemesh.cmd.demo.traffic import judge_split, request_loop
 
 
 def test_correct_split_is_accepted_and_a_wrong_one_is_not() -> None:

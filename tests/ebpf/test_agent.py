@@ -1,4 +1,4 @@
-"""DatapathAgent keeps following the model stream when a plan cannot apply."""
+"""The datapath follower keeps following the model stream when a plan cannot apply."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from test_planner_golden import model
 
-from nodemesh.ebpf.agent import APPLIES, AgentSettings, DatapathAgent
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups
 from nodemesh.ebpf.loader import DatapathConfig
 from nodemesh.model.snapshot import MeshModel
+from nodemesh.node.datapath import APPLIES, AgentSettings, DatapathAgent, DatapathFollower
 
 
 async def _models(*versions: str) -> AsyncIterator[MeshModel]:
@@ -32,6 +32,8 @@ async def test_a_plan_that_cannot_apply_is_logged_and_the_stream_goes_on(tmp_pat
     settings = AgentSettings(DatapathConfig(pin_dir=tmp_path / "pins"), proxy_address=None)
     agent = DatapathAgent(settings, DirectoryPodCgroups(tmp_path))
     before = APPLIES.labels(result="error")._value.get()
-    await agent.run(_models("m1", "m2", "m3"))
+    follower = DatapathFollower(agent)
+    await follower.follow(_models("m1", "m2", "m3"))
     assert APPLIES.labels(result="error")._value.get() == before + 3
     assert agent.applied_version is None
+    assert follower.last_error is not None and "m3" in follower.last_error

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from nodemesh.cli import build_parser
-from nodemesh.ebpf import agent_cmd
+from nodemesh.cmd import agent_run as agent_cmd
+from nodemesh.cmd.main import build_parser
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups
 from nodemesh.ebpf.errors import PlanError
-from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups
+from nodemesh.node.kubelet_cgroups import KubeletPodCgroups
 
 
 def parse(*argv: str) -> argparse.Namespace:

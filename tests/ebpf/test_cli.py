@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nodemesh.cli import main
+from nodemesh.cmd.main import main
 
 
 def test_unparseable_plan_names_the_file(

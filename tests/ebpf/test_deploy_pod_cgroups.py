@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from nodemesh.cli import build_parser
+from nodemesh.cmd.main import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -12,8 +12,8 @@ import pytest
 import structlog.testing
 
 from nodemesh.ebpf.errors import PrerequisiteMissing
-from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups, PodCgroupError, find_kubepods
 from nodemesh.model.objects import Kind, ObjectRef, Pod, pairs
+from nodemesh.node.kubelet_cgroups import KubeletPodCgroups, PodCgroupError, find_kubepods
 
 UID = "5f0c1f8e-3b0a-4c7e-9d51-0a1b2c3d4e5f"
 SYS = "5f0c1f8e_3b0a_4c7e_9d51_0a1b2c3d4e5f"

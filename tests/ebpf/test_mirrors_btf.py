@@ -5,9 +5,9 @@ from __future__ import annotations
 import ctypes
 import shutil
 
+import btfcheck
 import pytest
 
-from nodemesh.ebpf import btfcheck
 from nodemesh.ebpf.build import OBJECTS, build_objects
 from nodemesh.ebpf.mirrors import Mirror
 

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from nodemesh.ebpf.proxy_drain import ProxyDrainer, admin_socket
 from nodemesh.model.objects import Kind, ObjectRef, Pod
+from nodemesh.node.proxy_drain import ProxyDrainer, admin_socket
 
 ENVOY = Path(sys.executable).with_name("envoy")
 UID = "5b8f7c1e-0000-4000-8000-00000000d001"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodemesh.ebpf.proxy_follow import warn_without_migrate_req
+from nodemesh.node.proxy_follow import warn_without_migrate_req
 
 
 def test_migrate_req_read_from_the_sysctl(tmp_path: Path) -> None:

@@ -234,7 +234,7 @@ def test_shipped_envoy_images_are_the_minor_version_the_suite_runs() -> None:
 
 
 def test_agent_daemonset_args_are_the_clis() -> None:
-    from nodemesh.cli import build_parser
+    from nodemesh.cmd.main import build_parser
 
     (agent,) = _docs(DEPLOY / "agent-daemonset.yaml")
     args = agent["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -17,7 +17,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
-from nodemesh.node_envoy import find_envoy_binary
+from nodemesh.node.envoy_process import find_envoy_binary
 from nodemesh.xds.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Translation
 from nodemesh.xds.translate.references import HCM_TYPE
 from nodemesh.xds.translate.registry import pack, unpack

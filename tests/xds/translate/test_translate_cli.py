@@ -17,7 +17,7 @@ CANARY = Path(__file__).resolve().parents[3] / "examples" / "canary"
 def _nodemesh(*args: str) -> subprocess.CompletedProcess[str]:
     # A process of its own, as users run it (logging set-up is process-wide).
     return subprocess.run(
-        [sys.executable, "-m", "nodemesh.cli", *args],
+        [sys.executable, "-m", "nodemesh.cmd.main", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -32,7 +32,7 @@ import structlog
 from nodemesh.ebpf.errors import DatapathError, PrerequisiteMissing
 from nodemesh.model.objects import Pod
 
-log = structlog.get_logger("nodemesh.ebpf.kubelet_cgroups")
+log = structlog.get_logger("nodemesh.node.kubelet_cgroups")
 
 # Burstable first: the most common class, then BestEffort, then Guaranteed.
 QOS_CLASSES = ("burstable", "besteffort", "")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from nodemesh.demo.backends import BACKEND_HEADER, VERSION_HEADER
+from nodemesh.cmd.demo.backends import BACKEND_HEADER, VERSION_HEADER
 
 
 @dataclass

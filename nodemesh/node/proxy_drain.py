@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from nodemesh.model.objects import Pod
 
-log = structlog.get_logger("nodemesh.ebpf.proxy_drain")
+log = structlog.get_logger("nodemesh.node.proxy_drain")
 
 DRAINS = Counter(
     "nodemesh_datapath_proxy_drains", "Drains asked of terminating node Envoy pods", ["result"]

@@ -18,9 +18,8 @@ from pathlib import Path
 
 from envoy.config.route.v3 import route_pb2
 
-from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
-from nodemesh.demo.backends import BackendFleet
-from nodemesh.demo.canary import (
+from nodemesh.cmd.demo.backends import BackendFleet
+from nodemesh.cmd.demo.canary import (
     DemoError,
     backend_specs,
     configured_weights,
@@ -28,12 +27,13 @@ from nodemesh.demo.canary import (
     load_weighted_envoy_config,
     with_weights,
 )
-from nodemesh.demo.traffic import LoopResult, format_split, judge_split, request_loop
-from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
-from nodemesh.status_view import format_status
+from nodemesh.cmd.demo.traffic import LoopResult, format_split, judge_split, request_loop
+from nodemesh.cmd.status_view import format_status
+from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.xds.translate import ROUTE
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "canary"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "canary"
 
 
 @dataclass(frozen=True, slots=True)

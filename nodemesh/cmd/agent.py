@@ -71,7 +71,7 @@ def register(subparsers: Any) -> None:
     xds.add_argument(
         "--listener-address", help="address Envoy's listeners bind (default: --proxy-address)"
     )
-    from nodemesh.cli_controlplane import add_kubernetes_arguments
+    from nodemesh.cmd.serve import add_kubernetes_arguments
 
     add_kubernetes_arguments(p)
     p.add_argument("--cleanup", action="store_true", help="remove all programs, maps and pins")
@@ -80,6 +80,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nodemesh.ebpf import agent_cmd
+    from nodemesh.cmd import agent_run as agent_cmd
 
     return agent_cmd.run(args)

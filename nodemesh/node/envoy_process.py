@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BOOTSTRAP = REPO_ROOT / "envoy" / "bootstrap.yaml"
 
 

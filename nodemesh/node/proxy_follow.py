@@ -37,10 +37,10 @@ from prometheus_client import Gauge
 from nodemesh.ebpf import loader
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
-from nodemesh.ebpf.proxy_drain import ADMIN_DIR, ProxyDrainer
 from nodemesh.model.objects import Pod
+from nodemesh.node.proxy_drain import ADMIN_DIR, ProxyDrainer
 
-log = structlog.get_logger("nodemesh.ebpf.proxy_follow")
+log = structlog.get_logger("nodemesh.node.proxy_follow")
 
 PROXY_RESOLVED = Gauge(
     "nodemesh_datapath_proxy_resolved",

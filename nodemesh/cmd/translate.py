@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 
-from nodemesh.logs import configure_logging
+from nodemesh.cmd.logs import configure_logging
 from nodemesh.model.objects import pairs
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource

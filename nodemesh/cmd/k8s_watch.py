@@ -50,8 +50,8 @@ def summary(model: MeshModel) -> str:
 async def _run(args: argparse.Namespace) -> int:
     from nodemesh.k8s_watch.client import KubeApi, make_api_client
     from nodemesh.k8s_watch.resources import default_resources
-    from nodemesh.k8s_watch.runner import KubernetesSource
     from nodemesh.k8s_watch.settings import WatchSettings
+    from nodemesh.k8s_watch.source import KubernetesSource
     from nodemesh.model.store import MeshStore
 
     client = await make_api_client(args.server, kubeconfig=args.kubeconfig, context=args.context)

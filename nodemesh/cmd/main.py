@@ -13,14 +13,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each subcommand module registers itself and sets `func`.
-    from nodemesh import cli_controlplane, cli_translate
-    from nodemesh.ebpf import cli as agent_cli
-    from nodemesh.k8s_watch import cli as k8s_cli
+    from nodemesh.cmd import agent, k8s_watch, serve, translate
 
-    cli_controlplane.register(sub)
-    cli_translate.register(sub)
-    agent_cli.register(sub)
-    k8s_cli.register(sub)
+    serve.register(sub)
+    translate.register(sub)
+    agent.register(sub)
+    k8s_watch.register(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The implementation of `nodemesh agent` (arguments: `nodemesh.ebpf.cli`).
+"""The implementation of `nodemesh agent` (arguments: `nodemesh.cmd.agent`).
 
 Every `DatapathError` becomes one line on stderr (exit 1; 3 for a missing
 prerequisite); this is the one place that mapping happens.
@@ -18,15 +18,15 @@ from google.protobuf import json_format
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, dump, loader, planner, preflight
-from nodemesh.ebpf.agent import AgentSettings, DatapathAgent
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups, PodCgroups
 from nodemesh.ebpf.errors import DatapathError, PlanError, PrerequisiteMissing
-from nodemesh.ebpf.kubelet_cgroups import KubeletPodCgroups, find_kubepods
-from nodemesh.ebpf.proxy_follow import ProxyPod
 from nodemesh.model.store import MeshStore
+from nodemesh.node.datapath import AgentSettings, DatapathAgent, DatapathFollower
+from nodemesh.node.kubelet_cgroups import KubeletPodCgroups, find_kubepods
+from nodemesh.node.proxy_follow import ProxyPod
 from nodemesh.sources.files import FileSource
 
-log = structlog.get_logger("nodemesh.ebpf.cli")
+log = structlog.get_logger("nodemesh.cmd.agent")
 
 
 def pod_cgroups(args: argparse.Namespace) -> PodCgroups:
@@ -118,10 +118,10 @@ async def _watch(args: argparse.Namespace, pods: PodCgroups) -> None:
 
 async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event, pods: PodCgroups) -> None:
     """The node agent proper: xDS for the node Envoy and the datapath, from
-    one model store (the wiring lives in nodemesh.agent)."""
-    from nodemesh.agent import NodeAgent
-    from nodemesh.cli_controlplane import kubernetes_config
-    from nodemesh.controlplane import ControlPlaneConfig
+    one model store (the wiring lives in nodemesh.wiring.agent)."""
+    from nodemesh.cmd.serve import kubernetes_config
+    from nodemesh.wiring.agent import NodeAgent
+    from nodemesh.wiring.controlplane import ControlPlaneConfig
     from nodemesh.xds.translate import TranslateOptions
 
     host, _, port = args.admin.rpartition(":")
@@ -181,8 +181,9 @@ async def _serve(args: argparse.Namespace, pods: PodCgroups) -> None:
         if args.model_dir is not None:
             store, source = _store_from_dir(args.model_dir)
             agent = DatapathAgent(_settings(args, pods), pods)
+            follower = DatapathFollower(agent)
             tasks.append(tg.create_task(source.run(), name="file-source"))
-            tasks.append(tg.create_task(agent.run(store.updates()), name="datapath"))
+            tasks.append(tg.create_task(follower.follow(store.updates()), name="datapath"))
             if agent.proxy is not None:
                 tasks.append(tg.create_task(agent.proxy.watch(), name="envoy-pod-watch"))
         else:

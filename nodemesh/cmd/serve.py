@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from nodemesh.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT
-from nodemesh.controlplane import KubernetesConfig
-from nodemesh.logs import configure_logging
-from nodemesh.status_view import StatusError, fetch_json, fetch_syncz, format_status
+from nodemesh.cmd.logs import configure_logging
+from nodemesh.cmd.status_view import StatusError, fetch_json, fetch_syncz, format_status
+from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT
+from nodemesh.wiring.controlplane import KubernetesConfig
 from nodemesh.xds.server import TlsSettings
 from nodemesh.xds.translate import TranslateOptions
 
@@ -129,8 +129,8 @@ def _tls(args: argparse.Namespace) -> TlsSettings | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
     from nodemesh.k8s_watch.errors import K8sWatchError
+    from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 
     configure_logging(args.log_level)
     try:
@@ -190,10 +190,10 @@ def run_config_dump(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from nodemesh.demo.canary import DemoError
-    from nodemesh.demo.run import DemoOptions, parse_weights
-    from nodemesh.demo.run import run_demo as demo_main
-    from nodemesh.node_envoy import EnvoyError
+    from nodemesh.cmd.demo.canary import DemoError
+    from nodemesh.cmd.demo.run import DemoOptions, parse_weights
+    from nodemesh.cmd.demo.run import run_demo as demo_main
+    from nodemesh.node.envoy_process import EnvoyError
 
     configure_logging("warning")
     try:

@@ -22,11 +22,11 @@ import structlog
 from google.protobuf import json_format
 from prometheus_client import Gauge
 
-from nodemesh.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminServer
 from nodemesh.model.objects import Kind, ObjectError, ObjectWarning
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource
+from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminServer
 from nodemesh.xds.cache import SnapshotCache, short_name
 from nodemesh.xds.server import (
     AdsServer,
@@ -39,9 +39,9 @@ from nodemesh.xds.server import (
 from nodemesh.xds.translate import TranslateOptions, Translation, Translator, validate_envoy_config
 
 if TYPE_CHECKING:
-    from nodemesh.k8s_watch.runner import KubernetesSource
+    from nodemesh.k8s_watch.source import KubernetesSource
 
-log = structlog.get_logger("nodemesh.controlplane")
+log = structlog.get_logger("nodemesh.wiring.controlplane")
 
 TRANSLATE_ERRORS = Gauge(
     "nodemesh_translate_object_errors",
@@ -66,7 +66,7 @@ class ModelFollower(Protocol):
         """Runs before `model` goes to the xDS streams."""
         ...
 
-    async def after_publish(self, model: MeshModel, plane: ControlPlane) -> None:
+    async def after_publish(self, model: MeshModel) -> None:
         """Runs after `model` went to the xDS streams."""
         ...
 
@@ -182,7 +182,7 @@ class ControlPlane:
                 await self.follower.before_publish(model)
             self.publish(model)
             if self.follower is not None:
-                await self.follower.after_publish(model, self)
+                await self.follower.after_publish(model)
 
     def publish(self, model: MeshModel) -> None:
         """Translate one model version and hand it to every stream."""
@@ -296,11 +296,11 @@ async def _kubernetes_source(
     """The API server as a source of the model, reporting status back. Imported
     here, not at module level: the Kubernetes client costs ~45 MiB of imports
     that file-only runs (the demo) do not need."""
-    from nodemesh.k8s_nacks import XdsNacks
     from nodemesh.k8s_watch.client import KubeApi, make_api_client
     from nodemesh.k8s_watch.resources import default_resources
-    from nodemesh.k8s_watch.runner import KubernetesSource
     from nodemesh.k8s_watch.settings import WatchSettings
+    from nodemesh.k8s_watch.source import KubernetesSource
+    from nodemesh.wiring.nacks import XdsNacks
 
     client = await make_api_client(
         config.server, kubeconfig=config.kubeconfig, context=config.context

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from envoy.config.route.v3 import route_pb2
 
-from nodemesh.demo.backends import BackendSpec
+from nodemesh.cmd.demo.backends import BackendSpec
 from nodemesh.model.objects import Deployment, L7Redirect, Service, as_dict
 from nodemesh.model.snapshot import MeshModel
 

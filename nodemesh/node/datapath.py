@@ -1,0 +1,213 @@
+"""The datapath half of the node agent: each model version into the kernel,
+ordered against the node Envoy (make before break).
+
+`DatapathAgent` plans a model and applies it to the pinned maps: `start()`
+loads (or re-adopts) the pinned datapath, `stage()` and `commit()` are the
+two halves of an ordered update, and `apply_model()` does both at once.
+
+`DatapathFollower` is the one implementation of the ordering, per model
+version:
+
+1. `before_publish`: the kernel drops redirects the new version no longer
+   has (and takes the new frontends and backends), while redirects that need
+   a listener Envoy does not have yet are held back;
+2. the caller publishes the xDS snapshot to the node-local Envoy;
+3. `after_publish` waits (bounded by `envoy_sync_timeout`) until that Envoy
+   has ACKed the version, then
+4. gives the kernel the full plan, so new redirects start steering only to
+   listeners Envoy already serves.
+
+If Envoy does not ACK in time, step 4 happens anyway and readiness says so:
+an HTTP policy is a security rule, and leaving its connections unsteered
+would bypass it (fail closed, as Cilium does when its proxy is missing).
+A plan that fails to apply leaves the previous one in place and is retried
+with the next model; the failure is logged and counted, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+from nodemesh.ebpf import applier, loader, planner
+from nodemesh.ebpf.endpoints import PodCgroups
+from nodemesh.ebpf.errors import DatapathError
+from nodemesh.model.snapshot import MeshModel
+from nodemesh.node.proxy_follow import (
+    PodPaths,
+    ProxyFollower,
+    ProxyPod,
+    warn_without_migrate_req,
+)
+
+log = structlog.get_logger("nodemesh.node.datapath")
+
+APPLIES = Counter(
+    "nodemesh_datapath_applies", "Datapath plans applied to the pinned maps", ["result"]
+)
+MAP_OPS = Counter("nodemesh_datapath_map_ops", "Map writes and deletes by the applier", ["op"])
+FRONTENDS = Gauge("nodemesh_datapath_frontends", "Service frontends in the applied plan")
+REDIRECTS = Gauge("nodemesh_datapath_l7_redirects", "L7 redirects in the applied plan")
+UNRESOLVED = Gauge(
+    "nodemesh_datapath_unresolved_clients", "Client pods of L7 redirects with no cgroup here"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """`proxy_pod`: follow the node Envoy pod's cgroup from the model (used
+    when `config.proxy_cgroup` is not fixed)."""
+
+    config: loader.DatapathConfig
+    proxy_address: str | None
+    node_name: str = ""
+    proxy_pod: ProxyPod | None = None
+
+
+# Waits until Envoy `node_id` has ACKed the published model, or raises
+# TimeoutError after `timeout` seconds (`ControlPlane.wait_synced`).
+EnvoySynced = Callable[[str, float], Awaitable[None]]
+
+
+class DatapathAgent:
+    """Plans and applies models; `DatapathFollower` orders the two steps."""
+
+    def __init__(self, settings: AgentSettings, pods: PodCgroups) -> None:
+        self.settings = settings
+        self.pods = pods
+        # A fixed --proxy-cgroup wins; otherwise the Envoy pod is followed.
+        selector = settings.proxy_pod
+        self.proxy: ProxyFollower | None = None
+        if selector is not None and settings.config.proxy_cgroup is None:
+            if not isinstance(pods, PodPaths):
+                raise DatapathError(
+                    f"{type(pods).__name__} names no pod cgroup directories: "
+                    "the Envoy pod cannot be followed (give a fixed proxy cgroup)"
+                )
+            self.proxy = ProxyFollower(selector, settings.node_name, pods, settings.config)
+        self.applied_version: str | None = None
+        self._planned: tuple[MeshModel, pb.DatapathPlan] | None = None
+
+    def start(self) -> loader.LoadReport:
+        """Load or re-adopt the pinned datapath; raises `DatapathError` if it cannot."""
+        if self.proxy is not None:
+            warn_without_migrate_req()
+        return loader.load(self.settings.config)
+
+    def _apply(self, plan: pb.DatapathPlan, hold: bool = False) -> applier.ApplyResult:
+        cfg = self.settings
+        return applier.apply(plan, cfg.config.maps_dir, cfg.proxy_address, self.pods, hold)
+
+    def apply_model(self, model: MeshModel) -> applier.ApplyResult:
+        """Plan and apply `model` in one step (no ordering against Envoy)."""
+        return self._record(model, self._plan(model))
+
+    def stage(self, model: MeshModel) -> applier.ApplyResult:
+        """First step of an update ordered against the node Envoy: frontends,
+        backends and removed redirects, while new redirects are held back.
+        Run it before the node Envoy is sent `model`."""
+        plan = self._plan(model)
+        return self._apply(plan, hold=True)
+
+    def commit(self, model: MeshModel) -> applier.ApplyResult:
+        """Second step: the whole plan. Run it once Envoy has ACKed `model`."""
+        return self._record(model, self._plan(model))
+
+    def _plan(self, model: MeshModel) -> pb.DatapathPlan:
+        # stage() and commit() of one version share one plan.
+        if self._planned is None or self._planned[0] is not model:
+            self.pods.observe(model.pods)
+            # Before any redirect of this version: a new Envoy pod is known
+            # to the kernel before anything could steer it to itself.
+            if self.proxy is not None:
+                self.proxy.follow(model.pods)
+            self._planned = (model, planner.plan(model, self.settings.node_name))
+        return self._planned[1]
+
+    def _record(self, model: MeshModel, plan: pb.DatapathPlan) -> applier.ApplyResult:
+        result = self._apply(plan)
+        self.applied_version = model.version
+        MAP_OPS.labels(op="write").inc(result.writes)
+        MAP_OPS.labels(op="delete").inc(result.deletes)
+        FRONTENDS.set(len(plan.frontends))
+        REDIRECTS.set(len(plan.redirects))
+        UNRESOLVED.set(len(result.unresolved_clients))
+        return result
+
+
+@dataclass
+class DatapathFollower:
+    """Runs the datapath's two steps around each xDS publish (see the module
+    docstring). Without `envoy_synced` (no xDS in this process) the second
+    step follows the first at once."""
+
+    datapath: DatapathAgent
+    envoy_node_id: str = ""
+    envoy_synced: EnvoySynced | None = None
+    envoy_sync_timeout: float = 5.0
+    last_error: str | None = None
+    envoy_lagging: bool = False
+    _failed: bool = field(default=False, repr=False)
+
+    async def _step(self, step: Callable[[MeshModel], object], model: MeshModel) -> None:
+        try:
+            await asyncio.to_thread(step, model)
+        except DatapathError as exc:
+            # The applier refuses before its first write: the kernel keeps the
+            # previous plan; xDS keeps flowing; readiness and status say why.
+            self._failed = True
+            self.last_error = f"model {model.version}: {exc}"
+            log.error("datapath_not_applied", model_version=model.version, error=str(exc))
+
+    async def before_publish(self, model: MeshModel) -> None:
+        self._failed = False
+        await self._step(self.datapath.stage, model)
+
+    async def after_publish(self, model: MeshModel) -> None:
+        if self.envoy_synced is not None:
+            try:
+                await self.envoy_synced(self.envoy_node_id, self.envoy_sync_timeout)
+                self.envoy_lagging = False
+            except TimeoutError:
+                self.envoy_lagging = True
+                log.warning(
+                    "envoy_not_synced_steering_anyway",
+                    envoy_node_id=self.envoy_node_id,
+                    model_version=model.version,
+                    timeout=self.envoy_sync_timeout,
+                )
+        await self._step(self.datapath.commit, model)
+        # One count per model version, whichever step refused it.
+        APPLIES.labels(result="error" if self._failed else "ok").inc()
+        if not self._failed:
+            self.last_error = None
+
+    async def follow(self, models: AsyncIterator[MeshModel]) -> None:
+        """Both steps for each model of a stream (a process with no xDS)."""
+        async for model in models:
+            await self.before_publish(model)
+            await self.after_publish(model)
+
+    def status(self) -> Mapping[str, Any]:
+        return {
+            "applied_model_version": self.datapath.applied_version,
+            "error": self.last_error,
+            "envoy_lagging": self.envoy_lagging,
+        }
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = []
+        if self.last_error:
+            reasons.append(f"datapath: {self.last_error}")
+        if self.envoy_lagging:
+            reasons.append(
+                f"datapath: Envoy {self.envoy_node_id!r} had not ACKed the model "
+                "when its redirects were programmed"
+            )
+        return reasons
