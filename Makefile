@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: all deps demo test lint typecheck pytest clean
+.PHONY: all deps demo test lint imports typecheck pytest clean
 
 all: test
 
@@ -21,13 +21,16 @@ lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+imports: deps
+	$(BIN)/lint-imports
+
 typecheck: deps
 	$(BIN)/mypy
 
 pytest: deps
 	$(BIN)/pytest -q -ra
 
-test: lint typecheck pytest
+test: lint imports typecheck pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

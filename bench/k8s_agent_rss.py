@@ -17,8 +17,8 @@ loopback and a Unix socket carry traffic. Everything is removed at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -61,7 +61,7 @@ def agent_run(full: bool, url: str, seconds: float) -> tuple[float, float, float
             f"--pin-dir={pins}", f"--cgroup={mesh}", f"--proxy-cgroup={mesh / 'proxy'}",
         ]  # fmt: skip
         args = [
-            "agent", *common, "--proxy-address=169.254.77.1",
+            "agent", "run", *common, "--proxy-address=169.254.77.1",
             f"--pod-cgroups={mesh / 'pods'}", "--node-name=node-a", "--kubernetes",
             f"--k8s-server={url}", "--no-report-status", f"--xds-socket={tmp}/xds.sock",
             f"--admin=127.0.0.1:{free_port()}", "--envoy-sync-timeout=1",
@@ -84,15 +84,14 @@ def agent_run(full: bool, url: str, seconds: float) -> tuple[float, float, float
         finally:
             proc.terminate()
             proc.wait(60)
-            cleanup = [sys.executable, "-m", "nodemesh.cmd.main", "agent", *common, "--cleanup"]
+            cleanup = [sys.executable, "-m", "nodemesh.cmd.main", "agent", "cleanup", *common]
             subprocess.run(cleanup, cwd=ROOT, capture_output=True, check=False)
 
 
 def _applied(log: Path) -> bool:
     """Whether a plan with the cluster's frontends was written to the maps."""
-    return any(
-        int(m.group(1)) > 0 for m in re.finditer(r"plan applied .*?writes=(\d+)", log.read_text())
-    )
+    events = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
+    return any(e["event"] == "plan_applied" and e.get("writes", 0) > 0 for e in events)
 
 
 def main() -> None:

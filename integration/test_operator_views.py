@@ -64,7 +64,7 @@ async def envoy(tmp_path: Path, serve: tuple[Path, str, int]) -> AsyncIterator[E
 
 def listener_address(admin: str) -> tuple[str, int]:
     dump = yaml.safe_load(
-        nodemesh("config-dump", "--node", "ops-node", "--type", "listeners", "-o", "yaml",
+        nodemesh("config-dump", "--node-id", "ops-node", "--type", "listeners", "-o", "yaml",
                  "--admin", admin).stdout
     )  # fmt: skip
     (listener,) = dump["LDS"].values()
@@ -155,7 +155,7 @@ def busy_listener_cec(port: int) -> dict[str, object]:
 
 
 def test_config_dump_unknown_admin_is_one_clear_line() -> None:
-    done = nodemesh("config-dump", "--node", "n", "--admin", f"127.0.0.1:{free_port()}")
+    done = nodemesh("config-dump", "--node-id", "n", "--admin-address", f"127.0.0.1:{free_port()}")
     assert done.returncode == 1
     assert done.stderr.startswith("nodemesh config-dump: cannot read http://")
     assert "Traceback" not in done.stderr

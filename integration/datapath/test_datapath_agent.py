@@ -32,12 +32,13 @@ CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def agent_argv(node: MeshNode, *extra: str) -> list[str]:
+def agent_argv(node: MeshNode, action: str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
         "nodemesh.cmd.main",
         "agent",
+        action,
         f"--pin-dir={node.pin_dir}",
         f"--cgroup={node.mesh}",
         f"--proxy-cgroup={node.proxy_cgroup}",
@@ -48,7 +49,7 @@ def agent_argv(node: MeshNode, *extra: str) -> list[str]:
 
 def start_agent(node: MeshNode, plan_file: Path) -> tuple[subprocess.Popen[str], list[str]]:
     proc = subprocess.Popen(
-        [*LEAST, *agent_argv(node, f"--plan={plan_file}", "--watch")],
+        [*LEAST, *agent_argv(node, "datapath", f"--plan={plan_file}", "--watch")],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -114,8 +115,10 @@ def test_restart_under_connect_loop_with_least_privilege(node: MeshNode, workdir
     stop_agent(agent)
     node.client(client, "tcp-client", VIP, "80", "5")  # the datapath outlives the agent
     agent, lines = start_agent(node, plan_file)
-    applied = [ln for ln in lines if "plan applied" in ln]
-    assert applied and "writes=0" in applied[-1] and "deletes=0" in applied[-1], lines
+    # The agent logs JSON lines (stdout is not a terminal).
+    events = [json.loads(ln) for ln in lines if ln.startswith("{")]
+    applied = [e for e in events if e["event"] == "plan_applied"]
+    assert applied and applied[-1]["writes"] == 0 and applied[-1]["deletes"] == 0, lines
     assert (kernel_id("map", services_pin), kernel_id("link", connect_link)) == ids
     # The restarted agent loaded its programs afresh and swapped them into the
     # same link (BPF_LINK_UPDATE): that is how an upgrade goes in without a gap.
@@ -143,7 +146,7 @@ def test_restart_under_connect_loop_with_least_privilege(node: MeshNode, workdir
 
     # Cleanup needs no more privilege than running did.
     gone = subprocess.run(
-        [*LEAST, *agent_argv(node, "--cleanup")], capture_output=True, text=True, timeout=120
+        [*LEAST, *agent_argv(node, "cleanup")], capture_output=True, text=True, timeout=120
     )
     assert gone.returncode == 0, gone.stderr
     assert not node.pin_dir.exists()
@@ -151,8 +154,10 @@ def test_restart_under_connect_loop_with_least_privilege(node: MeshNode, workdir
 
 def test_agent_without_cap_bpf_refuses_clearly(node: MeshNode) -> None:
     no_bpf = ["setpriv", "--bounding-set=-all,+net_admin", "--inh-caps=-all", "--"]
-    proc = subprocess.run([*no_bpf, *agent_argv(node)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 3
+    proc = subprocess.run(
+        [*no_bpf, *agent_argv(node, "datapath")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
     assert "lacks CAP_BPF" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (node.pin_dir / "maps").exists()

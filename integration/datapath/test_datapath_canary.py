@@ -135,9 +135,9 @@ def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> No
             *LEAST,
             *agent_argv(
                 node,
+                "run",
                 f"--model-dir={sources}",
                 "--node-name=node-a",
-                "--watch",
                 f"--xds-socket={sock}",
                 f"--admin=127.0.0.1:{CP_ADMIN}",
                 "--listener-address=0.0.0.0",

@@ -50,7 +50,7 @@ def test_dump_then_cleanup_leaves_nothing(workdir: Path) -> None:
         p = plan(fe, redirects=(redirect(fe, 15001, ["default/curl"]),))
         plan_file = workdir / "plan.json"
         plan_file.write_text(json_format.MessageToJson(p))
-        assert run_agent(node, f"--plan={plan_file}").returncode == 0
+        assert run_agent(node, "datapath", f"--plan={plan_file}").returncode == 0
         assert {e["name"] for e in attached(node.mesh)} >= {
             "nm_connect4",
             "nm_sockops",
@@ -73,7 +73,7 @@ def test_dump_then_cleanup_leaves_nothing(workdir: Path) -> None:
         drift = run_agent(node, "dump", f"--plan={plan_file}").stdout
         assert "DIFFERS" in drift and "STALE" in drift
 
-        gone = run_agent(node, "--cleanup")
+        gone = run_agent(node, "cleanup")
         assert gone.returncode == 0, gone.stderr
         assert not node.pin_dir.exists()
         assert attached(node.mesh) == [] and attached(node.proxy_cgroup) == []
@@ -93,7 +93,7 @@ def test_dump_refuses_a_pin_dir_off_bpffs(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert out.returncode == 3
+    assert out.returncode == 2
     assert "is not on a BPF filesystem" in out.stderr and "mount -t bpf" in out.stderr
     assert "Traceback" not in out.stderr
     assert NODE_IP not in out.stderr

@@ -423,6 +423,7 @@ def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
         "-m",
         "nodemesh.cmd.main",
         "agent",
+        "datapath",
         f"--pin-dir={node.pin_dir}",
         f"--cgroup={node.mesh}",
         "--kubepods-cgroup=auto",
@@ -468,7 +469,7 @@ def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(
     log = (workdir / "agent2.log").open("w")
     node.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True))
     _log_until(workdir / "agent2.log", "agent ready")
-    assert f"'{pod_link(envoy2)}'" in (workdir / "agent2.log").read_text()  # updated=[...]
+    assert f'"{pod_link(envoy2)}"' in (workdir / "agent2.log").read_text()  # "updated": [...]
     assert bpftool("link", "show", "pinned", link_pin)["id"] == link_id
     links_become(config, [ino(new_envoy_pod)])  # carrying the new agent's program
 

@@ -1,12 +1,13 @@
-"""`nodemesh agent`: the node agent's datapath half, and its operator commands.
+"""`nodemesh agent`: the node agent and its operator commands.
 
-    nodemesh agent --kubernetes --node-name N --xds-socket S   the node agent: serves the
-    nodemesh agent --model-dir DIR --xds-socket SOCK           node Envoy and the kernel
-    nodemesh agent [--plan FILE | --model-dir DIR] [--watch]   datapath only: load, apply
-    nodemesh agent --cleanup                                   remove everything it made
-    nodemesh agent dump [--plan FILE | --model-dir DIR]        plan vs pinned, side by side
+    nodemesh agent run       --node-name N (--kubernetes | --model-dir DIR)
+                             (--xds-socket S | --xds-address A)    the node agent: the node
+                                                                   Envoy's xDS and the kernel
+    nodemesh agent datapath  (--plan FILE | --model-dir DIR) [--watch]   the kernel only
+    nodemesh agent dump      [--plan FILE | --model-dir DIR]      plan vs pinned, side by side
+    nodemesh agent cleanup                                        remove everything it made
 
-Only the arguments live here. The implementation (`agent_cmd`) is imported
+Only the arguments live here. The implementation (`agent_run`) is imported
 when the command runs, so the rest of the `nodemesh` CLI keeps working on a
 checkout whose generated protos (nodemesh/_gen) are missing.
 """
@@ -17,11 +18,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from nodemesh.cmd.common import DEFAULT_ADMIN_ADDRESS, add_admin_address, add_kubernetes_flags
 from nodemesh.ebpf import loader
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("agent", help="eBPF node agent: datapath load, apply, dump, cleanup")
+def _pins(parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Where the datapath is pinned and attached (every agent subcommand)."""
+    p = argparse.ArgumentParser(add_help=False, parents=[parent])
     p.add_argument("--pin-dir", type=Path, default=loader.DEFAULT_PIN_DIR)
     p.add_argument("--cgroup", type=Path, default=loader.DEFAULT_CGROUP, help="mesh cgroup")
     p.add_argument(
@@ -29,7 +32,14 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="the node Envoy's cgroup, fixed (default: follow the Envoy pod in the model)",
     )
+    return p
+
+
+def _datapath(pins: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """How the plan meets this node: pods, the node Envoy, its address."""
+    p = argparse.ArgumentParser(add_help=False, parents=[pins])
     p.add_argument("--proxy-address", help="IPv4 address pods reach the node Envoy at")
+    p.add_argument("--node-name", default="", help="this node's Kubernetes name")
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("--pod-cgroups", type=Path, help="dir of <namespace>_<name> pod cgroups")
     layout.add_argument(
@@ -48,38 +58,62 @@ def register(subparsers: Any) -> None:
         default="app.kubernetes.io/name=nodemesh-envoy",
         help="labels (k=v,...) of the node Envoy pods; '' follows none",
     )
-    p.add_argument("--node-name", default="")
-    src = p.add_mutually_exclusive_group()
+    return p
+
+
+def _model_or_plan(p: argparse.ArgumentParser, required: bool) -> None:
+    src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--plan", type=Path, help="a DatapathPlan as JSON")
     src.add_argument("--model-dir", type=Path, help="a directory of Kubernetes YAML")
-    p.add_argument(
-        "--watch", action="store_true", help="keep running: follow the plan file or model dir"
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    agent = subparsers.add_parser("agent", help="eBPF node agent: run, datapath, dump, cleanup")
+    actions = agent.add_subparsers(dest="action", metavar="ACTION", required=True)
+    pins = _pins(parent)
+    datapath = _datapath(pins)
+
+    run = actions.add_parser(
+        "run", parents=[datapath], help="the node agent: xDS for the node Envoy and the kernel"
     )
-    xds = p.add_argument_group("xDS for the node Envoy (with --model-dir --watch)")
-    xds.add_argument("--xds-socket", type=Path, help="serve the node Envoy on this Unix socket")
-    xds.add_argument("--xds-address", help="also serve ADS/CSDS on TCP host:port")
-    xds.add_argument(
-        "--admin", "--admin-address", default="127.0.0.1:9876", help="admin HTTP host:port"
-    )
-    xds.add_argument("--envoy-node-id", help="the node Envoy's node id (default: --node-name)")
-    xds.add_argument(
+    run.add_argument("--model-dir", type=Path, help="a directory of Kubernetes YAML")
+    add_kubernetes_flags(run, report_status=True)
+    run.add_argument("--xds-socket", type=Path, help="serve the node Envoy on this Unix socket")
+    run.add_argument("--xds-address", help="also serve ADS/CSDS on TCP host:port")
+    add_admin_address(run, DEFAULT_ADMIN_ADDRESS, "admin HTTP host:port (keep it on loopback)")
+    run.add_argument("--envoy-node-id", help="the node Envoy's node id (default: --node-name)")
+    run.add_argument(
         "--envoy-sync-timeout",
         type=float,
         default=5.0,
         help="seconds to wait for the node Envoy's ACK before steering new redirects",
     )
-    xds.add_argument(
+    run.add_argument(
         "--listener-address", help="address Envoy's listeners bind (default: --proxy-address)"
     )
-    from nodemesh.cmd.serve import add_kubernetes_arguments
+    run.set_defaults(func=_run, plan=None)
 
-    add_kubernetes_arguments(p)
-    p.add_argument("--cleanup", action="store_true", help="remove all programs, maps and pins")
-    p.add_argument("action", nargs="?", choices=["dump"], help="dump: plan vs pinned")
-    p.set_defaults(func=run)
+    only = actions.add_parser(
+        "datapath", parents=[datapath], help="the kernel only: load, apply a plan or model"
+    )
+    _model_or_plan(only, required=False)
+    only.add_argument(
+        "--watch", action="store_true", help="keep running: follow the plan file or model dir"
+    )
+    only.set_defaults(func=_run)
+
+    dump = actions.add_parser("dump", parents=[datapath], help="the plan beside what is pinned")
+    _model_or_plan(dump, required=False)
+    dump.set_defaults(func=_run)
+
+    # The same flags as `run` are accepted, so an operator can reuse them.
+    cleanup = actions.add_parser(
+        "cleanup", parents=[datapath], help="remove every program, map, pin and link it made"
+    )
+    cleanup.set_defaults(func=_run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from nodemesh.cmd import agent_run as agent_cmd
+def _run(args: argparse.Namespace) -> int:
+    from nodemesh.cmd import agent_run
 
-    return agent_cmd.run(args)
+    return agent_run.run(args)

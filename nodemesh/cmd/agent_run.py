@@ -1,30 +1,32 @@
 """The implementation of `nodemesh agent` (arguments: `nodemesh.cmd.agent`).
 
-Every `DatapathError` becomes one line on stderr (exit 1; 3 for a missing
-prerequisite); this is the one place that mapping happens.
+Errors propagate to `nodemesh.cmd.main.dispatch`, which turns each into one
+line on stderr and an exit code.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
 from pathlib import Path
-from typing import Any
 
 import structlog
 from google.protobuf import json_format
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+from nodemesh.cmd.common import UsageError, split_host_port, until_signalled
+from nodemesh.cmd.serve import kubernetes_config
 from nodemesh.ebpf import applier, dump, loader, planner, preflight
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups, PodCgroups
-from nodemesh.ebpf.errors import DatapathError, PlanError, PrerequisiteMissing
+from nodemesh.ebpf.errors import DatapathError, PlanError
 from nodemesh.model.store import MeshStore
 from nodemesh.node.datapath import AgentSettings, DatapathAgent, DatapathFollower
 from nodemesh.node.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.node.proxy_follow import ProxyPod
 from nodemesh.sources.files import FileSource
+from nodemesh.wiring.agent import NodeAgent
+from nodemesh.wiring.controlplane import ControlPlaneConfig
+from nodemesh.xds.translate import TranslateOptions
 
 log = structlog.get_logger("nodemesh.cmd.agent")
 
@@ -91,7 +93,7 @@ def _store_from_dir(directory: Path) -> tuple[MeshStore, FileSource]:
     source = FileSource(directory, store)
     source.load()
     for problem in source.errors:
-        log.warning("source problem", problem=str(problem))
+        log.warning("source_problem", problem=str(problem))
     return store, source
 
 
@@ -113,31 +115,27 @@ async def _watch(args: argparse.Namespace, pods: PodCgroups) -> None:
             if plan is not None:
                 _apply(args, plan, pods)
         except DatapathError as exc:
-            log.error("plan not applied; the previous one stays", error=str(exc))
+            log.error("plan_not_applied", kept="the previous plan stays", error=str(exc))
 
 
-async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event, pods: PodCgroups) -> None:
+async def _serve_with_xds(args: argparse.Namespace, pods: PodCgroups) -> None:
     """The node agent proper: xDS for the node Envoy and the datapath, from
-    one model store (the wiring lives in nodemesh.wiring.agent)."""
-    from nodemesh.cmd.serve import kubernetes_config
-    from nodemesh.wiring.agent import NodeAgent
-    from nodemesh.wiring.controlplane import ControlPlaneConfig
-    from nodemesh.xds.translate import TranslateOptions
-
-    host, _, port = args.admin.rpartition(":")
-    if not host or not port.isdigit():
-        raise PlanError(f"--admin: expected host:port, got {args.admin!r}")
+    one model store (the wiring lives in nodemesh.wiring.agent). Runs until
+    cancelled; the control plane drains its streams on the way out."""
+    host, port = split_host_port(args.admin, "--admin-address")
     if args.model_dir is None and not args.kubernetes:
-        raise PlanError("the node agent serves a model: give --kubernetes or --model-dir")
+        raise UsageError("the node agent serves a model: give --kubernetes or --model-dir")
     if args.kubernetes and not args.node_name:
-        raise PlanError("--kubernetes needs --node-name (this node's pods and NACK reports)")
+        raise UsageError("--kubernetes needs --node-name (this node's pods and NACK reports)")
+    if args.xds_socket is None and args.xds_address is None:
+        raise UsageError("the node agent serves its Envoy: give --xds-socket or --xds-address")
     control_plane = ControlPlaneConfig(
         source_dirs=(args.model_dir,) if args.model_dir is not None else (),
         kubernetes=kubernetes_config(args, args.node_name, reporter=args.node_name),
         xds_tcp=args.xds_address,
         xds_socket=args.xds_socket,
         admin_host=host,
-        admin_port=int(port),
+        admin_port=port,
         translate=TranslateOptions(
             listener_address=args.listener_address or args.proxy_address or "127.0.0.1",
             node_name=args.node_name or None,
@@ -149,92 +147,62 @@ async def _serve_with_xds(args: argparse.Namespace, stop: asyncio.Event, pods: P
     agent = NodeAgent(
         control_plane, datapath, args.envoy_node_id or args.node_name, args.envoy_sync_timeout
     )
-    running = asyncio.create_task(agent.run(), name="node-agent")
-    ready = asyncio.create_task(agent.plane.ready.wait(), name="node-agent-ready")
-    stopping = asyncio.create_task(stop.wait(), name="node-agent-stop")
-    helpers: list[asyncio.Task[Any]] = [ready, stopping]
-    if datapath.proxy is not None:
-        helpers.append(asyncio.create_task(datapath.proxy.watch(), name="envoy-pod-watch"))
-    try:
-        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
-            print("agent ready", flush=True)
-        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if running.done():
-            running.result()  # what ended it, as a plain exception
-    finally:
-        for task in (running, *helpers):
-            task.cancel()
-        await asyncio.gather(running, *helpers, return_exceptions=True)
 
-
-async def _serve(args: argparse.Namespace, pods: PodCgroups) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if args.xds_socket is not None or args.xds_address is not None:
-        await _serve_with_xds(args, stop, pods)
-        return
-    async with asyncio.TaskGroup() as tg:
-        tasks = []
-        if args.model_dir is not None:
-            store, source = _store_from_dir(args.model_dir)
-            agent = DatapathAgent(_settings(args, pods), pods)
-            follower = DatapathFollower(agent)
-            tasks.append(tg.create_task(source.run(), name="file-source"))
-            tasks.append(tg.create_task(follower.follow(store.updates()), name="datapath"))
-            if agent.proxy is not None:
-                tasks.append(tg.create_task(agent.proxy.watch(), name="envoy-pod-watch"))
-        else:
-            tasks.append(tg.create_task(_watch(args, pods), name="plan-watch"))
+    async def announce_ready() -> None:
+        await agent.plane.ready.wait()
         print("agent ready", flush=True)
-        await stop.wait()
-        # The datapath stays pinned and live; only the agent goes away.
-        for task in tasks:
-            task.cancel()
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(agent.run(), name="node-agent")
+        tg.create_task(announce_ready(), name="node-agent-ready")
+        if datapath.proxy is not None:
+            tg.create_task(datapath.proxy.watch(), name="envoy-pod-watch")
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.cleanup:
+async def _follow_model_dir(args: argparse.Namespace, pods: PodCgroups) -> None:
+    """The datapath only, following a model directory (no xDS in this process)."""
+    store, source = _store_from_dir(args.model_dir)
+    follower = DatapathFollower(DatapathAgent(_settings(args, pods), pods))
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(source.run(), name="file-source")
+        tg.create_task(follower.follow(store.updates()), name="datapath")
+        if follower.datapath.proxy is not None:
+            tg.create_task(follower.datapath.proxy.watch(), name="envoy-pod-watch")
+        print("agent ready", flush=True)
+
+
+async def _watch_datapath(args: argparse.Namespace, pods: PodCgroups) -> None:
+    # The datapath stays pinned and live when the agent goes away.
+    if args.model_dir is not None:
+        await until_signalled(_follow_model_dir(args, pods), "datapath")
+    else:
+        print("agent ready", flush=True)
+        await until_signalled(_watch(args, pods), "plan-watch")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "cleanup":
         config = _config(args)
         removed = loader.cleanup(config)
         print(f"removed {len(removed)} pins under {config.pin_dir}")
         return 0
     pods = pod_cgroups(args)
     config = _config(args, pods)
-    xds_mode = args.xds_socket is not None or args.xds_address is not None
-    plan = None if xds_mode and args.action != "dump" else read_plan(args, pods)
+    if args.action == "run":
+        # The node agent loads the datapath itself and orders the first plan
+        # against the node Envoy (nothing is steered before Envoy listens).
+        asyncio.run(until_signalled(_serve_with_xds(args, pods), "node-agent"))
+        return 0
+    plan = read_plan(args, pods)
     if args.action == "dump":
         preflight.check_bpffs(config.pin_dir)
         if not config.maps_dir.is_dir():
             raise DatapathError(f"nothing is pinned under {config.pin_dir}; has the agent run?")
         print(dump.render(plan, config.maps_dir, args.proxy_address, pods))
         return 0
-    if xds_mode:
-        # The node agent loads the datapath itself and orders the first plan
-        # against the node Envoy (nothing is steered before Envoy listens).
-        asyncio.run(_serve(args, pods))
-        return 0
     loader.load(config)
     if plan is not None:
         _apply(args, plan, pods)
     if args.watch:
-        asyncio.run(_serve(args, pods))
+        asyncio.run(_watch_datapath(args, pods))
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    from nodemesh.k8s_watch.errors import K8sWatchError
-
-    try:
-        return _run(args)
-    except K8sWatchError as exc:
-        print(f"nodemesh agent: kubernetes: {exc}", file=sys.stderr)
-        return 1
-    except PrerequisiteMissing as exc:
-        print(f"nodemesh agent: missing: {exc.missing}\n  fix: {exc.fix}", file=sys.stderr)
-        return 3
-    except DatapathError as exc:
-        print(f"nodemesh agent: error: {exc}", file=sys.stderr)
-        return 1

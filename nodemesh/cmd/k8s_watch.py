@@ -1,13 +1,13 @@
 """`nodemesh k8s-watch`: watch a cluster into a mesh model and show it.
 
-    nodemesh k8s-watch [--kubeconfig F] [--context C] [--server URL] [--node N]
-                       [--once] [--timeout S] [--report-status]
+    nodemesh k8s-watch [--kubeconfig F] [--context C] [--k8s-server URL]
+                       [--node-name N] [--once] [--timeout S] [--report-status]
 
 An operator's view of what nodemesh sees in a cluster, from a laptop (a
 kubeconfig) or a pod (the service account): with --once it syncs, prints the
 model summary and every rejected object, and exits 0 (1 if the sync did not
 finish in --timeout, saying why). Without it, one line per new model until
-interrupted. It writes nothing to the cluster unless --report-status.
+SIGTERM or SIGINT (exit 0). It writes nothing to the cluster unless --report-status.
 Heavy imports wait until the command runs, so other subcommands stay fast.
 """
 
@@ -18,20 +18,18 @@ import asyncio
 import sys
 from typing import Any
 
+from nodemesh.cmd.common import add_kubernetes_flags, until_signalled
 from nodemesh.model.snapshot import MeshModel
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("k8s-watch", help="watch a Kubernetes cluster into the mesh model")
-    p.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube/config)"
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "k8s-watch", parents=[parent], help="watch a Kubernetes cluster into the mesh model"
     )
-    p.add_argument("--context", help="kubeconfig context")
-    p.add_argument("--server", help="API server URL, without credentials (tests, proxies)")
-    p.add_argument("--node", help="watch only this node's pods")
+    add_kubernetes_flags(p, report_status=False, optional=False)
+    p.add_argument("--node-name", help="watch only this node's pods")
     p.add_argument("--once", action="store_true", help="sync, print the model summary, exit")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the sync")
-    p.add_argument("--report-status", action="store_true", help="write conditions and Events")
     p.set_defaults(func=run)
 
 
@@ -54,15 +52,17 @@ async def _run(args: argparse.Namespace) -> int:
     from nodemesh.k8s_watch.source import KubernetesSource
     from nodemesh.model.store import MeshStore
 
-    client = await make_api_client(args.server, kubeconfig=args.kubeconfig, context=args.context)
+    client = await make_api_client(
+        args.k8s_server, kubeconfig=args.kubeconfig, context=args.context
+    )
     store = MeshStore()
     settings = WatchSettings()
     source = KubernetesSource(
         KubeApi(client, settings),
         store,
-        node=args.node or "k8s-watch",
+        node=args.node_name or "k8s-watch",
         settings=settings,
-        resources=default_resources(args.node),
+        resources=default_resources(args.node_name),
         report_status=args.report_status,
     )
     try:
@@ -87,12 +87,12 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nodemesh.k8s_watch.errors import K8sWatchError
-
-    try:
+    if args.once:
         return asyncio.run(_run(args))
-    except K8sWatchError as exc:
-        print(f"nodemesh k8s-watch: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    result: list[int] = []
+
+    async def follow() -> None:
+        result.append(await _run(args))
+
+    asyncio.run(until_signalled(follow(), "k8s-watch"))
+    return result[0] if result else 0

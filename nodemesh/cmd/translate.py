@@ -31,27 +31,28 @@ TYPES = {
 }
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     command = sub.add_parser(
-        "translate", help="print the Envoy resources a directory of manifests becomes"
+        "translate",
+        parents=[parent],
+        help="print the Envoy resources a directory of manifests becomes",
     )
     command.add_argument("--source-dir", type=Path, required=True, help="YAML manifests")
     command.add_argument("--type", choices=sorted(TYPES), help="only this resource type")
-    command.add_argument("--node", help="node name (CECs with a nodeSelector apply per node)")
+    command.add_argument("--node-name", help="node name (CECs with a nodeSelector apply per node)")
     command.add_argument(
         "--node-label", action="append", default=[], metavar="KEY=VALUE", help="node label"
     )
     command.add_argument("--listener-address", default="127.0.0.1")
     command.add_argument("-o", "--output", choices=["json", "yaml"], default="yaml")
-    command.add_argument("--log-level", default="warning", help="logs go to stderr")
-    command.set_defaults(func=run_translate)
+    command.set_defaults(func=run_translate, log_level="warning")
 
 
 def _options(args: argparse.Namespace) -> TranslateOptions:
     labels = dict(label.partition("=")[::2] for label in args.node_label)
     return TranslateOptions(
         listener_address=args.listener_address,
-        node_name=args.node,
+        node_name=args.node_name,
         node_labels=pairs(labels),
     )
 

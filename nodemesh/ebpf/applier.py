@@ -373,7 +373,7 @@ def apply(
                 target.update(op.key, op.value)
                 result.writes += 1
     log.info(
-        "plan applied",
+        "plan_applied",
         model_version=plan.model_version,
         writes=result.writes,
         deletes=result.deletes,

@@ -241,7 +241,7 @@ def _refresh_proxy(prog: int, config: DatapathConfig, report: LoadReport) -> Non
             # The Envoy pod's cgroup went while no agent ran: nothing is
             # attached any more; the next proxy gets a link of its own.
             link.unlink()
-            log.info("proxy link to a removed cgroup dropped", pin=str(link))
+            log.info("proxy_link_to_a_removed_cgroup_dropped", pin=str(link))
         finally:
             os.close(link_fd)
     if config.proxy_cgroup is not None and attach_proxy(config, config.proxy_cgroup):
@@ -302,7 +302,7 @@ def attach_proxy(config: DatapathConfig, target: Path, name: str = PROXY_LINK) -
     # The old link's pin was its last reference: replacing it detaches it.
     os.replace(staged, pin)
     _drop_legacy(config)
-    log.info("getsockopt linked to a proxy cgroup", cgroup=str(target), cgroup_id=want, pin=name)
+    log.info("getsockopt_linked_to_a_proxy_cgroup", cgroup=str(target), cgroup_id=want, pin=name)
     return True
 
 
@@ -312,7 +312,7 @@ def detach_proxy(config: DatapathConfig, name: str) -> bool:
     if not pin.exists():
         return False
     pin.unlink()
-    log.info("getsockopt link dropped", pin=name)
+    log.info("getsockopt_link_dropped", pin=name)
     return True
 
 
@@ -322,7 +322,7 @@ def _drop_legacy(config: DatapathConfig) -> None:
     legacy = config.links_dir / LEGACY_MESH_LINK
     if legacy.exists():
         legacy.unlink()
-        log.info("getsockopt link on the mesh cgroup dropped", pin=str(legacy))
+        log.info("getsockopt_link_on_the_mesh_cgroup_dropped", pin=str(legacy))
 
 
 def load(config: DatapathConfig) -> LoadReport:
@@ -349,7 +349,7 @@ def load(config: DatapathConfig) -> LoadReport:
                 raise _privilege_hint(exc, f"loading {path.name}") from exc
             raise
     write_config(config)
-    log.info("datapath loaded", created=report.created, updated=report.updated)
+    log.info("datapath_loaded", created=report.created, updated=report.updated)
     return report
 
 
@@ -373,7 +373,7 @@ def cleanup(config: DatapathConfig) -> list[str]:
             # rmdir, not rmtree: anything we did not make stays, and says so.
             directory.rmdir()
             removed.append(str(directory))
-    log.info("datapath removed", removed=len(removed))
+    log.info("datapath_removed", removed=len(removed))
     return removed
 
 

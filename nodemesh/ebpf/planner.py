@@ -72,7 +72,7 @@ def _frontends_of(model: MeshModel, svc: Service) -> Iterator[pb.ServiceFrontend
     vips = [ip for ip in svc.cluster_ips if _version(ip)]
     for port in svc.ports:
         if port.protocol not in PROTOCOLS:
-            log.info("port skipped", service=str(svc.service_name), protocol=port.protocol)
+            log.info("port_skipped", service=str(svc.service_name), protocol=port.protocol)
             continue
         for vip in vips:
             backends = _backends(model, svc, port, _version(vip))
@@ -109,7 +109,8 @@ def _redirects_of(model: MeshModel, redirect: L7Redirect, node: str) -> Iterator
     unsteered = [ip for ip in svc.cluster_ips if _version(ip) == 6]
     if unsteered:
         log.warning(
-            "IPv6 VIPs not steered to Envoy: translated to backends, L7 rules not enforced",
+            "ipv6_vips_not_steered",
+            consequence="translated to backends; L7 rules not enforced on them",
             service=str(redirect.service),
             port=redirect.port,
             vips=unsteered,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -117,11 +117,40 @@ def _collection_path(spec: ResourceSpec) -> str:
 
 
 class KubeApi:
-    """The few calls nodemesh makes, over one kubernetes-asyncio ApiClient."""
+    """The few calls nodemesh makes, over one kubernetes-asyncio ApiClient:
+    given (tests), or made by `connect` in `open()` and closed by `close()`
+    (a process, which must create it inside its event loop)."""
 
-    def __init__(self, api_client: ApiClient, settings: WatchSettings) -> None:
-        self._client = api_client
+    def __init__(
+        self,
+        api_client: ApiClient | None,
+        settings: WatchSettings,
+        connect: Callable[[], Awaitable[ApiClient]] | None = None,
+    ) -> None:
+        if api_client is None and connect is None:
+            raise ValueError("KubeApi needs an api_client or a connect function")
+        self._given = api_client
+        self._connect = connect
+        self._owned: ApiClient | None = None
         self._settings = settings
+
+    @property
+    def _client(self) -> ApiClient:
+        client = self._given or self._owned
+        if client is None:
+            raise RuntimeError("KubeApi used before open()")
+        return client
+
+    async def open(self) -> None:
+        """Create the client if this object makes its own (idempotent)."""
+        if self._given is None and self._owned is None and self._connect is not None:
+            self._owned = await self._connect()
+
+    async def close(self) -> None:
+        """Close the client this object made; a given client is its owner's."""
+        if self._owned is not None:
+            await self._owned.close()
+            self._owned = None
 
     async def _request(
         self,

@@ -143,7 +143,7 @@ class Informer:
         SKIPPED.labels(str(self.spec)).inc()
         meta = obj.get("metadata") if isinstance(obj, dict) else None
         log.warning(
-            "object skipped",
+            "object_skipped",
             resource=str(self.spec),
             error=str(exc),
             name=meta.get("name") if isinstance(meta, dict) else None,

@@ -173,11 +173,11 @@ class StatusReporter:
                 out.events += 1
         except ApiUnavailable as exc:
             out.deferred += 1
-            log.warning("status write deferred", object=str(ref), error=str(exc))
+            log.warning("status_write_deferred", object=str(ref), error=str(exc))
             return
         except ApiRejected as exc:
             # Not retried: e.g. a Cilium-installed CRD without a status subresource.
-            log.warning("status write refused", object=str(ref), error=str(exc))
+            log.warning("status_write_refused", object=str(ref), error=str(exc))
             WRITES.labels("status", "refused").inc()
         self._written[ref] = wanted
         out.refs.append(ref)
@@ -256,11 +256,11 @@ class StatusReporter:
                     error.ref, meta, "InvalidObject", f"{error.field}: {error.reason}", False
                 )
             except ApiUnavailable as exc:
-                log.warning("event deferred", object=str(error.ref), error=str(exc))
+                log.warning("event_deferred", object=str(error.ref), error=str(exc))
                 out.deferred += 1
                 continue
             except ApiRejected as exc:
-                log.warning("event refused", object=str(error.ref), error=str(exc))
+                log.warning("event_refused", object=str(error.ref), error=str(exc))
                 WRITES.labels("event", "refused").inc()
             self._error_events[key] = meta.uid
             out.events += 1

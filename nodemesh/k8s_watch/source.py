@@ -42,6 +42,7 @@ class KubernetesSource:
         retry_interval: float = 5.0,
     ) -> None:
         self.settings = settings or WatchSettings()
+        self.api = api
         self.store = store
         self.watch = InformerSet(api, store, settings=self.settings, resources=resources)
         self.reporter = (
@@ -58,6 +59,30 @@ class KubernetesSource:
     @property
     def health(self) -> WatchHealth:
         return self.watch.health
+
+    # -- the Source protocol (nodemesh.sources.base) ------------------------
+
+    @property
+    def name(self) -> str:
+        return "kubernetes"
+
+    async def open(self) -> None:
+        await self.api.open()
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def wait_synced(self) -> None:
+        # A model from a partial list would withdraw Envoy config and kernel
+        # redirects for objects not listed yet; readiness says what is being
+        # waited for meanwhile.
+        await self.watch.wait_synced()
+
+    def not_ready_reasons(self) -> list[str]:
+        return [f"kubernetes: {reason}" for reason in self.health.reasons()]
+
+    def problems(self) -> list[str]:
+        return list(self.health.reasons())
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:

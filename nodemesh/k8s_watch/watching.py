@@ -148,7 +148,7 @@ async def watch_once(
             except (ValueError, TypeError, KeyError) as exc:
                 SKIPPED.labels(resource).inc()
                 log.warning(
-                    "watch line skipped", resource=resource, error=str(exc), line=line[:200]
+                    "watch_line_skipped", resource=resource, error=str(exc), line=line[:200]
                 )
                 continue
             EVENTS.labels(resource, str(etype)).inc()
@@ -165,7 +165,7 @@ async def watch_once(
             elif etype in ("ADDED", "MODIFIED", "DELETED") and isinstance(obj, dict):
                 yield Changed(etype, obj)
             else:
-                log.warning("unknown watch event skipped", resource=resource, type=etype)
+                log.warning("unknown_watch_event_skipped", resource=resource, type=etype)
 
 
 def _rv_of(obj: Raw) -> str | None:
@@ -215,7 +215,7 @@ async def informer_stream(
                 await asyncio.sleep(backoff.next())
         except ResourceGone as exc:
             # History we need is gone: only a fresh list tells us what is true now.
-            log.info("resource version expired, relisting", resource=resource, error=str(exc))
+            log.info("resource_version_expired_relisting", resource=resource, error=str(exc))
             if cause == "gone" and rv is None:
                 await asyncio.sleep(backoff.next())  # 410 on the relist itself
             rv, cause = None, "gone"
@@ -223,7 +223,7 @@ async def informer_stream(
             health.failed(resource, exc)
             delay = backoff.next()
             log.warning(
-                "list/watch failed, retrying",
+                "list_watch_failed_retrying",
                 resource=resource,
                 error=str(exc),
                 retry_in=round(delay, 2),

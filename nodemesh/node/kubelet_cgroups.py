@@ -158,4 +158,4 @@ class KubeletPodCgroups:
     def _tell_once(self, pod: str, message: str) -> None:
         if self._told.get(pod) != message and pod in self._uids:
             self._told[pod] = message
-            log.warning("pod cgroup not resolved", reason=message)
+            log.warning("pod_cgroup_not_resolved", reason=message)

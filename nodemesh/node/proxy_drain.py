@@ -105,9 +105,9 @@ class ProxyDrainer:
             path.rmdir()
         except OSError as exc:
             # Not there (another agent removed it) or not empty: left alone.
-            log.debug("admin directory of a gone Envoy pod kept", path=str(path), error=str(exc))
+            log.debug("admin_directory_of_a_gone_envoy_pod_kept", path=str(path), error=str(exc))
             return
-        log.info("admin directory of a gone Envoy pod removed", path=str(path))
+        log.info("admin_directory_of_a_gone_envoy_pod_removed", path=str(path))
 
     async def drain_all(self, pods: list[Pod]) -> None:
         for pod in self.wanted(pods):
@@ -123,7 +123,8 @@ class ProxyDrainer:
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             DRAINS.labels(result="error").inc()
             log.error(
-                "terminating node Envoy pod not drained (it stops at SIGTERM instead)",
+                "terminating_node_envoy_pod_not_drained",
+                consequence="it stops at SIGTERM instead",
                 pod=str(pod.ref),
                 admin=str(socket),
                 error=str(exc) or type(exc).__name__,
@@ -131,7 +132,7 @@ class ProxyDrainer:
             return False
         DRAINS.labels(result="ok").inc()
         log.info(
-            "terminating node Envoy pod draining its listeners",
+            "terminating_node_envoy_pod_draining_its_listeners",
             pod=str(pod.ref),
             admin=str(socket),
             answer=answer,

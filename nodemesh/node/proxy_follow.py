@@ -90,8 +90,9 @@ def warn_without_migrate_req(sysctl: Path = MIGRATE_REQ) -> bool:
         on = False
     if not on:
         log.warning(
-            "net.ipv4.tcp_migrate_req is not 1: an Envoy rollout may reset connections "
-            "queued on the old Envoy's listeners (set it on the node)",
+            "tcp_migrate_req_off",
+            consequence="an Envoy rollout may reset connections queued on the old "
+            "Envoy's listeners; set net.ipv4.tcp_migrate_req=1 on the node",
             sysctl=str(sysctl),
         )
     return on
@@ -166,13 +167,13 @@ class ProxyFollower:
             # Gone between the lookups (a pod cgroup removed), or refused:
             # not a proxy yet; the watch tries again.
             if str(exc) != self._link_error:
-                log.warning("node Envoy pod cgroup not linked", pod=str(pod.ref), error=str(exc))
+                log.warning("node_envoy_pod_cgroup_not_linked", pod=str(pod.ref), error=str(exc))
             self._link_error = str(exc)
             return 0
         self._link_error = ""
         added = loader.add_proxy(self.config.maps_dir, cgroup)
         if moved or added:
-            log.info("node Envoy pod followed", pod=str(pod.ref), cgroup_id=cgroup)
+            log.info("node_envoy_pod_followed", pod=str(pod.ref), cgroup_id=cgroup)
         return cgroup
 
     def _retire(self, linked: dict[str, int]) -> None:
@@ -185,7 +186,7 @@ class ProxyFollower:
         keep = set(linked.values())
         for cgroup in loader.proxy_set(maps_dir) - keep:
             loader.remove_proxy(maps_dir, cgroup)
-            log.info("node Envoy pod left the proxy set", cgroup_id=cgroup)
+            log.info("node_envoy_pod_left_the_proxy_set", cgroup_id=cgroup)
         for pin in loader.proxy_links(self.config):
             if pin.name not in linked:
                 loader.detach_proxy(self.config, pin.name)
@@ -195,7 +196,8 @@ class ProxyFollower:
         PROXY_RESOLVED.set(resolved)
         if state != self._state and resolved == 0:
             log.warning(
-                "node Envoy pod not on this node's cgroups (the last one known stays)",
+                "node_envoy_pod_not_on_this_node",
+                kept="the last node Envoy pod known stays",
                 selector=str(self.selector),
                 state=state,
             )
@@ -215,4 +217,4 @@ class ProxyFollower:
                 await asyncio.to_thread(self.follow, self._seen)
             except DatapathError as exc:
                 # A map write that failed now may work on the next look.
-                log.error("node Envoy pod not followed", error=str(exc))
+                log.error("node_envoy_pod_not_followed", error=str(exc))

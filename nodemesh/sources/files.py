@@ -109,6 +109,33 @@ class FileSource:
         """Scan once, synchronously. True when the store was given new content."""
         return self._publish(self._scan())
 
+    # -- the Source protocol (nodemesh.sources.base) ------------------------
+
+    @property
+    def name(self) -> str:
+        return str(self.directory)
+
+    async def open(self) -> None:
+        # Synchronously, before the first model: it includes every file, not
+        # a partial set. A missing directory is reported, not fatal.
+        self.load()
+
+    async def wait_synced(self) -> None:
+        """Synced once opened: `open` read every file."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def not_ready_reasons(self) -> list[str]:
+        # A broken file keeps its last good content and is only reported; an
+        # unreadable directory means the model may be missing objects.
+        if not self.directory.is_dir():
+            return [f"source directory {self.directory} is not readable"]
+        return []
+
+    def problems(self) -> list[str]:
+        return [str(problem) for problem in self.errors]
+
     async def poll(self) -> bool:
         """Scan once without blocking the event loop (file reads run in a thread)."""
         scanned = await asyncio.to_thread(self._scan)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from prometheus_client import Gauge
 from nodemesh.model.objects import Kind, ObjectError, ObjectWarning
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
+from nodemesh.sources.base import Source
 from nodemesh.sources.files import FileSource
 from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminServer
 from nodemesh.xds.cache import SnapshotCache, short_name
@@ -39,6 +40,8 @@ from nodemesh.xds.server import (
 from nodemesh.xds.translate import TranslateOptions, Translation, Translator, validate_envoy_config
 
 if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
+
     from nodemesh.k8s_watch.source import KubernetesSource
 
 log = structlog.get_logger("nodemesh.wiring.controlplane")
@@ -130,10 +133,6 @@ class ControlPlane:
         self.config = config
         self.follower = follower
         self.store = MeshStore(validators=[validate_envoy_config])
-        self.sources = [
-            FileSource(directory, self.store, source_name=f"files:{directory}")
-            for directory in config.source_dirs
-        ]
         self.cache = SnapshotCache()
         self.translator = Translator(config.translate)
         self.server = AdsServer(
@@ -153,30 +152,31 @@ class ControlPlane:
         self.translation: Translation | None = None
         self.ready = asyncio.Event()
         self.kubernetes: KubernetesSource | None = None
+        self.sources: list[Source] = [
+            FileSource(directory, self.store, source_name=f"files:{directory}")
+            for directory in config.source_dirs
+        ]
+        if config.kubernetes is not None:
+            self.kubernetes = _kubernetes_source(self, config.kubernetes)
+            self.sources.append(self.kubernetes)
 
     async def run(self) -> None:
-        for source in self.sources:
-            source.load()  # the first model includes every file, not a partial set
         async with contextlib.AsyncExitStack() as stack:
-            if self.config.kubernetes is not None:
-                self.kubernetes = await _kubernetes_source(self, self.config.kubernetes, stack)
+            for source in self.sources:
+                await source.open()
+                stack.push_async_callback(source.close)
             await self.server.start()
             stack.push_async_callback(self.server.stop)
             self.admin_port = await self.admin.start()
             stack.push_async_callback(self.admin.stop)
             async with asyncio.TaskGroup() as group:
                 for source in self.sources:
-                    group.create_task(source.run(), name=f"source {source.directory}")
-                if self.kubernetes is not None:
-                    group.create_task(self.kubernetes.run(), name="kubernetes")
+                    group.create_task(source.run(), name=f"source {source.name}")
                 group.create_task(self._publish_models(), name="model-to-xds")
 
     async def _publish_models(self) -> None:
-        if self.kubernetes is not None:
-            # A model from a partial list would withdraw Envoy config and
-            # kernel redirects for objects not listed yet; readiness says
-            # what is being waited for meanwhile.
-            await self.kubernetes.watch.wait_synced()
+        for source in self.sources:
+            await source.wait_synced()
         async for model in self.store.updates():
             if self.follower is not None:
                 await self.follower.before_publish(model)
@@ -236,15 +236,7 @@ class ControlPlane:
     def not_ready_reasons(self) -> Sequence[str]:
         if self.model is None:
             return ["no mesh model has been published yet"]
-        # A broken file keeps its last good content and is only reported; an
-        # unreadable source directory means the model may be missing objects.
-        reasons = [
-            f"source directory {source.directory} is not readable"
-            for source in self.sources
-            if not source.directory.is_dir()
-        ]
-        if self.kubernetes is not None:
-            reasons += [f"kubernetes: {r}" for r in self.kubernetes.health.reasons()]
+        reasons = [reason for source in self.sources for reason in source.not_ready_reasons()]
         if self.follower is not None:
             reasons += self.follower.not_ready_reasons()
         return reasons
@@ -260,17 +252,7 @@ class ControlPlane:
                 "errors": [_problem(e) for e in errors],
                 "warnings": _unique([_problem(w) for w in warnings]),
             },
-            "sources": [
-                *(
-                    {"name": str(s.directory), "errors": [str(e) for e in s.errors]}
-                    for s in self.sources
-                ),
-                *(
-                    [{"name": "kubernetes", "errors": self.kubernetes.health.reasons()}]
-                    if self.kubernetes is not None
-                    else []
-                ),
-            ],
+            "sources": [{"name": s.name, "errors": s.problems()} for s in self.sources],
             "clients": [_client_json(c) for c in self.server.clients()],
             **({"datapath": self.follower.status()} if self.follower is not None else {}),
         }
@@ -290,9 +272,7 @@ class ControlPlane:
         }
 
 
-async def _kubernetes_source(
-    plane: ControlPlane, config: KubernetesConfig, stack: contextlib.AsyncExitStack
-) -> KubernetesSource:
+def _kubernetes_source(plane: ControlPlane, config: KubernetesConfig) -> KubernetesSource:
     """The API server as a source of the model, reporting status back. Imported
     here, not at module level: the Kubernetes client costs ~45 MiB of imports
     that file-only runs (the demo) do not need."""
@@ -302,13 +282,12 @@ async def _kubernetes_source(
     from nodemesh.k8s_watch.source import KubernetesSource
     from nodemesh.wiring.nacks import XdsNacks
 
-    client = await make_api_client(
-        config.server, kubeconfig=config.kubeconfig, context=config.context
-    )
-    stack.push_async_callback(client.close)
+    def connect() -> Awaitable[ApiClient]:
+        return make_api_client(config.server, kubeconfig=config.kubeconfig, context=config.context)
+
     settings = WatchSettings()
     return KubernetesSource(
-        KubeApi(client, settings),
+        KubeApi(None, settings, connect=connect),
         plane.store,
         node=config.reporter,
         settings=settings,

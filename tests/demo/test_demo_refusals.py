@@ -7,15 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nodemesh.cmd import serve as cli_controlplane
 from nodemesh.cmd.main import main
-
-
-@pytest.fixture(autouse=True)
-def keep_test_logging(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The command configures structlog process-wide (level, renderer); in the
-    # test process that would change what every later test logs.
-    monkeypatch.setattr(cli_controlplane, "configure_logging", lambda *a, **k: None)
 
 
 @pytest.mark.parametrize(

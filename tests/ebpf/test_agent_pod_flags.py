@@ -15,7 +15,7 @@ from nodemesh.node.kubelet_cgroups import KubeletPodCgroups
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(["agent", *argv])
+    return build_parser().parse_args(["agent", "datapath", *argv])
 
 
 def test_kubepods_auto_is_found_below_the_mesh_cgroup(tmp_path: Path) -> None:

@@ -138,5 +138,5 @@ def test_an_unresolved_pod_is_logged_once_until_it_leaves_the_model(tmp_path: Pa
         resolver.observe([])
         resolver.observe([pod("curl", UID)])
         resolver.cgroup_id("default/curl")
-    reasons = [e["reason"] for e in logs if e["event"] == "pod cgroup not resolved"]
+    reasons = [e["reason"] for e in logs if e["event"] == "pod_cgroup_not_resolved"]
     assert len(reasons) == 2 and reasons[0].startswith("default/curl: no cgroup for uid")

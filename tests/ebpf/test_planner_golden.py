@@ -162,6 +162,6 @@ def test_planner_logs_ipv6_vips_it_does_not_steer() -> None:
     with structlog.testing.capture_logs() as logs:
         plan = planner.plan(model(), "node-a")
     assert all(":" not in r.vip for r in plan.redirects)
-    warned = [e for e in logs if e["event"].startswith("IPv6 VIPs not steered")]
+    warned = [e for e in logs if e["event"] == "ipv6_vips_not_steered"]
     assert [e["vips"] for e in warned] == [["fd00::10"]]
     assert "fd00::10" in {f.vip for f in plan.frontends}

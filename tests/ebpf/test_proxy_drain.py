@@ -153,7 +153,7 @@ def _drain_real_envoy(envoy: str, tmp_path: Path) -> None:
         with capture_logs() as logs:
             asyncio.run(drainer.drain_all([envoy_pod(deleting=False), envoy_pod()]))
         assert [e["event"] for e in logs if e["log_level"] == "info"] == [
-            "terminating node Envoy pod draining its listeners"
+            "terminating_node_envoy_pod_draining_its_listeners"
         ], logs
         # In the graceful drain period the listener still accepts, and each
         # response closes its connection (--drain-strategy immediate) ...

@@ -240,7 +240,7 @@ def test_agent_daemonset_args_are_the_clis() -> None:
     args = agent["spec"]["template"]["spec"]["containers"][0]["args"]
     args = [a.replace("$(NODE_NAME)", "node-1") for a in args]
     parsed, unknown = build_parser().parse_known_args(args)
-    assert parsed.command == "agent"
+    assert parsed.command == "agent" and parsed.action == "run"
     assert unknown == []
     assert parsed.kubernetes and parsed.xds_socket is not None
     assert str(parsed.pin_dir) == "/sys/fs/bpf/nodemesh" and parsed.node_name == "node-1"

@@ -30,6 +30,7 @@ from nodemesh.cmd.demo.canary import (
 from nodemesh.cmd.demo.traffic import LoopResult, format_split, judge_split, request_loop
 from nodemesh.cmd.status_view import format_status
 from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
+from nodemesh.sources.files import FileSource
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.xds.translate import ROUTE
 
@@ -138,6 +139,8 @@ class Demo:
     async def change_weights(self, weights: tuple[int, ...]) -> bool:
         """Apply new weights while a request loop runs; True if none failed."""
         source = self.plane.sources[0]
+        if not isinstance(source, FileSource):
+            raise DemoError("the demo changes weights in its file source, and has none")
         raw = load_weighted_envoy_config(self.options.source_dir)
         stop = asyncio.Event()
         background = asyncio.create_task(self._loop(None, stop), name="demo-during-change")
