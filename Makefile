@@ -4,15 +4,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: all deps demo test lint imports typecheck pytest clean
+.PHONY: all deps lock demo test lint imports typecheck pytest clean
 
 all: test
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/bootstrap.sh $(wildcard proto/*/*/*.proto)
+# The lock is a prerequisite: a changed lock re-syncs the venv.
+$(STAMP): requirements.lock pyproject.toml setup.py scripts/bootstrap.sh $(wildcard proto/*/*/*.proto)
 	bash scripts/bootstrap.sh
 	touch $@
+
+# Re-resolve requirements.lock from pyproject.toml (runtime deps + the dev and
+# demo extras) for every platform, CPython >= 3.11, with every file's hash.
+# Existing pins are kept unless pyproject.toml needs otherwise; to move them:
+#   make lock LOCK_FLAGS=--upgrade                    (everything)
+#   make lock LOCK_FLAGS='--upgrade-package protobuf' (one package)
+LOCK_FLAGS ?=
+lock: deps
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra demo --universal \
+		--python-version 3.11 --generate-hashes --custom-compile-command "make lock" \
+		$(LOCK_FLAGS) --quiet --output-file requirements.lock
 
 demo: deps
 	$(BIN)/nodemesh demo

@@ -33,15 +33,18 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q -e '.[dev,demo]'
-
-# The project's own protos (proto/) compile into nodemesh/_gen/ (gitignored),
-# importable as nodemesh._gen.<proto package>, e.g. nodemesh._gen.nodemesh.v1.
-# No .pyi: mypy checks stub files even under follow_imports=skip, and protoc's
-# stubs are not strict-clean; the generated modules are typed Any instead.
-mapfile -t protos < <(find proto -name '*.proto' | sort)
-if [ ${#protos[@]} -gt 0 ]; then
-    mkdir -p nodemesh/_gen
-    "$VENV/bin/python" -m grpc_tools.protoc -Iproto --python_out=nodemesh/_gen "${protos[@]}"
-fi
+# Python packages come only from requirements.lock (exact versions, hashes
+# checked; `make lock` updates it, see README "Dependencies"). uv installs
+# them: it has no dependencies, so pip installs it first, hash-checked, from
+# its own entry in the lock.
+LOCK=requirements.lock
+uv_req=$(mktemp)
+trap 'rm -f "$uv_req"' EXIT
+awk '/^uv==/ {on = 1} on {print; if ($0 !~ /\\$/) exit}' "$LOCK" >"$uv_req"
+"$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r "$uv_req"
+# sync: also removes what the lock no longer lists.
+"$VENV/bin/uv" pip sync -q --python "$VENV/bin/python" --require-hashes "$LOCK"
+# The project itself, editable, without dependencies (all came from the lock)
+# and without build isolation (setuptools and grpcio-tools are in the lock).
+# setup.py's build_py compiles proto/ into nodemesh/_gen/ (gitignored).
+"$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps --no-build-isolation -e .

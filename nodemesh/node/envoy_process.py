@@ -22,8 +22,9 @@ from typing import Any
 import aiohttp
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_BOOTSTRAP = REPO_ROOT / "envoy" / "bootstrap.yaml"
+from nodemesh import assets
+
+DEFAULT_BOOTSTRAP = assets.envoy_bootstrap()
 
 
 class EnvoyError(Exception):

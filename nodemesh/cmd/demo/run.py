@@ -18,6 +18,7 @@ from pathlib import Path
 
 from envoy.config.route.v3 import route_pb2
 
+from nodemesh import assets
 from nodemesh.cmd.demo.backends import BackendFleet
 from nodemesh.cmd.demo.canary import (
     DemoError,
@@ -34,7 +35,7 @@ from nodemesh.sources.files import FileSource
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.xds.translate import ROUTE
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "canary"
+EXAMPLES = assets.example_dir("canary")
 
 
 @dataclass(frozen=True, slots=True)
