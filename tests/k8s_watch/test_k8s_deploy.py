@@ -244,3 +244,35 @@ def test_agent_daemonset_args_are_the_clis() -> None:
     assert unknown == []
     assert parsed.kubernetes and parsed.xds_socket is not None
     assert str(parsed.pin_dir) == "/sys/fs/bpf/nodemesh" and parsed.node_name == "node-1"
+
+
+def _daemonsets() -> list[dict[str, Any]]:
+    return [
+        d for p in sorted(DEPLOY.glob("*.yaml")) for d in _docs(p) if d.get("kind") == "DaemonSet"
+    ]
+
+
+def test_host_network_pods_keep_admin_ports_on_loopback_and_probe_it_there() -> None:
+    """A host-network pod's listeners are the node's: the agent's admin (config
+    dumps, metrics) binds 127.0.0.1, and its HTTP probes must then name that
+    host, or the kubelet dials the pod IP (the node's address) and fails."""
+    checked = 0
+    for ds in _daemonsets():
+        pod = ds["spec"]["template"]["spec"]
+        assert pod.get("hostNetwork") is True, ds["metadata"]["name"]
+        for container in pod["containers"]:
+            argv = [*container.get("command", []), *container.get("args", [])]
+            admin = [a.partition("=")[2] for a in argv if a.startswith("--admin-address=")]
+            values = [a.partition("=")[2] if a.startswith("--") else a for a in argv]
+            assert not [v for v in values if v.startswith(("0.0.0.0", "[::]"))], argv
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+                get = container.get(kind, {}).get("httpGet")
+                if get is None:
+                    continue
+                assert get.get("host") == "127.0.0.1", f"{ds['metadata']['name']} {kind}"
+                port = ports.get(get["port"], get["port"])
+                if admin:
+                    assert admin == [f"127.0.0.1:{port}"], (admin, kind)
+                checked += 1
+    assert checked >= 3, "agent readiness + liveness, Envoy readiness"
