@@ -6,7 +6,7 @@ The translator's own time is measured by bench/translate.py; this measures
 the cache's part (serialize once, hash, build Any/Resource bytes, consistency
 report) on hand-built Envoy messages.
 
-Usage: .venv/bin/python bench/ads_encode.py [--services 5000] [--repeat 3]
+Usage: .venv/bin/python -m bench.ads_encode [--services 5000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import argparse
 import gc
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -133,10 +131,8 @@ def main() -> None:
 def end_to_end(services: int, repeat: int) -> None:
     """The production path: the project's translator, then the cache's encode
     (the model comes from bench/translate.py's builder)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
-        from translate import build_model, one_endpoint_changed
-
+        from bench.translate import build_model, one_endpoint_changed
         from nodemesh.xds.translate import Translator
     except ImportError as exc:
         print(f"\nend-to-end skipped: {exc}")

@@ -7,7 +7,7 @@ Measures, in one run, for each API:
   received the ACK from every stream (coalescing delay included);
 - CPU-seconds the server process spent on that convergence.
 
-Usage: .venv/bin/python bench/ads_fanout.py [--streams 1000] [--workers 8]
+Usage: .venv/bin/python -m bench.ads_fanout [--streams 1000] [--workers 8]
        [--services 100] [--rounds 5] [--coalesce 0.1]
 """
 

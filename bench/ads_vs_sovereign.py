@@ -6,7 +6,7 @@ the full config, and server CPU-seconds per client (the whole process tree).
 sovereign lives in its own venv (it pins its own dependencies):
     python3 -m venv /tmp/sovereign-venv && /tmp/sovereign-venv/bin/pip install sovereign
 Usage:
-    .venv/bin/python bench/ads_vs_sovereign.py [--sovereign-venv /tmp/sovereign-venv]
+    .venv/bin/python -m bench.ads_vs_sovereign [--sovereign-venv /tmp/sovereign-venv]
         [--clusters 1000] [--clients 100] [--sovereign-workers 2]
 """
 

@@ -41,7 +41,7 @@ that other work took during the cells. The run waits for the 1-minute load to
 drop to --max-load and refuses to start above it (--force to run anyway).
 Run as root:
 
-    .venv/bin/python bench/datapath.py [--seconds 5] [--rate 1000] [--rounds 7]
+    .venv/bin/python -m bench.datapath [--seconds 5] [--rate 1000] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -55,11 +55,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from datapath_envoy import Hop, sidecar_config  # noqa: E402
-from datapath_measure import (  # noqa: E402
+from bench.datapath_envoy import Hop, sidecar_config
+from bench.datapath_measure import (
     CONTROLS,
     LATENCY_CELLS,
     TARGETS,
@@ -75,7 +72,7 @@ from datapath_measure import (  # noqa: E402
     rss_kib,
     wait_for_quiet,
 )
-from datapath_topology import (  # noqa: E402
+from bench.datapath_topology import (
     PORT_AGAIN,
     PORT_DIRECT,
     SIDECAR_APP_PORT,
@@ -84,9 +81,8 @@ from datapath_topology import (  # noqa: E402
     Bench,
     Placement,
 )
-
-from integration.datapath.node import PROBE, MeshNode  # noqa: E402
-from nodemesh.ebpf import loader  # noqa: E402
+from integration.datapath.node import PROBE, MeshNode
+from nodemesh.ebpf import loader
 
 
 def _run_cell(bench: Bench, cell: str, url: str, seconds: int, rate: int) -> dict[str, float]:

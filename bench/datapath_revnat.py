@@ -21,7 +21,7 @@ entries, after which every update evicts).
 Then, with kernel.bpf_stats_enabled=1, the mean cost per run of each hook on
 each node over a short pass. Run as root, on a quiet machine:
 
-    .venv/bin/python bench/datapath_revnat.py [--connections 300000] [--window 25000]
+    .venv/bin/python -m bench.datapath_revnat [--connections 300000] [--window 25000]
 """
 
 from __future__ import annotations
@@ -35,12 +35,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-# integration/ first: its datapath package, not bench/datapath.py (this
-# script's own directory is already on the path, for datapath_measure).
-sys.path.insert(0, str(REPO / "integration"))
-sys.path.insert(1, str(REPO))
 
 VIP, PORT = "10.96.0.10", 8080
 # One CPU each, the same for both modes (the machine has two).
@@ -134,7 +128,7 @@ class Side:
         if self.rev is None:
             loader.load(config)
         else:
-            from old_datapath import load_revision
+            from bench.old_datapath import load_revision
 
             load_revision(self.rev, config, self.src)
         fe = frontend(VIP, 80, pb.TCP, [(self.server.ip, PORT)], service="default/server")
@@ -201,7 +195,7 @@ def interleaved(sides: list[Side], count: int, window: int) -> dict[str, list[di
 
 
 def hook_costs(sides: list[Side], count: int) -> list[str]:
-    from datapath_measure import bpf_stats, hook_counters, hook_delta
+    from bench.datapath_measure import bpf_stats, hook_counters, hook_delta
 
     rows = [f"mean ns per program run, {count} VIP + {count} direct connects on each node"]
     with bpf_stats():
@@ -243,7 +237,7 @@ def main() -> None:
 def drive(args: argparse.Namespace) -> None:
     import tempfile
 
-    from datapath_measure import wait_for_quiet
+    from bench.datapath_measure import wait_for_quiet
 
     src = Path(tempfile.mkdtemp(prefix="nm-bench-revnat-src-"))
     sides = [Side("old", args.old_rev, src), Side("new", None, src)]

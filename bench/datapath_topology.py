@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from datapath_app import NAMESPACE, write_model, write_nginx
-from datapath_envoy import Hop, make_certs, sidecar_config, summarize_listener
-from datapath_measure import ForeignCpu, parse_hey
 
+from bench.datapath_app import NAMESPACE, write_model, write_nginx
+from bench.datapath_envoy import Hop, make_certs, sidecar_config, summarize_listener
+from bench.datapath_measure import ForeignCpu, parse_hey
 from integration.datapath.node import CGROUP2, NODE_IP, PROBE, MeshNode, sysctl_in
 from nodemesh.node.envoy_process import find_envoy_binary, render_bootstrap
 

@@ -7,7 +7,7 @@ Side by side in one run:
 - translation of examples/canary: parse+build the model, translate cold,
   translate again with one endpoint changed (memoized), and encode.
 
-    .venv/bin/python bench/demo_startup.py [--runs 5]
+    .venv/bin/python -m bench.demo_startup [--runs 5]
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -24,19 +23,16 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from nodemesh.cmd.demo.backends import BackendFleet  # noqa: E402
-from nodemesh.cmd.demo.canary import backend_specs, find_redirect  # noqa: E402
-from nodemesh.cmd.demo.run import EXAMPLES  # noqa: E402
-from nodemesh.cmd.demo.traffic import request_loop  # noqa: E402
-from nodemesh.model.store import MeshStore  # noqa: E402
-from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap  # noqa: E402
-from nodemesh.sources.files import FileSource  # noqa: E402
-from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig  # noqa: E402
-from nodemesh.xds.translate import Translator, encode, validate_envoy_config  # noqa: E402
-from tests.xds.translate.envoy_static import static_bootstrap  # noqa: E402
+from nodemesh.cmd.demo.backends import BackendFleet
+from nodemesh.cmd.demo.canary import backend_specs, find_redirect
+from nodemesh.cmd.demo.run import EXAMPLES
+from nodemesh.cmd.demo.traffic import request_loop
+from nodemesh.model.store import MeshStore
+from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
+from nodemesh.sources.files import FileSource
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
+from nodemesh.xds.translate import Translator, encode, validate_envoy_config
+from tests.xds.translate.envoy_static import static_bootstrap
 
 
 async def _first_ok(url: str, started: float) -> float:

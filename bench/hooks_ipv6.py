@@ -1,6 +1,6 @@
 """What the IPv6 sock_addr hooks cost per run, beside the IPv4 ones, in one run.
 
-    sudo .venv/bin/python bench/hooks_ipv6.py [--rounds 3] [--connects 2000]
+    sudo .venv/bin/python -m bench.hooks_ipv6 [--rounds 3] [--connects 2000]
 
 One node of network namespaces (integration/datapath/node.py, IPv6 from
 integration/datapath/node6.py): a client pod and a backend pod with an IPv4
@@ -23,18 +23,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from datapath_measure import bpf_stats, hook_counters, hook_delta  # noqa: E402
-
-from integration.datapath.node import PROBE, MeshNode  # noqa: E402
-from integration.datapath.node6 import PROBE6, add_ipv6, enable_forwarding  # noqa: E402
-from integration.datapath.plans import frontend, plan  # noqa: E402
-from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
-from nodemesh.ebpf import applier, loader  # noqa: E402
-from nodemesh.ebpf.endpoints import DirectoryPodCgroups  # noqa: E402
+from bench.datapath_measure import bpf_stats, hook_counters, hook_delta
+from integration.datapath.node import PROBE, MeshNode
+from integration.datapath.node6 import PROBE6, add_ipv6, enable_forwarding
+from integration.datapath.plans import frontend, plan
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+from nodemesh.ebpf import applier, loader
+from nodemesh.ebpf.endpoints import DirectoryPodCgroups
 
 VIP4, VIP6 = "10.96.0.10", "fd00:96::10"
 

@@ -1,6 +1,6 @@
 """RSS of the whole node agent in Kubernetes mode, datapath included (root).
 
-    sudo .venv/bin/python bench/k8s_agent_rss.py [--services 5000] [--endpoints 10]
+    sudo .venv/bin/python -m bench.k8s_agent_rss [--services 5000] [--endpoints 10]
 
 bench/k8s_sync.py measures the watcher and the xDS control plane; this runs
 the shipped `nodemesh agent --kubernetes` (watcher, xDS server for the node
@@ -27,8 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from k8s_sync import ROOT, free_port, proc_status_mib, start_double
-
+from bench.k8s_sync import ROOT, free_port, proc_status_mib, start_double
 from nodemesh.ebpf.loader import cgroup2_mount
 
 FULL_CLIENT = (

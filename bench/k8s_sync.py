@@ -1,8 +1,8 @@
 """Kubernetes watch benchmark against the API server double.
 
-    .venv/bin/python bench/k8s_sync.py [--services 5000] [--endpoints 10] [--changes 30]
-    .venv/bin/python bench/k8s_sync.py --with-control-plane
-    .venv/bin/python bench/k8s_sync.py --serve-process
+    .venv/bin/python -m bench.k8s_sync [--services 5000] [--endpoints 10] [--changes 30]
+    .venv/bin/python -m bench.k8s_sync --with-control-plane
+    .venv/bin/python -m bench.k8s_sync --serve-process
 
 --with-control-plane runs the sync feeding the xDS control plane twice, each
 in a fresh process, side by side: with the whole kubernetes-asyncio package
@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import copy
 import json
-import os
 import resource
 import socket
 import statistics
@@ -64,12 +63,11 @@ def rss_mib() -> float:
 
 
 def start_double(services: int, endpoints: int) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "integration")}
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "apiserver_double",
+            "integration.apiserver_double",
             "--services",
             str(services),
             "--endpoints",
@@ -79,7 +77,6 @@ def start_double(services: int, endpoints: int) -> tuple[subprocess.Popen[str], 
         ],
         stdout=subprocess.PIPE,
         text=True,
-        env=env,
         cwd=ROOT,
     )
     assert proc.stdout is not None
@@ -284,8 +281,8 @@ async def control_plane_run(services: int, endpoints: int, changes: int) -> dict
 # package (generated API classes and models) loaded before nodemesh, so
 # nodemesh.k8s_watch.kube_core finds it imported and leaves it as it is.
 FULL_CLIENT_CHILD = (
-    "import kubernetes_asyncio, runpy, sys; sys.argv[0] = sys.argv.pop(1); "
-    "runpy.run_path(sys.argv[0], run_name='__main__')"
+    "import kubernetes_asyncio, runpy; "
+    "runpy.run_module('bench.k8s_sync', run_name='__main__', alter_sys=True)"
 )
 
 
@@ -300,9 +297,9 @@ def control_plane_child(mode: str, args: argparse.Namespace) -> dict[str, float]
         str(args.changes),
     ]
     if mode == "full":
-        cmd = [sys.executable, "-c", FULL_CLIENT_CHILD, __file__, *argv]
+        cmd = [sys.executable, "-c", FULL_CLIENT_CHILD, *argv]
     else:
-        cmd = [sys.executable, __file__, *argv]
+        cmd = [sys.executable, "-m", "bench.k8s_sync", *argv]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, timeout=600)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result

@@ -2,7 +2,7 @@
 
 Prints, measured in one run: applying the raw objects, the first full build,
 a rebuild after one EndpointSlice changed, and a rebuild after one Service
-changed. Run: .venv/bin/python bench/model_build.py [--services N] [--per-service M]
+changed. Run: .venv/bin/python -m bench.model_build [--services N] [--per-service M]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What matching pods and the proxy by cgroup ancestry costs, in one run.
 
-    sudo .venv/bin/python bench/pod_cgroup_cost.py [--rounds 5] [--connects 2000] [--sockopt-only]
-    sudo .venv/bin/python bench/pod_cgroup_cost.py --vs-single-proxy --connects-only
+    sudo .venv/bin/python -m bench.pod_cgroup_cost [--rounds 5] [--connects 2000] [--sockopt-only]
+    sudo .venv/bin/python -m bench.pod_cgroup_cost --vs-single-proxy --connects-only
 
 `--vs-single-proxy` makes the "old" column the walk before the proxy set
 (SINGLE_PROXY_COMMIT: one proxy id compared at each level) and keys both
@@ -48,17 +48,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from datapath_measure import bpf_stats, bpftool_json, hook_counters, hook_delta  # noqa: E402
-from old_datapath import load_revision  # noqa: E402
-
-from integration.datapath.node import NODE_IP, PROBE, MeshNode  # noqa: E402
-from integration.datapath.plans import frontend, plan, redirect  # noqa: E402
-from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
-from nodemesh.ebpf import applier, libbpf, loader  # noqa: E402
-from nodemesh.model.objects import Pod  # noqa: E402
+from bench.datapath_measure import bpf_stats, bpftool_json, hook_counters, hook_delta
+from bench.old_datapath import load_revision
+from integration.datapath.node import NODE_IP, PROBE, MeshNode
+from integration.datapath.plans import frontend, plan, redirect
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+from nodemesh.ebpf import applier, libbpf, loader
+from nodemesh.model.objects import Pod
 
 OLD_COMMIT = "46c8950"  # the last commit with leaf-keyed redirects
 SINGLE_PROXY_COMMIT = "dbde26c"  # the last commit with one proxy cgroup id

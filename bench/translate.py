@@ -10,22 +10,19 @@ Prints, measured in one run, side by side:
 - the same change when every model object is rebuilt equal but new (the
   memos then fall back to equality).
 
-Usage: .venv/bin/python bench/translate.py [--services N] [--endpoints K] [--repeat R]
+Usage: .venv/bin/python -m bench.translate [--services N] [--endpoints K] [--repeat R]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nodemesh.model.objects import (
     HTTPPolicy,

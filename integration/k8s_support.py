@@ -9,9 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from apiserver_double import ApiServerDouble
-from apiserver_double.synthetic import endpoint_slice, service
-
+from integration.apiserver_double import ApiServerDouble
+from integration.apiserver_double.synthetic import endpoint_slice, service
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.settings import WatchSettings
@@ -76,7 +75,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 30.0, what: str
 
 
 def seed(double: ApiServerDouble, services: int = 5) -> None:
-    from apiserver_double import find_type
+    from integration.apiserver_double import find_type
 
     svc_t, eps_t = (
         find_type("", "v1", "services"),

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_mesh import copy_canary, private_loopback
 
+from integration.local_mesh import copy_canary, private_loopback
 from nodemesh.cmd.demo.backends import BackendFleet
 from nodemesh.cmd.demo.canary import backend_specs, find_redirect, load_weighted_envoy_config
 from nodemesh.cmd.demo.traffic import judge_split, request_loop

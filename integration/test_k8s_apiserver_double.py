@@ -10,7 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from apiserver_double import ApiServerDouble, find_type
+
+from integration.apiserver_double import ApiServerDouble, find_type
 
 POD = find_type("", "v1", "pods")
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")

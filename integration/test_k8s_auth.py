@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apiserver_double import ApiServerDouble
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from k8s_support import FAST, Recorder, eventually, seed
 
+from integration.apiserver_double import ApiServerDouble
+from integration.k8s_support import FAST, Recorder, eventually, seed
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.resources import SERVICES

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apiserver_double import ApiServerDouble, find_type
-from k8s_support import seed
+
+from integration.apiserver_double import ApiServerDouble, find_type
+from integration.k8s_support import seed
 
 SVC = find_type("", "v1", "services")
 assert SVC

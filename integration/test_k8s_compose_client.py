@@ -11,8 +11,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from local_mesh import copy_canary, envoy_with_backends, free_port, private_loopback, serve_process
 
+from integration.local_mesh import (
+    copy_canary,
+    envoy_with_backends,
+    free_port,
+    private_loopback,
+    serve_process,
+)
 from nodemesh.node.envoy_process import EnvoyProcess
 
 pytestmark = pytest.mark.envoy

@@ -9,10 +9,10 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
-from apiserver_double import ApiServerDouble, find_type
-from apiserver_double.synthetic import endpoint_slice
-from k8s_support import Recorder, eventually, running_source, seed
 
+from integration.apiserver_double import ApiServerDouble, find_type
+from integration.apiserver_double.synthetic import endpoint_slice
+from integration.k8s_support import Recorder, eventually, running_source, seed
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, SERVICES
 
 SVC = find_type("", "v1", "services")

@@ -4,7 +4,6 @@ lean import of kubernetes-asyncio (kube_core) in a fresh interpreter."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -12,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apiserver_double import ApiServerDouble, find_type
 
+from integration.apiserver_double import ApiServerDouble, find_type
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.errors import ApiRejected
 from nodemesh.k8s_watch.resources import CLUSTERWIDE_ENVOY_CONFIGS, ENVOY_CONFIGS
@@ -101,7 +100,7 @@ import nodemesh.k8s_watch.client as nm
 # in the generated classes behind kube_core's back.
 import nodemesh.wiring.agent, nodemesh.cmd.main, nodemesh.wiring.controlplane
 import nodemesh.k8s_watch.source, nodemesh.cmd.k8s_watch, nodemesh.wiring.nacks
-from apiserver_double import ApiServerDouble, find_type
+from integration.apiserver_double import ApiServerDouble, find_type
 from nodemesh.k8s_watch.resources import SERVICES
 from nodemesh.k8s_watch.settings import WatchSettings
 from nodemesh.k8s_watch.watching import list_all
@@ -143,12 +142,11 @@ print(json.dumps(out))
 
 
 def test_lean_import_then_the_full_client_on_demand() -> None:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'integration'}{os.pathsep}{ROOT}"}
+    # cwd: `python -c` puts it first on the path, for `integration.apiserver_double`.
     proc = subprocess.run(
         [sys.executable, "-c", LEAN_PROBE],
         capture_output=True,
         text=True,
-        env=env,
         cwd=ROOT,
         timeout=120,
         check=False,

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
-from apiserver_double import ApiServerDouble, find_type
-from k8s_support import FAST, eventually
-from local_mesh import free_port, private_loopback
 
+from integration.apiserver_double import ApiServerDouble, find_type
+from integration.k8s_support import FAST, eventually
+from integration.local_mesh import free_port, private_loopback
 from nodemesh.cmd.demo.run import EXAMPLES
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.source import KubernetesSource

@@ -10,9 +10,9 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
-from apiserver_double import ApiServerDouble, find_type
-from k8s_support import FAST, eventually, running_source, seed
 
+from integration.apiserver_double import ApiServerDouble, find_type
+from integration.k8s_support import FAST, eventually, running_source, seed
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, SERVICES
 from nodemesh.model.objects import ServiceName
 from nodemesh.model.store import MeshStore

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from apiserver_double import ApiServerDouble, find_type
-from local_mesh import free_port, serve_process
 
+from integration.apiserver_double import ApiServerDouble, find_type
+from integration.local_mesh import free_port, serve_process
 from nodemesh.cmd.demo.run import EXAMPLES
 
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")

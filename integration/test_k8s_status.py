@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from apiserver_double import ApiServerDouble, find_type
-from k8s_support import FAST, eventually
 
+from integration.apiserver_double import ApiServerDouble, find_type
+from integration.k8s_support import FAST, eventually
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.conditions import NackReport
 from nodemesh.k8s_watch.source import KubernetesSource

@@ -9,11 +9,11 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from apiserver_double import ApiServerDouble, find_type
-from apiserver_double.synthetic import endpoint_slice
-from k8s_support import FAST, Recorder, eventually, running_source, seed
 from prometheus_client import REGISTRY
 
+from integration.apiserver_double import ApiServerDouble, find_type
+from integration.apiserver_double.synthetic import endpoint_slice
+from integration.k8s_support import FAST, Recorder, eventually, running_source, seed
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, PODS, SERVICES, ResourceSpec

@@ -15,8 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_mesh import copy_canary, envoy_with_backends, free_port, private_loopback, serve_process
 
+from integration.local_mesh import (
+    copy_canary,
+    envoy_with_backends,
+    free_port,
+    private_loopback,
+    serve_process,
+)
 from nodemesh.cmd.demo.traffic import request_loop
 from nodemesh.node.envoy_process import EnvoyProcess
 

@@ -11,12 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from datapath_app import nginx_config, write_model
-from datapath_envoy import Hop, sidecar_config, summarize_listener
-from datapath_measure import counter_delta, cpu_seconds, net_counters
-
+from bench.datapath_app import nginx_config, write_model
+from bench.datapath_envoy import Hop, sidecar_config, summarize_listener
+from bench.datapath_measure import counter_delta, cpu_seconds, net_counters
 from nodemesh.ebpf import planner
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource

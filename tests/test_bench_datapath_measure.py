@@ -3,12 +3,7 @@ latency ratio and hey's report parsing (bench/datapath_measure.py)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from datapath_measure import Cells, hook_delta, parse_hey
+from bench.datapath_measure import Cells, hook_delta, parse_hey
 
 HEY_REPORT = """
 Summary:

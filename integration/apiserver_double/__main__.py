@@ -1,4 +1,4 @@
-"""`python -m apiserver_double --port 0 [--services N --endpoints M] [FILE.yaml ...]`.
+"""`python -m integration.apiserver_double --port 0 [--services N --endpoints M] [FILE.yaml ...]`.
 
 Prints `listening on http://HOST:PORT` once ready, then serves until SIGINT/SIGTERM.
 """
@@ -33,7 +33,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="apiserver_double")
+    parser = argparse.ArgumentParser(prog="python -m integration.apiserver_double")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--services", type=int, default=0)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from test_planner_golden import model
-
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups
 from nodemesh.ebpf.loader import DatapathConfig
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.node.datapath import APPLIES, AgentSettings, DatapathAgent, DatapathFollower
+from tests.ebpf.test_planner_golden import model
 
 
 async def _models(*versions: str) -> AsyncIterator[MeshModel]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import ctypes
 import shutil
 
-import btfcheck
 import pytest
 
 from nodemesh.ebpf.build import OBJECTS, build_objects
 from nodemesh.ebpf.mirrors import Mirror
+from tests.ebpf import btfcheck
 
 pytestmark = pytest.mark.skipif(
     shutil.which("clang") is None or shutil.which("bpftool") is None,

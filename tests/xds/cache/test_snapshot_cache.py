@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from envoy.config.core.v3 import base_pb2
 from prometheus_client import CollectorRegistry
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "server"))
-
-from ads_harness import cluster, endpoints, mesh
-
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache, SnapshotError
 from nodemesh.xds.metrics import XdsMetrics
+from tests.xds.server.ads_harness import cluster, endpoints, mesh
 
 
 def _cache(**kwargs: object) -> SnapshotCache:

@@ -1,22 +1,17 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from ads_harness import Harness, MakeHarness
-
 from nodemesh.xds.cache import SnapshotCache
 from nodemesh.xds.metrics import XdsMetrics
 from nodemesh.xds.server import AdsServer, ServerSettings, StreamSettings
+from tests.xds.server.ads_harness import Harness, MakeHarness
 
 
 @pytest.fixture

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from ads_harness import Harness, cluster, mesh, names_of, publish, wait_until
-
 from nodemesh.xds.cache import CLUSTER, ENDPOINT
 from nodemesh.xds.server import ConfigStatus
+from tests.xds.server.ads_harness import Harness, cluster, mesh, names_of, publish, wait_until
 
 
 def _cds_state(harness: Harness):  # type: ignore[no-untyped-def]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
-from ads_harness import Harness, MakeHarness, mesh, names_of
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT
+from tests.xds.server.ads_harness import Harness, MakeHarness, mesh, names_of
 
 
 async def _healthy_stream_still_served(harness: Harness, api: str) -> None:

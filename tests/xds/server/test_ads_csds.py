@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from ads_harness import Harness, cluster, mesh, publish, wait_until
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT
+from tests.xds.server.ads_harness import Harness, cluster, mesh, publish, wait_until
 
 
 async def _nacked_client(harness: Harness, api: str) -> Any:

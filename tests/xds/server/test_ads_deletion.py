@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ads_harness import Harness, mesh, names_of, publish
-
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, SnapshotCache
+from tests.xds.server.ads_harness import Harness, mesh, names_of, publish
 
 
 async def test_sotw_cds_absence_is_deletion(harness: Harness) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ads_harness import (
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from tests.xds.server.ads_harness import (
     Harness,
     MakeHarness,
     SotwClient,
@@ -17,9 +20,6 @@ from ads_harness import (
     settle,
     wait_until,
 )
-from envoy.service.discovery.v3 import ads_pb2_grpc
-
-from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 
 async def _subscribe_all(client: Any, api: str, eds: list[str]) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ads_harness import Harness, endpoints, mesh, names_of, publish, wait_until
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER
+from tests.xds.server.ads_harness import Harness, endpoints, mesh, names_of, publish, wait_until
 
 
 @pytest.mark.parametrize("wildcard", [[], ["*"]], ids=["legacy-empty", "star"])

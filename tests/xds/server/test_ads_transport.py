@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from ads_harness import TIMEOUT, SotwClient, mesh, names_of, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from nodemesh.xds.cache import CLUSTER, SnapshotCache
 from nodemesh.xds.metrics import XdsMetrics
 from nodemesh.xds.server import AdsServer, ServerConfigError, ServerSettings, TlsSettings
+from tests.xds.server.ads_harness import TIMEOUT, SotwClient, mesh, names_of, wait_until
 
 
 def _key() -> ec.EllipticCurvePrivateKey:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from translate_cases import render
-
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource
 from nodemesh.xds.translate import translate, validate_envoy_config
+from tests.xds.translate.translate_cases import render
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).parent / "golden" / "canary.json"

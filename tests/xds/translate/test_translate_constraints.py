@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from envoy_static import envoy_validate
-from translate_cases import CASES
-from translate_models import CEC_REF, envoy_config
 
 from nodemesh.xds.translate import CLUSTER, ROUTE, validate_envoy_config
 from nodemesh.xds.translate.constraints import check_constraints
+from tests.xds.translate.envoy_static import envoy_validate
+from tests.xds.translate.translate_cases import CASES
+from tests.xds.translate.translate_models import CEC_REF, envoy_config
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"

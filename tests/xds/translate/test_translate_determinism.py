@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+# The script imports tests.xds.translate from the repository root.
+ROOT = Path(__file__).resolve().parents[3]
 
 SCRIPT = """
-import hashlib, sys
-sys.path.insert(0, sys.argv[1])
-import translate_models as m
+import hashlib
+from tests.xds.translate import translate_models as m
 from nodemesh.xds.translate import CLUSTER, LISTENER, ROUTE, encode, translate
 from dataclasses import replace
 import copy
@@ -42,7 +42,8 @@ print(digest.hexdigest())
 
 def _digest() -> str:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(HERE)],
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,

@@ -12,9 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import translate_models as m
-from envoy_static import envoy_validate, static_bootstrap, write_bootstrap
-from translate_cases import CASES
 
 from nodemesh.model.objects import HeaderMatch, HTTPPolicy, HTTPRule, Kind, ObjectRef
 from nodemesh.xds.translate import (
@@ -26,6 +23,9 @@ from nodemesh.xds.translate import (
     translate,
 )
 from nodemesh.xds.translate.registry import unpack
+from tests.xds.translate import translate_models as m
+from tests.xds.translate.envoy_static import envoy_validate, static_bootstrap, write_bootstrap
+from tests.xds.translate.translate_cases import CASES
 
 pytestmark = pytest.mark.envoy
 

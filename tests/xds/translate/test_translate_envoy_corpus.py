@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import translate_models as m
-from envoy_static import envoy_validate, static_bootstrap, write_bootstrap
 
 from nodemesh.model.objects import Kind, ObjectRef
 from nodemesh.xds.translate import CLUSTER, LISTENER, ROUTE, translate, validate_envoy_config
+from tests.xds.translate import translate_models as m
+from tests.xds.translate.envoy_static import envoy_validate, static_bootstrap, write_bootstrap
 
 pytestmark = pytest.mark.envoy
 

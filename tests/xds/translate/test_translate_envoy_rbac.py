@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import translate_models as m
-from envoy_static import ENVOY, static_bootstrap, write_bootstrap
 
 from nodemesh.model.objects import (
     HTTPPolicy,
@@ -33,6 +31,8 @@ from nodemesh.model.objects import (
     ServiceName,
 )
 from nodemesh.xds.translate import Translation, translate
+from tests.xds.translate import translate_models as m
+from tests.xds.translate.envoy_static import ENVOY, static_bootstrap, write_bootstrap
 
 pytestmark = pytest.mark.envoy
 

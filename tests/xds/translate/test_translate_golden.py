@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-from translate_cases import CASES, dumps, render
+
+from tests.xds.translate.translate_cases import CASES, dumps, render
 
 GOLDEN = Path(__file__).parent / "golden"
 

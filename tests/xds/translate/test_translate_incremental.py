@@ -7,12 +7,12 @@ import copy
 from dataclasses import replace
 from types import MappingProxyType
 
-import translate_models as m
 from prometheus_client import REGISTRY
 
 from nodemesh.model.objects import HTTPRule
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.xds.translate import TranslateOptions, Translation, Translator, encode, translate
+from tests.xds.translate import translate_models as m
 
 
 def _bytes(translation: Translation) -> dict[str, dict[str, bytes]]:

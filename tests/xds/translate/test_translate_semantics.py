@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import structlog
-import translate_models as m
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
@@ -40,6 +39,7 @@ from nodemesh.xds.translate import configs as configs_module
 from nodemesh.xds.translate.listeners import ORIGINAL_DST_FILTER
 from nodemesh.xds.translate.rbac import RBAC_FILTER
 from nodemesh.xds.translate.registry import unpack
+from tests.xds.translate import translate_models as m
 
 CCEC = ObjectRef(Kind.CLUSTERWIDE_ENVOY_CONFIG, "", "mirror")
 

@@ -7,10 +7,10 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-import translate_models as m
 
 from nodemesh.model.objects import ObjectError, ObjectRef
 from nodemesh.xds.translate import CLUSTER, LISTENER, ROUTE, translate, validate_envoy_config
+from tests.xds.translate import translate_models as m
 
 RDS_PATH = "filter_chains[0].filters[0].typed_config.rds.route_config_name"
 WEIGHTED = "virtual_hosts[0].routes[0].route.weighted_clusters"

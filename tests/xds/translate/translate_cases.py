@@ -11,11 +11,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import translate_models as m
 from google.protobuf import json_format
 
 from nodemesh.model.objects import Kind, ObjectRef
 from nodemesh.xds.translate import ROUTE, TranslateOptions, Translation, Translator, translate
+from tests.xds.translate import translate_models as m
 
 
 def render(translation: Translation) -> dict[str, Any]:
