@@ -4,6 +4,7 @@ client streams, and small builders for Envoy resources."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
+from tests.support.polling import NOT_YET, wait_until_async
 
 TIMEOUT = 20.0  # generous: the machine is shared and loaded
 
@@ -346,16 +348,6 @@ async def settle(harness: Harness, client: Any, types: int, eds: Sequence[str] =
 MakeHarness = Callable[..., Awaitable[Harness]]
 
 
-async def wait_until(predicate: Any, timeout: float = TIMEOUT, what: str = "condition") -> None:
-    """Poll until `predicate()` is true (robust on a loaded machine)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except (IndexError, KeyError, AssertionError):
-            pass  # the state being polled is not there yet
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+# The server tests poll with the shared helper, this harness's timeout, and
+# "not there yet" (a missing stream, type or list index) retried.
+wait_until = functools.partial(wait_until_async, timeout=TIMEOUT, retry_on=NOT_YET)

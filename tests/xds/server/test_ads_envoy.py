@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from ads_harness import cluster, endpoints, listener, route, wait_until
 from aiohttp import web
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.protobuf import duration_pb2
@@ -30,6 +29,8 @@ from prometheus_client import CollectorRegistry
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
 from nodemesh.xds.metrics import XdsMetrics
 from nodemesh.xds.server import AdsServer, ConfigStatus, ServerSettings, StreamSettings
+from tests.support.polling import wait_until_async
+from tests.xds.server.ads_harness import cluster, endpoints, listener, route, wait_until
 
 pytestmark = pytest.mark.envoy
 
@@ -212,7 +213,7 @@ async def test_real_envoy_converges_and_survives_a_nack(tmp_path: Path, api_type
                 answers.append(await _get(url))
                 return answers[-1] == "v1"
 
-            await _poll_async(serving_v1, "envoy serving v1")
+            await wait_until_async(serving_v1, what="envoy serving v1", timeout=60, interval=0.1)
             # 2. Route change under a steady loop: zero failed requests.
             load, stop = _Load(url), asyncio.Event()
             loop_task = asyncio.create_task(load.run(stop), name="it-load")
@@ -233,7 +234,9 @@ async def test_real_envoy_converges_and_survives_a_nack(tmp_path: Path, api_type
             #    endpoints are sent again with it.
             retuned = _config(v2_only, listen, {"v2": 100}, timeout_s=3)
             cache.set_snapshot(NODE, cache.build_snapshot(retuned, "m2b", NODE))
-            await _poll_async(lambda: _warmed(tmp_path), "updated cluster warmed")
+            await wait_until_async(
+                lambda: _warmed(tmp_path), what="updated cluster warmed", timeout=60, interval=0.1
+            )
             # 4. A bad cluster: Envoy NACKs it with its own message.
             bad = _config(v2_only, listen, {"v2": 100}, timeout_s=3)
             broken = cluster("broken", eds=False)
@@ -289,12 +292,3 @@ async def _check_csds(server: AdsServer, message: str) -> None:
     assert broken.config_status == csds_pb2.ERROR
     assert broken.error_state.details == message
     assert entries[(ROUTE, "routes")].config_status == csds_pb2.SYNCED
-
-
-async def _poll_async(check: Any, what: str, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
