@@ -28,7 +28,7 @@ def cec(cluster: str) -> dict[str, Any]:
     }
 
 
-SERVICE = {
+SERVICE: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Service",
     "metadata": {"name": "web", "namespace": "default"},

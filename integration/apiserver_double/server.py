@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import ssl
@@ -231,7 +232,8 @@ class ApiServerDouble:
         rtype = None
         if match:
             group = match["g"] or ""
-            rtype = find_type(group, match["cv"] or match["v"], match["plural"])
+            with contextlib.suppress(KeyError):
+                rtype = find_type(group, match["cv"] or match["v"], match["plural"])
         if match is None or rtype is None:
             return _error(StoreError(404, "NotFound", f"the server could not find {path}"))
         try:

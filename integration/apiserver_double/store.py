@@ -65,11 +65,13 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
 )
 
 
-def find_type(group: str, version: str, plural: str) -> ResourceType | None:
+def find_type(group: str, version: str, plural: str) -> ResourceType:
+    """The served type at group/version/plural; KeyError if the double has none
+    (tests name types they know, so a typo fails loudly)."""
     for rtype in RESOURCE_TYPES:
         if (rtype.group, rtype.version, rtype.plural) == (group, version, plural):
             return rtype
-    return None
+    raise KeyError(f"unknown resource {group or 'core'}/{version}/{plural}")
 
 
 def type_of_kind(kind: str, api_version: str) -> ResourceType:

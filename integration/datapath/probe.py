@@ -103,7 +103,7 @@ def _one_tcp(host: str, port: int) -> dict[str, object]:
             data += chunk
         if not data:
             return {"error": "EOF", "seconds": time.monotonic() - start}
-        reply = json.loads(data)
+        reply: dict[str, object] = json.loads(data)
         reply["getpeername"] = peername
         return reply
     except OSError as exc:
@@ -130,7 +130,7 @@ def udp_client(host: str, port: int, count: int, connected: bool = False) -> Non
                 else:
                     s.sendto(b"hi", (host, port))
                 data, src = s.recvfrom(2048)
-                reply = json.loads(data)
+                reply: dict[str, object] = json.loads(data)
                 reply["from"] = _fmt(src)
                 if connected:
                     reply["getpeername"] = _fmt(s.getpeername())

@@ -4,6 +4,8 @@ never-empty order on nm_services6_v1, and its overflow refusal."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -11,12 +13,20 @@ from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, pinned
 from nodemesh.ebpf.errors import PlanError, PlanTooLarge
 from nodemesh.ebpf.mirrors import ServiceKey6, ServiceValue6, ip6_int, port_be
+from nodemesh.model.objects import Pod
 
 VIP6 = "fd00:96::10"
 FE6 = (ip6_int(VIP6), port_be(80), 6)
 
 
 class NoPods:
+    """No pod runs here (compile_plan reads only cgroup_id)."""
+
+    root = Path("/nonexistent")
+
+    def observe(self, pods: Iterable[Pod]) -> None:
+        pass
+
     def cgroup_id(self, pod: str) -> int | None:
         return None
 

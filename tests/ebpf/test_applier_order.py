@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, pinned
 from nodemesh.ebpf.errors import PlanError, PlanTooLarge
-from nodemesh.ebpf.mirrors import ServiceKey, ServiceValue, ip_be, port_be
+from nodemesh.ebpf.mirrors import ServiceKey, ServiceValue, ServiceValue6, ip_be, port_be
+from nodemesh.model.objects import Pod
 
 VIP = "10.96.0.10"
 FE = (ip_be(VIP), port_be(80), 6)
 
 
 class NoPods:
+    """No pod runs here (compile_plan reads only cgroup_id)."""
+
+    root = Path("/nonexistent")
+
+    def observe(self, pods: Iterable[Pod]) -> None:
+        pass
+
     def cgroup_id(self, pod: str) -> int | None:
         return {"default/curl": 4242}.get(pod)
 
@@ -47,8 +57,8 @@ def _desired(
 State = dict[tuple[int, int, int, int], ServiceValue]
 
 
-def _grouped(state: State) -> dict[applier.Frontend, dict[int, ServiceValue]]:
-    out: dict[applier.Frontend, dict[int, ServiceValue]] = {}
+def _grouped(state: State) -> dict[applier.Frontend, dict[int, ServiceValue | ServiceValue6]]:
+    out: dict[applier.Frontend, dict[int, ServiceValue | ServiceValue6]] = {}
     for (vip, port, proto, slot), v in state.items():
         out.setdefault((vip, port, proto), {})[slot] = v
     return out

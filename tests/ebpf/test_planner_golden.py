@@ -63,7 +63,7 @@ def model() -> MeshModel:
         rolling: _svc("rolling", ("10.96.0.20",), tcp80),
         headless: _svc("headless", (), tcp80),
     }
-    backends = {
+    backends: dict[ServiceName, dict[int, tuple[BackendAddress, ...]]] = {
         httpbin: {
             80: (
                 _be("10.0.2.2", 8080, "httpbin-b"),

@@ -166,7 +166,7 @@ def test_object_without_name_or_bad_name() -> None:
 
 
 def test_deployment_and_pod() -> None:
-    raw = {
+    raw: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "web", "labels": {"app": "web"}},
@@ -190,7 +190,7 @@ def test_deployment_and_pod() -> None:
     broken = copy.deepcopy(raw)
     broken["spec"]["selector"]["matchExpressions"][0]["operator"] = "Like"
     assert error_of(broken).field == "spec.selector.matchExpressions[0].operator"
-    pod_raw = {
+    pod_raw: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "curl", "namespace": "shop", "labels": {"app": "curl"}},

@@ -120,7 +120,7 @@ def test_endpoint_fast_path_agrees_with_the_careful_one() -> None:
     for _ in range(3000):
         entry = mutate(base, rng) if rng.random() < 0.9 else mutate(mutate(base, rng), rng)
         for address_type in ("IPv4", "IPv6", "FQDN"):
-            outcomes = []
+            outcomes: list[object] = []
             for reader in (parse._endpoint, parse._endpoint_slow):
                 try:
                     outcomes.append(reader(ref, 0, entry, address_type))

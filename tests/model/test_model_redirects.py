@@ -149,7 +149,7 @@ def test_to_ports_select_by_service_or_target_port() -> None:
         "toServices": [{"k8sService": {"serviceName": "api"}}],
         "toPorts": [{"ports": [{"port": "8080"}], "rules": {"http": [{"method": "GET"}]}}],
     }
-    cnp = {
+    cnp: dict[str, Any] = {
         "apiVersion": "cilium.io/v2",
         "kind": "CiliumNetworkPolicy",
         "metadata": {"name": "p"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import pytest
@@ -275,6 +275,7 @@ async def test_updates_generator_cleans_up() -> None:
     store = MeshStore()
     stream = store.updates(debounce=0.01)
     await anext(stream)
+    assert isinstance(stream, AsyncGenerator)  # updates() is a generator: it can be closed
     await stream.aclose()
     store.apply("test", service())  # no subscriber left to wake; must not fail
     assert store.build().services
@@ -336,6 +337,7 @@ async def test_constant_churn_still_publishes() -> None:
     store = MeshStore()
     store.apply("test", service())
     updates = store.updates(debounce=0.05)
+    assert isinstance(updates, AsyncGenerator)  # closed in `finally`
     first = await anext(updates)
     received = asyncio.Event()
 

@@ -16,7 +16,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -66,14 +66,36 @@ def wait_until(
         time.sleep(interval)
 
 
+@overload
 async def wait_until_async(
-    check: Callable[[], T | Awaitable[T]],
+    check: Callable[[], Awaitable[T]],
+    *,
+    what: str = ...,
+    timeout: float = ...,
+    interval: float = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+@overload
+async def wait_until_async(
+    check: Callable[[], T],
+    *,
+    what: str = ...,
+    timeout: float = ...,
+    interval: float = ...,
+    retry_on: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+async def wait_until_async(
+    check: Callable[[], object],
     *,
     what: str = "the condition",
     timeout: float = 30.0,
     interval: float = 0.02,
     retry_on: tuple[type[BaseException], ...] = (),
-) -> T:
+) -> object:
     """The asyncio form of `wait_until`: `check` may be a plain function or a
     coroutine function; the loop keeps running between the polls."""
     loop = asyncio.get_running_loop()
@@ -81,8 +103,9 @@ async def wait_until_async(
     last = _Last()
     while True:
         try:
-            result = check()
-            value: T = await result if inspect.isawaitable(result) else result  # type: ignore[assignment]
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
             last.value, last.error = value, None
             if value:
                 return value

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from envoy.config.endpoint.v3 import endpoint_pb2
+
 from nodemesh.xds.cache import CLUSTER, ENDPOINT
 from nodemesh.xds.server import ConfigStatus
+from tests.support.protos import narrow
 from tests.xds.server.ads_harness import Harness, cluster, mesh, names_of, publish, wait_until
 
 
@@ -44,7 +47,7 @@ async def test_sotw_stale_nonce_request_is_ignored(harness: Harness) -> None:
     publish(harness.cache, "node-1", mesh(clusters=("a", "b"), port=10001), "v2")
     # a new EDS response only if endpoints changed: change a's endpoints
     resources = mesh(clusters=("a", "b"))
-    resources[ENDPOINT]["a"].endpoints[0].lb_endpoints[
+    narrow(resources[ENDPOINT]["a"], endpoint_pb2.ClusterLoadAssignment).endpoints[0].lb_endpoints[
         0
     ].endpoint.address.socket_address.port_value = 7
     publish(harness.cache, "node-1", resources, "v3")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER
+from tests.support.protos import narrow
 from tests.xds.server.ads_harness import Harness, endpoints, mesh, names_of, publish, wait_until
 
 
@@ -34,7 +37,7 @@ async def test_wildcard_lds_legacy_empty_stays_wildcard_on_ack(harness: Harness)
     first = await client.recv()
     await client.ack(first)
     resources = mesh()
-    extra = mesh(port=10001)[LISTENER]["http"]
+    extra = narrow(mesh(port=10001)[LISTENER]["http"], listener_pb2.Listener)
     extra.name = "http2"
     resources[LISTENER]["http2"] = extra
     publish(harness.cache, "node-1", resources, "v2")
@@ -121,7 +124,7 @@ async def test_delta_unsubscribing_star_ends_the_wildcard(harness: Harness) -> N
     await client.request(CLUSTER, subscribe=["a"], unsubscribe=["*"])
     # a new cluster no longer arrives; a change to the named one does
     resources = mesh(clusters=("a", "b", "c"))
-    resources[CLUSTER]["a"].connect_timeout.seconds = 7
+    narrow(resources[CLUSTER]["a"], cluster_pb2.Cluster).connect_timeout.seconds = 7
     publish(harness.cache, "node-1", resources, "v2")
     second = await client.recv()
     assert names_of(second) == ["a"]

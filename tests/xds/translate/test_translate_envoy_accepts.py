@@ -12,6 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from nodemesh.model.objects import HeaderMatch, HTTPPolicy, HTTPRule, Kind, ObjectRef
 from nodemesh.xds.translate import (
@@ -23,6 +26,7 @@ from nodemesh.xds.translate import (
     translate,
 )
 from nodemesh.xds.translate.registry import unpack
+from tests.support.protos import narrow
 from tests.xds.translate import translate_models as m
 from tests.xds.translate.envoy_static import envoy_validate, static_bootstrap, write_bootstrap
 from tests.xds.translate.translate_cases import CASES
@@ -93,7 +97,7 @@ def test_envoy_accepts_http2_upstreams_for_grpc_ports(tmp_path: Path) -> None:
     api = model.services[m.API]
     grpc = replace(api, ports=(replace(api.ports[0], app_protocol="grpc"),))
     translation = translate(replace(model, services={m.API: grpc}))
-    cluster = translation.resources[CLUSTER]["default/api"]
+    cluster = narrow(translation.resources[CLUSTER]["default/api"], cluster_pb2.Cluster)
     assert "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" in (
         cluster.typed_extension_protocol_options
     )
@@ -124,7 +128,9 @@ def test_envoy_accepts_a_cec_tcp_proxy_to_a_service(tmp_path: Path) -> None:
     config = m.envoy_config(ObjectRef(Kind.ENVOY_CONFIG, "default", "tcp"), [(LISTENER, tcp)])
     translation = translate(replace(base, envoy_configs=(*base.envoy_configs, config)))
     assert translation.errors == ()
-    listener = translation.resources[LISTENER]["default/tcp/tcp"]
-    proxy = unpack(listener.filter_chains[0].filters[0].typed_config)
+    listener = narrow(translation.resources[LISTENER]["default/tcp/tcp"], listener_pb2.Listener)
+    proxy = narrow(
+        unpack(listener.filter_chains[0].filters[0].typed_config), tcp_proxy_pb2.TcpProxy
+    )
     assert proxy.cluster == "default/httpbin-v1"
     _validated(translation, tmp_path / "tcp.json")

@@ -11,8 +11,12 @@ from typing import Any
 import pytest
 import structlog
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 
 from nodemesh.model.objects import (
     HeaderMatch,
@@ -39,6 +43,7 @@ from nodemesh.xds.translate import configs as configs_module
 from nodemesh.xds.translate.listeners import ORIGINAL_DST_FILTER
 from nodemesh.xds.translate.rbac import RBAC_FILTER
 from nodemesh.xds.translate.registry import unpack
+from tests.support.protos import narrow
 from tests.xds.translate import translate_models as m
 
 CCEC = ObjectRef(Kind.CLUSTERWIDE_ENVOY_CONFIG, "", "mirror")
@@ -63,7 +68,10 @@ def _with_configs(*configs: Any) -> MeshModel:
 
 
 def _rbac(listener: Any) -> Any:
-    manager = unpack(listener.filter_chains[0].filters[0].typed_config)
+    manager = narrow(
+        unpack(listener.filter_chains[0].filters[0].typed_config),
+        http_connection_manager_pb2.HttpConnectionManager,
+    )
     for http_filter in manager.http_filters:
         if http_filter.name == RBAC_FILTER:
             config = rbac_filter_pb2.RBAC()
@@ -84,7 +92,7 @@ def test_clusterwide_names_and_port_forms() -> None:
         replace(base, services=MappingProxyType({**base.services, multi.service_name: multi}))
     )
     assert translation.errors == ()
-    served = translation.resources[ROUTE]["mirror/r"]
+    served = narrow(translation.resources[ROUTE]["mirror/r"], route_pb2.RouteConfiguration)
     targets = [r.route.cluster for r in served.virtual_hosts[0].routes]
     assert targets == ["default/multi:9090", "default/httpbin-v1"]
     assert {"default/multi:9090", "default/httpbin-v1"} <= set(translation.resources[CLUSTER])
@@ -117,7 +125,10 @@ def test_name_that_would_shadow_a_service_cluster_is_a_conflict() -> None:
     translation = translate(_with_configs(config))
     [error] = translation.errors
     assert error.field == "spec.resources[0].name" and "default/httpbin-v1" in error.reason
-    assert translation.resources[CLUSTER]["default/httpbin-v1"].type == cluster_pb2.Cluster.EDS
+    assert (
+        narrow(translation.resources[CLUSTER]["default/httpbin-v1"], cluster_pb2.Cluster).type
+        == cluster_pb2.Cluster.EDS
+    )
 
 
 def test_previous_translation_is_kept_through_translate_previous() -> None:
@@ -135,7 +146,12 @@ def test_previous_translation_is_kept_through_translate_previous() -> None:
     # Service's requests go to the Service itself, and the error says so.
     alone = translate(m.canary_model(route, version="v2"))
     assert not any(e.kept_previous for e in alone.errors)
-    fallback = alone.resources[ROUTE][name].virtual_hosts[0].routes[0].route
+    fallback = (
+        narrow(alone.resources[ROUTE][name], route_pb2.RouteConfiguration)
+        .virtual_hosts[0]
+        .routes[0]
+        .route
+    )
     assert fallback.cluster == "default/httpbin"
     assert any("go to the Service itself" in e.reason for e in alone.errors)
 
@@ -182,7 +198,11 @@ def test_one_endpoint_change_rebuilds_only_that_assignment() -> None:
         for name, message in named.items():
             same = message is before.resources[url][name]
             assert same == ((url, name) != (ENDPOINT, "default/httpbin-v2")), (url, name)
-    socket = after.resources[ENDPOINT]["default/httpbin-v2"].endpoints[0].lb_endpoints[0]
+    socket = (
+        narrow(after.resources[ENDPOINT]["default/httpbin-v2"], endpoint_pb2.ClusterLoadAssignment)
+        .endpoints[0]
+        .lb_endpoints[0]
+    )
     assert socket.endpoint.address.socket_address.port_value == 18083
 
 
@@ -220,9 +240,10 @@ def test_allow_all_policy_adds_no_rbac_and_mismatch_warns() -> None:
 
 
 def test_original_dst_option_adds_the_listener_filter() -> None:
-    listener = translate(m.policy_model(), TranslateOptions(use_original_dst=True)).resources[
-        LISTENER
-    ]["nodemesh/l7/default/api/8080"]
+    translation = translate(m.policy_model(), TranslateOptions(use_original_dst=True))
+    listener = narrow(
+        translation.resources[LISTENER]["nodemesh/l7/default/api/8080"], listener_pb2.Listener
+    )
     assert [f.name for f in listener.listener_filters] == [ORIGINAL_DST_FILTER]
 
 
@@ -233,7 +254,7 @@ def test_shared_listener_ties_rules_to_each_destination() -> None:
     second = replace(first, port=9090, proxy_port=15009)
     api = m.service("api", 8080, 9090, ip="10.96.0.20")
     model = m.model([api], {}, redirects=[first, second])
-    listener = translate(model).resources[LISTENER]["shared"]
+    listener = narrow(translate(model).resources[LISTENER]["shared"], listener_pb2.Listener)
     assert listener.address.socket_address.port_value == 15002
     assert [a.address.socket_address.port_value for a in listener.additional_addresses] == [15009]
     rules_pb = _rbac(listener)
@@ -257,7 +278,7 @@ def test_cec_listener_without_address_or_redirect_is_left_out() -> None:
     )
     served = translate(replace(own, envoy_configs=(config,), redirects=()))
     assert served.errors == ()
-    listener = served.resources[LISTENER]["shop/edge/edge-listener"]
+    listener = narrow(served.resources[LISTENER]["shop/edge/edge-listener"], listener_pb2.Listener)
     assert listener.address.socket_address.port_value == 18000
 
 
@@ -292,7 +313,9 @@ def test_backend_services_feed_eds_for_their_ports() -> None:
     translation = translate(model)
     assert "default/multi:9090" in translation.resources[CLUSTER]
     assert "default/multi:80" not in translation.resources[CLUSTER]
-    assignment = translation.resources[ENDPOINT]["default/multi:9090"]
+    assignment = narrow(
+        translation.resources[ENDPOINT]["default/multi:9090"], endpoint_pb2.ClusterLoadAssignment
+    )
     assert (
         assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value == 9090
     )
@@ -305,11 +328,20 @@ def test_redirect_of_a_config_for_other_nodes_passes_through_quietly() -> None:
     here = translate(model, TranslateOptions(node_name="n2"))
     assert here.errors == ()
     name = "default/httpbin-traffic-split/httpbin-listener-route"
-    assert here.resources[ROUTE][name].virtual_hosts[0].routes[0].route.cluster == "default/httpbin"
+    assert (
+        narrow(here.resources[ROUTE][name], route_pb2.RouteConfiguration)
+        .virtual_hosts[0]
+        .routes[0]
+        .route.cluster
+        == "default/httpbin"
+    )
     edge = translate(model, TranslateOptions(node_name="n1", node_labels=pairs({"mesh": "edge"})))
     assert edge.errors == ()
     assert (
-        edge.resources[ROUTE][name].virtual_hosts[0].routes[0].route.HasField("weighted_clusters")
+        narrow(edge.resources[ROUTE][name], route_pb2.RouteConfiguration)
+        .virtual_hosts[0]
+        .routes[0]
+        .route.HasField("weighted_clusters")
     )
 
 

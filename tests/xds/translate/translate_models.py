@@ -125,7 +125,7 @@ CANARY_SERVICES = (
     service("httpbin-v1", 80, ip="10.96.0.11"),
     service("httpbin-v2", 80, ip="10.96.0.12"),
 )
-CANARY_BACKENDS = {
+CANARY_BACKENDS: dict[ServiceName, dict[int, tuple[BackendAddress, ...]]] = {
     HTTPBIN: {80: (backend("127.0.0.1", 18081), backend("127.0.0.1", 18082))},
     V1: {80: (backend("127.0.0.1", 18081),)},
     V2: {80: (backend("127.0.0.1", 18082),)},
