@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,14 +64,6 @@ class Recorder:
             if key[1:] == (kind, namespace, name):
                 return raw
         return None
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Poll until `check()` holds; generous timeout for a loaded 2-core machine."""
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - polling a plain predicate is the point
-            await asyncio.sleep(0.02)
-    assert check(), what
 
 
 def seed(double: ApiServerDouble, services: int = 5) -> None:

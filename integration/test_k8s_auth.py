@@ -19,10 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from integration.apiserver_double import ApiServerDouble
-from integration.k8s_support import FAST, Recorder, eventually, seed
+from integration.k8s_support import FAST, Recorder, seed
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.resources import SERVICES
+from tests.support.polling import wait_until_async
 
 
 def _cert(
@@ -120,7 +121,7 @@ async def test_untrusted_server_certificate_is_refused_and_said(
     account = _service_account(tmp_path, other_ca, monkeypatch, double.port)
     sink = Recorder()
     async with watching(await make_api_client(service_account_dir=account), sink) as source:
-        await eventually(lambda: "certificate" in " ".join(source.health.reasons()).lower())
+        await wait_until_async(lambda: "certificate" in " ".join(source.health.reasons()).lower())
         assert not source.health.synced and sink.objects == {}
     assert double.authorizations == set(), "no token sent to an unverified server"
 

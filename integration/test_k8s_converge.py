@@ -12,8 +12,9 @@ import pytest
 
 from integration.apiserver_double import ApiServerDouble, find_type
 from integration.apiserver_double.synthetic import endpoint_slice
-from integration.k8s_support import Recorder, eventually, running_source, seed
+from integration.k8s_support import Recorder, running_source, seed
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, SERVICES
+from tests.support.polling import wait_until_async
 
 SVC = find_type("", "v1", "services")
 EPS = find_type("discovery.k8s.io", "v1", "endpointslices")
@@ -87,4 +88,4 @@ async def test_random_churn_with_faults_converges(double: ApiServerDouble, seed_
                 double.drop_watches()
             if step % 10 == 0:
                 await asyncio.sleep(0.01)  # let the watchers read some of it
-        await eventually(lambda: _seen(sink) == _state(double), timeout=60, what="converged")
+        await wait_until_async(lambda: _seen(sink) == _state(double), timeout=60, what="converged")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from integration.apiserver_double import ApiServerDouble, find_type
-from integration.k8s_support import FAST, eventually
+from integration.k8s_support import FAST
 from integration.local_mesh import free_port, private_loopback
 from nodemesh.cmd.demo.run import EXAMPLES
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
@@ -24,6 +24,7 @@ from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.wiring.nacks import XdsNacks
 from nodemesh.xds.translate import TranslateOptions
+from tests.support.polling import wait_until_async
 
 pytestmark = pytest.mark.envoy
 
@@ -120,7 +121,7 @@ async def test_envoy_nack_becomes_the_programmed_condition(
 ) -> None:
     double, _plane = cluster
     split = "httpbin-traffic-split"
-    await eventually(
+    await wait_until_async(
         lambda: _conditions(double, split).get("Programmed", {}).get("status") == "True",
         what="the article's CEC is Accepted and Programmed",
     )
@@ -130,7 +131,7 @@ async def test_envoy_nack_becomes_the_programmed_condition(
     busy_port = holder.getsockname()[1]
     try:
         double.store.create(CEC, _busy_cec(busy_port))
-        await eventually(
+        await wait_until_async(
             lambda: _conditions(double, "busy").get("Programmed", {}).get("reason") == "EnvoyNACK",
             timeout=60,
             what="Envoy's NACK reaches the CEC's status",
@@ -150,7 +151,7 @@ async def test_envoy_nack_becomes_the_programmed_condition(
             )
 
         # The Event follows the status write.
-        await eventually(nack_event, what="a Warning Event with the NACK")
+        await wait_until_async(nack_event, what="a Warning Event with the NACK")
         # The other CEC is untouched by the neighbour's NACK.
         assert _conditions(double, split)["Programmed"]["status"] == "True"
     finally:

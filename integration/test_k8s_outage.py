@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from integration.apiserver_double import ApiServerDouble, find_type
-from integration.k8s_support import FAST, eventually, running_source, seed
+from integration.k8s_support import FAST, running_source, seed
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, SERVICES
 from nodemesh.model.objects import ServiceName
 from nodemesh.model.store import MeshStore
+from tests.support.polling import wait_until_async
 
 OUTAGE = float(os.environ.get("NODEMESH_K8S_OUTAGE_SECONDS", "30"))
 SVC = find_type("", "v1", "services")
@@ -41,7 +42,7 @@ async def test_outage_serves_last_state_then_converges(double: ApiServerDouble) 
 
         loop = asyncio.get_running_loop()
         await double.stop()
-        await eventually(lambda: not src.health.ready, what="readiness notices the outage")
+        await wait_until_async(lambda: not src.health.ready, what="readiness notices the outage")
         reasons = " ".join(src.health.reasons())
         assert "serving last known state" in reasons and "ApiUnavailable" in reasons
 
@@ -67,9 +68,9 @@ async def test_outage_serves_last_state_then_converges(double: ApiServerDouble) 
         assert checks > 1
 
         await double.start()
-        await eventually(lambda: src.health.ready, timeout=60, what="ready after the outage")
+        await wait_until_async(lambda: src.health.ready, timeout=60, what="ready after the outage")
         want = {
             ServiceName("default", n) for n in [f"svc{i}" for i in range(5)] + ["born-in-outage"]
         }
-        await eventually(lambda: set(store.build().services) == want, timeout=30)
+        await wait_until_async(lambda: set(store.build().services) == want, timeout=30)
         assert src.health.reasons() == []

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 from integration.apiserver_double import ApiServerDouble, find_type
-from integration.k8s_support import FAST, eventually
+from integration.k8s_support import FAST
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.conditions import NackReport
 from nodemesh.k8s_watch.source import KubernetesSource
 from nodemesh.model.store import MeshStore
 from nodemesh.xds.translate.envoy_config import validate_envoy_config
+from tests.support.polling import wait_until_async
 
 SVC = find_type("", "v1", "services")
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
@@ -127,8 +128,8 @@ async def test_bad_cec_gets_conditions_and_events(
 ) -> None:
     double.store.create(CEC, _cec("good", "frontend"))
     double.store.create(CEC, _cec("bad", "no-such-service"))
-    await eventually(lambda: "Programmed" in _conditions(double, "bad"))
-    await eventually(lambda: "Programmed" in _conditions(double, "good"))
+    await wait_until_async(lambda: "Programmed" in _conditions(double, "bad"))
+    await wait_until_async(lambda: "Programmed" in _conditions(double, "good"))
 
     bad = _conditions(double, "bad")
     assert bad["Accepted"]["status"] == "False"
@@ -139,7 +140,7 @@ async def test_bad_cec_gets_conditions_and_events(
     good = _conditions(double, "good")
     assert (good["Accepted"]["status"], good["Programmed"]["status"]) == ("True", "True")
 
-    await eventually(lambda: len(_events(double, "bad")) >= 2)
+    await wait_until_async(lambda: len(_events(double, "bad")) >= 2)
     warning = next(e for e in _events(double, "bad") if e["reason"] == "ServiceNotFound")
     assert warning["type"] == "Warning"
     assert (
@@ -155,22 +156,24 @@ async def test_status_writes_do_not_loop_and_fixes_show(
     source, _ = mesh
     assert isinstance(source.store, CountingStore)
     double.store.create(CEC, _cec("bad", "later"))
-    await eventually(lambda: "Programmed" in _conditions(double, "bad"))
+    await wait_until_async(lambda: "Programmed" in _conditions(double, "bad"))
     writes, model_gen = _status_patches(double, "bad"), source.store.current.generation
     # An unrelated change builds a new model; the CEC's conditions do not change,
     # so nothing is rewritten, and our own status write built no model either.
     double.store.create(SVC, _service("unrelated", "10.96.0.20"))
-    await eventually(lambda: source.store.current.generation > model_gen)
-    await eventually(lambda: any(p.endswith("/events") for _, p in double.requests))
+    await wait_until_async(lambda: source.store.current.generation > model_gen)
+    await wait_until_async(lambda: any(p.endswith("/events") for _, p in double.requests))
     gen_after_unrelated = source.store.current.generation
     # Fix the CEC by creating the Service it names: conditions flip to True.
     double.store.create(SVC, _service("later", "10.96.0.21"))
-    await eventually(lambda: _conditions(double, "bad")["Accepted"]["status"] == "True")
+    await wait_until_async(lambda: _conditions(double, "bad")["Accepted"]["status"] == "True")
     assert _status_patches(double, "bad") == writes + 1
     assert source.store.current.generation > gen_after_unrelated
     # Our status writes came back on the watch (the informer saw them), yet
     # only the CEC's one real change (its creation) was applied to the store.
-    await eventually(lambda: _seen_conditions(source, "bad") == _conditions(double, "bad").keys())
+    await wait_until_async(
+        lambda: _seen_conditions(source, "bad") == _conditions(double, "bad").keys()
+    )
     assert isinstance(source.store, CountingStore)
     assert source.store.applied.count(("CiliumEnvoyConfig", "bad")) == 1
 
@@ -180,7 +183,7 @@ async def test_nack_from_a_node_sets_programmed_false(
 ) -> None:
     source, nacks = mesh
     double.store.create(CEC, _cec("split", "frontend"))
-    await eventually(
+    await wait_until_async(
         lambda: _conditions(double, "split").get("Programmed", {}).get("status") == "True"
     )
     nacks.reports.append(
@@ -192,14 +195,14 @@ async def test_nack_from_a_node_sets_programmed_false(
         )
     )
     source.nacks_changed()
-    await eventually(lambda: _conditions(double, "split")["Programmed"]["status"] == "False")
+    await wait_until_async(lambda: _conditions(double, "split")["Programmed"]["status"] == "False")
     programmed = _conditions(double, "split")["Programmed"]
     assert programmed["reason"] == "EnvoyNACK"
     assert "node node-a" in programmed["message"]
     assert "Unknown cluster 'default/backend'" in programmed["message"]
     nacks.reports.clear()
     source.nacks_changed()
-    await eventually(lambda: _conditions(double, "split")["Programmed"]["status"] == "True")
+    await wait_until_async(lambda: _conditions(double, "split")["Programmed"]["status"] == "True")
 
 
 async def test_malformed_service_gets_an_event_and_the_rest_flows(
@@ -208,10 +211,10 @@ async def test_malformed_service_gets_an_event_and_the_rest_flows(
     source, _ = mesh
     double.store.create(SVC, _service("broken", "10.96.0.30", port="eighty"))
     double.store.create(SVC, _service("fine", "10.96.0.31"))
-    await eventually(lambda: any(s.name == "fine" for s in source.store.current.services))
+    await wait_until_async(lambda: any(s.name == "fine" for s in source.store.current.services))
     names = {s.name for s in source.store.current.services}
     assert "broken" not in names and {"frontend", "backend"} <= names
-    await eventually(lambda: len(_events(double, "broken")) == 1)
+    await wait_until_async(lambda: len(_events(double, "broken")) == 1)
     event = _events(double, "broken")[0]
     assert (event["type"], event["reason"]) == ("Warning", "InvalidObject")
     uid = double.store.get(SVC, "default", "broken")["metadata"]["uid"]
@@ -220,4 +223,4 @@ async def test_malformed_service_gets_an_event_and_the_rest_flows(
     broken = copy.deepcopy(double.store.get(SVC, "default", "broken"))
     broken["spec"]["ports"] = [{"port": 80}]
     double.store.update(SVC, broken)
-    await eventually(lambda: any(s.name == "broken" for s in source.store.current.services))
+    await wait_until_async(lambda: any(s.name == "broken" for s in source.store.current.services))

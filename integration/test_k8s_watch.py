@@ -13,10 +13,11 @@ from prometheus_client import REGISTRY
 
 from integration.apiserver_double import ApiServerDouble, find_type
 from integration.apiserver_double.synthetic import endpoint_slice
-from integration.k8s_support import FAST, Recorder, eventually, running_source, seed
+from integration.k8s_support import FAST, Recorder, running_source, seed
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, PODS, SERVICES, ResourceSpec
+from tests.support.polling import wait_until_async
 
 SVC = find_type("", "v1", "services")
 EPS = find_type("discovery.k8s.io", "v1", "endpointslices")
@@ -62,17 +63,17 @@ async def test_add_modify_delete_flow(double: ApiServerDouble) -> None:
     sink = Recorder()
     async with running_source(double, sink, resources=(SERVICES,)):
         double.store.create(SVC, _svc("new", "10.96.1.1"))
-        await eventually(lambda: "default/new" in sink.names("Service"))
+        await wait_until_async(lambda: "default/new" in sink.names("Service"))
         changed = copy.deepcopy(double.store.get(SVC, "default", "new"))
         changed["spec"]["clusterIP"] = "10.96.1.2"
         double.store.update(SVC, changed)
-        await eventually(
+        await wait_until_async(
             lambda: (
                 (sink.get("Service", "default", "new") or {})["spec"]["clusterIP"] == "10.96.1.2"
             )
         )
         double.store.delete(SVC, "default", "svc0")
-        await eventually(lambda: "default/svc0" not in sink.names("Service"))
+        await wait_until_async(lambda: "default/svc0" not in sink.names("Service"))
     assert len(sink.names("Service")) == 7
 
 
@@ -83,8 +84,8 @@ async def test_dropped_watch_resumes_without_relist_or_duplicates(double: ApiSer
         # Changes made while the watch is down arrive through the resumed watch.
         double.store.create(SVC, _svc("during-drop", "10.96.2.1"))
         double.store.delete(SVC, "default", "svc1")
-        await eventually(lambda: "default/during-drop" in sink.names("Service"))
-        await eventually(lambda: "default/svc1" not in sink.names("Service"))
+        await wait_until_async(lambda: "default/during-drop" in sink.names("Service"))
+        await wait_until_async(lambda: "default/svc1" not in sink.names("Service"))
         watches = [p for m, p in double.requests if p == "/api/v1/services"]
         assert len(watches) >= 2
     relists = [c for c in sink.calls if c[0] == "replace_all"]
@@ -105,9 +106,9 @@ async def test_gone_relists_and_converges(double: ApiServerDouble) -> None:
         changed["spec"]["clusterIP"] = "10.96.3.3"
         double.store.update(SVC, changed)
         double.compact()
-        await eventually(lambda: "default/after-compact" in sink.names("Service"))
+        await wait_until_async(lambda: "default/after-compact" in sink.names("Service"))
         want = {f"default/{o['metadata']['name']}" for o in double.store.items(SVC)}
-        await eventually(lambda: sink.names("Service") == want)
+        await wait_until_async(lambda: sink.names("Service") == want)
         assert (sink.get("Service", "default", "svc3") or {})["spec"]["clusterIP"] == "10.96.3.3"
     assert sum(1 for c in sink.calls if c[0] == "replace_all") >= 2
 
@@ -126,13 +127,15 @@ async def test_bookmarks_keep_the_resume_point_fresh(double: ApiServerDouble) ->
         double.store.create(EPS, endpoint_slice("default", "elsewhere", ["10.244.1.1"]))
         seen = _bookmarks(str(SERVICES))
         # Two: the first may have been sent before the write and only read after it.
-        await eventually(lambda: _bookmarks(str(SERVICES)) >= seen + 2, what="bookmarks arrived")
+        await wait_until_async(
+            lambda: _bookmarks(str(SERVICES)) >= seen + 2, what="bookmarks arrived"
+        )
         # History up to now is gone; a watch resumed from the last Service's own
         # resourceVersion would get 410, one resumed from the bookmark does not.
         double.compact()
         double.drop_watches()
         double.store.create(SVC, _svc("after-bookmark", "10.96.5.1"))
-        await eventually(lambda: "default/after-bookmark" in sink.names("Service"))
+        await wait_until_async(lambda: "default/after-bookmark" in sink.names("Service"))
     assert sum(1 for c in sink.calls if c[0] == "replace_all") == 1, "no relist was needed"
 
 
@@ -144,7 +147,7 @@ async def test_broken_watch_line_is_skipped_and_the_rest_flows(double: ApiServer
         nameless = {"type": "ADDED", "object": {"kind": "Service", "metadata": {}}}
         double.store.inject_raw(SVC, json.dumps(nameless).encode())
         double.store.create(SVC, _svc("after-garbage", "10.96.4.1"))
-        await eventually(lambda: "default/after-garbage" in sink.names("Service"))
+        await wait_until_async(lambda: "default/after-garbage" in sink.names("Service"))
     assert len(sink.names("Service")) == 8
 
 
@@ -166,7 +169,7 @@ async def test_pod_field_selector_watches_only_this_node(double: ApiServerDouble
         assert sink.names("Pod") == {"default/mine"}
         double.store.create(POD, pod("mine-2", "node-a"))
         double.store.create(POD, pod("theirs-2", "node-b"))
-        await eventually(lambda: "default/mine-2" in sink.names("Pod"))
+        await wait_until_async(lambda: "default/mine-2" in sink.names("Pod"))
     assert sink.names("Pod") == {"default/mine", "default/mine-2"}
 
 
@@ -178,7 +181,7 @@ async def test_forbidden_list_reports_why_then_recovers(double: ApiServerDouble)
     source = InformerSet(KubeApi(client, FAST), sink, settings=FAST, resources=(SERVICES, PODS))
     task = asyncio.create_task(source.run(), name="watch-source")
     try:
-        await eventually(lambda: any("HTTP 403" in r for r in source.health.reasons()))
+        await wait_until_async(lambda: any("HTTP 403" in r for r in source.health.reasons()))
         (reason,) = [r for r in source.health.reasons() if r.startswith("pods")]
         assert reason.startswith("pods.core/v1: never synced") and "injected 403" in reason
         await source.wait_synced(30)  # the sixth try is allowed
@@ -206,7 +209,9 @@ async def test_server_ended_watches_resume_without_relist(double: ApiServerDoubl
         def watches() -> int:
             return sum(1 for m, p in double.requests if p == "/api/v1/services") - 3
 
-        await eventually(lambda: watches() >= 3, what="the server ended watches (timeoutSeconds)")
+        await wait_until_async(
+            lambda: watches() >= 3, what="the server ended watches (timeoutSeconds)"
+        )
         double.store.create(SVC, _svc("after-timeouts", "10.96.6.1"))
-        await eventually(lambda: "default/after-timeouts" in sink.names("Service"))
+        await wait_until_async(lambda: "default/after-timeouts" in sink.names("Service"))
     assert sum(1 for c in sink.calls if c[0] == "replace_all") == 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import applier, dump, pinned
 from nodemesh.ebpf.errors import PlanTooLarge
+from tests.support.polling import wait_until
 
 from .conftest import Datapath
 from .node import NODE_IP, MeshNode
@@ -32,10 +32,7 @@ def _revnat6(datapath: Datapath) -> int:
 
 
 def _wait_revnat6_empty(datapath: Datapath) -> None:
-    deadline = time.monotonic() + 30
-    while _revnat6(datapath) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _revnat6(datapath) == 0
+    wait_until(lambda: _revnat6(datapath) == 0, what="revnat6 entries released", interval=0.1)
 
 
 def test_ipv6_tcp_and_udp_translated_in_kernel(node: MeshNode, datapath: Datapath) -> None:

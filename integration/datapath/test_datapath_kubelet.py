@@ -54,6 +54,7 @@ from nodemesh.model.snapshot import BackendAddress, MeshModel
 from nodemesh.node.datapath import AgentSettings, DatapathAgent
 from nodemesh.node.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.node.proxy_follow import ProxyPod
+from tests.support.polling import wait_until
 
 from . import node as node_mod
 from .node import NODE_IP, MeshNode
@@ -395,11 +396,10 @@ def _pins_until(config: loader.DatapathConfig, what: str, check: Any) -> None:
 
 
 def _log_until(path: Path, text: str) -> None:
-    for _ in range(600):  # a minute
-        if text in path.read_text():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not in the agent's log:\n{path.read_text()}")
+    try:
+        wait_until(lambda: text in path.read_text(), what=f"{text!r} in {path}", timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the agent's log:\n{path.read_text()}") from None
 
 
 def test_agent_command_follows_the_kubelet_tree_and_the_envoy_pod(

@@ -55,6 +55,7 @@ from nodemesh.model.objects import Pod
 from nodemesh.node.datapath import AgentSettings, DatapathAgent
 from nodemesh.node.kubelet_cgroups import KubeletPodCgroups
 from nodemesh.node.proxy_follow import ProxyFollower, ProxyPod
+from tests.support.polling import wait_until
 
 from .node import NODE_IP, MeshNode, sysctl_in
 from .test_datapath_envoy import ENVOY, PROXY_PORT, VIP
@@ -242,12 +243,7 @@ def watching(follower: ProxyFollower) -> Iterator[None]:
 
 
 def _poll(what: str, check: Any) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"never: {what}")
+    wait_until(check, what=what, timeout=120, interval=0.1)
 
 
 def _count(stop: Path) -> dict[str, Any]:
