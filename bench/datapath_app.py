@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from tests.support import factory
+
 NAMESPACE = "bench"
 
 
@@ -63,31 +65,14 @@ def write_nginx(work: Path, name: str, ports: tuple[int, ...]) -> Path:
 
 
 def _service(name: str, vip: str, target: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "clusterIP": vip,
-            "ports": [{"port": 80, "targetPort": target, "protocol": "TCP"}],
-            "selector": {"app": name},
-        },
-    }
+    ports = [factory.port(80, target=target, protocol="TCP")]
+    return factory.k8s_service(name, NAMESPACE, cluster_ip=vip, ports=ports, selector={"app": name})
 
 
 def _slice(name: str, ip: str, port: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{name}-1",
-            "namespace": NAMESPACE,
-            "labels": {"kubernetes.io/service-name": name},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
-    }
+    ports = [factory.port(port, name="", protocol="TCP")]
+    endpoints = [factory.endpoint(ip, ready=True)]
+    return factory.endpoint_slice(name, endpoints, NAMESPACE, name=f"{name}-1", ports=ports)
 
 
 def _envoy_config(service: str) -> dict[str, Any]:

@@ -34,11 +34,11 @@ from nodemesh.model.objects import (
     RedirectOrigin,
     Service,
     ServiceName,
-    ServicePort,
     pairs,
 )
 from nodemesh.model.snapshot import BackendAddress, MeshModel
 from nodemesh.xds.translate import Translation, Translator, encode
+from tests.support import factory
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "canary"
 NAMESPACE = "bench"
@@ -48,19 +48,17 @@ RULES = (HTTPRule(method="GET", path="/api/.*"),)
 
 
 def _service(index: int) -> Service:
-    return Service(
-        ref=ObjectRef(Kind.SERVICE, NAMESPACE, f"svc-{index}"),
-        cluster_ips=(f"10.96.{index // 250}.{index % 250 + 1}",),
-        ports=(ServicePort("http", 80, "TCP", 8080),),
-        selector=pairs({"app": f"svc-{index}"}),
+    return factory.service(
+        f"svc-{index}",
+        factory.service_port(80, target=8080, name="http"),
+        ip=f"10.96.{index // 250}.{index % 250 + 1}",
+        namespace=NAMESPACE,
     )
 
 
 def _backends(index: int, count: int, port: int = 8080) -> tuple[BackendAddress, ...]:
     return tuple(
-        BackendAddress(
-            f"10.{index // 250}.{index % 250}.{j + 1}", port, "n1", None, True, True, False
-        )
+        factory.backend(f"10.{index // 250}.{index % 250}.{j + 1}", port, node="n1")
         for j in range(count)
     )
 
@@ -84,17 +82,10 @@ def _redirect(service: Service, index: int) -> L7Redirect:
 
 def build_model(services: int, endpoints: int) -> MeshModel:
     svcs = [_service(i) for i in range(services)]
-    return MeshModel(
-        version="v1",
-        generation=1,
-        services=MappingProxyType({s.service_name: s for s in svcs}),
-        redirects=tuple(_redirect(s, i) for i, s in enumerate(svcs)),
-        backends=MappingProxyType(
-            {
-                s.service_name: MappingProxyType({80: _backends(i, endpoints)})
-                for i, s in enumerate(svcs)
-            }
-        ),
+    return factory.mesh_model(
+        svcs,
+        {s.service_name: {80: _backends(i, endpoints)} for i, s in enumerate(svcs)},
+        redirects=[_redirect(s, i) for i, s in enumerate(svcs)],
     )
 
 

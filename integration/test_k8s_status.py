@@ -17,6 +17,7 @@ from nodemesh.k8s_watch.conditions import NackReport
 from nodemesh.k8s_watch.source import KubernetesSource
 from nodemesh.model.store import MeshStore
 from nodemesh.xds.translate.envoy_config import validate_envoy_config
+from tests.support import factory
 from tests.support.polling import wait_until_async
 
 SVC = find_type("", "v1", "services")
@@ -29,32 +30,15 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
 def _service(name: str, ip: str, port: Any = 80) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
-        "spec": {"clusterIP": ip, "selector": {"app": name}, "ports": [{"port": port}]},
-    }
+    app = {"app": name}
+    ports = [factory.port(port)]
+    return factory.k8s_service(name, cluster_ip=ip, ports=ports, selector=app, labels=app)
 
 
 def _cec(name: str, service: str) -> dict[str, Any]:
-    route = {
-        "@type": ROUTE,
-        "name": f"{name}-route",
-        "virtual_hosts": [
-            {
-                "name": "vh",
-                "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "default/backend"}}],
-            }
-        ],
-    }
-    return {
-        "apiVersion": "cilium.io/v2",
-        "kind": "CiliumEnvoyConfig",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"services": [{"name": service, "namespace": "default"}], "resources": [route]},
-    }
+    route = factory.route_config(f"{name}-route", "default/backend")
+    services = [{"name": service, "namespace": "default"}]
+    return factory.cec(name, services=services, resources=[route])
 
 
 @dataclass

@@ -17,6 +17,7 @@ from integration.k8s_support import FAST, Recorder, running_source, seed
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.resources import ENDPOINT_SLICES, PODS, SERVICES, ResourceSpec
+from tests.support import factory
 from tests.support.polling import wait_until_async
 
 SVC = find_type("", "v1", "services")
@@ -35,12 +36,7 @@ async def double() -> AsyncIterator[ApiServerDouble]:
 
 
 def _svc(name: str, ip: str) -> dict[str, object]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"clusterIP": ip, "ports": [{"port": 80, "protocol": "TCP"}]},
-    }
+    return factory.k8s_service(name, cluster_ip=ip, ports=[factory.port(80, protocol="TCP")])
 
 
 @pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "page-by-page"])
@@ -153,13 +149,7 @@ async def test_broken_watch_line_is_skipped_and_the_rest_flows(double: ApiServer
 
 async def test_pod_field_selector_watches_only_this_node(double: ApiServerDouble) -> None:
     def pod(name: str, node: str) -> dict[str, object]:
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"app": "curl"}},
-            "spec": {"nodeName": node},
-            "status": {"podIP": "10.244.9.9", "phase": "Running"},
-        }
+        return factory.k8s_pod(name, ip="10.244.9.9", labels={"app": "curl"}, node=node)
 
     double.store.create(POD, pod("mine", "node-a"))
     double.store.create(POD, pod("theirs", "node-b"))

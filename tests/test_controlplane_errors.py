@@ -9,23 +9,13 @@ import prometheus_client
 from structlog.testing import capture_logs
 
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
+from tests.support import factory
 
 
 def cec(cluster: str) -> dict[str, Any]:
-    route = {
-        "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-        "name": "r",
-        "virtual_hosts": [
-            {"name": "all", "domains": ["*"], "routes": [
-                {"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}
-        ],
-    }  # fmt: skip
-    return {
-        "apiVersion": "cilium.io/v2",
-        "kind": "CiliumEnvoyConfig",
-        "metadata": {"name": "web-l7", "namespace": "default"},
-        "spec": {"services": [{"name": "web", "namespace": "default"}], "resources": [route]},
-    }
+    route = factory.route_config("r", cluster, host="all")
+    services = [{"name": "web", "namespace": "default"}]
+    return factory.cec("web-l7", services=services, resources=[route])
 
 
 SERVICE: dict[str, Any] = {

@@ -4,44 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from tests.support import factory
+
 from .store import Obj
 
 
 def service(ns: str, name: str, ip: str) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
-        "spec": {
-            "clusterIP": ip,
-            "clusterIPs": [ip],
-            "selector": {"app": name},
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
-        },
-    }
+    app = {"app": name}
+    ports = [factory.port(80, name="http", protocol="TCP", target=8080)]
+    return factory.k8s_service(
+        name, ns, cluster_ip=ip, ports=ports, selector=app, labels=app, clusterIPs=[ip]
+    )
 
 
 def endpoint_slice(ns: str, service_name: str, addresses: list[str], node: str = "node-a") -> Obj:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{service_name}-abcde",
-            "namespace": ns,
-            "labels": {"kubernetes.io/service-name": service_name},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [
-            {
-                "addresses": [addr],
-                "conditions": {"ready": True, "serving": True, "terminating": False},
-                "nodeName": node,
-                "targetRef": {"kind": "Pod", "namespace": ns, "name": f"{service_name}-{i}"},
-            }
-            for i, addr in enumerate(addresses)
-        ],
-    }
+    endpoints = [
+        factory.endpoint(
+            addr,
+            ready=True,
+            serving=True,
+            terminating=False,
+            node=node,
+            pod={"kind": "Pod", "namespace": ns, "name": f"{service_name}-{i}"},
+        )
+        for i, addr in enumerate(addresses)
+    ]
+    ports = [factory.port(8080, name="http", protocol="TCP")]
+    return factory.endpoint_slice(
+        service_name, endpoints, ns, name=f"{service_name}-abcde", ports=ports
+    )
 
 
 def synthetic_cluster(services: int, endpoints_per_service: int) -> Iterator[Obj]:

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from nodemesh.node.envoy_process import find_envoy_binary, render_bootstrap
+from tests.support import factory
 
 from .node import MeshNode, Pod
 from .test_datapath_agent import LEAST, agent_argv
@@ -40,44 +41,18 @@ OTHER_VIP = "10.96.0.20"
 
 
 def _service(name: str, vip: str, selector: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "clusterIP": vip,
-            "ports": [{"port": 80, "targetPort": 80, "protocol": "TCP"}],
-            "selector": selector,
-        },
-    }
+    ports = [factory.port(80, target=80, protocol="TCP")]
+    return factory.k8s_service(name, cluster_ip=vip, ports=ports, selector=selector)
 
 
 def _slice(service: str, pods: list[Pod]) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{service}-test",
-            "namespace": "default",
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "", "port": 80, "protocol": "TCP"}],
-        "endpoints": [
-            {"addresses": [p.ip], "conditions": {"ready": True}, "targetRef": {"name": p.name}}
-            for p in pods
-        ],
-    }
+    endpoints = [factory.endpoint(p.ip, ready=True, pod=p.name) for p in pods]
+    ports = [factory.port(80, name="", protocol="TCP")]
+    return factory.endpoint_slice(service, endpoints, name=f"{service}-test", ports=ports)
 
 
 def _pod(pod: Pod, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": pod.name, "namespace": "default", "labels": labels},
-        "spec": {"nodeName": "node-a"},
-        "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]},
-    }
+    return factory.k8s_pod(pod.name, ip=pod.ip, ips=[pod.ip], labels=labels, node="node-a")
 
 
 def write_sources(directory: Path, pods: dict[str, Pod]) -> None:

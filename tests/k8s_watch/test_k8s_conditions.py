@@ -7,27 +7,19 @@ from typing import Any
 from nodemesh.k8s_watch.conditions import NackReport, conditions_for
 from nodemesh.model.objects import Kind, ObjectRef
 from nodemesh.model.store import MeshStore
+from tests.support import factory
 
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
 def _svc(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]},
-    }
+    return factory.k8s_service(name, cluster_ip="10.96.0.1")
 
 
 def _cec(name: str, service: str, created: str) -> dict[str, Any]:
-    route = {"@type": ROUTE, "name": "r", "virtual_hosts": []}
-    return {
-        "apiVersion": "cilium.io/v2",
-        "kind": "CiliumEnvoyConfig",
-        "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
-        "spec": {"services": [{"name": service, "namespace": "default"}], "resources": [route]},
-    }
+    services = [{"name": service, "namespace": "default"}]
+    resources = [factory.route_config("r")]
+    return factory.cec(name, services=services, resources=resources, created=created)
 
 
 def _ref(name: str) -> ObjectRef:

@@ -15,51 +15,26 @@ from nodemesh.model.errors import UnknownKindError
 from nodemesh.model.objects import EnvoyConfig, Kind, ObjectError, ObjectRef, ServiceName
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
+from tests.support import factory
 
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 WEB = ObjectRef(Kind.SERVICE, "shop", "web")
 
 
 def service(name: str = "web", port: Any = 80, **spec: Any) -> dict[str, Any]:
-    ports = [{"name": "http", "port": port, "targetPort": 8080}]
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": "shop"},
-        "spec": {"ports": ports, "selector": {"app": name}, **spec},
-    }
+    ports = [factory.port(port, name="http", target=8080)]
+    return factory.k8s_service(name, "shop", ports=ports, selector={"app": name}, **spec)
 
 
 def endpoint_slice(
     name: str, service_name: str, ips: list[str], port: int = 8080
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": "shop",
-            "labels": {"kubernetes.io/service-name": service_name},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port}],
-        "endpoints": [{"addresses": [ip]} for ip in ips],
-    }
+    ports = [factory.port(port, name="http")]
+    return factory.endpoint_slice(service_name, ips, "shop", name=name, ports=ports)
 
 
 def cec(name: str, services: Sequence[str] = ("web",), created: str = "") -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": "shop"}
-    if created:
-        meta["creationTimestamp"] = created
-    return {
-        "apiVersion": "cilium.io/v2",
-        "kind": "CiliumEnvoyConfig",
-        "metadata": meta,
-        "spec": {
-            "services": [{"name": s} for s in services],
-            "resources": [{"@type": ROUTE, "name": "routes", "virtual_hosts": []}],
-        },
-    }
+    return factory.cec(name, "shop", services=services, created=created)
 
 
 def errors_of(model: MeshModel, name: str) -> list[ObjectError]:

@@ -7,21 +7,17 @@ parser and the store.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Mapping
 from typing import Any
 
 from nodemesh.model.objects import (
     EnvoyConfig,
-    EnvoyResource,
     HTTPPolicy,
     HTTPRule,
     Kind,
     L7Redirect,
     LabelSelector,
     ObjectRef,
-    RedirectedService,
     RedirectOrigin,
     Service,
     ServiceName,
@@ -30,6 +26,7 @@ from nodemesh.model.objects import (
 )
 from nodemesh.model.snapshot import BackendAddress, MeshModel
 from nodemesh.xds.translate.registry import CLUSTER, LISTENER, ROUTE
+from tests.support import factory
 
 DEFAULT = "default"
 CEC_REF = ObjectRef(Kind.ENVOY_CONFIG, DEFAULT, "httpbin-traffic-split")
@@ -37,58 +34,12 @@ CNP_REF = ObjectRef(Kind.NETWORK_POLICY, DEFAULT, "httpbin-l7-policy")
 CURL = LabelSelector(match_labels=pairs({"app": "curl"}))
 
 
-def service(name: str, *ports: int, ip: str = "", namespace: str = DEFAULT) -> Service:
-    return Service(
-        ref=ObjectRef(Kind.SERVICE, namespace, name),
-        cluster_ips=(ip,) if ip else (),
-        ports=tuple(ServicePort(f"p{p}", p, "TCP", p) for p in ports),
-        selector=pairs({"app": name}),
-    )
-
-
-def backend(address: str, port: int, ready: bool = True) -> BackendAddress:
-    return BackendAddress(address, port, "node-1", None, ready, ready, not ready)
-
-
-def resource(type_url: str, index: int, body: Mapping[str, Any]) -> EnvoyResource:
-    return EnvoyResource(
-        type_url=type_url,
-        name=str(body.get("name", body.get("cluster_name", ""))),
-        body=json.dumps(body, sort_keys=True, separators=(",", ":")),
-        field=f"spec.resources[{index}]",
-    )
-
-
-def envoy_config(
-    ref: ObjectRef,
-    resources: Sequence[tuple[str, Mapping[str, Any]]],
-    services: Sequence[ServiceName] = (),
-    created: str = "2026-01-01T00:00:00Z",
-) -> EnvoyConfig:
-    return EnvoyConfig(
-        ref=ref,
-        services=tuple(RedirectedService(s) for s in services),
-        backend_services=(),
-        resources=tuple(resource(t, i, b) for i, (t, b) in enumerate(resources)),
-        creation_timestamp=created,
-    )
-
-
-def model(
-    services: Sequence[Service],
-    backends: Mapping[ServiceName, Mapping[int, tuple[BackendAddress, ...]]],
-    configs: Sequence[EnvoyConfig] = (),
-    redirects: Sequence[L7Redirect] = (),
-    version: str = "v1",
-) -> MeshModel:
-    return MeshModel(
-        version=version,
-        generation=1,
-        services=MappingProxyType({s.service_name: s for s in services}),
-        envoy_configs=tuple(configs),
-        redirects=tuple(redirects),
-        backends=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in backends.items()}),
-    )
+# The builders live in the shared factory; these names are the module's API
+# for the translator tests (m.service, m.backend, m.model, m.envoy_config).
+service = factory.service
+backend = factory.backend
+envoy_config = factory.envoy_config
+model = factory.mesh_model
 
 
 # --- the article's canary (examples/canary) --------------------------------
