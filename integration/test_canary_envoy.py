@@ -10,7 +10,6 @@ previous config serving.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from nodemesh.cmd.demo.traffic import judge_split, request_loop
 from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.xds.translate import TranslateOptions
+from tests.support.polling import wait_until_async
 
 pytestmark = pytest.mark.envoy
 
@@ -49,12 +49,12 @@ class Rig:
         """Until a new model is published (a file edit was picked up). The
         generation, not the version: a rejected edit changes only the errors."""
         before = self.plane.model.generation if self.plane.model else None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.plane.model is not None and self.plane.model.generation != before:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"model did not change: {predicate}")
+        await wait_until_async(
+            lambda: self.plane.model is not None and self.plane.model.generation != before,
+            what=f"a new model: {predicate}",
+            timeout=timeout,
+            interval=0.05,
+        )
 
 
 @pytest.fixture

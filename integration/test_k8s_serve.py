@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import yaml
 from integration.apiserver_double import ApiServerDouble, find_type
 from integration.local_mesh import free_port, serve_process
 from nodemesh.cmd.demo.run import EXAMPLES
+from tests.support.polling import wait_until_async
 
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
 assert CEC
@@ -34,15 +34,11 @@ def admin_get(admin: str, path: str) -> tuple[int, Any]:
         return 0, None
 
 
-async def until(predicate: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await asyncio.to_thread(predicate)
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll a blocking predicate (it makes HTTP calls) off the event loop."""
+    return await wait_until_async(
+        lambda: asyncio.to_thread(predicate), what=what, timeout=timeout, interval=0.2
+    )
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from integration.local_mesh import (
 )
 from nodemesh.cmd.demo.traffic import request_loop
 from nodemesh.node.envoy_process import EnvoyProcess
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.envoy
 
@@ -36,15 +36,19 @@ def nodemesh(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def wait_for(predicate_output: str, *args: str, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    out = ""
-    while time.monotonic() < deadline:
+    def output() -> str:
         done = nodemesh(*args)
         out = done.stdout + done.stderr
-        if predicate_output in out:
-            return out
-        time.sleep(0.2)
-    raise AssertionError(f"never saw {predicate_output!r} in `nodemesh {' '.join(args)}`:\n{out}")
+        assert predicate_output in out, f"\n{out}"
+        return out
+
+    return wait_until(
+        output,
+        what=f"{predicate_output!r} in `nodemesh {' '.join(args)}`",
+        timeout=timeout,
+        interval=0.2,
+        retry_on=(AssertionError,),
+    )
 
 
 @pytest.fixture

@@ -383,16 +383,17 @@ def _write_model(directory: Path, curl_uid: str, envoy_uid: str) -> None:
 
 
 def _pins_until(config: loader.DatapathConfig, what: str, check: Any) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def shown() -> bool:
         with pinned.open_map(config.maps_dir, pinned.CONFIG) as m:
             cfg = m.lookup(U32(0))
         with pinned.open_map(config.maps_dir, pinned.L7REDIR) as m:
             redirects = applier.read_redirects(m)
-        if check(cfg, redirects):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"pins never showed {what}: {cfg.as_tuple() if cfg else None} {redirects}")
+        assert check(cfg, redirects), f"{cfg.as_tuple() if cfg else None} {redirects}"
+        return True
+
+    wait_until(
+        shown, what=f"pins to show {what}", timeout=60, interval=0.1, retry_on=(AssertionError,)
+    )
 
 
 def _log_until(path: Path, text: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from pyroute2 import IPRoute
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import pinned
 from nodemesh.ebpf.mirrors import Mirror, ip_str, port_host
+from tests.support.polling import wait_until
 
 from .conftest import Datapath
 from .node import MeshNode, Pod
@@ -54,14 +54,14 @@ def entries(datapath: Datapath, spec: pinned.MapSpec) -> list[str]:
 
 def wait_empty(datapath: Datapath, *specs: pinned.MapSpec, timeout: float = 30.0) -> None:
     """Poll: a socket's release runs as its process exits, not before we hear of it."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def drained() -> bool:
         left = {s.name: entries(datapath, s) for s in specs}
         left = {name: e for name, e in left.items() if e}
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert left == {}
+        assert left == {}
+        return True
+
+    wait_until(drained, what="the maps emptied", timeout=timeout, retry_on=(AssertionError,))
 
 
 def _results(node: MeshNode, pod: Pod, *args: str) -> list[dict[str, Any]]:

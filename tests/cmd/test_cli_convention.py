@@ -9,12 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from nodemesh.cmd.main import build_parser, main
+from tests.support.polling import wait_until
 
 COMMANDS = [
     ["serve"],
@@ -104,14 +104,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[str], deadline: float) -> None:
-    while time.monotonic() < deadline:
+def _wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float) -> None:
+    def port_open() -> bool:
         assert proc.poll() is None, proc.communicate()
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError("serve never opened its admin port")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(port_open, what="serve to open its admin port", timeout=timeout)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -134,7 +133,7 @@ def test_serve_stops_cleanly_on_a_signal(sig: signal.Signals, tmp_path: Path) ->
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
-        _wait_for_port(admin, proc, time.monotonic() + 60)
+        _wait_for_port(admin, proc, timeout=60)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -13,7 +13,6 @@ import json
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -31,6 +30,7 @@ from nodemesh.model.objects import (
     ServiceName,
 )
 from nodemesh.xds.translate import Translation, translate
+from tests.support.polling import wait_until
 from tests.xds.translate import translate_models as m
 from tests.xds.translate.envoy_static import ENVOY, static_bootstrap, write_bootstrap
 
@@ -93,16 +93,17 @@ def _request(port: int, method: str, path: str, source: str, **headers: str) -> 
 def _serving(port: int, envoy: subprocess.Popen[bytes]) -> bool:
     """Whether Envoy serves `port`; False when it exited (e.g. the port was
     taken between choosing it and Envoy binding it)."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def state() -> str:
         if envoy.poll() is not None:
-            return False
-        try:
-            _request(port, "GET", "/allowed", "127.0.0.1")
-            return True
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("envoy never served the listener")
+            return "exited"
+        _request(port, "GET", "/allowed", "127.0.0.1")
+        return "serving"
+
+    outcome = wait_until(
+        state, what="envoy to serve the listener", timeout=90, interval=0.2, retry_on=(OSError,)
+    )
+    return outcome == "serving"
 
 
 def _endpoints(backends: tuple[int, int]) -> dict[ServiceName, dict[int, Any]]:
