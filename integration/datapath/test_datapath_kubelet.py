@@ -27,7 +27,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from types import MappingProxyType
@@ -54,7 +53,7 @@ from nodemesh.model.snapshot import BackendAddress, MeshModel
 from nodemesh.node.datapath import AgentSettings, DatapathAgent
 from nodemesh.node.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.node.proxy_follow import ProxyPod
-from tests.support.polling import wait_until
+from tests.support.polling import wait_until, wait_until_async
 
 from . import node as node_mod
 from .node import NODE_IP, MeshNode
@@ -176,11 +175,18 @@ def getsockopt_links(config: loader.DatapathConfig) -> list[int]:
 
 def links_become(config: loader.DatapathConfig, want: list[int]) -> None:
     # A dropped link is freed by the kernel right after its last reference, or soon after.
-    for _ in range(600):
-        if getsockopt_links(config) == want:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"getsockopt linked to {getsockopt_links(config)}, not {want}")
+    def linked() -> bool:
+        now = getsockopt_links(config)
+        assert now == want, f"getsockopt linked to {now}"
+        return True
+
+    wait_until(
+        linked,
+        what=f"getsockopt links {want}",
+        timeout=60,
+        interval=0.1,
+        retry_on=(AssertionError,),
+    )
 
 
 POD_GETSOCKOPTS = """
@@ -242,11 +248,12 @@ async def followed(agent: DatapathAgent, config: loader.DatapathConfig, want: in
     assert agent.proxy is not None
     watch = asyncio.create_task(agent.proxy.watch(interval=0.05), name="envoy-pod-watch")
     try:
-        for _ in range(1200):  # a minute
-            if pinned_proxies(config) == {want}:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"the proxy cgroup id never became {want}")
+        await wait_until_async(
+            lambda: pinned_proxies(config) == {want},
+            what=f"the proxy cgroup id to become {want}",
+            timeout=60,
+            interval=0.05,
+        )
     finally:
         watch.cancel()
 

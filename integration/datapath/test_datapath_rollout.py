@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -164,18 +163,17 @@ class _UnixHTTP(http.client.HTTPConnection):
 
 def envoy_stats(envoy: EnvoyPod) -> dict[str, int]:
     """Counters from the pod's admin socket (waits until it answers)."""
-    deadline = time.monotonic() + 120
-    while True:
+
+    def read() -> str:
         conn = _UnixHTTP(envoy.admin)
         try:
             conn.request("GET", "/stats?filter=cx_total|cx_active|rq_active|listener_stopped")
-            out = conn.getresponse().read().decode()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, f"{envoy.admin} never answered"
-            time.sleep(0.1)
+            return conn.getresponse().read().decode()
         finally:
             conn.close()
+
+    what = f"{envoy.admin} to answer"
+    out = wait_until(read, what=what, timeout=120, interval=0.1, retry_on=(OSError,))
     pairs = (line.split(": ", 1) for line in out.splitlines() if ": " in line)
     return {k: int(v) for k, v in pairs if v.strip().isdigit()}
 

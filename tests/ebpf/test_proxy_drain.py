@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +18,7 @@ from structlog.testing import capture_logs
 
 from nodemesh.model.objects import Kind, ObjectRef, Pod
 from nodemesh.node.proxy_drain import ProxyDrainer, admin_socket
+from tests.support.polling import wait_until
 
 ENVOY = Path(sys.executable).with_name("envoy")
 UID = "5b8f7c1e-0000-4000-8000-00000000d001"
@@ -142,10 +142,12 @@ def _drain_real_envoy(envoy: str, tmp_path: Path) -> None:
     argv += ["--drain-strategy", "immediate", "-l", "warning", "--base-id", "7311"]
     proc = subprocess.Popen(argv)
     try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "envoy never started"
-            time.sleep(0.1)
+
+        def started() -> bool:
+            assert proc.poll() is None, "envoy exited before it started"
+            return sock.exists()
+
+        wait_until(started, what="envoy's admin socket", timeout=60, interval=0.1)
         listeners = asyncio.run(_admin(sock, "/listeners"))
         port = int(listeners.strip().rsplit(":", 1)[1])
         assert _connection_header(port) == "keep-alive"
@@ -159,9 +161,12 @@ def _drain_real_envoy(envoy: str, tmp_path: Path) -> None:
         # response closes its connection (--drain-strategy immediate) ...
         assert _connection_header(port) == "close"
         # ... then Envoy stops the listener.
-        while "listener_stopped: 1" not in asyncio.run(_admin(sock, "/stats?filter=stopped")):
-            assert time.monotonic() < deadline + 60, "the listener never stopped"
-            time.sleep(0.1)
+        wait_until(
+            lambda: "listener_stopped: 1" in asyncio.run(_admin(sock, "/stats?filter=stopped")),
+            what="the listener to stop",
+            timeout=120,
+            interval=0.1,
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=60)
