@@ -19,73 +19,47 @@ import structlog
 from nodemesh.model.digest import object_digest
 from nodemesh.model.parse import parse_object
 from nodemesh.model.store import MeshStore
+from tests.support import factory
 
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 
 def service(index: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": f"svc-{index}", "namespace": f"ns-{index % 50}"},
-        "spec": {
-            "clusterIP": f"10.96.{index // 256}.{index % 256}",
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
-            "selector": {"app": f"svc-{index}"},
-        },
-    }
+    return factory.k8s_service(
+        f"svc-{index}",
+        f"ns-{index % 50}",
+        cluster_ip=f"10.96.{index // 256}.{index % 256}",
+        ports=[factory.port(80, name="http", target=8080)],
+        selector={"app": f"svc-{index}"},
+    )
 
 
 def endpoint_slice(index: int, per_service: int, generation: int = 0) -> dict[str, Any]:
     endpoints = [
-        {
-            "addresses": [f"10.{1 + index // 6000}.{(index // 24) % 250}.{(index % 24) * 10 + e}"],
-            "conditions": {"ready": True},
-            "nodeName": f"node-{e % 3}",
-            "targetRef": {"kind": "Pod", "name": f"svc-{index}-{e}-{generation}"},
-        }
+        factory.endpoint(
+            f"10.{1 + index // 6000}.{(index // 24) % 250}.{(index % 24) * 10 + e}",
+            ready=True,
+            node=f"node-{e % 3}",
+            pod={"kind": "Pod", "name": f"svc-{index}-{e}-{generation}"},
+        )
         for e in range(per_service)
     ]
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"svc-{index}-abc",
-            "namespace": f"ns-{index % 50}",
-            "labels": {"kubernetes.io/service-name": f"svc-{index}"},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080}],
-        "endpoints": endpoints,
-    }
+    return factory.endpoint_slice(
+        f"svc-{index}",
+        endpoints,
+        f"ns-{index % 50}",
+        name=f"svc-{index}-abc",
+        ports=[factory.port(8080, name="http")],
+    )
 
 
 def envoy_config(index: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "cilium.io/v2",
-        "kind": "CiliumEnvoyConfig",
-        "metadata": {"name": f"split-{index}", "namespace": f"ns-{index % 50}"},
-        "spec": {
-            "services": [{"name": f"svc-{index}"}],
-            "resources": [{"@type": ROUTE, "name": "routes", "virtual_hosts": []}],
-        },
-    }
+    return factory.cec(f"split-{index}", f"ns-{index % 50}", services=[f"svc-{index}"])
 
 
 def pod(index: int, app: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": f"pod-{index}",
-            "namespace": f"ns-{index % 50}",
-            "labels": {"app": app},
-        },
-        "status": {
-            "phase": "Running",
-            "podIP": f"10.{100 + index // 60000}.{(index // 250) % 240}.{index % 250}",
-        },
-    }
+    ip = f"10.{100 + index // 60000}.{(index // 250) % 240}.{index % 250}"
+    return factory.k8s_pod(f"pod-{index}", f"ns-{index % 50}", ip=ip, labels={"app": app})
 
 
 def network_policy(index: int) -> dict[str, Any]:

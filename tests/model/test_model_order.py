@@ -7,15 +7,11 @@ import random
 from typing import Any
 
 from nodemesh.model.store import MeshStore
+from tests.support import factory
 
 
 def pod(namespace: str, name: str, ip: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "status": {"podIP": ip},
-    }
+    return factory.k8s_pod(name, namespace, ip=ip, phase=None)
 
 
 def test_pods_stay_ordered_through_bursts_and_single_changes() -> None:

@@ -24,6 +24,7 @@ from nodemesh.model.objects import (
 )
 from nodemesh.model.ports import PROXY_PORT_MAX, PROXY_PORT_MIN, allocate_proxy_ports, home_port
 from nodemesh.model.store import MeshStore
+from tests.support import factory
 
 CANARY = Path(__file__).resolve().parents[2] / "examples" / "canary"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -44,12 +45,7 @@ def canary_store(*extra: dict[str, Any]) -> MeshStore:
 
 
 def pod(name: str, ip: str, labels: dict[str, str], namespace: str = "default") -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "status": {"phase": "Running", "podIP": ip},
-    }
+    return factory.k8s_pod(name, namespace, ip=ip, labels=labels)
 
 
 def test_canary_example_gives_exactly_one_merged_redirect() -> None:
