@@ -29,7 +29,6 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -44,15 +43,14 @@ from nodemesh.model.objects import (
     ObjectRef,
     Pod,
     RedirectOrigin,
-    Service,
     ServiceName,
-    ServicePort,
     pairs,
 )
-from nodemesh.model.snapshot import BackendAddress, MeshModel
+from nodemesh.model.snapshot import MeshModel
 from nodemesh.node.datapath import AgentSettings, DatapathAgent
 from nodemesh.node.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.node.proxy_follow import ProxyPod
+from tests.support import factory
 from tests.support.polling import wait_until, wait_until_async
 
 from . import node as node_mod
@@ -89,13 +87,9 @@ def k8s_pod(ns: str, name: str, uid: str, labels: dict[str, str], ips: tuple[str
 
 
 def model(version: str, pods: tuple[Pod, ...], b1_ip: str, everyone: bool) -> MeshModel:
-    svc = Service(
-        ObjectRef(Kind.SERVICE, "default", "httpbin"),
-        (VIP,),
-        (ServicePort("http", 80, "TCP", 8080),),
-        selector=(),
-    )
-    backend = BackendAddress(b1_ip, 8080, None, "b1", True, True, False)
+    http = factory.service_port(80, target=8080, name="http")
+    svc = factory.service("httpbin", http, ip=VIP, selector={})
+    backend = factory.backend(b1_ip, 8080, node=None, pod="b1")
     origin, owner_kind = (
         (RedirectOrigin.ENVOY_CONFIG, Kind.ENVOY_CONFIG)
         if everyone
@@ -112,13 +106,8 @@ def model(version: str, pods: tuple[Pod, ...], b1_ip: str, everyone: bool) -> Me
         (ObjectRef(owner_kind, "default", "p"),),
         clients=None if everyone else (LabelSelector(pairs({"app": "curl"})),),
     )
-    return MeshModel(
-        version=version,
-        generation=1,
-        services=MappingProxyType({HTTPBIN: svc}),
-        pods=pods,
-        redirects=(redirect,),
-        backends=MappingProxyType({HTTPBIN: MappingProxyType({80: (backend,)})}),
+    return factory.mesh_model(
+        [svc], {HTTPBIN: {80: (backend,)}}, redirects=[redirect], version=version, pods=pods
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from types import MappingProxyType
 
 import pytest
 
@@ -19,13 +18,12 @@ from nodemesh.model.objects import (
     ObjectRef,
     Pod,
     RedirectOrigin,
-    Service,
     ServiceName,
-    ServicePort,
     pairs,
 )
-from nodemesh.model.snapshot import BackendAddress, MeshModel
+from nodemesh.model.snapshot import MeshModel
 from nodemesh.node.datapath import AgentSettings, DatapathAgent, DatapathFollower
+from tests.support import factory
 
 from .conftest import Datapath
 from .node import NODE_IP, MeshNode
@@ -36,13 +34,9 @@ HTTPBIN = ServiceName("default", "httpbin")
 
 
 def _model(version: str, steer: bool) -> MeshModel:
-    svc = Service(
-        ObjectRef(Kind.SERVICE, "default", "httpbin"),
-        ("10.96.0.10",),
-        (ServicePort("http", 80, "TCP", 8080),),
-        selector=(),
-    )
-    backend = BackendAddress("10.0.9.2", 8080, None, "b", True, True, False)
+    http = factory.service_port(80, target=8080, name="http")
+    svc = factory.service("httpbin", http, ip="10.96.0.10", selector={})
+    backend = factory.backend("10.0.9.2", 8080, node=None, pod="b")
     policy = ObjectRef(Kind.NETWORK_POLICY, "default", "p")
     redirect = L7Redirect(
         HTTPBIN,
@@ -56,13 +50,9 @@ def _model(version: str, steer: bool) -> MeshModel:
         clients=(LabelSelector(pairs({"app": "curl"})),),
     )
     curl = Pod(ObjectRef(Kind.POD, "default", "curl"), pairs({"app": "curl"}), ("10.0.1.2",), None)
-    return MeshModel(
-        version=version,
-        generation=1,
-        services=MappingProxyType({HTTPBIN: svc}),
-        pods=(curl,),
-        redirects=(redirect,) if steer else (),
-        backends=MappingProxyType({HTTPBIN: MappingProxyType({80: (backend,)})}),
+    redirects = [redirect] if steer else []
+    return factory.mesh_model(
+        [svc], {HTTPBIN: {80: (backend,)}}, redirects=redirects, version=version, pods=[curl]
     )
 
 

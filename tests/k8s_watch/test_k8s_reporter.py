@@ -16,6 +16,7 @@ from nodemesh.k8s_watch.resources import ResourceSpec
 from nodemesh.k8s_watch.settings import WatchSettings
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
+from tests.support import factory
 
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
@@ -54,27 +55,9 @@ class Clock:
 def _model(service_exists: bool) -> MeshModel:
     store = MeshStore()
     if service_exists:
-        store.apply(
-            "t",
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "web", "namespace": "default"},
-                "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]},
-            },
-        )
-    store.apply(
-        "t",
-        {
-            "apiVersion": "cilium.io/v2",
-            "kind": "CiliumEnvoyConfig",
-            "metadata": {"name": "cec", "namespace": "default"},
-            "spec": {
-                "services": [{"name": "web", "namespace": "default"}],
-                "resources": [{"@type": ROUTE, "name": "r", "virtual_hosts": []}],
-            },
-        },
-    )
+        store.apply("t", factory.k8s_service("web", cluster_ip="10.96.0.1"))
+    services = [{"name": "web", "namespace": "default"}]
+    store.apply("t", factory.cec("cec", services=services, resources=[factory.route_config("r")]))
     return store.build()
 
 

@@ -25,6 +25,7 @@ from nodemesh.model.objects import (
     Kind,
     L7Redirect,
     ObjectRef,
+    Pod,
     RedirectedService,
     Service,
     ServiceName,
@@ -253,10 +254,15 @@ def service(
 
 
 def backend(
-    address: str, port: int, ready: bool = True, *, node: str | None = "node-1"
+    address: str,
+    port: int,
+    ready: bool = True,
+    *,
+    node: str | None = "node-1",
+    pod: str | None = None,
 ) -> BackendAddress:
-    """A backend on `node`; not ready means not serving and terminating."""
-    return BackendAddress(address, port, node, None, ready, ready, not ready)
+    """A backend on `node` (of `pod`); not ready means not serving and terminating."""
+    return BackendAddress(address, port, node, pod, ready, ready, not ready)
 
 
 def envoy_resource(type_url: str, index: int, body: Mapping[str, Any]) -> EnvoyResource:
@@ -293,12 +299,14 @@ def mesh_model(
     version: str = "v1",
     *,
     generation: int = 1,
+    pods: Sequence[Pod] = (),
 ) -> MeshModel:
     """A MeshModel of the given objects (read-only mappings, as the store builds)."""
     return MeshModel(
         version=version,
         generation=generation,
         services=MappingProxyType({s.service_name: s for s in services}),
+        pods=tuple(pods),
         envoy_configs=tuple(configs),
         redirects=tuple(redirects),
         backends=MappingProxyType(
