@@ -21,6 +21,7 @@ from nodemesh.model.objects import (
     ServiceName,
 )
 from nodemesh.model.parse import parse_object
+from tests.support import factory
 
 CANARY = Path(__file__).resolve().parents[2] / "examples" / "canary"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -34,12 +35,8 @@ def canary(kind: str) -> dict[str, Any]:
 
 
 def cec(resources: list[Any], services: list[Any] | None = None, **meta: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "cilium.io/v2",
-        "kind": "CiliumEnvoyConfig",
-        "metadata": {"name": "split", "namespace": "shop", **meta},
-        "spec": {"services": services or [{"name": "web"}], "resources": resources},
-    }
+    services = services or [{"name": "web"}]
+    return factory.cec("split", "shop", services=services, resources=resources, **meta)
 
 
 def error_of(raw: Any) -> ParseError:
