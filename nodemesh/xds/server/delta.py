@@ -166,10 +166,10 @@ class DeltaStream(AdsStream):
                 # client need not wait out its initial_fetch_timeout.
                 absent.append(name)
                 state.told_absent.add(name)
-        if removed and state.type_url == CLUSTER and not self.routes_converged(snapshot):
-            # Make-before-break: the client may still route to these.
-            self.log.info("xds_hold_cluster_removal", clusters=removed)
-            state.recheck.update(removed)
-            removed = []
+        held = self.held_removals(state, snapshot, set(removed))
+        if held:
+            # Make-before-break: looked at again after the next ACK.
+            state.recheck.update(held)
+            removed = [name for name in removed if name not in held]
         state.told_absent.update(removed)
         return updated, removed + absent

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from nodemesh.xds.cache import CLUSTER, EncodedResource, Snapshot, view_version
+from nodemesh.xds.cache import CLUSTER, LISTENER, EncodedResource, Snapshot, view_version
 from nodemesh.xds.cache.resources import WILDCARD_TYPES, length_delimited
 from nodemesh.xds.server.state import WILDCARD, Inflight, TypeState
 from nodemesh.xds.server.stream import AdsStream
@@ -43,6 +43,10 @@ class _View:
         self.version = version
         self.shared = shared  # True: exactly the snapshot's full type
 
+
+# Types whose SotW response is the client's whole state of that type, named
+# or wildcard (xDS protocol: LDS and CDS).
+_FULL_STATE = frozenset({CLUSTER, LISTENER})
 
 # Every Envoy of a group asks for the same names: keep one frozenset (and one
 # copy of each name) for all of them. Bounded; clearing only stops sharing.
@@ -138,8 +142,8 @@ class SotwStream(AdsStream):
 
     def build_response(self, state: TypeState, snapshot: Snapshot) -> bytes | None:
         view = self._view(state, snapshot)
-        if state.type_url == CLUSTER:
-            view = self._hold_removed_clusters(state, view, snapshot)
+        if state.type_url in _FULL_STATE:
+            view = self._hold_removals(state, view, snapshot)
         # Endpoints of clusters updated in this round are resent even when
         # unchanged: Envoy keeps an updated cluster warming until it has them.
         refresh = bool(self.take_eds_refresh(state) & view.resources.keys())
@@ -170,16 +174,18 @@ class SotwStream(AdsStream):
         state.sent, state.sent_resources = view.versions, view.resources
         return payload
 
-    def _hold_removed_clusters(self, state: TypeState, view: _View, snapshot: Snapshot) -> _View:
-        """Make-before-break: CDS is full state, so dropping a cluster from
-        the response deletes it. Keep sending clusters the client holds until
-        it has ACKed the listeners/routes that stop using them."""
+    def _hold_removals(self, state: TypeState, view: _View, snapshot: Snapshot) -> _View:
+        """Make-before-break: LDS and CDS responses are full state, so
+        dropping a resource from one deletes it. Keep sending the ones
+        `held_removals` says the client must keep (RDS and EDS are named:
+        leaving a name out of their response deletes nothing)."""
         if state.sent is view.versions or state.sent_version == view.version:
             return view
-        removed = state.sent_resources.keys() - view.resources.keys()
-        if not removed or self.routes_converged(snapshot):
+        removed = self.held_removals(
+            state, snapshot, set(state.sent_resources.keys() - view.resources.keys())
+        )
+        if not removed:
             return view
-        self.log.info("xds_hold_cluster_removal", clusters=sorted(removed))
         resources = dict(view.resources)
         for name in sorted(removed):
             resources[name] = state.sent_resources[name]

@@ -45,6 +45,10 @@ log = structlog.get_logger("nodemesh.xds.server")
 
 _stream_ids = itertools.count(1)
 
+# What serves traffic: a removal of one of these waits for the ACK of what
+# replaces it (see `AdsStream.held_removals`).
+SERVING_TYPES = (CLUSTER, LISTENER, ROUTE)
+
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
@@ -244,8 +248,8 @@ class AdsStream(ABC):
         if done is not None:
             counters.push_to_ack.observe(time.monotonic() - done.sent_at)
         self.log.info("xds_ack", type_url=state.type_url, version=state.acked_version, nonce=nonce)
-        if state.type_url in (LISTENER, ROUTE) and CLUSTER in self.states:
-            # Held cluster removals may now be safe (make-before-break).
+        if state.type_url in SERVING_TYPES:
+            # Held removals may now be safe (make-before-break).
             self.wake()
 
     def on_nack(self, state: TypeState, nonce: str, message: str, code: int) -> None:
@@ -270,6 +274,48 @@ class AdsStream(ABC):
             if state.inflight or state.acked != self.desired_versions(state, snapshot):
                 return False
         return True
+
+    def serving_converged(self, snapshot: Snapshot) -> bool:
+        """True when the client has ACKed, at the version `snapshot` has, every
+        listener, route and cluster it subscribes to and has sent no response
+        of those types it has not answered. Names it still holds beyond those
+        (held removals) do not count against it."""
+        for type_url in SERVING_TYPES:
+            state = self.states.get(type_url)
+            if state is None:
+                continue
+            if state.inflight:
+                return False
+            acked = state.acked
+            for name, version in self.desired_versions(state, snapshot).items():
+                if acked.get(name) != version:
+                    return False
+        return True
+
+    def held_removals(self, state: TypeState, snapshot: Snapshot, removed: set[str]) -> set[str]:
+        """Of the names `snapshot` no longer has, those the client must keep
+        for now: nothing that serves traffic is withdrawn before its
+        replacement is ACKed (docs/xds-server.md, "Held removals").
+
+        - A listener, route or cluster the client has ACKed stays until the
+          client has ACKed everything of those types that `snapshot` has. A
+          NACK (even for a config admission did not predict) keeps it, so
+          Envoy keeps serving on it until a later version is ACKed.
+        - A cluster also stays while the client has not ACKed the listeners
+          and routes that stop using it (they may still route to it)."""
+        if not removed or state.type_url not in SERVING_TYPES:
+            return set()
+        if state.type_url == CLUSTER and not self.routes_converged(snapshot):
+            held = set(removed)
+        elif self.serving_converged(snapshot):
+            return set()
+        else:
+            held = removed & state.acked.keys()
+        if held:
+            self.log.info(
+                "xds_hold_removal", type_url=state.type_url, names=sorted(held)[:20], held=len(held)
+            )
+        return held
 
     @staticmethod
     def desired_versions(state: TypeState, snapshot: Snapshot) -> dict[str, str]:

@@ -74,6 +74,10 @@ async def test_sotw_request_with_garbage_nonce_is_ignored(harness: Harness) -> N
     await client.request(CLUSTER, version="bogus", nonce="no-such-nonce", error="x")
     await client.ack(first)
     harness.cache.set_default_snapshot(harness.cache.build_snapshot(mesh(("a", "c")), "v2"))
+    # "b" is held until "c" (what replaces it) is ACKed: make-before-break.
+    added = await client.recv()
+    assert names_of(added) == ["a", "b", "c"]
+    await client.ack(added)
     assert names_of(await client.recv()) == ["a", "c"]
     state = harness.server.clients()[0].types[CLUSTER]
     assert state.last_nack_error is None  # the garbage NACK was not taken
