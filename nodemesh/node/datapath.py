@@ -20,6 +20,12 @@ version:
 If Envoy does not ACK in time, step 4 happens anyway and readiness says so:
 an HTTP policy is a security rule, and leaving its connections unsteered
 would bypass it (fail closed, as Cilium does when its proxy is missing).
+One exception keeps traffic served: a redirect that moves to a listener
+Envoy does not hold (it NACKed it, or has not ACKed it yet) keeps its
+previous target while Envoy still holds the previous listener (the xDS
+server keeps it until its replacement is ACKed; docs/datapath.md,
+"Held-back redirects"). A redirect with no previous target is steered
+anyway (fail closed).
 A plan that fails to apply leaves the previous one in place and is retried
 with the next model; the failure is logged and counted, never raised.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +81,10 @@ class AgentSettings:
 # TimeoutError after `timeout` seconds (`ControlPlane.wait_synced`).
 EnvoySynced = Callable[[str, float], Awaitable[None]]
 
+# Names of the listeners Envoy `node_id` holds (has ACKed some version of),
+# None when it is not connected (`ControlPlane.envoy_listeners`).
+EnvoyListeners = Callable[[str], AbstractSet[str] | None]
+
 
 class DatapathAgent:
     """Plans and applies models; `DatapathFollower` orders the two steps."""
@@ -92,7 +103,11 @@ class DatapathAgent:
                 )
             self.proxy = ProxyFollower(selector, settings.node_name, pods, settings.config)
         self.applied_version: str | None = None
+        # Redirects (by name) the last commit left on their previous target
+        # because Envoy does not hold the new listener, with that listener.
+        self.kept_redirects: dict[str, str] = {}
         self._planned: tuple[MeshModel, pb.DatapathPlan] | None = None
+        self._committed: pb.DatapathPlan | None = None
 
     def start(self) -> loader.LoadReport:
         """Load or re-adopt the pinned datapath; raises `DatapathError` if it cannot."""
@@ -115,9 +130,46 @@ class DatapathAgent:
         plan = self._plan(model)
         return self._apply(plan, hold=True)
 
-    def commit(self, model: MeshModel) -> applier.ApplyResult:
-        """Second step: the whole plan. Run it once Envoy has ACKed `model`."""
-        return self._record(model, self._plan(model))
+    def commit(
+        self, model: MeshModel, served: AbstractSet[str] | None = None
+    ) -> applier.ApplyResult:
+        """Second step: the whole plan. Run it once Envoy has ACKed `model`.
+        `served`: the listeners Envoy holds; a redirect whose new listener is
+        not among them keeps its previous target if that one is."""
+        plan = self._plan(model)
+        if served is not None:
+            plan = self._keep_served(plan, served)
+        return self._record(model, plan)
+
+    def _keep_served(self, plan: pb.DatapathPlan, served: AbstractSet[str]) -> pb.DatapathPlan:
+        """`plan` with each redirect whose listener Envoy does not hold
+        replaced by the previously committed redirect of the same frontend,
+        when Envoy still holds that one's listener (same port for the same
+        listener name: proxy ports are allocated by listener name)."""
+        previous = {r.frontend: r for r in self._committed.redirects} if self._committed else {}
+        self.kept_redirects = {}
+        redirects: list[pb.L7Redirect] = []
+        for redirect in plan.redirects:
+            old = previous.get(redirect.frontend)
+            if redirect.listener not in served and old is not None and old.listener in served:
+                self.kept_redirects[redirect.name] = redirect.listener
+                log.warning(
+                    "redirect_kept_on_previous_listener",
+                    redirect=redirect.name,
+                    listener=redirect.listener,
+                    previous_listener=old.listener,
+                    model_version=plan.model_version,
+                )
+                redirects.append(old)
+            else:
+                redirects.append(redirect)
+        if not self.kept_redirects:
+            return plan
+        kept = pb.DatapathPlan()
+        kept.CopyFrom(plan)
+        del kept.redirects[:]
+        kept.redirects.extend(redirects)
+        return kept
 
     def _plan(self, model: MeshModel) -> pb.DatapathPlan:
         # stage() and commit() of one version share one plan.
@@ -133,6 +185,7 @@ class DatapathAgent:
     def _record(self, model: MeshModel, plan: pb.DatapathPlan) -> applier.ApplyResult:
         result = self._apply(plan)
         self.applied_version = model.version
+        self._committed = plan
         MAP_OPS.labels(op="write").inc(result.writes)
         MAP_OPS.labels(op="delete").inc(result.deletes)
         FRONTENDS.set(len(plan.frontends))
@@ -151,6 +204,7 @@ class DatapathFollower:
     envoy_node_id: str = ""
     envoy_synced: EnvoySynced | None = None
     envoy_sync_timeout: float = 5.0
+    envoy_listeners: EnvoyListeners | None = None
     last_error: str | None = None
     envoy_lagging: bool = False
     _failed: bool = field(default=False, repr=False)
@@ -182,7 +236,10 @@ class DatapathFollower:
                     model_version=model.version,
                     timeout=self.envoy_sync_timeout,
                 )
-        await self._step(self.datapath.commit, model)
+        served = (
+            self.envoy_listeners(self.envoy_node_id) if self.envoy_listeners is not None else None
+        )
+        await self._step(lambda m: self.datapath.commit(m, served), model)
         # One count per model version, whichever step refused it.
         APPLIES.labels(result="error" if self._failed else "ok").inc()
         if not self._failed:
@@ -199,6 +256,7 @@ class DatapathFollower:
             "applied_model_version": self.datapath.applied_version,
             "error": self.last_error,
             "envoy_lagging": self.envoy_lagging,
+            "kept_redirects": dict(self.datapath.kept_redirects),
         }
 
     def not_ready_reasons(self) -> list[str]:
@@ -209,5 +267,10 @@ class DatapathFollower:
             reasons.append(
                 f"datapath: Envoy {self.envoy_node_id!r} had not ACKed the model "
                 "when its redirects were programmed"
+            )
+        for redirect, listener in sorted(self.datapath.kept_redirects.items()):
+            reasons.append(
+                f"datapath: {redirect} still steers to its previous listener: Envoy "
+                f"{self.envoy_node_id!r} does not hold listener {listener!r} (NACKed or not ACKed)"
             )
         return reasons

@@ -30,6 +30,7 @@ class NodeAgent:
         )
         self.plane = ControlPlane(control_plane, follower=self.follower)
         self.follower.envoy_synced = self.plane.wait_synced
+        self.follower.envoy_listeners = self.plane.envoy_listeners
 
     async def run(self) -> None:
         await self.plane.run()

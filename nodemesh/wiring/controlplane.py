@@ -28,7 +28,7 @@ from nodemesh.model.store import MeshStore
 from nodemesh.sources.base import Source
 from nodemesh.sources.files import FileSource
 from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminServer
-from nodemesh.xds.cache import SnapshotCache, short_name
+from nodemesh.xds.cache import LISTENER, SnapshotCache, short_name
 from nodemesh.xds.server import (
     AdsServer,
     ClientStatus,
@@ -36,6 +36,7 @@ from nodemesh.xds.server import (
     ServerSettings,
     StreamSettings,
     TlsSettings,
+    TypeStatus,
 )
 from nodemesh.xds.translate import TranslateOptions, Translation, Translator, validate_envoy_config
 
@@ -178,11 +179,19 @@ class ControlPlane:
         for source in self.sources:
             await source.wait_synced()
         async for model in self.store.updates():
-            if self.follower is not None:
+            if self.follower is None:
+                self.publish(model)
+                continue
+            # Envoy keeps every listener, route and cluster the new version
+            # drops until the follower's kernel no longer steers to them
+            # (docs/datapath.md, "Held-back redirects").
+            self.cache.hold_removals()
+            try:
                 await self.follower.before_publish(model)
-            self.publish(model)
-            if self.follower is not None:
+                self.publish(model)
                 await self.follower.after_publish(model)
+            finally:
+                self.cache.release_removals()
 
     def publish(self, model: MeshModel) -> None:
         """Translate one model version and hand it to every stream."""
@@ -219,9 +228,14 @@ class ControlPlane:
             client.node_id == node_id
             and client.snapshot_label == model.version
             and client.types
-            and all(t.status is ConfigStatus.SYNCED for t in client.types.values())
+            and all(_type_synced(t) for t in client.types.values())
             for client in self.server.clients()
         )
+
+    def envoy_listeners(self, node_id: str) -> frozenset[str] | None:
+        """Listeners Envoy `node_id` holds (ACKed some version of); None when
+        it is not connected."""
+        return self.server.acked_names(node_id, LISTENER)
 
     async def wait_synced(self, node_id: str, timeout: float = 30.0) -> None:
         """Until `synced(node_id)`; TimeoutError after `timeout` seconds."""
@@ -295,6 +309,14 @@ def _kubernetes_source(plane: ControlPlane, config: KubernetesConfig) -> Kuberne
         report_status=config.report_status,
         nacks=XdsNacks(plane.server.clients),
         translation_errors=lambda: plane.translation.errors if plane.translation else (),
+    )
+
+
+def _type_synced(status: TypeStatus) -> bool:
+    """The client ACKed every resource of the type the server has now.
+    Names it still holds beyond those (held removals) do not count."""
+    return not status.pending and all(
+        r.status is ConfigStatus.SYNCED for r in status.resources if r.resource is not None
     )
 
 

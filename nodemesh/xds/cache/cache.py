@@ -48,6 +48,12 @@ class SnapshotSource(Protocol):
         changes; the returned function cancels the watch."""
         ...
 
+    def removals_held(self, key: str) -> bool:
+        """True while the wiring holds back every removal of serving
+        resources for `key` (the node agent, until its kernel redirects have
+        moved off the listeners the removals would take away)."""
+        ...
+
 
 class SnapshotCache:
     """Latest snapshot per node key, with an optional default for every node
@@ -64,6 +70,7 @@ class SnapshotCache:
         self._default: Snapshot | None = None
         self._watches: dict[str, dict[int, Notify]] = {}
         self._next_watch = 0
+        self._removal_holds = 0
 
     # -- the SnapshotSource seam -------------------------------------------------
 
@@ -87,7 +94,23 @@ class SnapshotCache:
 
         return cancel
 
+    def removals_held(self, key: str) -> bool:
+        return self._removal_holds > 0
+
     # -- the API for the wiring code ----------------------------------------------
+
+    def hold_removals(self) -> None:
+        """Until the matching `release_removals`, no stream withdraws a
+        listener, route or cluster its client holds (additions and changes
+        still flow). Nests."""
+        self._removal_holds += 1
+
+    def release_removals(self) -> None:
+        """End one `hold_removals`; streams re-evaluate what they held."""
+        self._removal_holds = max(0, self._removal_holds - 1)
+        if not self._removal_holds:
+            for watchers in list(self._watches.values()):
+                self._notify(watchers)
 
     def build_snapshot(
         self, resources: Mapping[str, Mapping[str, Message]], label: str, key: str | None = None

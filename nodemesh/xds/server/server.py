@@ -198,6 +198,19 @@ class AdsServer:
             )
         return out
 
+    def acked_names(self, node_id: str, type_url: str) -> frozenset[str] | None:
+        """Names of `type_url` resources a client `node_id` holds (has ACKed
+        some version of), over its streams; None when none is connected."""
+        streams = [s for s in list(self._streams.values()) if s.node and s.node.id == node_id]
+        if not streams:
+            return None
+        names: set[str] = set()
+        for stream in streams:
+            state = stream.states.get(type_url)
+            if state is not None:
+                names.update(state.acked)
+        return frozenset(names)
+
     def config_dump(
         self, node_key: str, type_url: str | None = None
     ) -> Mapping[str, Mapping[str, Message]]:

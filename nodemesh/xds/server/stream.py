@@ -302,10 +302,14 @@ class AdsStream(ABC):
           NACK (even for a config admission did not predict) keeps it, so
           Envoy keeps serving on it until a later version is ACKed.
         - A cluster also stays while the client has not ACKed the listeners
-          and routes that stop using it (they may still route to it)."""
+          and routes that stop using it (they may still route to it).
+        - Everything the client ACKed stays while the source holds removals
+          (the node agent: until the kernel no longer steers to it)."""
         if not removed or state.type_url not in SERVING_TYPES:
             return set()
-        if state.type_url == CLUSTER and not self.routes_converged(snapshot):
+        if self.source.removals_held(self.node_key):
+            held = removed & state.acked.keys()
+        elif state.type_url == CLUSTER and not self.routes_converged(snapshot):
             held = set(removed)
         elif self.serving_converged(snapshot):
             return set()

@@ -5,10 +5,12 @@ test_ads_envoy_held_removal.py."""
 
 from __future__ import annotations
 
-import pytest
-from ads_harness import Harness, cluster, names_of, publish, route
+from typing import Any
 
-from nodemesh.xds.cache import CLUSTER, ROUTE
+import pytest
+from ads_harness import Harness, cluster, listener, names_of, publish, route, wait_until
+
+from nodemesh.xds.cache import CLUSTER, LISTENER, ROUTE
 
 KEY = "node-1"
 
@@ -61,3 +63,34 @@ async def test_cluster_removal_waits_for_the_replacement_ack(harness: Harness, a
     else:
         assert list(released.removed_resources) == ["old"]
     await client.close()
+
+
+@pytest.mark.parametrize("api", ["sotw", "delta"])
+async def test_cache_holds_listener_removal_until_released(harness: Harness, api: str) -> None:
+    """The node agent's barrier: removals wait for the kernel, not only for
+    the client's ACK of the replacement."""
+    publish(harness.cache, KEY, {LISTENER: {"old": listener("old", 10001, "r")}}, "m1")
+    client = await harness.client(api)
+    await client.request(LISTENER)
+    first = await client.recv()
+    await client.ack(first)
+    harness.cache.hold_removals()
+    publish(harness.cache, KEY, {LISTENER: {"new": listener("new", 10002, "r")}}, "m2")
+    moved = await client.recv()
+    await client.ack(moved)
+    assert names_of(moved) == (["new", "old"] if api == "sotw" else ["new"])
+    await wait_until(lambda: not _lds(harness).pending, what="ACK recorded")
+    assert "old" in _lds(harness).resource_names  # ACKed, but still held
+    assert client.queue.empty()
+    harness.cache.release_removals()
+    released = await client.recv()
+    if api == "sotw":
+        assert names_of(released) == ["new"]
+    else:
+        assert list(released.removed_resources) == ["old"]
+    await client.close()
+
+
+def _lds(harness: Harness) -> Any:
+    [client] = harness.server.clients()
+    return client.types[LISTENER]
