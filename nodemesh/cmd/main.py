@@ -17,6 +17,7 @@ from nodemesh.ebpf.errors import DatapathError, PlanError, PrerequisiteMissing
 from nodemesh.k8s_watch.errors import ConfigError, K8sWatchError
 from nodemesh.node.envoy_process import EnvoyError
 from nodemesh.sources.errors import SourceDirectoryError, SourceError
+from nodemesh.wiring.admin import AdminPortError
 from nodemesh.xds.server.errors import ServerConfigError, XdsServerError
 
 log = structlog.get_logger("nodemesh.cmd")
@@ -29,6 +30,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (PrerequisiteMissing, EXIT_USAGE),
     (PlanError, EXIT_USAGE),
     (ServerConfigError, EXIT_USAGE),
+    (AdminPortError, EXIT_USAGE),
     (ConfigError, EXIT_USAGE),
     (SourceDirectoryError, EXIT_USAGE),
     (DatapathError, EXIT_FAILURE),

@@ -49,10 +49,21 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         default=0.1,
         help="coalescing window for bursts of changes, seconds",
     )
-    serve.add_argument("--tls-cert", type=Path)
-    serve.add_argument("--tls-key", type=Path)
-    serve.add_argument("--tls-client-ca", type=Path)
-    serve.add_argument("--require-client-cert", action="store_true")
+    serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM, unencrypted)")
+    serve.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="CA bundle (PEM) a client certificate must chain to when one is presented",
+    )
+    serve.add_argument(
+        "--require-client-cert", action="store_true", help="refuse clients without a certificate"
+    )
+    serve.add_argument(
+        "--strict-key-perms",
+        action="store_true",
+        help="refuse a --tls-key readable by group or others (default: warn)",
+    )
     serve.set_defaults(func=run_serve)
 
 
@@ -72,11 +83,21 @@ def kubernetes_config(
 
 
 def _tls(args: argparse.Namespace) -> TlsSettings | None:
+    if args.require_client_cert and args.tls_client_ca is None:
+        raise UsageError("--require-client-cert needs --tls-client-ca")
     if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None or args.strict_key_perms:
+            raise UsageError("--tls-client-ca and --strict-key-perms need --tls-cert and --tls-key")
         return None
     if args.tls_cert is None or args.tls_key is None:
         raise UsageError("--tls-cert and --tls-key go together")
-    return TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca, args.require_client_cert)
+    return TlsSettings(
+        args.tls_cert,
+        args.tls_key,
+        args.tls_client_ca,
+        args.require_client_cert,
+        strict_key_perms=args.strict_key_perms,
+    )
 
 
 def serve_config(args: argparse.Namespace) -> ControlPlaneConfig:

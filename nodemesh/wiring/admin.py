@@ -20,6 +20,12 @@ import prometheus_client
 from aiohttp import web
 
 DEFAULT_ADMIN_HOST = "127.0.0.1"
+
+
+class AdminPortError(Exception):
+    """The admin address cannot be served (in use, not local, ...)."""
+
+
 DEFAULT_ADMIN_PORT = 9876
 
 
@@ -95,10 +101,18 @@ class AdminServer:
     _runner: web.AppRunner | None = None
 
     async def start(self) -> int:
-        """Start serving; returns the bound port (useful with port 0)."""
+        """Start serving; returns the bound port (useful with port 0).
+        Raises AdminPortError when the address cannot be bound."""
         self._runner = web.AppRunner(build_admin_app(self.view, self.registry), access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        try:
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise AdminPortError(
+                f"admin port: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         bound: int = self._runner.addresses[0][1]
         return bound
 

@@ -7,7 +7,7 @@ from nodemesh.xds.server.errors import (
     TooManyNames,
     XdsServerError,
 )
-from nodemesh.xds.server.server import AdsServer, ServerSettings, TlsSettings
+from nodemesh.xds.server.server import AdsServer, ServerSettings
 from nodemesh.xds.server.status import (
     ClientResourceStatus,
     ClientStatus,
@@ -16,6 +16,7 @@ from nodemesh.xds.server.status import (
     TypeStatus,
 )
 from nodemesh.xds.server.stream import StreamSettings
+from nodemesh.xds.server.tls import TlsSettings
 
 __all__ = [
     "AdsServer",

@@ -13,9 +13,8 @@ and must not lose its whole stream for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import stat
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,27 +28,17 @@ from google.protobuf.message import Message
 
 from nodemesh.xds.cache import SnapshotSource
 from nodemesh.xds.metrics import XdsMetrics, default_metrics
+from nodemesh.xds.server import uds as uds_socket
 from nodemesh.xds.server.delta import DeltaStream
 from nodemesh.xds.server.errors import ServerConfigError, XdsServerError, grpc_status_for
 from nodemesh.xds.server.sotw import SotwStream
 from nodemesh.xds.server.status import ClientStatus, frozen_types, type_status
 from nodemesh.xds.server.stream import AdsStream, StreamSettings
+from nodemesh.xds.server.tls import ClientCertVerifier, TlsSettings, server_credentials
 
 log = structlog.get_logger("nodemesh.xds.server")
 
 _ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    """Server certificate and key (PEM); with `client_ca`, client
-    certificates are verified, and `require_client_cert` makes them mandatory
-    (mTLS)."""
-
-    cert_chain: Path
-    private_key: Path
-    client_ca: Path | None = None
-    require_client_cert: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +58,12 @@ class ServerSettings:
     # or partitioned Envoy) frees its streams instead of lingering forever.
     keepalive_seconds: float | None = 60.0
     keepalive_timeout_seconds: float = 20.0
+    # The shortest interval at which a client may ping without data before
+    # gRPC counts a strike (two strikes: GOAWAY "too_many_pings"). gRPC's
+    # default is 5 min; the shipped bootstrap (envoy/bootstrap.yaml) pings
+    # every 30 s with 15 % jitter, so an idle Envoy was cut off every 2-3 min.
+    # Must stay below that interval (tests/xds/server/test_ads_keepalive.py).
+    client_ping_min_interval_seconds: float = 10.0
 
 
 def _passthrough(payload: bytes) -> bytes:
@@ -92,6 +87,7 @@ class AdsServer:
         self._server: grpc.aio.Server | None = None
         self._streams: dict[int, AdsStream] = {}
         self._draining = False
+        self._socket: uds_socket.BoundSocket | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -99,7 +95,12 @@ class AdsServer:
         """Bind every configured address and start serving."""
         if self.settings.tcp_address is None and self.settings.uds_path is None:
             raise ServerConfigError("xDS server needs a tcp_address or a uds_path")
-        server = grpc.aio.server(options=self._grpc_options())
+        tls = self.settings.tls
+        # Checked before anything is bound: a bad key is named as such, not
+        # reported as "cannot listen".
+        credentials, client_cas = server_credentials(tls) if tls is not None else (None, [])
+        interceptors = [ClientCertVerifier(client_cas)] if client_cas else []
+        server = grpc.aio.server(options=self._grpc_options(), interceptors=interceptors)
         # csds.py reads this package's status views; importing it here, not
         # at module level, keeps that dependency one-way at import time.
         from nodemesh.xds.csds import CsdsService
@@ -109,14 +110,23 @@ class AdsServer:
             CsdsService(self.clients), server
         )
         if self.settings.tcp_address is not None:
-            self.tcp_port = self._bind_tcp(server, self.settings.tcp_address)
+            self.tcp_port = self._bind_tcp(server, self.settings.tcp_address, credentials)
         uds = self.settings.uds_path
         if uds is not None:
-            if uds.exists() and stat.S_ISSOCK(uds.stat().st_mode):
-                uds.unlink()  # a socket left by a previous run
-            server.add_insecure_port(f"unix:{uds}")
+            uds_socket.prepare(uds)
+            try:
+                bound = server.add_insecure_port(f"unix:{uds_socket.private_path(uds)}")
+            except RuntimeError as exc:
+                raise ServerConfigError(f"xDS socket {str(uds)!r}: cannot listen: {exc}") from exc
+            if not bound:
+                raise ServerConfigError(f"xDS socket {str(uds)!r}: cannot listen")
         await server.start()
         if uds is not None:
+            try:
+                self._socket = uds_socket.BoundSocket.publish(uds)
+            except ServerConfigError:
+                await server.stop(None)
+                raise
             os.chmod(uds, self.settings.uds_mode)
         self._server = server
         log.info("xds_server_started", tcp_port=self.tcp_port, uds=str(uds) if uds else None)
@@ -135,15 +145,26 @@ class AdsServer:
                 # idle ADS streams carry no data for hours: keep pinging anyway
                 ("grpc.http2.max_pings_without_data", 0),
             ]
+        options += [
+            (
+                "grpc.http2.min_recv_ping_interval_without_data_ms",
+                int(self.settings.client_ping_min_interval_seconds * 1000),
+            ),
+            # Envoy keeps pinging between streams too (after a stream ends).
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
         return options
 
-    def _bind_tcp(self, server: grpc.aio.Server, address: str) -> int:
-        tls = self.settings.tls
+    @staticmethod
+    def _bind_tcp(
+        server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+    ) -> int:
+        _probe_tcp(address)
         try:
-            if tls is None:
+            if credentials is None:
                 port = server.add_insecure_port(address)
             else:
-                port = server.add_secure_port(address, _server_credentials(tls))
+                port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise ServerConfigError(f"cannot listen on {address!r}: {exc}") from exc
         if not port:
@@ -163,9 +184,9 @@ class AdsServer:
             stream.stop()
         await stopping
         self._server = None
-        if self.settings.uds_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.settings.uds_path.unlink()
+        if self._socket is not None:
+            self._socket.remove()  # only the socket this server created
+            self._socket = None
         log.info("xds_server_stopped")
 
     async def wait_closed(self) -> None:
@@ -278,15 +299,24 @@ class AdsServer:
             self._streams.pop(stream.stream_id, None)
 
 
-def _server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+def _probe_tcp(address: str) -> None:
+    """Refuse an address gRPC could not bind, with the OS's reason, before
+    gRPC tries (it logs a multi-line error and says only "Failed to bind")."""
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ServerConfigError(f"cannot listen on {address!r}: expected host:port")
+    if int(port_text) == 0:
+        return
     try:
-        key = tls.private_key.read_bytes()
-        chain = tls.cert_chain.read_bytes()
-        ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
-    except OSError as exc:
-        raise ServerConfigError(f"TLS: cannot read {exc.filename}: {exc.strerror}") from exc
-    if tls.require_client_cert and ca is None:
-        raise ServerConfigError("TLS: require_client_cert needs client_ca")
-    return grpc.ssl_server_credentials(
-        [(key, chain)], root_certificates=ca, require_client_auth=tls.require_client_cert
-    )
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, int(port_text), type=socket.SOCK_STREAM
+        )[0]
+    except socket.gaierror as exc:
+        raise ServerConfigError(f"cannot listen on {address!r}: {exc.strerror}") from exc
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise ServerConfigError(f"cannot listen on {address!r}: {exc.strerror}") from exc
