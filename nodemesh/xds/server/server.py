@@ -147,7 +147,7 @@ class AdsServer:
             ]
         options += [
             (
-                "grpc.http2.min_recv_ping_interval_without_data_ms",
+                "grpc.http2.min_ping_interval_without_data_ms",
                 int(self.settings.client_ping_min_interval_seconds * 1000),
             ),
             # Envoy keeps pinging between streams too (after a stream ends).
