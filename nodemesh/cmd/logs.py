@@ -8,6 +8,8 @@ import sys
 
 import structlog
 
+from nodemesh.cmd.terminal import safe_log_values
+
 
 class _CurrentStderr:
     """Writes to whatever `sys.stderr` is at the time of the write, so a
@@ -26,12 +28,15 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
+    # JSON escapes control characters itself; the console renderer does not.
+    safe: list[structlog.typing.Processor] = [] if as_json else [safe_log_values]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *safe,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

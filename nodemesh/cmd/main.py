@@ -13,6 +13,7 @@ from nodemesh.cmd.common import EXIT_FAILURE, EXIT_USAGE, UsageError, common_fla
 from nodemesh.cmd.demo.canary import DemoError
 from nodemesh.cmd.logs import configure_logging
 from nodemesh.cmd.status_view import StatusError
+from nodemesh.cmd.terminal import terminal_safe
 from nodemesh.ebpf.errors import DatapathError, PlanError, PrerequisiteMissing
 from nodemesh.k8s_watch.errors import ConfigError, K8sWatchError
 from nodemesh.node.envoy_process import EnvoyError
@@ -89,12 +90,13 @@ def dispatch(
             # log at debug level for whoever files the report.
             log.debug("command_crashed", command=command, exc_info=True)
             print(
-                f"{prefix}: internal error: {type(exc).__name__}: {exc} "
+                f"{prefix}: internal error: {type(exc).__name__}: {terminal_safe(exc)} "
                 "(a bug; --log-level=debug logs the traceback)",
                 file=sys.stderr,
             )
             return EXIT_FAILURE
-        print(f"{prefix}: {describe(exc)}".replace("\n", " "), file=sys.stderr)
+        message = terminal_safe(describe(exc).replace("\n", " "))
+        print(f"{prefix}: {message}", file=sys.stderr)
         return code
 
 

@@ -22,6 +22,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nodemesh.cmd.terminal import terminal_safe
+
 XDS_COLUMNS = ("CDS", "LDS", "EDS", "RDS")
 
 
@@ -63,6 +65,7 @@ def _cell(type_state: Mapping[str, Any] | None) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    rows = [[terminal_safe(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -100,7 +103,9 @@ def format_status(syncz: Mapping[str, Any]) -> str:
             f"datapath: model {_short(datapath.get('applied_model_version'))} in the kernel",
         ]
     lines.extend(_problems(syncz))
-    return "\n".join(lines)
+    # Each entry is one line; any newline or escape inside one came from a
+    # client, a manifest or a file name, and is shown, not obeyed.
+    return "\n".join(terminal_safe(line) for line in lines)
 
 
 def _problems(syncz: Mapping[str, Any]) -> list[str]:
@@ -129,7 +134,7 @@ def _problems(syncz: Mapping[str, Any]) -> list[str]:
             f"  {datapath_error}",
         ]
     nacks = [
-        f"  {c.get('node')} {name}: {t['error']}"
+        f"  {c.get('node')} {name}: {str(t['error']).rstrip()}"
         for c in syncz.get("clients", [])
         for name, t in sorted(c.get("types", {}).items())
         if t.get("error")
