@@ -11,6 +11,7 @@ ready data, so the wiring decides what "ready" means.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,13 @@ from typing import Any, Protocol
 
 import prometheus_client
 from aiohttp import web
+
+from nodemesh.wiring.admin_limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    AcceptErrorsOnce,
+    BoundedFactory,
+    connection_limit,
+)
 
 DEFAULT_ADMIN_HOST = "127.0.0.1"
 
@@ -98,25 +106,34 @@ class AdminServer:
     registry: prometheus_client.CollectorRegistry
     host: str = DEFAULT_ADMIN_HOST
     port: int = DEFAULT_ADMIN_PORT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     _runner: web.AppRunner | None = None
+    _listener: asyncio.Server | None = None
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with port 0).
         Raises AdminPortError when the address cannot be bound."""
         self._runner = web.AppRunner(build_admin_app(self.view, self.registry), access_log=None)
         await self._runner.setup()
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrorsOnce(loop.get_exception_handler()))
+        assert self._runner.server is not None  # set up above
+        factory = BoundedFactory(self._runner.server, connection_limit(self.max_connections))
         try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
+            self._listener = await loop.create_server(factory, self.host, self.port)
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
             raise AdminPortError(
                 f"admin port: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
             ) from exc
-        bound: int = self._runner.addresses[0][1]
+        bound: int = self._listener.sockets[0].getsockname()[1]
         return bound
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
