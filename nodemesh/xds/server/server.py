@@ -34,7 +34,13 @@ from nodemesh.xds.server.errors import ServerConfigError, XdsServerError, grpc_s
 from nodemesh.xds.server.sotw import SotwStream
 from nodemesh.xds.server.status import ClientStatus, frozen_types, type_status
 from nodemesh.xds.server.stream import AdsStream, StreamSettings
-from nodemesh.xds.server.tls import ClientCertVerifier, TlsSettings, server_credentials
+from nodemesh.xds.server.tls import (
+    TlsSettings,
+    front_context,
+    optional_client_cert,
+    server_credentials,
+)
+from nodemesh.xds.server.tls_front import TlsFront
 
 log = structlog.get_logger("nodemesh.xds.server")
 
@@ -88,6 +94,7 @@ class AdsServer:
         self._streams: dict[int, AdsStream] = {}
         self._draining = False
         self._socket: uds_socket.BoundSocket | None = None
+        self._front: TlsFront | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -98,9 +105,10 @@ class AdsServer:
         tls = self.settings.tls
         # Checked before anything is bound: a bad key is named as such, not
         # reported as "cannot listen".
-        credentials, client_cas = server_credentials(tls) if tls is not None else (None, [])
-        interceptors = [ClientCertVerifier(client_cas)] if client_cas else []
-        server = grpc.aio.server(options=self._grpc_options(), interceptors=interceptors)
+        credentials = server_credentials(tls) if tls is not None else None
+        if tls is not None and optional_client_cert(tls):
+            self._front = TlsFront(front_context(tls))
+        server = grpc.aio.server(options=self._grpc_options())
         # csds.py reads this package's status views; importing it here, not
         # at module level, keeps that dependency one-way at import time.
         from nodemesh.xds.csds import CsdsService
@@ -109,25 +117,28 @@ class AdsServer:
         csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
             CsdsService(self.clients), server
         )
-        if self.settings.tcp_address is not None:
-            self.tcp_port = self._bind_tcp(server, self.settings.tcp_address, credentials)
+        tcp = self.settings.tcp_address
+        if tcp is not None and self._front is None:
+            self.tcp_port = self._bind_tcp(server, tcp, credentials)
+        elif tcp is not None and self._front is not None:
+            _probe_tcp(tcp)
+            _bind_unix(server, self._front.backend, f"xDS TLS front {tcp!r}")
         uds = self.settings.uds_path
         if uds is not None:
             uds_socket.prepare(uds)
-            try:
-                bound = server.add_insecure_port(f"unix:{uds_socket.private_path(uds)}")
-            except RuntimeError as exc:
-                raise ServerConfigError(f"xDS socket {str(uds)!r}: cannot listen: {exc}") from exc
-            if not bound:
-                raise ServerConfigError(f"xDS socket {str(uds)!r}: cannot listen")
+            _bind_unix(server, uds_socket.private_path(uds), f"xDS socket {str(uds)!r}")
         await server.start()
-        if uds is not None:
-            try:
+        try:
+            if uds is not None:
                 self._socket = uds_socket.BoundSocket.publish(uds)
-            except ServerConfigError:
-                await server.stop(None)
-                raise
-            os.chmod(uds, self.settings.uds_mode)
+                os.chmod(uds, self.settings.uds_mode)
+            if tcp is not None and self._front is not None:
+                host, _, port = tcp.rpartition(":")
+                self.tcp_port = await self._front.start(host.strip("[]"), int(port))
+        except ServerConfigError:
+            await server.stop(None)
+            await self._close_front()
+            raise
         self._server = server
         log.info("xds_server_started", tcp_port=self.tcp_port, uds=str(uds) if uds else None)
 
@@ -178,16 +189,24 @@ class AdsServer:
         if self._server is None:
             return
         self._draining = True
+        if self._front is not None:
+            self._front.stop_accepting()
         grace = self.settings.shutdown_grace if grace is None else grace
         stopping = asyncio.create_task(self._server.stop(grace), name="xds-server-stop")
         for stream in list(self._streams.values()):
             stream.stop()
         await stopping
+        await self._close_front()
         self._server = None
         if self._socket is not None:
             self._socket.remove()  # only the socket this server created
             self._socket = None
         log.info("xds_server_stopped")
+
+    async def _close_front(self) -> None:
+        if self._front is not None:
+            await self._front.close()
+            self._front = None
 
     async def wait_closed(self) -> None:
         if self._server is not None:
@@ -320,3 +339,12 @@ def _probe_tcp(address: str) -> None:
             probe.bind(sockaddr)
         except OSError as exc:
             raise ServerConfigError(f"cannot listen on {address!r}: {exc.strerror}") from exc
+
+
+def _bind_unix(server: grpc.aio.Server, path: Path, what: str) -> None:
+    try:
+        bound = server.add_insecure_port(f"unix:{path}")
+    except RuntimeError as exc:
+        raise ServerConfigError(f"{what}: cannot listen: {exc}") from exc
+    if not bound:
+        raise ServerConfigError(f"{what}: cannot listen")

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from structlog.testing import capture_logs
-from test_ads_transport import _fetch_clusters, _key, _pem, _serve, pki
+from test_ads_transport import _cert, _fetch_clusters, _key, _pem, _refused, _serve, pki
 
 from nodemesh.xds.server import ServerConfigError, ServerSettings, TlsSettings
 
@@ -139,3 +139,33 @@ async def test_a_readable_key_is_warned_about_and_refused_when_strict(
     os.chmod(pki["server.key"], 0o600)
     server = await _serve(ServerSettings(tcp_address="127.0.0.1:0", tls=strict))
     await server.stop(1.0)
+
+
+async def test_a_presented_client_certificate_must_verify(
+    pki: dict[str, Path], tmp_path: Path
+) -> None:
+    """--tls-client-ca without --require-client-cert: no certificate is
+    tolerated, one from the CA works, and one from another CA fails the TLS
+    handshake (the client sees UNAVAILABLE, as for any refused handshake)."""
+    other_key = _key()
+    other_ca = _cert("other-ca", other_key, None, ca=True)
+    rogue_key = _key()
+    rogue = _pem(_cert("rogue", rogue_key, (other_ca, other_key)))
+    tls = TlsSettings(pki["server.crt"], pki["server.key"], pki["ca"])
+    server = await _serve(ServerSettings(tcp_address="127.0.0.1:0", tls=tls))
+    target = f"localhost:{server.tcp_port}"
+    ca = pki["ca"].read_bytes()
+
+    def creds(key: bytes | None, chain: bytes | None) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(ca, key, chain)
+
+    try:
+        good = creds(pki["client.key"].read_bytes(), pki["client.crt"].read_bytes())
+        async with grpc.aio.secure_channel(target, good) as channel:
+            assert await _fetch_clusters(channel) == ["a", "b"]
+        async with grpc.aio.secure_channel(target, creds(None, None)) as channel:
+            assert await _fetch_clusters(channel) == ["a", "b"]
+        async with grpc.aio.secure_channel(target, creds(_pem(rogue_key), rogue)) as channel:
+            assert await _refused(channel) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(1.0)
