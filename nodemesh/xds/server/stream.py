@@ -95,6 +95,9 @@ class AdsStream(ABC):
         self._nonces = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._type_counters: dict[str, TypeCounters] = {}
+        # The last round held back a removal (see held_removals): an ACK of
+        # a serving type may release it.
+        self._holding = False
         # EDS names to send again although unchanged (see note_cluster_updates)
         self._eds_refresh: set[str] = set()
         self.log = log.bind(stream_id=self.stream_id, api=self.api, peer=self.peer)
@@ -190,6 +193,7 @@ class AdsStream(ABC):
                 continue
             # Make-before-break: CDS, EDS, LDS, RDS, then anything else; all
             # from one snapshot, so one model version per round.
+            self._holding = False
             for type_url in sorted(self.states, key=push_rank):
                 await self._push(self.states[type_url], snapshot)
 
@@ -248,7 +252,7 @@ class AdsStream(ABC):
         if done is not None:
             counters.push_to_ack.observe(time.monotonic() - done.sent_at)
         self.log.info("xds_ack", type_url=state.type_url, version=state.acked_version, nonce=nonce)
-        if state.type_url in SERVING_TYPES:
+        if state.type_url in SERVING_TYPES and self._holding:
             # Held removals may now be safe (make-before-break).
             self.wake()
 
@@ -316,6 +320,7 @@ class AdsStream(ABC):
         else:
             held = removed & state.acked.keys()
         if held:
+            self._holding = True
             self.log.info(
                 "xds_hold_removal", type_url=state.type_url, names=sorted(held)[:20], held=len(held)
             )
