@@ -36,6 +36,7 @@ from nodemesh.wiring.agent import NodeAgent
 from nodemesh.wiring.controlplane import ControlPlaneConfig
 from nodemesh.xds.cache import LISTENER
 from nodemesh.xds.translate import TranslateOptions, Translation
+from tests.support.polling import wait_until_async
 
 from .conftest import Datapath
 from .node import NODE_IP, MeshNode, Pod
@@ -129,14 +130,14 @@ async def _scenario(
         argv = [envoy, "-c", str(bootstrap), "--service-node", "node-a", "--concurrency", "1"]
         argv += ["--service-cluster", "nodemesh", "--disable-hot-restart", "-l", "warning"]
         node.spawn(argv, node.proxy_cgroup, node.netns)
-        await _until(lambda: _via_envoy(node, pods["curl"]), "curl served through Envoy")
+        await _wait(lambda: _via_envoy(node, pods["curl"]), "curl served through Envoy")
         old_port = _redirect_port(agent)
         # The move, to a listener Envoy rejects.
         (sources / "article-cec.yaml").write_text(yaml.safe_dump(docs["CiliumEnvoyConfig"]))
-        await _until(lambda: _nacked(agent), "Envoy NACKs the CEC's listener")
+        await _wait(lambda: _nacked(agent), "Envoy NACKs the CEC's listener")
         model = agent.plane.model
         assert model is not None
-        await _until(
+        await _wait(
             lambda: _async(agent.follower.datapath.applied_version == model.version),
             "the kernel follows the NACKed version",
         )
@@ -155,7 +156,7 @@ async def _scenario(
             "spec": {"clusterIP": "10.96.0.99", "ports": [{"port": 80, "protocol": "TCP"}]},
         }
         (sources / "touch.yaml").write_text(yaml.safe_dump(touch))  # a new model version
-        await _until(
+        await _wait(
             lambda: _async(_pinned_ports(datapath) == {_redirect_port(agent)}),
             "the redirect moved to the accepted listener",
         )
@@ -199,9 +200,5 @@ async def _nacked(agent: NodeAgent) -> bool:
     )
 
 
-async def _until(check: Callable[[], Any], what: str, attempts: int = 300) -> None:
-    for _ in range(attempts):
-        if await check():
-            return
-        await asyncio.sleep(0.2)
-    pytest.fail(f"timed out: {what}")
+async def _wait(check: Callable[[], Any], what: str) -> None:
+    await wait_until_async(check, what=what, timeout=60, interval=0.2)

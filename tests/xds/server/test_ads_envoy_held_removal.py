@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ads_harness import cluster, endpoints, listener, route, wait_until
 from envoy.config.listener.v3 import listener_pb2
 from google.protobuf.message import Message
-from test_ads_envoy import _backend, _envoy, _free_port, _get, _poll_async
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
 from nodemesh.xds.server import AdsServer, ServerSettings, StreamSettings
+from tests.support.polling import wait_until_async
+from tests.xds.server.ads_harness import cluster, endpoints, listener, route, wait_until
+from tests.xds.server.test_ads_envoy import _backend, _envoy, _free_port, _get
 
 pytestmark = pytest.mark.envoy
 
@@ -80,7 +81,9 @@ async def test_nacked_listener_move_keeps_the_old_listener(
             async def old_serves() -> bool:
                 return await _get(old_url) == "svc"
 
-            await _poll_async(old_serves, "envoy serving on the old listener")
+            await wait_until_async(
+                old_serves, what="envoy serving on the old listener", timeout=60, interval=0.1
+            )
             # The move: the new version has only the new, broken listener.
             moved = _config(backend, {"new": bad_listener("new", new_port)})
             cache.set_snapshot(NODE, cache.build_snapshot(moved, "m2", NODE))
@@ -97,7 +100,12 @@ async def test_nacked_listener_move_keeps_the_old_listener(
             async def moved_over() -> bool:
                 return await _get(new_url) == "svc" and await _get(old_url) is None
 
-            await _poll_async(moved_over, "traffic on the new listener, old one gone")
+            await wait_until_async(
+                moved_over,
+                what="traffic on the new listener, old one gone",
+                timeout=60,
+                interval=0.1,
+            )
             await wait_until(
                 lambda: _lds(server).resource_names == ("new",), what="old listener removed"
             )

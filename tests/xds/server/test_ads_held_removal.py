@@ -8,9 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ads_harness import Harness, cluster, listener, names_of, publish, route, wait_until
 
 from nodemesh.xds.cache import CLUSTER, LISTENER, ROUTE
+from tests.xds.server.ads_harness import (
+    Harness,
+    cluster,
+    listener,
+    names_of,
+    publish,
+    route,
+    wait_until,
+)
 
 KEY = "node-1"
 

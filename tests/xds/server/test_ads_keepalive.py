@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 import yaml
-from ads_harness import mesh, wait_until
 from google.protobuf import duration_pb2, json_format
 
 from nodemesh.xds.cache import SnapshotCache
 from nodemesh.xds.server import AdsServer, ServerSettings
+from tests.xds.server.ads_harness import mesh, wait_until
 
 pytestmark = pytest.mark.envoy
 

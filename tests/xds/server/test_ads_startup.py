@@ -16,9 +16,17 @@ from pathlib import Path
 import grpc
 import pytest
 from structlog.testing import capture_logs
-from test_ads_transport import _cert, _fetch_clusters, _key, _pem, _refused, _serve, pki
 
 from nodemesh.xds.server import ServerConfigError, ServerSettings, TlsSettings
+from tests.xds.server.test_ads_transport import (
+    _cert,
+    _fetch_clusters,
+    _key,
+    _pem,
+    _refused,
+    _serve,
+    pki,
+)
 
 # -- the Unix socket (item 13, item 19) ----------------------------------------
 
