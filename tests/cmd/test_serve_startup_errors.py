@@ -61,3 +61,17 @@ def test_a_socket_path_that_is_a_file_is_one_line(tmp_path: Path) -> None:
 def test_require_client_cert_without_a_ca_is_one_line(tmp_path: Path) -> None:
     code, err = _serve(tmp_path, "--require-client-cert")
     assert (code, err) == (2, "nodemesh serve: --require-client-cert needs --tls-client-ca\n")
+
+
+def test_a_swapped_key_is_one_line(tmp_path: Path) -> None:
+    from tests.xds.server.test_ads_transport import _cert, _key, _pem
+
+    key = _key()
+    cert, key_file = tmp_path / "server.crt", tmp_path / "server.key"
+    cert.write_bytes(_pem(_cert("localhost", key, None)))
+    key_file.write_bytes(_pem(key))
+    key_file.chmod(0o600)
+    code, err = _serve(tmp_path, "--tls-cert", str(key_file), "--tls-key", str(cert))
+    assert code == 2, err
+    assert err.startswith(f"nodemesh serve: TLS certificate '{key_file}': not a PEM certificate")
+    assert "swapped" in err and err.count("\n") == 1
