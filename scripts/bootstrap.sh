@@ -48,3 +48,10 @@ awk '/^uv==/ {on = 1} on {print; if ($0 !~ /\\$/) exit}' "$LOCK" >"$uv_req"
 # and without build isolation (setuptools and grpcio-tools are in the lock).
 # setup.py's build_py compiles proto/ into nodemesh/_gen/ (gitignored).
 "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps --no-build-isolation -e .
+
+# The Gateway API release nodemesh follows (third_party/gateway-api/go.mod):
+# its CRDs (vendored in deploy/crds/, checked against the module by a test)
+# and its GAMMA conformance manifests, which the ported conformance tests read
+# from the module cache. Verified against go.sum; nothing is built.
+(cd third_party/gateway-api && GOFLAGS=-mod=mod go mod download \
+    sigs.k8s.io/gateway-api sigs.k8s.io/gateway-api/conformance)
