@@ -39,6 +39,9 @@ class Kind(StrEnum):
     CLUSTERWIDE_ENVOY_CONFIG = "CiliumClusterwideEnvoyConfig"
     NETWORK_POLICY = "CiliumNetworkPolicy"
     CLUSTERWIDE_NETWORK_POLICY = "CiliumClusterwideNetworkPolicy"
+    HTTP_ROUTE = "HTTPRoute"
+    GRPC_ROUTE = "GRPCRoute"
+    REFERENCE_GRANT = "ReferenceGrant"
 
     @property
     def cluster_scoped(self) -> bool:
@@ -280,6 +283,7 @@ class NetworkPolicy:
 class RedirectOrigin(StrEnum):
     ENVOY_CONFIG = "envoy-config"  # CEC spec.services: every client is steered
     NETWORK_POLICY = "network-policy"  # CNP rules.http: only the selected pods
+    GATEWAY_ROUTE = "gateway-route"  # HTTPRoute/GRPCRoute on a Service (GAMMA)
 
 
 @dataclass(frozen=True, slots=True)

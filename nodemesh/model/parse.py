@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from nodemesh.model import parse_cilium
+from nodemesh.model import parse_cilium, parse_gateway
 from nodemesh.model.errors import ParseError, UnknownKindError
 from nodemesh.model.fields import Fields, check_ip
 from nodemesh.model.objects import (
@@ -36,8 +36,18 @@ from nodemesh.model.objects import (
     ServicePort,
     pairs,
 )
+from nodemesh.model.routes import ReferenceGrant, Route
 
-ModelObject = Service | EndpointSlice | Deployment | Pod | EnvoyConfig | NetworkPolicy
+ModelObject = (
+    Service
+    | EndpointSlice
+    | Deployment
+    | Pod
+    | EnvoyConfig
+    | NetworkPolicy
+    | Route
+    | ReferenceGrant
+)
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -52,6 +62,9 @@ _KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     Kind.CLUSTERWIDE_ENVOY_CONFIG: ("cilium.io", ("v2", "v2alpha1")),
     Kind.NETWORK_POLICY: ("cilium.io", ("v2",)),
     Kind.CLUSTERWIDE_NETWORK_POLICY: ("cilium.io", ("v2",)),
+    Kind.HTTP_ROUTE: (parse_gateway.GROUP, ("v1",)),
+    Kind.GRPC_ROUTE: (parse_gateway.GROUP, ("v1",)),
+    Kind.REFERENCE_GRANT: (parse_gateway.GROUP, ("v1beta1",)),
 }
 
 # DNS-1123 subdomain: what Kubernetes allows for object names. It also keeps
@@ -422,6 +435,16 @@ def _network_policy(ref: ObjectRef, top: Fields) -> ParseResult:
     return ParseResult(policy, warnings)
 
 
+def _route(ref: ObjectRef, top: Fields) -> ParseResult:
+    meta = top.opt_map("metadata") or Fields(ref, {}, "metadata")
+    generation = meta.opt_int("generation", 0) or 0
+    return ParseResult(parse_gateway.route(ref, top, creation_timestamp(meta), generation))
+
+
+def _reference_grant(ref: ObjectRef, top: Fields) -> ParseResult:
+    return ParseResult(parse_gateway.reference_grant(ref, top))
+
+
 _PARSERS: dict[Kind, Callable[[ObjectRef, Fields], ParseResult]] = {
     Kind.SERVICE: _service,
     Kind.ENDPOINT_SLICE: _endpoint_slice,
@@ -431,4 +454,7 @@ _PARSERS: dict[Kind, Callable[[ObjectRef, Fields], ParseResult]] = {
     Kind.CLUSTERWIDE_ENVOY_CONFIG: _envoy_config,
     Kind.NETWORK_POLICY: _network_policy,
     Kind.CLUSTERWIDE_NETWORK_POLICY: _network_policy,
+    Kind.HTTP_ROUTE: _route,
+    Kind.GRPC_ROUTE: _route,
+    Kind.REFERENCE_GRANT: _reference_grant,
 }

@@ -20,7 +20,6 @@ one service port's rules never open another.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from envoy.config.core.v3 import address_pb2
@@ -40,13 +39,12 @@ from nodemesh.model.objects import (
     ObjectWarning,
     RedirectOrigin,
 )
+from nodemesh.model.regex import re2_problem
 from nodemesh.xds.translate.registry import pack
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 # What building a filter found to tell: warnings, and errors for rules it could not use.
 Notes = list[ObjectWarning | ObjectError]
-# Constructs Python's re accepts (the model checks syntax with it) but RE2 does not.
-_NOT_RE2 = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")
 _NOTHING = rbac_pb2.Permission(not_rule=rbac_pb2.Permission(any=True))
 
 
@@ -96,9 +94,9 @@ def _rule_permission(
     ):
         if not regex:
             continue
-        if _NOT_RE2.search(regex):
+        reason = re2_problem(regex)
+        if reason is not None:
             # Envoy would reject the whole listener; this rule alone allows nothing.
-            reason = f"{regex!r} uses look-around or a back-reference, which Envoy's RE2 lacks"
             notes.append(ObjectError(policy.owner, f"{where}.{key}", f"{reason}; rule ignored"))
             return _NOTHING
         conditions.append(_regex(header, regex))
