@@ -20,6 +20,7 @@ import structlog
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.model.objects import L7Redirect, Pod, Service, ServicePort
+from nodemesh.model.redirects import NAMESPACE_LABEL
 from nodemesh.model.snapshot import BackendAddress, MeshModel
 
 log = structlog.get_logger("nodemesh.ebpf.planner")
@@ -94,7 +95,9 @@ def _client_pods(model: MeshModel, redirect: L7Redirect, node: str) -> list[pb.C
     for pod in model.pods:
         if node and pod.node_name not in (node, None):
             continue
-        labels = dict(pod.labels)
+        # Plus the namespace label Cilium gives every identity: consumer routes
+        # (GAMMA) select their namespace's pods by it.
+        labels = {**dict(pod.labels), NAMESPACE_LABEL: pod.ref.namespace}
         if any(sel.matches(labels) for sel in redirect.clients):
             chosen.append(pod)
     chosen.sort(key=lambda p: (p.ref.namespace, p.ref.name))

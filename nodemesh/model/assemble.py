@@ -18,6 +18,7 @@ from typing import Any
 from nodemesh.model.backends import service_backends
 from nodemesh.model.clients import ClientIndex
 from nodemesh.model.digest import object_digest
+from nodemesh.model.gamma import Gamma, config_ports, derive_gamma
 from nodemesh.model.objects import (
     EndpointSlice,
     EnvoyConfig,
@@ -32,12 +33,21 @@ from nodemesh.model.objects import (
 )
 from nodemesh.model.parse import ModelObject
 from nodemesh.model.redirects import derive_redirects, policy_warnings
+from nodemesh.model.routes import Route
 from nodemesh.model.snapshot import BackendAddress, MeshModel
 
 _CONFIG_KINDS = (Kind.ENVOY_CONFIG, Kind.CLUSTERWIDE_ENVOY_CONFIG)
 _POLICY_KINDS = (Kind.NETWORK_POLICY, Kind.CLUSTERWIDE_NETWORK_POLICY)
+_ROUTE_KINDS = (Kind.HTTP_ROUTE, Kind.GRPC_ROUTE)
 # Pods are not listed: the client index says when a pod change matters.
-_REDIRECT_INPUTS = (Kind.SERVICE, *_CONFIG_KINDS, *_POLICY_KINDS)
+_REDIRECT_INPUTS = (
+    Kind.SERVICE,
+    *_CONFIG_KINDS,
+    *_POLICY_KINDS,
+    *_ROUTE_KINDS,
+    Kind.REFERENCE_GRANT,
+)
+_GAMMA_INPUTS = (Kind.SERVICE, *_CONFIG_KINDS, *_ROUTE_KINDS, Kind.REFERENCE_GRANT)
 _MASK = (1 << 128) - 1
 Backends = Mapping[int, tuple[BackendAddress, ...]]
 
@@ -114,6 +124,8 @@ class Assembly:
         self._backends_view: Mapping[ServiceName, Backends] = MappingProxyType({})
         self._stale_backends: set[ServiceName] = set()
         self._redirects: tuple[L7Redirect, ...] = ()
+        self._gamma = Gamma()
+        self._routes: tuple[Route, ...] = ()
         self._clients = ClientIndex()
         self._clients_moved = False
         self.redirect_errors: tuple[ObjectError, ...] = ()
@@ -215,6 +227,8 @@ class Assembly:
                     self._backends[name] = service_backends(service, slices)
             self._stale_backends = set()
             self._backends_view = MappingProxyType(dict(self._backends))
+        if stale & set(_GAMMA_INPUTS):
+            self._refresh_gamma()
         if self._clients_moved or stale & set(_REDIRECT_INPUTS):
             self._refresh_redirects()
         if self._stale_warnings:
@@ -225,6 +239,18 @@ class Assembly:
             )
             self._stale_warnings = False
         self._stale_kinds = set()
+
+    def _refresh_gamma(self) -> None:
+        routes = [*self._tuples[Kind.HTTP_ROUTE], *self._tuples[Kind.GRPC_ROUTE]]
+        routes.sort(key=lambda r: (r.creation_timestamp, r.ref.namespace, r.ref.name))
+        self._routes = tuple(routes)
+        configs = sorted(self.configs.values(), key=_age)
+        self._gamma = derive_gamma(
+            self._services,
+            self._routes,
+            self._tuples[Kind.REFERENCE_GRANT],
+            config_ports(self._services, configs),
+        )
 
     def _refresh_redirects(self) -> None:
         self._clients_moved = False
@@ -238,12 +264,14 @@ class Assembly:
             policies,
             self._clients,
             self._reserved,
+            self._gamma.tables,
         )
+        self.redirect_errors = (*self.redirect_errors, *self._gamma.errors)
         # Consumers skip work when the tuple is the very same object, so an
         # unchanged outcome (the usual case of a pod or Service edit) keeps it.
         if redirects != self._redirects:
             self._redirects = redirects
-        derived = policy_warnings(self._services, policies)
+        derived = (*policy_warnings(self._services, policies), *self._gamma.warnings)
         if derived != self._derived_warnings:
             self._derived_warnings = derived
             self._stale_warnings = True
@@ -275,6 +303,9 @@ class Assembly:
             errors=errors,
             backends=self._backends_view,
             warnings=self._warnings_view,
+            routes=self._routes,
+            reference_grants=tuples[Kind.REFERENCE_GRANT],
+            gamma=self._gamma,
         )
 
 

@@ -11,7 +11,10 @@ names:
   serving its (first) RouteConfiguration;
 - a redirect from network policies alone is "nodemesh/l7/<ns>/<svc>/<port>",
   both as listener and as route configuration (the translator synthesizes a
-  route to the Service's own cluster).
+  route to the Service's own cluster);
+- a Service port with Gateway API routes (and no CEC) is
+  "nodemesh/gamma/<ns>/<svc>/<port>", listener and producer routes; consumer
+  namespaces' routes are "<that>/consumer/<namespace>" (see `gamma_listener`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 
 from nodemesh.model.clients import ClientIndex
 from nodemesh.model.errors import PortAllocationError
+from nodemesh.model.gamma import ServiceRoutes
 from nodemesh.model.objects import (
     EgressRule,
     EnvoyConfig,
@@ -57,6 +61,20 @@ def synthesized_listener(config: ObjectRef) -> str:
 def policy_listener(service: ServiceName, port: int) -> str:
     """Listener and route name of a redirect that only network policies ask for."""
     return f"nodemesh/l7/{service.namespace}/{service.name}/{port}"
+
+
+# The label Cilium gives every pod's identity for its namespace; the datapath
+# matches client selectors against pod labels plus this one.
+NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+
+
+def gamma_listener(service: ServiceName, port: int) -> str:
+    """Listener and producer route name of a Service port with GAMMA routes."""
+    return f"nodemesh/gamma/{service.namespace}/{service.name}/{port}"
+
+
+def consumer_route_name(listener: str, namespace: str) -> str:
+    return f"{listener}/consumer/{namespace}"
 
 
 def config_listener(config: EnvoyConfig, listener: str = "") -> tuple[str, str]:
@@ -115,6 +133,7 @@ class _Pending:
     listener: str = ""
     route_config: str = ""
     policies: dict[ObjectRef, _PolicyPart] = field(default_factory=dict)
+    routes: ServiceRoutes | None = None
 
 
 def derive_redirects(
@@ -123,6 +142,7 @@ def derive_redirects(
     policies: Iterable[NetworkPolicy],
     clients: ClientIndex,
     reserved_ports: Collection[int] = (),
+    gamma: Mapping[tuple[ServiceName, int], ServiceRoutes] | None = None,
 ) -> tuple[tuple[L7Redirect, ...], tuple[ObjectError, ...]]:
     """All redirects of the model, sorted by (service, port, protocol).
 
@@ -135,6 +155,14 @@ def derive_redirects(
     for policy in policies:
         for rule in policy.egress:
             _add_rule(pending, services, policy, rule)
+    for (name, port), table in sorted((gamma or {}).items()):
+        service = services.get(name)
+        found = [p for p in service.ports if p.port == port] if service is not None else []
+        if service is None or not found:
+            continue
+        item = pending.setdefault((name, port, "TCP"), _Pending(service, found[0]))
+        if item.config is None:  # a CEC on the port keeps it (the routes' status says so)
+            item.routes = table
     return _finish(pending, clients, reserved_ports)
 
 
@@ -217,9 +245,11 @@ def _finish(
     items = []
     for key in sorted(pending):
         item = pending[key]
-        if item.config is None and not any(p.rules for p in item.policies.values()):
+        if item.config is None and item.routes is not None:
+            item.listener = item.route_config = gamma_listener(key[0], key[1])
+        elif item.config is None and not any(p.rules for p in item.policies.values()):
             continue  # only plain L4 allows: nothing for Envoy to do
-        if item.config is None:
+        elif item.config is None:
             item.listener = item.route_config = policy_listener(key[0], key[1])
         items.append(item)
     try:
@@ -252,6 +282,8 @@ def _redirect(
     owners = [p.owner for p in policies]
     if item.config is not None:
         owners.insert(0, item.config.ref)
+    elif item.routes is not None:
+        owners[:0] = item.routes.owners
     # A CEC alone steers every client. With HTTP policies on the same port,
     # the policies select whose traffic goes to Envoy and the CEC routes it:
     # the article's reading ("a CiliumNetworkPolicy to select which traffic is
@@ -259,6 +291,12 @@ def _redirect(
     clients: tuple[LabelSelector, ...] | None = None
     if policies:
         clients = tuple(dict.fromkeys(p.clients for p in policies))
+    origin = RedirectOrigin.NETWORK_POLICY
+    if item.config is not None:
+        origin = RedirectOrigin.ENVOY_CONFIG
+    elif item.routes is not None:
+        origin = RedirectOrigin.GATEWAY_ROUTE
+        clients = _route_clients(item.routes, clients)
     return L7Redirect(
         service=item.service.service_name,
         port=item.port.port,
@@ -266,11 +304,24 @@ def _redirect(
         proxy_port=proxy_port,
         listener=item.listener,
         route_config=item.route_config,
-        origin=RedirectOrigin.ENVOY_CONFIG if item.config else RedirectOrigin.NETWORK_POLICY,
+        origin=origin,
         owners=tuple(owners),
         clients=clients,
         policies=tuple(policies),
     )
+
+
+def _route_clients(
+    routes: ServiceRoutes, policy_clients: tuple[LabelSelector, ...] | None
+) -> tuple[LabelSelector, ...] | None:
+    """Producer routes steer every client; consumer routes only their namespace's
+    pods (and HTTP policies on the port still steer the pods they select)."""
+    if routes.producer:
+        return None
+    namespaces = tuple(
+        LabelSelector(match_labels=((NAMESPACE_LABEL, scope),)) for scope, _ in routes.consumers
+    )
+    return tuple(dict.fromkeys((*namespaces, *(policy_clients or ()))))
 
 
 def _owner_error(item: _Pending, reason: str) -> ObjectError:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from nodemesh.model.gamma import Gamma
 from nodemesh.model.objects import (
     Deployment,
     EndpointSlice,
@@ -25,6 +26,7 @@ from nodemesh.model.objects import (
     Service,
     ServiceName,
 )
+from nodemesh.model.routes import ReferenceGrant, Route
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,11 @@ class MeshModel:
     )
     # Accepted objects that carry something worth telling (deprecated fields).
     warnings: tuple[ObjectWarning, ...] = ()
+    # Gateway API (GAMMA): HTTPRoutes and GRPCRoutes (oldest first), grants,
+    # and what they add up to per Service port, with each route's status.
+    routes: tuple[Route, ...] = ()
+    reference_grants: tuple[ReferenceGrant, ...] = ()
+    gamma: Gamma = field(default_factory=Gamma)
 
     def backends_of(self, service: ServiceName, port: int) -> tuple[BackendAddress, ...]:
         """Backends of `service`'s port `port` (the Service port, not the target

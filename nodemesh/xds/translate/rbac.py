@@ -156,7 +156,7 @@ def _redirect_policies(
         policies[f"{where}{policy.owner} #{index}"] = rbac_pb2.Policy(
             principals=[_from_ips(policy.client_ips)], permissions=permissions
         )
-    if redirect.origin is RedirectOrigin.ENVOY_CONFIG or not restricted:
+    if redirect.origin is not RedirectOrigin.NETWORK_POLICY or not restricted:
         # A CEC routes whoever reaches its listener: clients no policy names
         # are not restricted by one. Or every client, when no rule can deny
         # (this redirect may share a listener whose other redirects do deny).
