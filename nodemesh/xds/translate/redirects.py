@@ -18,16 +18,25 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from google.protobuf.message import Message
 
+from nodemesh.model.gamma import RouteEntry
 from nodemesh.model.objects import (
     L7Redirect,
     ObjectError,
     ObjectRef,
     ObjectWarning,
     RedirectOrigin,
+    ServiceName,
 )
+from nodemesh.model.redirects import consumer_route_name
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.xds.translate import registry
 from nodemesh.xds.translate.configs import ConfigStage
+from nodemesh.xds.translate.gamma import (
+    GammaRoute,
+    add_consumer_chains,
+    consumer_ips,
+    route_config_for,
+)
 from nodemesh.xds.translate.listeners import (
     HttpListeners,
     bind,
@@ -72,6 +81,8 @@ class RedirectStage:
     listener_memo: dict[str, _Built] = field(default_factory=dict)
     route_memo: dict[str, _Built] = field(default_factory=dict)
     rbac_memo: dict[tuple[object, ...], _Rbac] = field(default_factory=dict)
+    gamma: object = None  # the model's GAMMA tables and pods this stage was built for
+    gamma_memo: dict[str, tuple[object, GammaRoute]] = field(default_factory=dict)
 
 
 def _reusable(previous: RedirectStage, model: MeshModel, configs: ConfigStage) -> bool:
@@ -81,7 +92,25 @@ def _reusable(previous: RedirectStage, model: MeshModel, configs: ConfigStage) -
         and previous.config_needed == configs.needed
         and previous.elsewhere == configs.elsewhere
         and (previous.redirects is model.redirects or previous.redirects == model.redirects)
+        and _same(previous.gamma, _gamma_inputs(model))
     )
+
+
+def _same(a: object, b: object) -> bool:
+    if a is None or b is None:
+        return a is b
+    assert isinstance(a, tuple) and isinstance(b, tuple)
+    return all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _gamma_inputs(model: MeshModel) -> object:
+    """What GAMMA routes depend on beyond the redirects: the route tables and,
+    when consumer routes exist, the pods (their addresses pick the chain)."""
+    tables = model.gamma.tables
+    if not tables:
+        return None
+    consumers = any(t.consumers for t in tables.values())
+    return (model.gamma, model.pods if consumers else None)
 
 
 class RedirectBuilder:
@@ -109,6 +138,7 @@ class RedirectBuilder:
             configs.needed,
             set(configs.elsewhere),
             needed=dict(configs.needed),
+            gamma=_gamma_inputs(model),
         )
         ports: dict[int, str] = {}
         for name in sorted(groups):
@@ -176,6 +206,8 @@ class RedirectBuilder:
         cec = configs.resources
         first = group[0]
         name = first.route_config or first.listener
+        if first.origin is RedirectOrigin.GATEWAY_ROUTE:
+            return self._gamma_routes(model, first, stage)
         if first.origin is RedirectOrigin.ENVOY_CONFIG and (
             name in cec[registry.ROUTE] or first.listener in cec[registry.LISTENER]
         ):
@@ -206,6 +238,31 @@ class RedirectBuilder:
         stage.route_memo[name] = built
         stage.routes[name] = built.message
         return name
+
+    def _gamma_routes(self, model: MeshModel, redirect: L7Redirect, stage: RedirectStage) -> str:
+        """The producer and consumer RouteConfigurations of a GAMMA redirect."""
+        table = model.gamma.tables[(redirect.service, redirect.port)]
+        scopes: list[tuple[str, str | None]] = [(redirect.route_config, None)]
+        scopes.extend(
+            (consumer_route_name(redirect.route_config, ns), ns) for ns, _ in table.consumers
+        )
+        for name, namespace in scopes:
+            entries = table.entries_for(namespace)
+            key = (entries, tuple(model.services.get(s) for s in _services_of(entries)))
+            known = self.previous.gamma_memo.get(name)
+            if known is not None and known[0] == key:
+                built = known[1]
+            else:
+                made = route_config_for(model, redirect.service, redirect.port, namespace, name)
+                assert made is not None
+                built = made
+            stage.gamma_memo[name] = (key, built)
+            stage.routes[name] = built.config
+            stage.errors.extend(built.errors)
+            for cluster in built.clusters:
+                if cluster.http2 or cluster.name not in stage.needed:
+                    stage.needed[cluster.name] = cluster
+        return redirect.route_config
 
     def _destinations(
         self, model: MeshModel, group: Sequence[L7Redirect]
@@ -256,7 +313,13 @@ class RedirectBuilder:
         if len(group) > 1 and self.options.use_original_dst:
             # Shared listeners tell redirects apart by VIP: those are inputs too.
             vips = tuple(model.services.get(r.service) for r in group)
-        key: tuple[object, ...] = (tuple(group), route, own, vips)
+        key: tuple[object, ...] = (
+            tuple(group),
+            route,
+            own,
+            vips,
+            _consumer_scopes(model, group[0]),
+        )
         built = self.previous.listener_memo.get(name)
         if built is None or built.key != key:
             rbac = self._rbac(model, group, stage)
@@ -268,12 +331,38 @@ class RedirectBuilder:
                 listener.CopyFrom(own)
                 if rbac.http_filter is not None:
                     with_rbac(listener, rbac.http_filter)
+            if group[0].origin is RedirectOrigin.GATEWAY_ROUTE:
+                add_consumer_chains(listener, _consumer_scopes(model, group[0]))
             if own is not None or len(ports) > 1:
                 # A CEC's listener (and a shared one) is bound here, to every port.
                 bind(listener, self.options.listener_address, ports, self.options.use_original_dst)
             built = _Built(key, listener, rbac.notes)
         stage.listener_memo[name] = built
         return built
+
+
+def _consumer_scopes(
+    model: MeshModel, redirect: L7Redirect
+) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """(namespace, route config, pod addresses) of each consumer scope."""
+    if redirect.origin is not RedirectOrigin.GATEWAY_ROUTE:
+        return ()
+    table = model.gamma.tables.get((redirect.service, redirect.port))
+    if table is None:
+        return ()
+    return tuple(
+        (ns, consumer_route_name(redirect.route_config, ns), consumer_ips(model, ns))
+        for ns, _ in table.consumers
+    )
+
+
+def _services_of(entries: Sequence[RouteEntry]) -> set[ServiceName]:
+    found = set()
+    for entry in entries:
+        for backend in (*entry.rule.backends, *entry.rule.mirrors):
+            if backend.service is not None:
+                found.add(backend.service)
+    return found
 
 
 def _merged_policies(group: Sequence[L7Redirect]) -> list[ObjectWarning]:

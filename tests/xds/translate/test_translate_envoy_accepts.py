@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from nodemesh.model.objects import HeaderMatch, HTTPPolicy, HTTPRule, Kind, ObjectRef
@@ -57,9 +60,17 @@ def test_envoy_accepts_policies_with_original_dst_and_every_rule_field(tmp_path:
 
 
 def test_envoy_rejects_what_it_should(tmp_path: Path) -> None:
-    """The check itself can fail: a regex RE2 refuses makes Envoy say no."""
+    """The check itself can fail: a regex RE2 refuses makes Envoy say no. The
+    translator drops such a rule (RE2 checks it), so it is put back by hand."""
     translation = translate(m.policy_model((HTTPRule(path="/(unclosed"),)))
-    result = envoy_validate(write_bootstrap(static_bootstrap(translation), tmp_path / "bad.json"))
+    assert [e.field for e in translation.errors] == ["rules.http[0].path"]
+    bootstrap = static_bootstrap(translate(m.policy_model((HTTPRule(path="/ok"),))))
+    network_filter = bootstrap.static_resources.listeners[0].filter_chains[0].filters[0]
+    manager = unpack(network_filter.typed_config)
+    assert isinstance(manager, hcm_pb2.HttpConnectionManager)
+    manager.route_config.virtual_hosts[0].routes[0].match.safe_regex.regex = "/(unclosed"
+    network_filter.typed_config.Pack(manager)
+    result = envoy_validate(write_bootstrap(bootstrap, tmp_path / "bad.json"))
     assert result.returncode != 0
 
 
