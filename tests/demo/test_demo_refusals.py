@@ -17,6 +17,8 @@ from nodemesh.cmd.main import main
         (["--weights", "0,0"], "--weights: '0,0' needs non-negative weights with a positive sum"),
         (["--weights", "1,2,3"], "--weights: 3 weights given, but the route splits across 2"),
         (["--source-dir", "/nonexistent"], "--source-dir: /nonexistent is not a directory"),
+        (["--example", "nope"], "--example: no example 'nope' (there are: canary, "),
+        (["--example", "canary", "--source-dir", "."], "give --source-dir or --example, not both"),
     ],
 )
 def test_refusals(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -81,14 +81,27 @@ def configured_weights(route: route_pb2.RouteConfiguration, host: str) -> dict[s
 
 
 def load_weighted_envoy_config(directory: Path) -> dict[str, Any]:
-    """The first CiliumEnvoyConfig in `directory` with a weighted route."""
+    """The first CiliumEnvoyConfig with a weighted route, or HTTPRoute with a
+    weighted rule, in `directory`: what `--weights` changes."""
     for path in sorted(directory.glob("*.y*ml")):
         for doc in yaml.safe_load_all(path.read_text()):
             is_cec = isinstance(doc, dict) and doc.get("kind") in ENVOY_CONFIG_KINDS
-            if is_cec and _weighted_clusters(doc):
+            if (is_cec and _weighted_clusters(doc)) or _weighted_rule(doc) is not None:
                 found: dict[str, Any] = doc
                 return found
-    raise DemoError(f"no CiliumEnvoyConfig with weighted_clusters in {directory}")
+    raise DemoError(f"no CiliumEnvoyConfig or HTTPRoute with a weighted split in {directory}")
+
+
+def _weighted_rule(doc: Any) -> list[dict[str, Any]] | None:
+    """The backendRefs of an HTTPRoute's first rule with several of them."""
+    if not isinstance(doc, dict) or doc.get("kind") != "HTTPRoute":
+        return None
+    for rule in doc.get("spec", {}).get("rules") or []:
+        refs = rule.get("backendRefs") or []
+        if len(refs) > 1:
+            found: list[dict[str, Any]] = refs
+            return found
+    return None
 
 
 def _weighted_clusters(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -103,17 +116,27 @@ def _weighted_clusters(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def with_weights(doc: dict[str, Any], weights: tuple[int, ...]) -> dict[str, Any]:
-    """A copy of the CEC with its first weighted route set to `weights`."""
+    """A copy of the CEC (or HTTPRoute) with its first weighted route set to `weights`."""
     changed = copy.deepcopy(doc)
+    refs = _weighted_rule(changed)
+    if refs is not None:
+        _check_count(weights, [str(r.get("name")) for r in refs])
+        for ref, weight in zip(refs, weights, strict=True):
+            ref["weight"] = weight
+        return changed
     weighted = _weighted_clusters(changed)[0]
     clusters = weighted["clusters"]
-    if len(clusters) != len(weights):
-        raise DemoError(
-            f"--weights: {len(weights)} weights given, but the route splits across "
-            f"{len(clusters)} clusters ({', '.join(c['name'] for c in clusters)})"
-        )
+    _check_count(weights, [c["name"] for c in clusters])
     for cluster, weight in zip(clusters, weights, strict=True):
         cluster["weight"] = weight
     if "total_weight" in weighted:
         weighted["total_weight"] = sum(weights)
     return changed
+
+
+def _check_count(weights: tuple[int, ...], names: list[str]) -> None:
+    if len(names) != len(weights):
+        raise DemoError(
+            f"--weights: {len(weights)} weights given, but the route splits across "
+            f"{len(names)} backends ({', '.join(names)})"
+        )

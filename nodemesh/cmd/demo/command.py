@@ -16,6 +16,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         "demo", parents=[parent], help="the article's canary through a real Envoy"
     )
     demo.add_argument("--source-dir", type=Path, help="default: examples/canary")
+    demo.add_argument("--example", help="a directory of examples/, e.g. canary-httproute")
     demo.add_argument("--requests", type=int, default=400, help="requests per round")
     demo.add_argument("--rounds", type=int, default=1, help="0: until Ctrl-C")
     demo.add_argument("--weights", help="e.g. 50,50: change the split live after round 1")
@@ -25,7 +26,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from nodemesh.cmd.demo.run import DemoOptions, parse_weights
+    from nodemesh.cmd.demo.run import DemoOptions, example_dir, parse_weights
     from nodemesh.cmd.demo.run import run_demo as demo_main
 
     try:
@@ -38,6 +39,10 @@ def run_demo(args: argparse.Namespace) -> int:
         weights=weights,
         api_type="GRPC" if args.sotw else "DELTA_GRPC",
     )
+    if args.source_dir is not None and args.example is not None:
+        raise UsageError("give --source-dir or --example, not both")
     if args.source_dir is not None:
         options = dataclasses.replace(options, source_dir=args.source_dir)
+    if args.example is not None:
+        options = dataclasses.replace(options, source_dir=example_dir(args.example))
     return asyncio.run(demo_main(options))

@@ -36,6 +36,7 @@ from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.xds.translate import ROUTE
 
 EXAMPLES = assets.example_dir("canary")
+EXAMPLES_ROOT = assets.asset_root() / "examples"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +213,16 @@ async def run_demo(options: DemoOptions, out: Out = print) -> int:
             await demo.stop()
             plane_task.cancel()
             await asyncio.gather(plane_task, return_exceptions=True)
+
+
+def example_dir(name: str) -> Path:
+    """`--example NAME`: examples/NAME (canary: the article's CEC; canary-httproute:
+    the same split as a Gateway API HTTPRoute)."""
+    found = EXAMPLES_ROOT / name
+    if "/" in name or not found.is_dir():
+        known = ", ".join(sorted(p.name for p in EXAMPLES_ROOT.iterdir() if p.is_dir()))
+        raise DemoError(f"--example: no example {name!r} (there are: {known})")
+    return found
 
 
 def parse_weights(text: str) -> tuple[int, ...]:
