@@ -261,6 +261,13 @@ def _resolve(
         backends = tuple(
             _backend(route, b, services, grants, parents, out.unresolved) for b in rule.backends
         )
+        for backend in rule.backends:
+            for f in backend.filters:
+                if f.request_headers is None and f.response_headers is None:
+                    out.unsupported.append(
+                        f"{backend.field}.filters: only header modifiers are supported "
+                        f"per backend, not {f.type}"
+                    )
         mirrors = []
         error_status = None
         for index, f in enumerate(rule.filters):

@@ -431,7 +431,6 @@ def _mirror(body: Fields) -> Mirror:
 
 
 def _backend(entry: Fields, grpc: bool, weighted: bool = True) -> BackendRef:
-    del grpc  # same schema for both route kinds
     group = entry.opt_str("group", "") or ""
     kind = entry.opt_str("kind", "Service") or "Service"
     name = entry.req_str("name")
@@ -444,7 +443,8 @@ def _backend(entry: Fields, grpc: bool, weighted: bool = True) -> BackendRef:
         raise entry.error("weight", f"{weight} is out of range 0-{MAX_WEIGHT}")
     assert entry.ref is not None
     namespace = entry.opt_str("namespace") or entry.ref.namespace
-    return BackendRef(group, kind, name, namespace, port, weight, entry.path)
+    filters = _filters(entry, grpc) if weighted else ()
+    return BackendRef(group, kind, name, namespace, port, weight, entry.path, filters)
 
 
 def _timeouts(rule: Fields) -> tuple[int | None, int | None]:

@@ -75,6 +75,8 @@ class BackendRef:
     port: int | None
     weight: int = 1
     field: str = ""  # where it is written, for status messages
+    # backendRefs[].filters: header modifiers are applied for this backend only.
+    filters: tuple[RouteFilter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

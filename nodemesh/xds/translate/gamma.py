@@ -174,13 +174,27 @@ def _action(
         return
     action = route.route
     action.cluster_not_found_response_code = rc.RouteAction.INTERNAL_SERVER_ERROR
-    if len(live) == 1:
+    if len(live) == 1 and not live[0].ref.filters:
         action.cluster = _cluster(model, live[0], clusters, rule.grpc)
     else:
+        # Per-backend filters need a weighted entry to live on, even for one backend.
         for backend in live:
             weighted = action.weighted_clusters.clusters.add()
             weighted.name = _cluster(model, backend, clusters, rule.grpc)
             weighted.weight.value = backend.ref.weight
+            for f in backend.ref.filters:
+                if f.request_headers is not None:
+                    _headers(
+                        f.request_headers,
+                        weighted.request_headers_to_add,
+                        weighted.request_headers_to_remove,
+                    )
+                if f.response_headers is not None:
+                    _headers(
+                        f.response_headers,
+                        weighted.response_headers_to_add,
+                        weighted.response_headers_to_remove,
+                    )
     _rewrite(action, rule, filters)
     _mirrors(model, action, rule, clusters)
     _timeouts(action, rule)
