@@ -62,6 +62,9 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         False,
         True,
     ),
+    ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", True, True),
+    ResourceType("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute", True, True),
+    ResourceType("gateway.networking.k8s.io", "v1beta1", "referencegrants", "ReferenceGrant"),
 )
 
 

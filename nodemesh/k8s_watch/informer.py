@@ -47,6 +47,8 @@ class ObjectMeta:
     uid: str
     generation: int
     conditions: tuple[Mapping[str, Any], ...]
+    # Gateway API routes: status.parents[] (every controller's entries).
+    parents: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +65,12 @@ def object_meta(raw: Raw) -> ObjectMeta:
     status = raw.get("status")
     conds = status.get("conditions") if isinstance(status, dict) else None
     generation = meta.get("generation")
+    parents = status.get("parents") if isinstance(status, dict) else None
     return ObjectMeta(
         str(meta.get("uid", "")),
         generation if isinstance(generation, int) else 0,
         tuple(c for c in conds if isinstance(c, dict)) if isinstance(conds, list) else (),
+        tuple(p for p in parents if isinstance(p, dict)) if isinstance(parents, list) else (),
     )
 
 

@@ -30,6 +30,7 @@ from nodemesh.k8s_watch.conditions import Condition, NackReport, NackSource, con
 from nodemesh.k8s_watch.errors import ApiRejected, ApiUnavailable
 from nodemesh.k8s_watch.informer import ObjectMeta
 from nodemesh.k8s_watch.resources import ResourceSpec, spec_for_kind
+from nodemesh.k8s_watch.route_status import parents_body, route_nacks
 from nodemesh.k8s_watch.settings import WatchSettings
 from nodemesh.model.objects import ObjectError, ObjectRef
 from nodemesh.model.snapshot import MeshModel
@@ -118,7 +119,8 @@ class StatusReporter:
                 continue  # not (yet) seen in the API server: from another source
             await self._report(ref, meta, self._keep_foreign_nack(meta, conds), result)
         await self._other_errors(model, result)
-        for gone in set(self._written) - set(desired):
+        routes = await self._routes(model, mine, result)
+        for gone in set(self._written) - set(desired) - routes:
             self._written.pop(gone, None)
             self._buckets.pop(gone, None)
         return result
@@ -237,6 +239,47 @@ class StatusReporter:
         }
         await self._api.create_event(namespace, body)
         WRITES.labels("event", "ok").inc()
+
+    async def _routes(
+        self, model: MeshModel, nacks: list[NackReport], out: ReconcileResult
+    ) -> set[ObjectRef]:
+        """status.parents of every route attached to a Service (route_status.py)."""
+        seen = set()
+        for status in model.gamma.statuses:
+            ref = status.ref
+            seen.add(ref)
+            meta = self._lookup.lookup(ref.kind.value, ref.namespace, ref.name)
+            if meta is None:
+                continue
+            lines = route_nacks(model, ref, nacks)
+            body = parents_body(status, meta.parents, meta.generation, lines, _timestamp())
+            wanted = (meta.uid, meta.generation, (Condition("parents", "", "", repr(body)),))
+            if body is None or self._written.get(ref) == wanted:
+                continue
+            bucket = self._buckets.setdefault(
+                ref, TokenBucket(self._settings.status_qps, self._settings.status_burst)
+            )
+            if not bucket.take(self._clock()):
+                out.deferred += 1
+                continue
+            spec = spec_for_kind(ref.kind)
+            assert spec is not None
+            try:
+                await self._api.patch_status(
+                    spec, ref.namespace, ref.name, {"status": {"parents": body}}
+                )
+                WRITES.labels("status", "ok").inc()
+            except ApiUnavailable as exc:
+                out.deferred += 1
+                log.warning("status write deferred", object=str(ref), error=str(exc))
+                continue
+            except ApiRejected as exc:
+                log.warning("status write refused", object=str(ref), error=str(exc))
+                WRITES.labels("status", "refused").inc()
+            self._written[ref] = wanted
+            out.status_writes += 1
+            out.refs.append(ref)
+        return seen
 
     async def _other_errors(self, model: MeshModel, out: ReconcileResult) -> None:
         """A Warning Event, once, for every other object the model rejected

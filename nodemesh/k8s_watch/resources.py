@@ -65,6 +65,19 @@ CLUSTERWIDE_NETWORK_POLICIES = ResourceSpec(
 )
 
 
+# Gateway API (GAMMA): nodemesh writes the routes' status.parents entries that
+# carry its controllerName; ReferenceGrants have no status.
+HTTP_ROUTES = ResourceSpec(
+    "gateway.networking.k8s.io", "v1", "httproutes", Kind.HTTP_ROUTE, status_is_ours=True
+)
+GRPC_ROUTES = ResourceSpec(
+    "gateway.networking.k8s.io", "v1", "grpcroutes", Kind.GRPC_ROUTE, status_is_ours=True
+)
+REFERENCE_GRANTS = ResourceSpec(
+    "gateway.networking.k8s.io", "v1beta1", "referencegrants", Kind.REFERENCE_GRANT
+)
+
+
 def default_resources(node_name: str | None = None) -> tuple[ResourceSpec, ...]:
     """Everything the mesh model needs. An agent passes its node name so it
     watches only its own node's pods (a fieldSelector on spec.nodeName)."""
@@ -85,6 +98,9 @@ def default_resources(node_name: str | None = None) -> tuple[ResourceSpec, ...]:
         CLUSTERWIDE_ENVOY_CONFIGS,
         NETWORK_POLICIES,
         CLUSTERWIDE_NETWORK_POLICIES,
+        HTTP_ROUTES,
+        GRPC_ROUTES,
+        REFERENCE_GRANTS,
     )
 
 

@@ -109,7 +109,7 @@ def _structural_to_jsonschema(schema: Any) -> Any:
 
 def _crd_schemas() -> dict[str, dict[str, Any]]:
     out = {}
-    for path in sorted((DEPLOY / "crds").glob("*.yaml")):
+    for path in sorted((DEPLOY / "crds").glob("cilium*.yaml")):
         (crd,) = _docs(path)
         (version,) = crd["spec"]["versions"]
         schema = _structural_to_jsonschema(version["schema"]["openAPIV3Schema"])
@@ -121,9 +121,28 @@ def _crd_schemas() -> dict[str, dict[str, Any]]:
 def test_crds_cover_the_four_cilium_kinds_with_status() -> None:
     schemas = _crd_schemas()
     assert set(schemas) == {s.kind.value for s in default_resources() if s.group == "cilium.io"}
-    for path in (DEPLOY / "crds").glob("*.yaml"):
+    for path in (DEPLOY / "crds").glob("cilium*.yaml"):
         (crd,) = _docs(path)
         assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}
+
+
+def test_gateway_api_crds_cover_the_route_kinds_nodemesh_watches() -> None:
+    """The vendored Gateway API CRDs (checked against the pinned module in
+    integration/gateway_api) define every gateway.networking.k8s.io kind
+    nodemesh watches, at the version it watches, with a status subresource
+    where nodemesh writes status."""
+    served = {}
+    for path in (DEPLOY / "crds").glob("gateway.networking.k8s.io_*.yaml"):
+        (crd,) = _docs(path)
+        for version in crd["spec"]["versions"]:
+            served[(crd["spec"]["names"]["kind"], version["name"])] = version
+    watched = [s for s in default_resources() if s.group == "gateway.networking.k8s.io"]
+    assert {s.kind.value for s in watched} == {"HTTPRoute", "GRPCRoute", "ReferenceGrant"}
+    for spec in watched:
+        version = served[(spec.kind.value, spec.version)]
+        assert version["served"] is True
+        if spec.status_is_ours:
+            assert version["subresources"] == {"status": {}}
 
 
 def test_example_cilium_objects_validate_against_our_crds() -> None:
