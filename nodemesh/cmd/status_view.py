@@ -11,7 +11,13 @@ It reads `/debug/syncz` from the admin port, whose JSON shape is:
                "reason", "kept_previous"}], "warnings": [...same...]},
      "sources": [{"name", "errors": [str]}],
      "clients": [{"node", "cluster", "api", "types": {"CDS": {"state",
-                  "version", "acked_version", "last_ack", "error"}}}]}
+                  "version", "acked_version", "last_ack", "error"}}}],
+     "routes": [{"object", "generation", "parents": [{"parent",
+                 "controllerName", "conditions": [{"type", "status",
+                 "reason", "message"}]}]}]}
+
+"routes" are the Gateway API routes attached to Services, with the
+status.parents entries nodemesh writes (or, for the file source, would write).
 """
 
 from __future__ import annotations
@@ -102,10 +108,38 @@ def format_status(syncz: Mapping[str, Any]) -> str:
             "",
             f"datapath: model {_short(datapath.get('applied_model_version'))} in the kernel",
         ]
+    lines.extend(_routes(syncz.get("routes") or []))
     lines.extend(_problems(syncz))
     # Each entry is one line; any newline or escape inside one came from a
     # client, a manifest or a file name, and is shown, not obeyed.
     return "\n".join(terminal_safe(line) for line in lines)
+
+
+ROUTE_CONDITIONS = ("Accepted", "ResolvedRefs", "Programmed")
+
+
+def _routes(routes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per (route, Service parent); the reasons of what is not True below."""
+    if not routes:
+        return []
+    rows = [["ROUTE", "PARENT", *(c.upper() for c in ROUTE_CONDITIONS)]]
+    why: list[str] = []
+    for route in routes:
+        for parent in route.get("parents", []):
+            conds = {c.get("type"): c for c in parent.get("conditions", [])}
+            cells = []
+            for name in ROUTE_CONDITIONS:
+                cond = conds.get(name) or {}
+                ok = cond.get("status") == "True"
+                cells.append(f"{'True' if ok else 'False'} {cond.get('reason', '-')}")
+                if not ok and cond:
+                    message = " ".join(str(cond.get("message", "")).split())
+                    why.append(f"  {route['object']} -> {parent['parent']}: {name}: {message}")
+            rows.append([str(route.get("object")), str(parent.get("parent")), *cells])
+    out = ["", "routes attached to Services (Gateway API):", *_table(rows)]
+    if why:
+        out += ["", "route conditions not met:", *why]
+    return out
 
 
 def _problems(syncz: Mapping[str, Any]) -> list[str]:

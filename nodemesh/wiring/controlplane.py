@@ -28,6 +28,8 @@ from nodemesh.model.store import MeshStore
 from nodemesh.sources.base import Source
 from nodemesh.sources.files import FileSource
 from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminServer
+from nodemesh.wiring.nacks import XdsNacks
+from nodemesh.wiring.routes_view import routes_json
 from nodemesh.xds.cache import LISTENER, SnapshotCache, short_name
 from nodemesh.xds.server import (
     AdsServer,
@@ -268,6 +270,7 @@ class ControlPlane:
             },
             "sources": [{"name": s.name, "errors": s.problems()} for s in self.sources],
             "clients": [_client_json(c) for c in self.server.clients()],
+            "routes": routes_json(model, XdsNacks(self.server.clients).nacks()) if model else [],
             **({"datapath": self.follower.status()} if self.follower is not None else {}),
         }
 
@@ -294,7 +297,6 @@ def _kubernetes_source(plane: ControlPlane, config: KubernetesConfig) -> Kuberne
     from nodemesh.k8s_watch.resources import default_resources
     from nodemesh.k8s_watch.settings import WatchSettings
     from nodemesh.k8s_watch.source import KubernetesSource
-    from nodemesh.wiring.nacks import XdsNacks
 
     def connect() -> Awaitable[ApiClient]:
         return make_api_client(config.server, kubeconfig=config.kubeconfig, context=config.context)
