@@ -97,6 +97,10 @@ def route_config_for(
 
 def build_route_config(model: MeshModel, entries: Iterable[RouteEntry], name: str) -> GammaRoute:
     config = route_pb2.RouteConfiguration(name=name)
+    # Unresolved backends name a cluster that does not exist (a 500 for their
+    # share): Envoy must not refuse the table for it, however it gets it
+    # (RDS defaults to not checking, a static table to checking).
+    config.validate_clusters.value = False
     host = config.virtual_hosts.add(name=name, domains=["*"])
     clusters: dict[str, ServiceCluster] = {}
     owners = []
