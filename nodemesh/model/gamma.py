@@ -40,6 +40,7 @@ from nodemesh.model.routes import (
     BackendRef,
     GrantFrom,
     GrantTo,
+    HeaderModifier,
     ParentRef,
     ReferenceGrant,
     Route,
@@ -258,6 +259,7 @@ def _resolve(
     for rule in route.rules:
         where = f"spec.rules[{rule.index}]"
         _check_regexes(rule, where, out.unsupported)
+        _check_envoy_values(rule, where, out.unsupported)
         backends = tuple(
             _backend(route, b, services, grants, parents, out.unresolved) for b in rule.backends
         )
@@ -301,9 +303,45 @@ def _check_regexes(rule: RouteRule, where: str, unsupported: list[str]) -> None:
         for value in values:
             if value.type != "RegularExpression":
                 continue
-            problem = re2_problem(value.value)
+            problem = re2_problem(value.value) if value.value else "an empty regular expression"
             if problem is not None:
                 unsupported.append(f"{where}.matches[{index}]: {problem}")
+
+
+_CONTROL = ("\0", "\r", "\n")
+
+
+def _check_envoy_values(rule: RouteRule, where: str, unsupported: list[str]) -> None:
+    """What the CRDs allow but Envoy's own rules refuse (a NACK of the whole
+    route table): control characters in header values and rewritten paths,
+    request headers Envoy will not modify (host), and a prefix with "?"
+    (Envoy's path_separated_prefix pattern)."""
+    for index, match in enumerate(rule.matches):
+        if match.path and match.path.type == "PathPrefix" and "?" in match.path.value:
+            unsupported.append(f"{where}.matches[{index}].path: a prefix with '?'")
+    filters = [(f"{where}.filters[{i}]", f) for i, f in enumerate(rule.filters)]
+    for backend in rule.backends:
+        filters.extend((f"{backend.field}.filters[{i}]", f) for i, f in enumerate(backend.filters))
+    for path, f in filters:
+        for name, value in (
+            *_modifier_values(f.request_headers),
+            *_modifier_values(f.response_headers),
+        ):
+            if any(c in value for c in _CONTROL):
+                unsupported.append(f"{path}: header {name!r} value has a control character")
+        request = f.request_headers
+        names = (
+            [n for n, _ in (*request.set, *request.add)] + list(request.remove) if request else []
+        )
+        if any(n.lower() == "host" for n in names):
+            unsupported.append(f"{path}: Envoy does not let a route modify the Host header")
+        rewritten = [m.path for m in (f.redirect, f.rewrite) if m is not None and m.path]
+        if any(c in p.value for p in rewritten for c in _CONTROL):
+            unsupported.append(f"{path}: the path has a control character")
+
+
+def _modifier_values(modifier: HeaderModifier | None) -> tuple[tuple[str, str], ...]:
+    return (*modifier.set, *modifier.add) if modifier is not None else ()
 
 
 def _backend(

@@ -217,3 +217,38 @@ def test_gateway_parents_are_left_alone() -> None:
     parent = {"name": "gw"}
     model = build(service("cart"), http_route("r", [], parent=parent))
     assert model.gamma.statuses == () and model.redirects == () and model.errors == ()
+
+
+def test_values_envoy_would_refuse_are_unsupported() -> None:
+    """Allowed by the CRDs, refused by Envoy's own rules (a NACK of the whole
+    route table): each is UnsupportedValue and nothing is served for it."""
+    modifier = "requestHeaderModifier"
+    cases = [
+        [
+            {
+                "filters": [
+                    {
+                        "type": "RequestHeaderModifier",
+                        modifier: {"set": [{"name": "Host", "value": "x"}]},
+                    }
+                ]
+            }
+        ],
+        [
+            {
+                "filters": [
+                    {
+                        "type": "RequestHeaderModifier",
+                        modifier: {"add": [{"name": "X", "value": "a\nb"}]},
+                    }
+                ]
+            }
+        ],
+        [{"matches": [{"path": {"type": "PathPrefix", "value": "/a?b"}}]}],
+        [{"matches": [{"path": {"type": "RegularExpression", "value": ""}}]}],
+    ]
+    for rules in cases:
+        model = build(service("cart"), http_route("r", rules))
+        found = conditions(model, "r")["Accepted"]
+        assert (found.status, found.reason) == (False, "UnsupportedValue"), rules
+        assert model.redirects == ()

@@ -32,11 +32,20 @@ _BOUNDS = (("gt", "more than"), ("gte", "at least"), ("lt", "less than"), ("lte"
 _WRAPPERS = "google.protobuf."
 
 
+_RULES: dict[str, Any] = {}
+
+
 def _rules(field: FieldDescriptor) -> Any:
+    """The field's validate rules (None: none); read once per field."""
+    key = field.full_name
+    if key in _RULES:
+        return _RULES[key]
     options = field.GetOptions()
-    if not options.HasExtension(validate_pb2.rules):
-        return None
-    return options.Extensions[validate_pb2.rules]
+    found = (
+        options.Extensions[validate_pb2.rules] if options.HasExtension(validate_pb2.rules) else None
+    )
+    _RULES[key] = found
+    return found
 
 
 def _bounds(rules: Any, value: float) -> Iterator[str]:
@@ -152,15 +161,44 @@ def check_constraints(message: Message, path: str = "") -> Iterator[tuple[str, s
             yield from check_constraints(unpack(message), path)
         return
     descriptor = message.DESCRIPTOR
-    for oneof in descriptor.oneofs:
-        options = oneof.GetOptions()
-        required = (
-            options.HasExtension(validate_pb2.required)
-            and options.Extensions[validate_pb2.required]
-        )
-        if required and message.WhichOneof(oneof.name) is None:
+    for oneof in _required_oneofs(descriptor):
+        if message.WhichOneof(oneof.name) is None:
             choices = ", ".join(f.name for f in oneof.fields)
             yield (f"{path}" if path else oneof.name, f"needs one of: {choices}")
-    fields: Any = descriptor.fields  # upb and pure-Python descriptor types differ
-    for field in fields:
+    for field in _checked_fields(descriptor):
+        # An unset, rule-free message field: nothing below it can break a rule.
+        skip = field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated
+        if skip and _rules(field) is None and not message.HasField(field.name):
+            continue
         yield from _field(message, field, f"{path}.{field.name}" if path else field.name)
+
+
+_CHECKED: dict[str, tuple[FieldDescriptor, ...]] = {}
+_ONEOFS: dict[str, tuple[Any, ...]] = {}
+
+
+def _required_oneofs(descriptor: Any) -> tuple[Any, ...]:
+    known = _ONEOFS.get(descriptor.full_name)
+    if known is None:
+        known = tuple(
+            o
+            for o in descriptor.oneofs
+            if o.GetOptions().HasExtension(validate_pb2.required)
+            and o.GetOptions().Extensions[validate_pb2.required]
+        )
+        _ONEOFS[descriptor.full_name] = known
+    return known
+
+
+def _checked_fields(descriptor: Any) -> tuple[FieldDescriptor, ...]:
+    """The fields of a message type that can break a rule: those with rules,
+    and message-typed ones (rules may sit below them). Computed once per type:
+    the walk runs over every generated resource (GAMMA routes by the thousand)."""
+    known = _CHECKED.get(descriptor.full_name)
+    if known is None:
+        fields: Any = descriptor.fields  # upb and pure-Python descriptor types differ
+        known = tuple(
+            f for f in fields if f.type == FieldDescriptor.TYPE_MESSAGE or _rules(f) is not None
+        )
+        _CHECKED[descriptor.full_name] = known
+    return known

@@ -21,9 +21,12 @@ Mapping (docs/gateway-api.md has the reasons):
   `request_mirror_policies`; timeouts.request -> `timeout`,
   timeouts.backendRequest -> `retry_policy.per_try_timeout`; retry -> the
   retry policy (codes, attempts, backoff).
-Every RouteConfiguration made here passes Envoy's protoc-gen-validate rules
-(`check_constraints`) before it is served; one that does not is reported on
-its routes and replaced by a route to the Service itself.
+What users write reaches Envoy only through fields whose Envoy rules the
+model has checked it against (nodemesh.model.gamma: RE2, control characters,
+the Host header, prefix patterns); the shapes built here are checked against
+every protoc-gen-validate rule, and loaded into the real Envoy, by tests
+(tests/xds/translate/test_translate_gamma_envoy.py). Walking the rules per
+generated table in production cost 1 ms a table (bench/routes.py).
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ from nodemesh.model.gamma import AttachedRule, ResolvedBackend, RouteEntry
 from nodemesh.model.objects import ObjectError, ServiceName
 from nodemesh.model.routes import HeaderModifier, PathModifier, Redirect, RouteFilter, ValueMatch
 from nodemesh.model.snapshot import MeshModel
-from nodemesh.xds.translate.constraints import check_constraints
 from nodemesh.xds.translate.listeners import service_route
 from nodemesh.xds.translate.registry import pack, unpack
 from nodemesh.xds.translate.result import ServiceCluster
@@ -109,15 +111,7 @@ def build_route_config(model: MeshModel, entries: Iterable[RouteEntry], name: st
         route = host.routes.add()
         _match(route.match, entry)
         _action(model, route, entry.rule, clusters)
-    problems = list(check_constraints(config))
-    if not problems:
-        return GammaRoute(config, tuple(clusters.values()))
-    reason = "; ".join(f"{path}: {why}" for path, why in problems[:3])
-    errors = tuple(
-        ObjectError(o, "spec.rules", f"Envoy would reject the routes ({reason}); not served")
-        for o in dict.fromkeys(owners)
-    )
-    return GammaRoute(route_pb2.RouteConfiguration(name=name), (), errors)
+    return GammaRoute(config, tuple(clusters.values()))
 
 
 def _string(match: ValueMatch, target: string_pb2.StringMatcher) -> None:

@@ -15,6 +15,7 @@ from envoy_static import envoy_validate, static_bootstrap, write_bootstrap
 
 from nodemesh.model.store import MeshStore
 from nodemesh.xds.translate import ROUTE, translate
+from nodemesh.xds.translate.constraints import check_constraints
 
 pytestmark = pytest.mark.envoy
 
@@ -197,5 +198,7 @@ def test_every_route_feature_is_accepted_by_envoy(tmp_path: Path) -> None:
         "nodemesh/gamma/shop/cart/80",
         "nodemesh/gamma/shop/cart/80/consumer/web",
     }
+    for name, config in routes.items():  # every protoc-gen-validate rule the checker knows
+        assert list(check_constraints(config)) == [], name
     result = envoy_validate(write_bootstrap(static_bootstrap(translation), tmp_path / "gamma.json"))
     assert result.returncode == 0, result.stdout + result.stderr
