@@ -18,7 +18,6 @@ from nodemesh.cmd.main import main
         (["--weights", "1,2,3"], "--weights: 3 weights given, but the route splits across 2"),
         (["--source-dir", "/nonexistent"], "--source-dir: /nonexistent is not a directory"),
         (["--example", "nope"], "--example: no example 'nope' (there are: canary, "),
-        (["--example", "canary", "--source-dir", "."], "give --source-dir or --example, not both"),
     ],
 )
 def test_refusals(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -26,6 +25,14 @@ def test_refusals(argv: list[str], message: str, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.startswith("nodemesh demo: " + message), err
     assert "Traceback" not in err
+
+
+def test_source_dir_and_example_together_are_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--example", "canary", "--source-dir", "."]) == 2
+    err = capsys.readouterr().err
+    assert "give --source-dir or --example, not both" in err and "Traceback" not in err
 
 
 def test_a_directory_without_the_canary_is_refused(
