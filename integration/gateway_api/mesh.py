@@ -2,12 +2,13 @@
 
 `mesh_cases()` reads every `suite.ConformanceTest` in conformance/tests/mesh
 (short name, manifests, and the `http.ExpectedResponse` literals, via
-`golit`). `MeshWorld` stands in for the conformance cluster with real parts:
+`golit`). `world.world()` stands in for the conformance cluster with real parts:
 the suite's own mesh manifests (Services, Deployments), one echo pod per
 Deployment (an aiohttp server on its own loopback address answering like the
 suite's echo server: its pod name, namespace, the request's path and
 headers), EndpointSlices and Pods naming them, the real control plane
-serving the case's manifests over ADS and the real Envoy.
+serving the case's manifests over ADS and the real Envoy. Each pod also
+serves the Istio echo gRPC method the suite's gRPC client calls.
 
 A client pod's request goes where the datapath would send it: the node
 Envoy's listener for the Service port when the model's redirect steers that
@@ -48,7 +49,23 @@ POD_LABELS = {
     "echo-v1": {"app": "echo", "version": "v1"},
     "echo-v2": {"app": "echo", "version": "v2"},
 }
-ECHO_PORTS = (8080,)  # the suite's echo pods serve HTTP on 8080 (8443 TLS, 7070 gRPC, 9090 TCP)
+# The suite's echo pods serve HTTP on 8080 and gRPC on 7070 (and TLS on 8443,
+# TCP on 9090, which no mesh case uses).
+ECHO_PORTS = (8080,)
+GRPC_PORT = 7070
+# The Istio echo protocol the suite's gRPC client speaks: EchoTestService/Echo,
+# answering an EchoResponse whose `message` (field 1) has "Hostname=<pod>".
+ECHO_METHOD = "/proto.EchoTestService/Echo"
+
+
+def echo_response(pod: str) -> bytes:
+    text = f"Hostname={pod}\n".encode()
+    return b"\x0a" + bytes([len(text)]) + text  # field 1, length-delimited (< 128 bytes)
+
+
+def hostname_of(response: bytes) -> str:
+    text = response[2:].decode()
+    return text.removeprefix("Hostname=").strip()
 
 
 @dataclass

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
+import grpc.aio
 from aiohttp import web
 
 from nodemesh.ebpf.planner import plan
@@ -25,7 +27,17 @@ from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.xds.translate import TranslateOptions
 
-from .mesh import ECHO_PORTS, POD_IPS, MeshCase, echo_answer, write_world
+from .mesh import (
+    ECHO_METHOD,
+    ECHO_PORTS,
+    GRPC_PORT,
+    POD_IPS,
+    MeshCase,
+    echo_answer,
+    echo_response,
+    hostname_of,
+    write_world,
+)
 
 NODE = "mesh-node"
 
@@ -59,6 +71,33 @@ async def _echo_pods() -> list[web.AppRunner]:
     return runners
 
 
+class _GrpcEcho(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc has no stubs
+    """The Echo method of the suite's gRPC echo server, for one pod."""
+
+    def __init__(self, pod: str) -> None:
+        self.pod = pod
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if details.method != ECHO_METHOD:
+            return None
+
+        async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            return echo_response(self.pod)
+
+        return grpc.unary_unary_rpc_method_handler(echo)
+
+
+async def _grpc_pods() -> list[grpc.aio.Server]:
+    servers = []
+    for (_, name), ip in POD_IPS.items():
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((_GrpcEcho(f"{name}-0"),))
+        server.add_insecure_port(f"{ip}:{GRPC_PORT}")
+        await server.start()
+        servers.append(server)
+    return servers
+
+
 class World:
     def __init__(self, plane: ControlPlane, listener_address: str) -> None:
         self.plane = plane
@@ -86,6 +125,8 @@ class World:
     async def request(self, client_ns: str, request: dict[str, Any]) -> Answer:
         host = request.get("Host") or "echo"
         address, port = self._target(client_ns, host)
+        if str(request.get("Protocol", "")).lower() == "grpc":
+            return await self._grpc(address, port, host)
         headers = {"Host": host, **(request.get("Headers") or {})}
         method = request.get("Method") or "GET"
         path = request.get("Path") or "/"
@@ -105,6 +146,18 @@ class World:
                 if response.content_type == "application/json":
                     echo = json.loads(text)
                 return Answer(response.status, response.headers, echo)
+
+    async def _grpc(self, address: str, port: int, host: str) -> Answer:
+        """One Echo call, as the suite's gRPC client makes it (authority = host).
+        A gRPC status is reported as the suite maps it: OK -> 200."""
+        options = [("grpc.default_authority", host)]
+        async with grpc.aio.insecure_channel(f"{address}:{port}", options=options) as channel:
+            call = channel.unary_unary(ECHO_METHOD)
+            try:
+                response: bytes = await call(b"", timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                return Answer(500, {"grpc-status": str(exc.code())}, {})
+        return Answer(200, {}, {"pod": hostname_of(response)})
 
 
 def check(expected: dict[str, Any], answer: Answer) -> list[str]:
@@ -156,6 +209,7 @@ async def world(case: MeshCase, tmp: Path) -> AsyncIterator[World]:
     )
     task = asyncio.create_task(plane.run(), name="control-plane")
     runners = await _echo_pods()
+    grpc_servers = await _grpc_pods()
     # State-of-the-world ADS: over delta, a model without any Cluster (the
     # redirect-only cases) leaves Envoy's first CDS request unanswered until
     # its 15 s initial_fetch_timeout (seen here; a control-plane issue).
@@ -174,5 +228,7 @@ async def world(case: MeshCase, tmp: Path) -> AsyncIterator[World]:
         await envoy.stop()
         for runner in runners:
             await runner.cleanup()
+        for server in grpc_servers:
+            await server.stop(None)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
