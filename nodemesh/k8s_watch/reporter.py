@@ -252,7 +252,9 @@ class StatusReporter:
             if meta is None:
                 continue
             lines = route_nacks(model, ref, nacks)
-            body = parents_body(status, meta.parents, meta.generation, lines, _timestamp())
+            body = parents_body(
+                status, meta.parents, meta.generation, lines, _timestamp(), self.node
+            )
             wanted = (meta.uid, meta.generation, (Condition("parents", "", "", repr(body)),))
             if body is None or self._written.get(ref) == wanted:
                 continue

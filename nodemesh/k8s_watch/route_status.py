@@ -83,17 +83,30 @@ def _same(current: Mapping[str, Any], wanted: Mapping[str, str], generation: int
     )
 
 
+def _foreign_nacks(old: Mapping[str, Any], node: str) -> list[str]:
+    """Other nodes' EnvoyNACK lines in our entry as it is now: one agent per
+    node reports, each owns only its node's lines (as for CECs), so agents
+    converge instead of undoing each other's writes."""
+    for cond in old.get("conditions") or []:
+        if cond.get("type") == "Programmed" and cond.get("reason") == "EnvoyNACK":
+            lines = str(cond.get("message", "")).split("\n")
+            return [line for line in lines if line and not line.startswith(f"node {node} ")]
+    return []
+
+
 def parents_body(
     status: RouteStatus,
     current: Sequence[Mapping[str, Any]],
     generation: int,
     nack_lines: Sequence[str],
     now: str,
+    node: str = "",
 ) -> list[dict[str, Any]] | None:
     """The new status.parents, or None when ours are already what they should be.
 
     Other controllers' entries are kept as they are; our entries are replaced,
-    keeping a condition's lastTransitionTime while its status is unchanged."""
+    keeping a condition's lastTransitionTime while its status is unchanged,
+    and other nodes' NACK lines (`node` is the reporting agent's)."""
     others = [dict(p) for p in current if p.get("controllerName") != CONTROLLER_NAME]
     ours_now = {
         _key(p.get("parentRef") or {}): p
@@ -106,8 +119,9 @@ def parents_body(
         ref = _parent_ref(parent)
         old = ours_now.get(_key(ref), {})
         old_conditions = {c.get("type"): c for c in old.get("conditions") or []}
+        lines = sorted({*nack_lines, *_foreign_nacks(old, node)}) if node else nack_lines
         conditions = []
-        for wanted in desired_conditions(parent, nack_lines):
+        for wanted in desired_conditions(parent, lines):
             before = old_conditions.get(wanted["type"], {})
             unchanged = unchanged and _same(before, wanted, generation)
             moved = before.get("status") != wanted["status"]
