@@ -76,6 +76,7 @@ class MeshCase:
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     custom: str = ""  # a Test func that is not a list of ExpectedResponses
     weights: dict[str, float] = field(default_factory=dict)  # expectedWeights, if any
+    objects: tuple[dict[str, Any], ...] = ()  # more objects (nodemesh's own cases)
 
 
 def manifests_path(name: str) -> Path:
@@ -209,6 +210,7 @@ def write_world(directory: Path, case: MeshCase) -> None:
     objects = base_objects()
     for manifest in case.manifests:
         objects.extend(d for d in yaml.safe_load_all(manifests_path(manifest).read_text()) if d)
+    objects.extend(case.objects)
     # The cluster assigns Service VIPs; the suite's Services have none written.
     vips = iter(f"10.96.10.{i}" for i in range(1, 250))
     for obj in objects:
