@@ -290,7 +290,7 @@ def _redirect(
     # subject to this L7 rule"), so its unselected pods stay in the kernel.
     clients: tuple[LabelSelector, ...] | None = None
     if policies:
-        clients = tuple(dict.fromkeys(p.clients for p in policies))
+        clients = tuple(dict.fromkeys(_scoped(p.owner, p.clients) for p in policies))
     origin = RedirectOrigin.NETWORK_POLICY
     if item.config is not None:
         origin = RedirectOrigin.ENVOY_CONFIG
@@ -309,6 +309,16 @@ def _redirect(
         clients=clients,
         policies=tuple(policies),
     )
+
+
+def _scoped(owner: ObjectRef, selector: LabelSelector) -> LabelSelector:
+    """A namespaced policy's endpointSelector picks pods of its own namespace
+    only (as in Cilium, and as its HTTPPolicy's client addresses are); the
+    kernel matches pod labels plus the namespace label, so say it there."""
+    if not owner.namespace:
+        return selector
+    labels = tuple(sorted((*selector.match_labels, (NAMESPACE_LABEL, owner.namespace))))
+    return LabelSelector(labels, selector.match_expressions)
 
 
 def _route_clients(

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nodemesh.ebpf.planner import plan
 from nodemesh.model.errors import PortAllocationError
 from nodemesh.model.objects import (
     HTTPPolicy,
@@ -23,6 +24,7 @@ from nodemesh.model.objects import (
     pairs,
 )
 from nodemesh.model.ports import PROXY_PORT_MAX, PROXY_PORT_MIN, allocate_proxy_ports, home_port
+from nodemesh.model.redirects import NAMESPACE_LABEL
 from nodemesh.model.store import MeshStore
 from tests.support import factory
 
@@ -32,6 +34,8 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CEC_REF = ObjectRef(Kind.ENVOY_CONFIG, "default", "httpbin-traffic-split")
 CNP_REF = ObjectRef(Kind.NETWORK_POLICY, "default", "httpbin-l7-policy")
 CURL = LabelSelector(pairs({"app": "curl"}))
+# What the kernel matches for the namespaced CNP's selector: its namespace's pods.
+CURL_IN_DEFAULT = LabelSelector(pairs({"app": "curl", NAMESPACE_LABEL: "default"}))
 
 
 def canary_store(*extra: dict[str, Any]) -> MeshStore:
@@ -62,7 +66,7 @@ def test_canary_example_gives_exactly_one_merged_redirect() -> None:
             route_config="default/httpbin-traffic-split/httpbin-listener-route",
             origin=RedirectOrigin.ENVOY_CONFIG,
             owners=(CEC_REF, CNP_REF),
-            clients=(CURL,),
+            clients=(CURL_IN_DEFAULT,),
             policies=(HTTPPolicy(CNP_REF, CURL, (), (HTTPRule(),)),),
         ),
     )
@@ -102,7 +106,7 @@ def test_policy_only_redirect_names_and_clients() -> None:
     name = "nodemesh/l7/default/httpbin/80"
     assert (redirect.listener, redirect.route_config) == (name, name)
     assert redirect.origin is RedirectOrigin.NETWORK_POLICY
-    assert redirect.clients == (CURL,)
+    assert redirect.clients == (CURL_IN_DEFAULT,)
     assert redirect.owners == (CNP_REF,)
     assert redirect.proxy_port == home_port(name)
 
@@ -331,3 +335,45 @@ def test_clusterwide_policy_selects_pods_in_every_namespace() -> None:
     store.apply("files", pod("a", "10.0.1.5", {"app": "curl"}))
     store.apply("files", pod("b", "10.0.9.5", {"app": "curl"}, namespace="other"))
     assert client_ips(store) == ("10.0.1.5", "10.0.9.5")
+
+
+def test_a_namespaced_policy_steers_its_own_namespace_only() -> None:
+    """The same labels in another namespace are not the policy's clients: their
+    connections stay in the kernel (steered, they would meet a policy-only
+    listener that denies every client the policy does not name)."""
+    store = MeshStore()
+    objects = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "api", "namespace": "a"},
+            "spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}]},
+        },
+        {
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "pol", "namespace": "a"},
+            "spec": {
+                "endpointSelector": {"matchLabels": {"app": "x"}},
+                "egress": [
+                    {
+                        "toServices": [{"k8sService": {"serviceName": "api", "namespace": "a"}}],
+                        "rules": {"http": [{"path": "/ok"}]},
+                    }
+                ],
+            },
+        },
+    ]
+    for namespace, name, ip in (("a", "p", "10.0.0.1"), ("b", "q", "10.0.0.2")):
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "labels": {"app": "x"}},
+                "status": {"phase": "Running", "podIP": ip},
+            }
+        )
+    for obj in objects:
+        store.apply("test", obj)
+    model = store.build()
+    assert [c.pod for r in plan(model).redirects for c in r.clients] == ["a/p"]
