@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from nodemesh.model.backends import service_backends
 from nodemesh.model.clients import ClientIndex
 from nodemesh.model.digest import object_digest
-from nodemesh.model.gamma import Gamma, config_ports, derive_gamma
+from nodemesh.model.gamma import Gamma, RouteResult, TableMemo, assemble_gamma, route_result
 from nodemesh.model.objects import (
     EndpointSlice,
     EnvoyConfig,
@@ -48,6 +48,8 @@ _REDIRECT_INPUTS = (
     Kind.REFERENCE_GRANT,
 )
 _GAMMA_INPUTS = (Kind.SERVICE, *_CONFIG_KINDS, *_ROUTE_KINDS, Kind.REFERENCE_GRANT)
+# What every route's resolution reads besides the route itself.
+_GAMMA_WORLD = (Kind.SERVICE, *_CONFIG_KINDS, Kind.REFERENCE_GRANT)
 _MASK = (1 << 128) - 1
 Backends = Mapping[int, tuple[BackendAddress, ...]]
 
@@ -126,6 +128,8 @@ class Assembly:
         self._redirects: tuple[L7Redirect, ...] = ()
         self._gamma = Gamma()
         self._routes: tuple[Route, ...] = ()
+        self._route_results: dict[ObjectRef, RouteResult] = {}
+        self._table_memo: TableMemo = {}
         self._clients = ClientIndex()
         self._clients_moved = False
         self.redirect_errors: tuple[ObjectError, ...] = ()
@@ -228,7 +232,7 @@ class Assembly:
             self._stale_backends = set()
             self._backends_view = MappingProxyType(dict(self._backends))
         if stale & set(_GAMMA_INPUTS):
-            self._refresh_gamma()
+            self._refresh_gamma(world_changed=bool(stale & set(_GAMMA_WORLD)))
         if self._clients_moved or stale & set(_REDIRECT_INPUTS):
             self._refresh_redirects()
         if self._stale_warnings:
@@ -240,17 +244,32 @@ class Assembly:
             self._stale_warnings = False
         self._stale_kinds = set()
 
-    def _refresh_gamma(self) -> None:
+    def _refresh_gamma(self, world_changed: bool) -> None:
+        """Re-derive the GAMMA tables. A route whose object is the same as last
+        round, in the same world (Services, grants, CECs), keeps its result,
+        and a Service port whose entries all did keeps its table: one route
+        edit among thousands costs one route's resolution and one port's sort."""
         routes = [*self._tuples[Kind.HTTP_ROUTE], *self._tuples[Kind.GRPC_ROUTE]]
         routes.sort(key=lambda r: (r.creation_timestamp, r.ref.namespace, r.ref.name))
         self._routes = tuple(routes)
-        configs = sorted(self.configs.values(), key=_age)
-        self._gamma = derive_gamma(
-            self._services,
-            self._routes,
-            self._tuples[Kind.REFERENCE_GRANT],
-            config_ports(self._services, configs),
-        )
+        if world_changed:
+            self._route_results = {}
+        grants = self._tuples[Kind.REFERENCE_GRANT]
+        cec_ports = None
+        results = []
+        kept: dict[ObjectRef, RouteResult] = {}
+        for route in routes:
+            known = self._route_results.get(route.ref)
+            if known is None or known.route is not route:
+                if cec_ports is None:
+                    cec_ports = config_ports(
+                        self._services, sorted(self.configs.values(), key=_age)
+                    )
+                known = route_result(route, self._services, grants, cec_ports)
+            kept[route.ref] = known
+            results.append(known)
+        self._route_results = kept
+        self._gamma = assemble_gamma(results, self._table_memo)
 
     def _refresh_redirects(self) -> None:
         self._clients_moved = False
@@ -307,6 +326,20 @@ class Assembly:
             reference_grants=tuples[Kind.REFERENCE_GRANT],
             gamma=self._gamma,
         )
+
+
+def config_ports(
+    services: Mapping[ServiceName, Service], configs: Iterable[EnvoyConfig]
+) -> dict[tuple[ServiceName, int], ObjectRef]:
+    """The Service ports CECs redirect (`spec.services`), to the oldest CEC."""
+    found: dict[tuple[ServiceName, int], ObjectRef] = {}
+    for config in configs:
+        for entry in config.services:
+            service = services.get(entry.service)
+            for port in service.ports if service is not None else ():
+                if port.protocol == "TCP" and (not entry.ports or port.port in entry.ports):
+                    found.setdefault((entry.service, port.port), config.ref)
+    return found
 
 
 def _age(config: EnvoyConfig) -> tuple[str, str, str]:

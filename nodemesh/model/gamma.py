@@ -28,7 +28,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nodemesh.model.objects import (
-    EnvoyConfig,
     ObjectError,
     ObjectRef,
     ObjectWarning,
@@ -143,18 +142,79 @@ class _Resolved:
     unsupported: list[str]
 
 
-def config_ports(
-    services: Mapping[ServiceName, Service], configs: Iterable[EnvoyConfig]
-) -> dict[tuple[ServiceName, int], ObjectRef]:
-    """The Service ports CECs redirect (`spec.services`), to the oldest CEC."""
-    found: dict[tuple[ServiceName, int], ObjectRef] = {}
-    for config in configs:
-        for entry in config.services:
-            service = services.get(entry.service)
-            for port in service.ports if service is not None else ():
-                if port.protocol == "TCP" and (not entry.ports or port.port in entry.ports):
-                    found.setdefault((entry.service, port.port), config.ref)
-    return found
+@dataclass(frozen=True, slots=True)
+class RouteResult:
+    """What one route contributes, given the Services, grants and CEC ports:
+    its parents' conditions (before conflicts with other routes are known),
+    its entries per (Service port, scope), and its errors and warnings."""
+
+    route: Route
+    parents: tuple[ParentStatus, ...]
+    attached: tuple[tuple[tuple[ServiceName, int], str, tuple[RouteEntry, ...]], ...]
+    errors: tuple[ObjectError, ...]
+    warnings: tuple[ObjectWarning, ...]
+
+
+def route_result(
+    route: Route,
+    services: Mapping[ServiceName, Service],
+    grants: Sequence[ReferenceGrant],
+    cec_ports: Mapping[tuple[ServiceName, int], ObjectRef],
+) -> RouteResult:
+    resolved = _resolve(route, services, grants)
+    entries = tuple(_entries(resolved.rules))
+    parents = []
+    attached = []
+    errors: list[ObjectError] = []
+    warnings: list[ObjectWarning] = []
+    for index, parent in enumerate(route.parents):
+        if parent.group != "" or parent.kind != "Service":
+            continue  # a Gateway's: another controller's business
+        where = f"spec.parentRefs[{index}]"
+        accepted, ports = _attach(route, parent, services, cec_ports, resolved, warnings)
+        if not accepted.status:
+            errors.append(ObjectError(route.ref, where, f"{accepted.reason}: {accepted.message}"))
+        scope = "" if route.ref.namespace == parent.namespace else route.ref.namespace
+        for port in ports:
+            attached.append(((ServiceName(parent.namespace, parent.name), port), scope, entries))
+        parents.append(ParentStatus(parent, (accepted, _resolved_refs(resolved))))
+    for problem in resolved.unresolved:
+        warnings.append(ObjectWarning(route.ref, "spec.rules", problem.message))
+    return RouteResult(route, tuple(parents), tuple(attached), tuple(errors), tuple(warnings))
+
+
+TableMemo = dict[
+    tuple[ServiceName, int],
+    tuple[tuple[object, ...], ServiceRoutes, tuple[tuple[ObjectRef, str], ...]],
+]
+
+
+def assemble_gamma(results: Sequence[RouteResult], memo: TableMemo | None = None) -> Gamma:
+    """The route tables and statuses from every route's result (oldest first).
+
+    `memo` (kept by the caller between rounds) lets a Service port whose
+    entries are the very same objects as last round keep its table."""
+    scopes: dict[tuple[ServiceName, int], dict[str, list[RouteEntry]]] = {}
+    owners: dict[tuple[ServiceName, int], list[ObjectRef]] = {}
+    for result in results:
+        for key, scope, entries in result.attached:
+            scopes.setdefault(key, {}).setdefault(scope, []).extend(entries)
+            owners.setdefault(key, []).append(result.route.ref)
+    age = {
+        r.route.ref: (r.route.creation_timestamp, r.route.ref.namespace, r.route.ref.name)
+        for r in results
+    }
+    tables, shadowed = _tables(scopes, owners, age, {} if memo is None else memo)
+    statuses = [
+        _with_conflicts(
+            RouteStatus(r.route.ref, r.route.generation, r.parents), shadowed.get(r.route.ref, ())
+        )
+        for r in results
+        if r.parents
+    ]
+    errors = tuple(e for r in results for e in r.errors)
+    warnings = tuple(w for r in results for w in r.warnings)
+    return Gamma(tables, tuple(statuses), errors, warnings)
 
 
 def derive_gamma(
@@ -165,37 +225,7 @@ def derive_gamma(
 ) -> Gamma:
     """`routes` oldest first; `cec_ports` are the Service ports CECs redirect."""
     grant_list = tuple(grants)
-    scopes: dict[tuple[ServiceName, int], dict[str, list[RouteEntry]]] = {}
-    owners: dict[tuple[ServiceName, int], list[ObjectRef]] = {}
-    statuses: list[RouteStatus] = []
-    errors: list[ObjectError] = []
-    warnings: list[ObjectWarning] = []
-    for route in routes:
-        resolved = _resolve(route, services, grant_list)
-        parents = []
-        for index, parent in enumerate(route.parents):
-            if parent.group != "" or parent.kind != "Service":
-                continue  # a Gateway's: another controller's business
-            where = f"spec.parentRefs[{index}]"
-            accepted, ports = _attach(route, parent, services, cec_ports, resolved, warnings)
-            if not accepted.status:
-                errors.append(
-                    ObjectError(route.ref, where, f"{accepted.reason}: {accepted.message}")
-                )
-            for port in ports:
-                key = (ServiceName(parent.namespace, parent.name), port)
-                scope = "" if route.ref.namespace == parent.namespace else route.ref.namespace
-                held = scopes.setdefault(key, {}).setdefault(scope, [])
-                held.extend(_entries(resolved.rules))
-                owners.setdefault(key, []).append(route.ref)
-            parents.append(ParentStatus(parent, (accepted, _resolved_refs(resolved))))
-        for problem in resolved.unresolved:
-            warnings.append(ObjectWarning(route.ref, "spec.rules", problem.message))
-        if parents:
-            statuses.append(RouteStatus(route.ref, route.generation, tuple(parents)))
-    tables, shadowed = _tables(scopes, owners, routes)
-    statuses = [_with_conflicts(s, shadowed.get(s.ref, ())) for s in statuses]
-    return Gamma(tables, tuple(statuses), tuple(errors), tuple(warnings))
+    return assemble_gamma([route_result(r, services, grant_list, cec_ports) for r in routes])
 
 
 def _attach(
@@ -402,21 +432,37 @@ def _precedence(entry: RouteEntry, age: Mapping[ObjectRef, tuple[str, str, str]]
 def _tables(
     scopes: dict[tuple[ServiceName, int], dict[str, list[RouteEntry]]],
     owners: dict[tuple[ServiceName, int], list[ObjectRef]],
-    routes: Sequence[Route],
+    age: Mapping[ObjectRef, tuple[str, str, str]],
+    memo: TableMemo,
 ) -> tuple[dict[tuple[ServiceName, int], ServiceRoutes], dict[ObjectRef, list[str]]]:
-    age = {r.ref: (r.creation_timestamp, r.ref.namespace, r.ref.name) for r in routes}
     shadowed: dict[ObjectRef, list[str]] = {}
     tables = {}
     for key in sorted(scopes):
+        # Identity of the entries (shared from the routes' memoized results)
+        # and the owners: a port nothing touched keeps its table and notes.
+        inputs = tuple(id(e) for scope in sorted(scopes[key]) for e in scopes[key][scope])
+        known = memo.get(key)
+        if known is not None and known[0] == (inputs, tuple(owners[key])):
+            tables[key] = known[1]
+            for ref, note in known[2]:
+                shadowed.setdefault(ref, []).append(note)
+            continue
+        notes: dict[ObjectRef, list[str]] = {}
         ordered: dict[str, tuple[RouteEntry, ...]] = {}
         for scope, entries in sorted(scopes[key].items()):
             entries.sort(key=lambda e: _precedence(e, age))
             ordered[scope] = tuple(entries)
-            _note_shadowed(entries, shadowed)
+            _note_shadowed(entries, notes)
         consumers = tuple((s, e) for s, e in ordered.items() if s)
         tables[key] = ServiceRoutes(
             key[0], key[1], ordered.get("", ()), consumers, tuple(dict.fromkeys(owners[key]))
         )
+        flat = tuple((ref, note) for ref, found in notes.items() for note in found)
+        memo[key] = ((inputs, tuple(owners[key])), tables[key], flat)
+        for ref, note in flat:
+            shadowed.setdefault(ref, []).append(note)
+    for gone in set(memo) - set(scopes):
+        del memo[gone]
     return tables, shadowed
 
 
