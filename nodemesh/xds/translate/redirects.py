@@ -82,7 +82,8 @@ class RedirectStage:
     route_memo: dict[str, _Built] = field(default_factory=dict)
     rbac_memo: dict[tuple[object, ...], _Rbac] = field(default_factory=dict)
     gamma: object = None  # the model's GAMMA tables and pods this stage was built for
-    gamma_memo: dict[str, tuple[object, GammaRoute]] = field(default_factory=dict)
+    # route config name -> ((entries, services view, entries, their Services), built)
+    gamma_memo: dict[str, tuple[tuple[object, ...], GammaRoute]] = field(default_factory=dict)
 
 
 def _reusable(previous: RedirectStage, model: MeshModel, configs: ConfigStage) -> bool:
@@ -248,14 +249,22 @@ class RedirectBuilder:
         )
         for name, namespace in scopes:
             entries = table.entries_for(namespace)
-            key = (entries, tuple(model.services.get(s) for s in _services_of(entries)))
             known = self.previous.gamma_memo.get(name)
-            if known is not None and known[0] == key:
-                built = known[1]
+            key: tuple[object, ...]
+            if known is not None and known[0][0] is entries and known[0][1] is model.services:
+                # The model kept this port's table and every Service: same routes.
+                key, built = known
+            elif known is not None and known[0][2:] == (
+                entries,
+                services := tuple(model.services.get(s) for s in _services_of(entries)),
+            ):
+                key, built = (entries, model.services, entries, services), known[1]
             else:
                 made = route_config_for(model, redirect.service, redirect.port, namespace, name)
                 assert made is not None
                 built = made
+                services = tuple(model.services.get(s) for s in _services_of(entries))
+                key = (entries, model.services, entries, services)
             stage.gamma_memo[name] = (key, built)
             stage.routes[name] = built.config
             stage.errors.extend(built.errors)
