@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from apiserver_double import ApiServerDouble, find_type
-from k8s_support import FAST, eventually
-from test_k8s_status import CountingStore, Nacks, _service
 
+from integration.apiserver_double import ApiServerDouble, find_type
+from integration.k8s_support import FAST
+from integration.test_k8s_status import CountingStore, Nacks, _service
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.conditions import NackReport
 from nodemesh.k8s_watch.source import KubernetesSource
 from nodemesh.model.gamma import CONTROLLER_NAME
+from tests.support.polling import wait_until_async
 
 SVC = find_type("", "v1", "services")
 HTTP_ROUTES = find_type("gateway.networking.k8s.io", "v1", "httproutes")
@@ -87,7 +88,7 @@ async def test_route_status_parents_reasons_generation_and_nack(
     double, source, nacks = mesh
     created = double.store.create(HTTP_ROUTES, _route("missing"))
     double.store.patch_status(HTTP_ROUTES, "default", "split", {"status": {"parents": [OTHER]}})
-    await eventually(lambda: "ResolvedRefs" in _ours(double))
+    await wait_until_async(lambda: "ResolvedRefs" in _ours(double))
     ours = _ours(double)
     assert (ours["Accepted"]["status"], ours["Accepted"]["reason"]) == ("True", "Accepted")
     resolved = ours["ResolvedRefs"]
@@ -107,7 +108,7 @@ async def test_route_status_parents_reasons_generation_and_nack(
     obj = copy.deepcopy(double.store.get(HTTP_ROUTES, "default", "split"))
     obj["spec"] = _route("backend")["spec"]
     double.store.update(HTTP_ROUTES, obj)
-    await eventually(lambda: _ours(double)["ResolvedRefs"]["status"] == "True")
+    await wait_until_async(lambda: _ours(double)["ResolvedRefs"]["status"] == "True")
     assert _ours(double)["ResolvedRefs"]["observedGeneration"] == 2
     assert _ours(double)["Programmed"]["status"] == "True"
 
@@ -120,7 +121,7 @@ async def test_route_status_parents_reasons_generation_and_nack(
         )
     )
     source.nacks_changed()
-    await eventually(lambda: _ours(double)["Programmed"]["status"] == "False")
+    await wait_until_async(lambda: _ours(double)["Programmed"]["status"] == "False")
     programmed = _ours(double)["Programmed"]
     assert programmed["reason"] == "EnvoyNACK" and "node node-a" in programmed["message"]
     assert OTHER in _parents(double)

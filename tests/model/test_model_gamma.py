@@ -223,7 +223,7 @@ def test_values_envoy_would_refuse_are_unsupported() -> None:
     """Allowed by the CRDs, refused by Envoy's own rules (a NACK of the whole
     route table): each is UnsupportedValue and nothing is served for it."""
     modifier = "requestHeaderModifier"
-    cases = [
+    cases: list[list[Any]] = [
         [
             {
                 "filters": [

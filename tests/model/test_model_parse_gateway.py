@@ -243,7 +243,7 @@ def test_timeouts_in_milliseconds() -> None:
 
 
 def test_reference_grant() -> None:
-    raw = {
+    raw: dict[str, Any] = {
         "apiVersion": "gateway.networking.k8s.io/v1beta1",
         "kind": "ReferenceGrant",
         "metadata": {"name": "g", "namespace": "backends"},

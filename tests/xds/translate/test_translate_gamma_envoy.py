@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from envoy_static import envoy_validate, static_bootstrap, write_bootstrap
 
 from nodemesh.model.store import MeshStore
 from nodemesh.xds.translate import ROUTE, translate
 from nodemesh.xds.translate.constraints import check_constraints
+from tests.xds.translate.envoy_static import envoy_validate, static_bootstrap, write_bootstrap
 
 pytestmark = pytest.mark.envoy
 
