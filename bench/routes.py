@@ -14,7 +14,7 @@ Route i is attached to Service svc-i (port 80) and splits 90/10 between
 svc-i and svc-(i+1), so each route yields one redirect listener, one
 RouteConfiguration and two weighted clusters.
 
-Usage: .venv/bin/python bench/routes.py [--routes N] [--repeat R] [--changes C]
+Usage: .venv/bin/python -m bench.routes [--routes N] [--repeat R] [--changes C]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import gc
 import statistics
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -31,8 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nodemesh.model.store import MeshStore
 from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap

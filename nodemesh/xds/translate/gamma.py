@@ -26,7 +26,7 @@ model has checked it against (nodemesh.model.gamma: RE2, control characters,
 the Host header, prefix patterns); the shapes built here are checked against
 every protoc-gen-validate rule, and loaded into the real Envoy, by tests
 (tests/xds/translate/test_translate_gamma_envoy.py). Walking the rules per
-generated table in production cost 1 ms a table (bench/routes.py).
+generated table in production cost 1 ms a table (bench.routes).
 """
 
 from __future__ import annotations
