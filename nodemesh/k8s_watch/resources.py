@@ -64,6 +64,13 @@ CLUSTERWIDE_NETWORK_POLICIES = ResourceSpec(
     status_is_ours=True,
 )
 
+# L3/L4 policy: Kubernetes NetworkPolicy (no status to write) and the
+# namespaces whose labels its namespaceSelector reads.
+KUBE_NETWORK_POLICIES = ResourceSpec(
+    "networking.k8s.io", "v1", "networkpolicies", Kind.KUBE_NETWORK_POLICY
+)
+NAMESPACES = ResourceSpec("", "v1", "namespaces", Kind.NAMESPACE, namespaced=False)
+
 
 # Gateway API (GAMMA): nodemesh writes the routes' status.parents entries that
 # carry its controllerName; ReferenceGrants have no status.
@@ -101,6 +108,8 @@ def default_resources(node_name: str | None = None) -> tuple[ResourceSpec, ...]:
         HTTP_ROUTES,
         GRPC_ROUTES,
         REFERENCE_GRANTS,
+        KUBE_NETWORK_POLICIES,
+        NAMESPACES,
     )
 
 

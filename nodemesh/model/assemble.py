@@ -325,6 +325,8 @@ class Assembly:
             routes=self._routes,
             reference_grants=tuples[Kind.REFERENCE_GRANT],
             gamma=self._gamma,
+            namespaces=tuples[Kind.NAMESPACE],
+            kube_network_policies=tuples[Kind.KUBE_NETWORK_POLICY],
         )
 
 

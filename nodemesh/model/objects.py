@@ -15,6 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nodemesh.model.policy import PolicySpec
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -42,10 +46,16 @@ class Kind(StrEnum):
     HTTP_ROUTE = "HTTPRoute"
     GRPC_ROUTE = "GRPCRoute"
     REFERENCE_GRANT = "ReferenceGrant"
+    KUBE_NETWORK_POLICY = "NetworkPolicy"  # networking.k8s.io/v1
+    NAMESPACE = "Namespace"
 
     @property
     def cluster_scoped(self) -> bool:
-        return self in (Kind.CLUSTERWIDE_ENVOY_CONFIG, Kind.CLUSTERWIDE_NETWORK_POLICY)
+        return self in (
+            Kind.CLUSTERWIDE_ENVOY_CONFIG,
+            Kind.CLUSTERWIDE_NETWORK_POLICY,
+            Kind.NAMESPACE,
+        )
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -158,6 +168,15 @@ class EndpointSlice:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerPort:
+    """A pod's `spec.containers[].ports[]` entry: what named policy ports resolve to."""
+
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
 class Pod:
     """Only what the mesh needs of a pod: who it is, where it runs, its labels."""
 
@@ -172,6 +191,7 @@ class Pod:
     # metadata.deletionTimestamp is set: the pod is terminating (its
     # processes may still run, e.g. an Envoy draining during a rollout).
     deleting: bool = False
+    container_ports: tuple[ContainerPort, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,11 +293,16 @@ class EgressRule:
 
 @dataclass(frozen=True, slots=True)
 class NetworkPolicy:
-    """A CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy (egress part)."""
+    """A CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy.
+
+    `egress` is the L7 part (toServices with rules.http: redirects);
+    `rules` the L3/L4 part the kernel enforces (None: built by hand with
+    no L3/L4 part)."""
 
     ref: ObjectRef
     endpoint_selector: LabelSelector
     egress: tuple[EgressRule, ...]
+    rules: PolicySpec | None = None
 
 
 class RedirectOrigin(StrEnum):

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from nodemesh.model import parse_cilium, parse_gateway
+from nodemesh.model import parse_cilium, parse_gateway, parse_policy
 from nodemesh.model.errors import ParseError, UnknownKindError
 from nodemesh.model.fields import Fields, check_ip
 from nodemesh.model.objects import (
+    ContainerPort,
     Deployment,
     Endpoint,
     EndpointPort,
@@ -36,6 +37,7 @@ from nodemesh.model.objects import (
     ServicePort,
     pairs,
 )
+from nodemesh.model.policy import KubeNetworkPolicy, Namespace
 from nodemesh.model.routes import ReferenceGrant, Route
 
 ModelObject = (
@@ -47,6 +49,8 @@ ModelObject = (
     | NetworkPolicy
     | Route
     | ReferenceGrant
+    | KubeNetworkPolicy
+    | Namespace
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -65,6 +69,8 @@ _KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     Kind.HTTP_ROUTE: (parse_gateway.GROUP, ("v1",)),
     Kind.GRPC_ROUTE: (parse_gateway.GROUP, ("v1",)),
     Kind.REFERENCE_GRANT: (parse_gateway.GROUP, ("v1beta1",)),
+    Kind.KUBE_NETWORK_POLICY: ("networking.k8s.io", ("v1",)),
+    Kind.NAMESPACE: ("", ("v1",)),
 }
 
 # DNS-1123 subdomain: what Kubernetes allows for object names. It also keeps
@@ -404,8 +410,23 @@ def _pod(ref: ObjectRef, top: Fields) -> ParseResult:
         phase=status.opt_str("phase", "Pending") or "Pending",
         uid=_opt_meta_str(ref, top, "uid"),
         deleting=_deleting(ref, top),
+        container_ports=_container_ports(spec),
     )
     return ParseResult(obj)
+
+
+def _container_ports(spec: Fields) -> tuple[ContainerPort, ...]:
+    """Named container ports only: what a policy's named port resolves to."""
+    out = []
+    for container in spec.maps("containers"):
+        for port in container.maps("ports"):
+            name = port.opt_str("name")
+            if not name:
+                continue
+            number = port.port("containerPort")
+            assert number is not None
+            out.append(ContainerPort(name, number, _protocol(port)))
+    return tuple(out)
 
 
 def _deleting(ref: ObjectRef, top: Fields) -> bool:
@@ -445,6 +466,14 @@ def _reference_grant(ref: ObjectRef, top: Fields) -> ParseResult:
     return ParseResult(parse_gateway.reference_grant(ref, top))
 
 
+def _kube_network_policy(ref: ObjectRef, top: Fields) -> ParseResult:
+    return ParseResult(parse_policy.kube_network_policy(ref, top))
+
+
+def _namespace(ref: ObjectRef, top: Fields) -> ParseResult:
+    return ParseResult(Namespace(ref, pairs(labels_of(top))))
+
+
 _PARSERS: dict[Kind, Callable[[ObjectRef, Fields], ParseResult]] = {
     Kind.SERVICE: _service,
     Kind.ENDPOINT_SLICE: _endpoint_slice,
@@ -457,4 +486,6 @@ _PARSERS: dict[Kind, Callable[[ObjectRef, Fields], ParseResult]] = {
     Kind.HTTP_ROUTE: _route,
     Kind.GRPC_ROUTE: _route,
     Kind.REFERENCE_GRANT: _reference_grant,
+    Kind.KUBE_NETWORK_POLICY: _kube_network_policy,
+    Kind.NAMESPACE: _namespace,
 }

@@ -1,9 +1,10 @@
 """Parsing of the cilium.io kinds: CiliumEnvoyConfig and CiliumNetworkPolicy
 (and their clusterwide twins). Called through `nodemesh.model.parse`.
 
-Only what the mesh acts on is modeled. Parts of a policy nodemesh does not
-enforce (ingress, egress without toServices, non-HTTP L7 rules) are ignored
-with a warning that names them, rather than silently.
+A CNP's L3/L4 rules are parsed by `parse_policy` (the kernel enforces them);
+its `rules.http` under toServices become L7 redirects here. L7 rules that
+nodemesh does not enforce (non-HTTP, or HTTP outside toServices) are named in
+a warning rather than dropped silently.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import warnings as pywarnings
 from collections.abc import Iterator
 from typing import Any
 
+from nodemesh.model import parse_policy
 from nodemesh.model.errors import ParseError
 from nodemesh.model.fields import Fields, join
 from nodemesh.model.objects import (
@@ -117,35 +119,33 @@ def network_policy(ref: ObjectRef, top: Fields) -> tuple[NetworkPolicy, tuple[Ob
     if top.has("specs"):
         raise top.error("specs", "several rule sets per policy are not supported; use spec")
     spec = top.req_map("spec")
+    if spec.has("nodeSelector"):
+        raise spec.error("nodeSelector", "node (host firewall) policies are not supported")
     selector = spec.selector("endpointSelector")
     if selector is None:
-        raise spec.error("endpointSelector", "is required (node-selecting policies unsupported)")
-    notes: list[ObjectWarning] = []
-    for key in ("ingress", "ingressDeny", "egressDeny"):
-        if spec.has(key):
-            notes.append(ObjectWarning(ref, f"spec.{key}", "not enforced by nodemesh; ignored"))
+        raise spec.error("endpointSelector", "is required")
+    rules, notes_ = parse_policy.cilium_rules(ref, spec, selector)
+    notes = list(notes_)
     egress: list[EgressRule] = []
     for rule in spec.maps("egress"):
         egress.extend(_egress_rule(rule, notes))
-    return NetworkPolicy(ref, selector, tuple(egress)), tuple(notes)
+    return NetworkPolicy(ref, selector, tuple(egress), rules), tuple(notes)
 
 
 def _egress_rule(rule: Fields, notes: list[ObjectWarning]) -> list[EgressRule]:
+    """The L7 part of an egress rule: toServices with HTTP rules (L3/L4 is
+    `parse_policy`'s)."""
     services = []
     for target in rule.maps("toServices"):
         k8s = target.opt_map("k8sService")
         if k8s is None:
-            if target.has("k8sServiceSelector"):
-                notes.append(_warn(target, "k8sServiceSelector", "not supported; ignored"))
-                continue
-            raise target.error("k8sService", "is required")
+            raise target.error("k8sService", "is required (k8sServiceSelector is not supported)")
         default_ns = rule.ref.namespace if rule.ref else ""
         namespace = k8s.opt_str("namespace") or default_ns
         if not namespace:
             raise k8s.error("namespace", "is required in a clusterwide policy")
         services.append(ServiceName(namespace, k8s.req_str("serviceName")))
     if not services:
-        notes.append(_warn(rule, None, "only toServices rules are modeled; rule ignored"))
         return []
     # The article writes `rules` beside `toServices`; Cilium's schema puts it
     # under `toPorts[]`. Both mean the same here.

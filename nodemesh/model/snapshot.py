@@ -26,6 +26,7 @@ from nodemesh.model.objects import (
     Service,
     ServiceName,
 )
+from nodemesh.model.policy import KubeNetworkPolicy, Namespace
 from nodemesh.model.routes import ReferenceGrant, Route
 
 
@@ -77,6 +78,8 @@ class MeshModel:
     routes: tuple[Route, ...] = ()
     reference_grants: tuple[ReferenceGrant, ...] = ()
     gamma: Gamma = field(default_factory=Gamma)
+    namespaces: tuple[Namespace, ...] = ()
+    kube_network_policies: tuple[KubeNetworkPolicy, ...] = ()
 
     def backends_of(self, service: ServiceName, port: int) -> tuple[BackendAddress, ...]:
         """Backends of `service`'s port `port` (the Service port, not the target

@@ -185,7 +185,9 @@ def test_cnp_cilium_schema_to_ports_rules() -> None:
     assert egress.http == (
         HTTPRule("GET", "/public/.*", None, ("X-Test: 1",), (HeaderMatch("X-Id", None, "LOG"),)),
     )
-    assert [w.field for w in result.warnings] == ["spec.ingress"]
+    # ingress is L3/L4 policy now (enforced in the kernel), not a warning.
+    assert result.warnings == ()
+    assert policy.rules is not None and policy.rules.enforce_ingress
 
 
 @pytest.mark.parametrize(
@@ -231,8 +233,10 @@ def test_cnp_without_selector_and_ignored_parts() -> None:
     del raw["spec"]["endpointSelector"]
     assert error_of(raw).field == "spec.endpointSelector"
     result = parse_object(cnp([{"toEndpoints": [{}]}]))
+    # No L7 part; the L3/L4 rule is modeled (parse_policy), so no warning.
     assert isinstance(result.obj, NetworkPolicy) and result.obj.egress == ()
-    assert [w.field for w in result.warnings] == ["spec.egress[0]"]
+    assert result.warnings == ()
+    assert result.obj.rules is not None and len(result.obj.rules.egress) == 1
 
 
 def test_cec_without_resources_or_services() -> None:
