@@ -18,7 +18,7 @@ from nodemesh.ebpf.errors import BuildError, PrerequisiteMissing
 
 BPF_DIR = Path(__file__).parent / "bpf"
 # One object per hook family; all share the pinned maps of bpf/lib/maps.h.
-OBJECTS: tuple[str, ...] = ("nm_sock", "nm_sock6", "nm_sockops", "nm_sockopt")
+OBJECTS: tuple[str, ...] = ("nm_sock", "nm_sock6", "nm_sockops", "nm_sockopt", "nm_policy")
 
 
 def _multiarch_include() -> str:

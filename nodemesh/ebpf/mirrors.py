@@ -203,6 +203,72 @@ class U64(Mirror):
         super().__init__(value)
 
 
+# -- L3/L4 policy (bpf/lib/policy_maps.h) -----------------------------------
+
+
+class IpcacheKey(Mirror):
+    """LPM trie key: prefix length, then the address (network order)."""
+
+    C_STRUCT = "nm_ipcache_key"
+    _fields_ = (
+        ("prefixlen", ctypes.c_uint32),
+        ("addr_be", ctypes.c_uint32),
+    )
+
+
+class IdentityValue(Mirror):
+    """nm_ipcache_v1 and nm_endpoints_v1 value."""
+
+    C_STRUCT = "nm_identity_value"
+    _fields_ = (
+        ("identity", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    )
+
+
+class PolicyKey(Mirror):
+    """LPM trie key: 96 fixed bits (subject .. remote), then the port's leading bits."""
+
+    C_STRUCT = "nm_policy_key"
+    _fields_ = (
+        ("prefixlen", ctypes.c_uint32),
+        ("subject", ctypes.c_uint32),
+        ("direction", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+        ("remote", ctypes.c_uint32),
+        ("port_be", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint16),
+    )
+
+
+class PolicyValue(Mirror):
+    C_STRUCT = "nm_policy_value"
+    _fields_ = (
+        ("policy_id", ctypes.c_uint32),
+        ("verdict", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    )
+
+
+class PolicyStats(Mirror):
+    """One CPU's counters; the map is per-CPU (read with maps.read_percpu)."""
+
+    C_STRUCT = "nm_policy_stats"
+    _fields_ = (
+        ("allowed", ctypes.c_uint64),
+        ("denied", ctypes.c_uint64),
+    )
+
+
+class PolicyConfig(Mirror):
+    C_STRUCT = "nm_policy_config"
+    _fields_ = (
+        ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    )
+
+
 ALL_MIRRORS: tuple[type[Mirror], ...] = (
     ServiceKey,
     ServiceValue,
@@ -216,4 +282,10 @@ ALL_MIRRORS: tuple[type[Mirror], ...] = (
     ServiceValue6,
     RevNatKey6,
     OrigDst6,
+    IpcacheKey,
+    IdentityValue,
+    PolicyKey,
+    PolicyValue,
+    PolicyStats,
+    PolicyConfig,
 )

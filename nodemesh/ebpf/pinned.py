@@ -14,12 +14,18 @@ from nodemesh.ebpf.mirrors import (
     U32,
     U64,
     Config,
+    IdentityValue,
+    IpcacheKey,
     L7RedirKey,
     L7RedirValue,
     Mirror,
     OrigDst,
     OrigDst6,
     OrigDstKey,
+    PolicyConfig,
+    PolicyKey,
+    PolicyStats,
+    PolicyValue,
     RevNatKey,
     RevNatKey6,
     ServiceKey,
@@ -50,7 +56,36 @@ PROXIES = MapSpec("nm_proxies_v1", U64, U32, 64)
 SERVICES6 = MapSpec("nm_services6_v1", ServiceKey6, ServiceValue6, 65536)
 REVNAT6 = MapSpec("nm_revnat6_v1", RevNatKey6, OrigDst6, 262144)
 
-ALL_MAPS = (SERVICES, L7REDIR, REVNAT, REDIR, ORIGDST, CONFIG, PROXIES, SERVICES6, REVNAT6)
+# L3/L4 policy (bpf/lib/policy_maps.h).
+IPCACHE = MapSpec("nm_ipcache_v1", IpcacheKey, IdentityValue, 65536)
+ENDPOINTS = MapSpec("nm_endpoints_v1", U64, IdentityValue, 16384)
+POLICY = MapSpec("nm_policy_v1", PolicyKey, PolicyValue, 131072)
+# Per-CPU: one PolicyStats per possible CPU per policy id.
+POLICY_STATS = MapSpec("nm_policy_stats_v1", U32, PolicyStats, 16384)
+POLICY_CONFIG = MapSpec("nm_policy_config_v1", U32, PolicyConfig, 1)
+UDP_PEERS = MapSpec("nm_udp_peers_v1", RevNatKey, U32, 65536)
+EVENTS_LOST = MapSpec("nm_events_lost_v1", U32, U64, 1)
+
+ALL_MAPS = (
+    SERVICES,
+    L7REDIR,
+    REVNAT,
+    REDIR,
+    ORIGDST,
+    CONFIG,
+    PROXIES,
+    SERVICES6,
+    REVNAT6,
+    IPCACHE,
+    ENDPOINTS,
+    POLICY,
+    POLICY_STATS,
+    POLICY_CONFIG,
+    UDP_PEERS,
+    EVENTS_LOST,
+)
+# The event ring (bpf/lib/events.h): no key or value, read with events.Reader.
+EVENTS = "nm_events_v1"
 
 
 def open_map(maps_dir: Path, spec: MapSpec) -> PinnedMap[Mirror, Mirror]:

@@ -6,6 +6,7 @@
 
 #include "maps.h"
 #include "l7.h"
+#include "policy.h"
 
 static __always_inline int nm_refuse(void)
 {
@@ -36,11 +37,37 @@ static __always_inline __u32 nm_pick_slot(__u16 count, __u64 cookie, bool sticky
 	return (seed % count) + 1;
 }
 
+/* A VIP steered to the node Envoy, after L4 policy allowed it (see
+ * nm_steer4_allowed); the backend is picked only to judge the policy. */
+static __always_inline int nm_sock4_steer(struct bpf_sock_addr *ctx, __u64 cookie,
+					  const struct nm_service_key *fe,
+					  const struct nm_service_value *frontend,
+					  const struct nm_l7redir_value *redir,
+					  const struct nm_identity_value *ep)
+{
+	struct nm_service_key key = *fe;
+	const struct nm_service_value *backend;
+
+	if (ep && frontend->count) {
+		key.slot = nm_pick_slot(frontend->count, cookie, false);
+		backend = bpf_map_lookup_elem(&nm_services_v1, &key);
+		if (backend &&
+		    !nm_steer4_allowed(ctx, ep, backend->addr, backend->port, fe->vip, fe->port))
+			return nm_deny();
+	}
+	nm_l7_steer(cookie, fe, redir);
+	nm_remember_vip(cookie, redir->proxy_addr, redir->proxy_port, fe);
+	ctx->user_ip4 = redir->proxy_addr;
+	ctx->user_port = redir->proxy_port;
+	return NM_SYS_PROCEED;
+}
+
 static __always_inline int nm_sock4_xlate(struct bpf_sock_addr *ctx, bool is_connect)
 {
 	struct nm_service_key key = {};
 	const struct nm_service_value *frontend, *backend;
 	const struct nm_l7redir_value *redir;
+	const struct nm_identity_value *ep;
 	__u8 proto = ctx->protocol;
 	__u64 cookie;
 
@@ -49,20 +76,21 @@ static __always_inline int nm_sock4_xlate(struct bpf_sock_addr *ctx, bool is_con
 	key.vip = ctx->user_ip4;
 	key.port = (__be16)ctx->user_port;
 	key.proto = proto;
+	/* One hash lookup of the process's own cgroup: policy applies only to
+	 * this node's pods, and only to the real peer (after translation). */
+	ep = nm_endpoint();
 	frontend = bpf_map_lookup_elem(&nm_services_v1, &key);
-	if (!frontend)
+	if (!frontend) {
+		if (ep && !nm_egress4_allowed(ctx, ep, key.vip, key.port, key.vip, key.port, proto))
+			return nm_deny();
 		return NM_SYS_PROCEED;
+	}
 
 	cookie = bpf_get_socket_cookie(ctx);
 	if (is_connect && proto == IPPROTO_TCP) {
 		redir = nm_l7_lookup(&key);
-		if (redir) {
-			nm_l7_steer(cookie, &key, redir);
-			nm_remember_vip(cookie, redir->proxy_addr, redir->proxy_port, &key);
-			ctx->user_ip4 = redir->proxy_addr;
-			ctx->user_port = redir->proxy_port;
-			return NM_SYS_PROCEED;
-		}
+		if (redir)
+			return nm_sock4_steer(ctx, cookie, &key, frontend, redir, ep);
 	}
 
 	if (frontend->count == 0)
@@ -73,6 +101,9 @@ static __always_inline int nm_sock4_xlate(struct bpf_sock_addr *ctx, bool is_con
 		/* Only while the agent shrinks a service; the next connect
 		 * sees the new count. */
 		return nm_refuse();
+	if (ep && !nm_egress4_allowed(ctx, ep, backend->addr, backend->port, key.vip, key.port,
+				      proto))
+		return nm_deny();
 
 	nm_remember_vip(cookie, backend->addr, backend->port, &key);
 	ctx->user_ip4 = backend->addr;

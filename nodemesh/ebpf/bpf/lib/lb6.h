@@ -29,26 +29,37 @@ static __always_inline void nm_remember_vip6(__u64 cookie, const __be32 peer[4],
 
 /* ::ffff:VIP -> ::ffff:Envoy if an L7 redirect covers this client (nm_sockops
  * files the original destination at the SYN, as for connect4). */
-static __always_inline bool nm_sock6_steer_mapped(struct bpf_sock_addr *ctx, __u64 cookie,
-						  const struct nm_service_key *key,
-						  const __be32 dst[4])
+static __always_inline int nm_sock6_steer_mapped(struct bpf_sock_addr *ctx, __u64 cookie,
+						 const struct nm_service_key *key,
+						 const struct nm_service_value *frontend,
+						 const __be32 dst[4], const struct nm_identity_value *ep)
 {
 	const struct nm_l7redir_value *redir = nm_l7_lookup(key);
 	__be32 peer[4] = { 0, 0, bpf_htonl(0xffff), 0 };
+	struct nm_service_key bkey = *key;
+	const struct nm_service_value *backend;
 
 	if (!redir)
-		return false;
+		return -1;
+	if (ep && frontend->count) {
+		bkey.slot = nm_pick_slot(frontend->count, cookie, false);
+		backend = bpf_map_lookup_elem(&nm_services_v1, &bkey);
+		if (backend &&
+		    !nm_steer4_allowed(ctx, ep, backend->addr, backend->port, key->vip, key->port))
+			return nm_deny();
+	}
 	nm_l7_steer(cookie, key, redir);
 	peer[3] = redir->proxy_addr;
 	nm_remember_vip6(cookie, peer, redir->proxy_port, dst, key->port);
 	ctx->user_ip6[3] = redir->proxy_addr;
 	ctx->user_port = redir->proxy_port;
-	return true;
+	return NM_SYS_PROCEED;
 }
 
 /* ::ffff:VIP -> ::ffff:backend, from the IPv4 service map. */
 static __always_inline int nm_sock6_xlate_mapped(struct bpf_sock_addr *ctx, __be32 dst[4],
-						 __u8 proto, bool is_connect)
+						 __u8 proto, bool is_connect,
+						 const struct nm_identity_value *ep)
 {
 	struct nm_service_key key = { .vip = dst[3], .port = (__be16)ctx->user_port,
 				      .proto = proto };
@@ -56,18 +67,28 @@ static __always_inline int nm_sock6_xlate_mapped(struct bpf_sock_addr *ctx, __be
 	__be32 peer[4] = { 0, 0, bpf_htonl(0xffff), 0 };
 	__u64 cookie;
 
+	int steered;
+
 	frontend = bpf_map_lookup_elem(&nm_services_v1, &key);
-	if (!frontend)
+	if (!frontend) {
+		if (ep && !nm_egress4_allowed(ctx, ep, dst[3], key.port, dst[3], key.port, proto))
+			return nm_deny();
 		return NM_SYS_PROCEED;
+	}
 	cookie = bpf_get_socket_cookie(ctx);
-	if (is_connect && proto == IPPROTO_TCP && nm_sock6_steer_mapped(ctx, cookie, &key, dst))
-		return NM_SYS_PROCEED;
+	if (is_connect && proto == IPPROTO_TCP) {
+		steered = nm_sock6_steer_mapped(ctx, cookie, &key, frontend, dst, ep);
+		if (steered >= 0)
+			return steered;
+	}
 	if (frontend->count == 0)
 		return nm_refuse();
 	key.slot = nm_pick_slot(frontend->count, cookie, !is_connect);
 	backend = bpf_map_lookup_elem(&nm_services_v1, &key);
 	if (!backend)
 		return nm_refuse();
+	if (ep && !nm_egress4_allowed(ctx, ep, backend->addr, backend->port, dst[3], key.port, proto))
+		return nm_deny();
 	peer[3] = backend->addr;
 	nm_remember_vip6(cookie, peer, backend->port, dst, key.port);
 	ctx->user_ip6[3] = backend->addr;
@@ -79,25 +100,30 @@ static __always_inline int nm_sock6_xlate(struct bpf_sock_addr *ctx, bool is_con
 {
 	struct nm_service6_key key = {};
 	const struct nm_service6_value *frontend, *backend;
+	const struct nm_identity_value *ep;
 	__u8 proto = ctx->protocol;
 	__be32 dst[4];
 	__u64 cookie;
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return NM_SYS_PROCEED;
+	ep = nm_endpoint();
 	/* One 4-byte read per word: the only access the verifier allows. */
 	dst[0] = ctx->user_ip6[0];
 	dst[1] = ctx->user_ip6[1];
 	dst[2] = ctx->user_ip6[2];
 	dst[3] = ctx->user_ip6[3];
 	if (nm_v4mapped(dst))
-		return nm_sock6_xlate_mapped(ctx, dst, proto, is_connect);
+		return nm_sock6_xlate_mapped(ctx, dst, proto, is_connect, ep);
 	__builtin_memcpy(key.vip, dst, 16);
 	key.port = (__be16)ctx->user_port;
 	key.proto = proto;
 	frontend = bpf_map_lookup_elem(&nm_services6_v1, &key);
-	if (!frontend)
+	if (!frontend) {
+		if (!nm_egress6_allowed(ctx, ep, key.port, proto))
+			return nm_deny();
 		return NM_SYS_PROCEED;
+	}
 	if (frontend->count == 0)
 		return nm_refuse();
 	cookie = bpf_get_socket_cookie(ctx);
@@ -106,6 +132,8 @@ static __always_inline int nm_sock6_xlate(struct bpf_sock_addr *ctx, bool is_con
 	if (!backend)
 		/* Only while the agent shrinks a service. */
 		return nm_refuse();
+	if (!nm_egress6_allowed(ctx, ep, backend->port, proto))
+		return nm_deny();
 	nm_remember_vip6(cookie, backend->addr, backend->port, dst, key.port);
 	ctx->user_ip6[0] = backend->addr[0];
 	ctx->user_ip6[1] = backend->addr[1];

@@ -80,5 +80,8 @@ struct {
 
 /* IPv6: declared by every object too, so each one pins the same set. */
 #include "maps6.h"
+/* L3/L4 policy and the event ring, likewise. */
+#include "policy_maps.h"
+#include "events.h"
 
 #endif /* NM_MAPS_H */

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* One ring buffer of datapath events for user space, shared by every kind
+ * of event: policy verdicts now; service translation, L7 steering and
+ * zero-backend refusals later (issue 13). Every event is one fixed-size
+ * struct nm_event; `type` says which fields mean what. Mirrored by
+ * nodemesh/ebpf/events.py (Event), checked against BTF. A reservation that
+ * fails (ring full, reader behind) is counted in nm_events_lost_v1, never
+ * dropped silently. */
+#ifndef NM_EVENTS_H
+#define NM_EVENTS_H
+
+#include "common.h"
+
+#define NM_EVENTS_BYTES (256 * 1024)
+#define NM_EVENT_VERSION 1
+
+enum nm_event_type {
+	NM_EVENT_POLICY = 1,      /* an L3/L4 policy verdict */
+	NM_EVENT_TRANSLATION = 2, /* reserved: VIP -> backend (issue 13) */
+	NM_EVENT_L7_STEER = 3,    /* reserved: steered to the node Envoy */
+	NM_EVENT_NO_BACKEND = 4,  /* reserved: VIP without backends refused */
+};
+
+enum nm_event_direction {
+	NM_DIR_INGRESS = 1,
+	NM_DIR_EGRESS = 2,
+};
+
+/* Addresses are 16 bytes: IPv4 in the first word (family says which). At
+ * connect() the source address and port are not known yet (0). */
+struct nm_event {
+	__u64 timestamp_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cgroup_id;    /* the process's (egress) or socket's (ingress) cgroup */
+	__u64 cookie;       /* socket cookie; 0 if none */
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be32 orig_daddr[4]; /* what the application asked for (a VIP), or daddr */
+	__be16 sport;
+	__be16 dport;
+	__be16 orig_dport;
+	__u8 type;
+	__u8 version;
+	__u8 family; /* 2 AF_INET, 10 AF_INET6 */
+	__u8 proto;
+	__u8 direction;
+	__u8 verdict; /* NM_VERDICT_* for policy events */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 policy_id; /* 0: no policy allowed it (default deny) */
+	__u32 reason;    /* type-specific */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, NM_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_events_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_events_lost_v1 SEC(".maps");
+
+/* A zeroed event of `type` in the ring, or NULL (counted as lost). */
+static __always_inline struct nm_event *nm_event_reserve(__u8 type)
+{
+	struct nm_event *ev = bpf_ringbuf_reserve(&nm_events_v1, sizeof(*ev), 0);
+	__u32 zero = 0;
+	__u64 *lost;
+
+	if (!ev) {
+		lost = bpf_map_lookup_elem(&nm_events_lost_v1, &zero);
+		if (lost)
+			*lost += 1;
+		return NULL;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->timestamp_ns = bpf_ktime_get_ns();
+	ev->type = type;
+	ev->version = NM_EVENT_VERSION;
+	return ev;
+}
+
+static __always_inline void nm_event_submit(struct nm_event *ev)
+{
+	bpf_ringbuf_submit(ev, 0);
+}
+
+#endif /* NM_EVENTS_H */

@@ -1,0 +1,231 @@
+"""The datapath's event ring (`nm_events_v1`, bpf/lib/events.h), read from Python.
+
+One event layout for every kind of event (`Event.type`): policy verdicts now;
+service translation, L7 steering and zero-backend refusals are reserved type
+numbers for the flow work (issue 13), which can reuse `Reader` as it is.
+
+`Reader` wraps libbpf's ring_buffer API (ring_buffer__new/poll/free) through
+ctypes: `poll()` calls the handler once per event, in order. A failed
+reservation in the kernel is counted in `nm_events_lost_v1`; `lost()` sums it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from nodemesh.ebpf import libbpf
+from nodemesh.ebpf.errors import MapError
+from nodemesh.ebpf.mirrors import IP6, Mirror, ip_str, port_host
+
+
+class EventType(IntEnum):
+    POLICY = 1
+    TRANSLATION = 2
+    L7_STEER = 3
+    NO_BACKEND = 4
+
+
+class Direction(IntEnum):
+    INGRESS = 1
+    EGRESS = 2
+
+
+class Verdict(IntEnum):
+    ALLOWED = 1
+    DENIED = 2
+
+
+class Event(Mirror):
+    """struct nm_event; addresses are 16 bytes, IPv4 in the first word."""
+
+    C_STRUCT = "nm_event"
+    _fields_ = (
+        ("timestamp_ns", ctypes.c_uint64),
+        ("cgroup_id", ctypes.c_uint64),
+        ("cookie", ctypes.c_uint64),
+        ("saddr_be", IP6),
+        ("daddr_be", IP6),
+        ("orig_daddr_be", IP6),
+        ("sport_be", ctypes.c_uint16),
+        ("dport_be", ctypes.c_uint16),
+        ("orig_dport_be", ctypes.c_uint16),
+        ("type", ctypes.c_uint8),
+        ("version", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("verdict", ctypes.c_uint8),
+        ("src_identity", ctypes.c_uint32),
+        ("dst_identity", ctypes.c_uint32),
+        ("policy_id", ctypes.c_uint32),
+        ("reason", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """An event in plain Python terms (addresses as text, ports in host order)."""
+
+    type: int
+    timestamp_ns: int
+    cgroup_id: int
+    cookie: int
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    orig_daddr: str
+    orig_dport: int
+    proto: int
+    direction: int
+    verdict: int
+    src_identity: int
+    dst_identity: int
+    policy_id: int
+    reason: int
+
+
+def _addr(family: int, words: ctypes.Array[ctypes.c_uint32]) -> str:
+    raw = bytes(words)
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return ip_str(int(words[0]))
+
+
+def decode(ev: Event) -> DecodedEvent:
+    fam = int(ev.family)
+    return DecodedEvent(
+        type=int(ev.type),
+        timestamp_ns=int(ev.timestamp_ns),
+        cgroup_id=int(ev.cgroup_id),
+        cookie=int(ev.cookie),
+        saddr=_addr(fam, ev.saddr_be),
+        sport=port_host(ev.sport_be),
+        daddr=_addr(fam, ev.daddr_be),
+        dport=port_host(ev.dport_be),
+        orig_daddr=_addr(fam, ev.orig_daddr_be),
+        orig_dport=port_host(ev.orig_dport_be),
+        proto=int(ev.proto),
+        direction=int(ev.direction),
+        verdict=int(ev.verdict),
+        src_identity=int(ev.src_identity),
+        dst_identity=int(ev.dst_identity),
+        policy_id=int(ev.policy_id),
+        reason=int(ev.reason),
+    )
+
+
+_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+_declared: set[int] = set()
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    if id(lib) in _declared:
+        return
+    lib.ring_buffer__new.restype = ctypes.c_void_p
+    lib.ring_buffer__new.argtypes = [ctypes.c_int, _SAMPLE_FN, ctypes.c_void_p, ctypes.c_void_p]
+    lib.ring_buffer__poll.restype = ctypes.c_int
+    lib.ring_buffer__poll.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.ring_buffer__free.restype = None
+    lib.ring_buffer__free.argtypes = [ctypes.c_void_p]
+    lib.libbpf_num_possible_cpus.restype = ctypes.c_int
+    lib.libbpf_num_possible_cpus.argtypes = []
+    _declared.add(id(lib))
+
+
+class Reader:
+    """Reads `<maps_dir>/nm_events_v1`. Not thread-safe; close() when done.
+
+    `handler` gets each event decoded; an exception in it stops that poll and
+    is raised from `poll()` (it is never swallowed in the C callback)."""
+
+    def __init__(self, maps_dir: Path, handler: Callable[[DecodedEvent], None]) -> None:
+        lib = libbpf.lib()
+        _declare(lib)
+        self._handler = handler
+        self._error: BaseException | None = None
+        self.maps_dir = maps_dir
+        path = maps_dir / "nm_events_v1"
+        self._fd = libbpf.check(lib.bpf_obj_get(str(path).encode()), f"open {path}", MapError)
+        # Kept referenced: libbpf holds the raw pointer as long as the ring.
+        self._callback = _SAMPLE_FN(self._on_sample)
+        ring = lib.ring_buffer__new(self._fd, self._callback, None, None)
+        if not ring:
+            os.close(self._fd)
+            raise MapError(f"ring_buffer__new on {path} failed")
+        self._ring: int | None = ring
+
+    def _on_sample(self, _ctx: int | None, data: int | None, size: int) -> int:
+        if self._error is not None or data is None or size < ctypes.sizeof(Event):
+            return 0
+        try:
+            self._handler(
+                decode(Event.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(Event))))
+            )
+        except BaseException as exc:  # re-raised from poll(), not lost in C
+            self._error = exc
+            return -1
+        return 0
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        """Handle what is in the ring (waiting up to `timeout_ms`); events handled."""
+        if self._ring is None:
+            raise MapError("event reader is closed")
+        got: int = libbpf.lib().ring_buffer__poll(self._ring, timeout_ms)
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        if got < 0 and got != -4:  # -EINTR: a signal, try again later
+            libbpf.check(got, "poll nm_events_v1", MapError)
+        return max(got, 0)
+
+    def close(self) -> None:
+        if self._ring is not None:
+            libbpf.lib().ring_buffer__free(self._ring)
+            self._ring = None
+            os.close(self._fd)
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def possible_cpus() -> int:
+    lib = libbpf.lib()
+    _declare(lib)
+    count: int = lib.libbpf_num_possible_cpus()
+    return max(1, count)
+
+
+def read_percpu(fd: int, key: Mirror, value_type: type[Mirror]) -> list[Mirror]:
+    """One value per possible CPU of a per-CPU map entry."""
+    cpus = possible_cpus()
+    # The kernel copies round_up(value_size, 8) bytes per CPU.
+    stride = (ctypes.sizeof(value_type) + 7) // 8 * 8
+    buf = ctypes.create_string_buffer(stride * cpus)
+    ret = libbpf.lib().bpf_map_lookup_elem(fd, ctypes.byref(key), buf)
+    libbpf.check(ret, f"per-CPU lookup {key.as_tuple()}", MapError)
+    return [
+        value_type.from_buffer_copy(buf.raw[i * stride : i * stride + ctypes.sizeof(value_type)])
+        for i in range(cpus)
+    ]
+
+
+def lost(maps_dir: Path) -> int:
+    """Events the kernel could not put in the ring (summed over CPUs)."""
+    from nodemesh.ebpf import pinned
+    from nodemesh.ebpf.mirrors import U32, U64
+
+    with pinned.open_map(maps_dir, pinned.EVENTS_LOST) as m:
+        return sum(int(v.as_tuple()[0]) for v in read_percpu(m.fd, U32(0), U64))
