@@ -58,6 +58,16 @@ def _datapath(pins: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="app.kubernetes.io/name=nodemesh-envoy",
         help="labels (k=v,...) of the node Envoy pods; '' follows none",
     )
+    p.add_argument(
+        "--host-ip",
+        action="append",
+        help="an address of this node (identity host in policy); repeat for each",
+    )
+    p.add_argument(
+        "--policy-events-allowed",
+        action="store_true",
+        help="report allowed policy verdicts in the event ring too (denied ones always are)",
+    )
     return p
 
 

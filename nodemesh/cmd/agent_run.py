@@ -16,11 +16,20 @@ from google.protobuf import json_format
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.cmd.common import UsageError, split_host_port, until_signalled
 from nodemesh.cmd.serve import kubernetes_config
-from nodemesh.ebpf import applier, dump, loader, planner, preflight
+from nodemesh.ebpf import (
+    applier,
+    dump,
+    dump_policy,
+    loader,
+    planner,
+    policy_apply,
+    policy_plan,
+    preflight,
+)
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups, PodCgroups
 from nodemesh.ebpf.errors import DatapathError, PlanError
 from nodemesh.model.store import MeshStore
-from nodemesh.node.datapath import AgentSettings, DatapathAgent, DatapathFollower
+from nodemesh.node.datapath import AgentSettings, DatapathAgent, DatapathFollower, proxy_pods
 from nodemesh.node.kubelet_cgroups import KubeletPodCgroups, find_kubepods
 from nodemesh.node.proxy_follow import ProxyPod
 from nodemesh.sources.files import FileSource
@@ -68,7 +77,14 @@ def _config(args: argparse.Namespace, pods: PodCgroups | None = None) -> loader.
 
 def _settings(args: argparse.Namespace, pods: PodCgroups) -> AgentSettings:
     config = _config(args, pods)
-    return AgentSettings(config, args.proxy_address, args.node_name, proxy_pod(args))
+    return AgentSettings(
+        config,
+        args.proxy_address,
+        args.node_name,
+        proxy_pod(args),
+        host_ips=tuple(args.host_ip or ()),
+        policy_events_allowed=args.policy_events_allowed,
+    )
 
 
 def read_plan(args: argparse.Namespace, pods: PodCgroups) -> pb.DatapathPlan | None:
@@ -83,6 +99,17 @@ def read_plan(args: argparse.Namespace, pods: PodCgroups) -> pb.DatapathPlan | N
         pods.observe(model.pods)
         return planner.plan(model, args.node_name)
     return None
+
+
+def _policy_plan(args: argparse.Namespace, pods: PodCgroups) -> policy_plan.PolicyPlan | None:
+    """The policy plan of `--model-dir`'s model (None without one)."""
+    if args.model_dir is None:
+        return None
+    settings = _settings(args, pods)
+    model = _store_from_dir(args.model_dir)[0].build()
+    hosts = (*settings.host_ips, *([args.proxy_address] if args.proxy_address else []))
+    exempt = proxy_pods(model, settings.proxy_pod)
+    return policy_plan.plan(model, args.node_name, hosts, exempt)
 
 
 def _store_from_dir(directory: Path) -> tuple[MeshStore, FileSource]:
@@ -199,9 +226,15 @@ def run(args: argparse.Namespace) -> int:
         if not config.maps_dir.is_dir():
             raise DatapathError(f"nothing is pinned under {config.pin_dir}; has the agent run?")
         print(dump.render(plan, config.maps_dir, args.proxy_address, pods))
+        print(dump_policy.render(_policy_plan(args, pods), config.maps_dir, pods))
         return 0
     loader.load(config)
-    if plan is not None:
+    policy_apply.set_events_allowed(config.maps_dir, args.policy_events_allowed)
+    if args.model_dir is not None:
+        # Through the agent: the model's L3/L4 policy goes in with its plan.
+        store, _ = _store_from_dir(args.model_dir)
+        DatapathAgent(_settings(args, pods), pods).apply_model(store.build())
+    elif plan is not None:
         _apply(args, plan, pods)
     if args.watch:
         asyncio.run(_watch_datapath(args, pods))

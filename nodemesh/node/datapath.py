@@ -42,9 +42,10 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
-from nodemesh.ebpf import applier, loader, planner
+from nodemesh.ebpf import applier, loader, planner, policy_apply, policy_plan
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
+from nodemesh.ebpf.policy_metrics import COLLECTOR
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.node.proxy_follow import (
     PodPaths,
@@ -75,6 +76,11 @@ class AgentSettings:
     proxy_address: str | None
     node_name: str = ""
     proxy_pod: ProxyPod | None = None
+    # This node's own addresses (identity `host` for policy); the proxy
+    # address is always one.
+    host_ips: tuple[str, ...] = ()
+    # Report allowed policy verdicts in the event ring too (denied always are).
+    policy_events_allowed: bool = False
 
 
 # Waits until Envoy `node_id` has ACKed the published model, or raises
@@ -108,15 +114,27 @@ class DatapathAgent:
         self.kept_redirects: dict[str, str] = {}
         self._planned: tuple[MeshModel, pb.DatapathPlan] | None = None
         self._committed: pb.DatapathPlan | None = None
+        self.policy: policy_plan.PolicyPlan | None = None  # the last one applied
+        self._policy_plan: policy_plan.PolicyPlan | None = None
 
     def start(self) -> loader.LoadReport:
         """Load or re-adopt the pinned datapath; raises `DatapathError` if it cannot."""
         if self.proxy is not None:
             warn_without_migrate_req()
-        return loader.load(self.settings.config)
+        report = loader.load(self.settings.config)
+        policy_apply.set_events_allowed(
+            self.settings.config.maps_dir, self.settings.policy_events_allowed
+        )
+        return report
 
     def _apply(self, plan: pb.DatapathPlan, hold: bool = False) -> applier.ApplyResult:
         cfg = self.settings
+        # Policy first: a Service's new backends must meet the policy that
+        # judges them (a toServices rule), not a moment of the old one.
+        if self._policy_plan is not None:
+            policy_apply.apply(self._policy_plan, cfg.config.maps_dir, self.pods)
+            self.policy = self._policy_plan
+            COLLECTOR.attach(cfg.config.maps_dir, self.policy.policy_names)
         return applier.apply(plan, cfg.config.maps_dir, cfg.proxy_address, self.pods, hold)
 
     def apply_model(self, model: MeshModel) -> applier.ApplyResult:
@@ -180,7 +198,13 @@ class DatapathAgent:
             if self.proxy is not None:
                 self.proxy.follow(model.pods)
             self._planned = (model, planner.plan(model, self.settings.node_name))
+            self._policy_plan = self._plan_policy(model)
         return self._planned[1]
+
+    def _plan_policy(self, model: MeshModel) -> policy_plan.PolicyPlan:
+        cfg = self.settings
+        hosts = (*cfg.host_ips, *([cfg.proxy_address] if cfg.proxy_address else []))
+        return policy_plan.plan(model, cfg.node_name, hosts, proxy_pods(model, cfg.proxy_pod))
 
     def _record(self, model: MeshModel, plan: pb.DatapathPlan) -> applier.ApplyResult:
         result = self._apply(plan)
@@ -274,3 +298,17 @@ class DatapathFollower:
                 f"{self.envoy_node_id!r} does not hold listener {listener!r} (NACKed or not ACKed)"
             )
         return reasons
+
+
+def proxy_pods(model: MeshModel, selector: ProxyPod | None) -> list[str]:
+    """The node Envoy's pods: never policy endpoints (the proxy is not policed;
+    the connections it carries were judged at the client's connect())."""
+    if selector is None:
+        return []
+    wanted = dict(selector.labels)
+    return [
+        f"{p.ref.namespace}/{p.ref.name}"
+        for p in model.pods
+        if p.ref.namespace == selector.namespace
+        and all(dict(p.labels).get(k) == v for k, v in wanted.items())
+    ]

@@ -87,30 +87,31 @@ int nm_policy_ingress(struct __sk_buff *skb)
 	dst = nm_ipcache(ip.daddr);
 	if (!dst || !dst->flags)
 		return 1;
-	if (ip.protocol == IPPROTO_UDP && (dst->flags & NM_FLAG_EGRESS))
-		nm_udp_heard(skb, ip.saddr, l4.sport);
-	if (!(dst->flags & NM_FLAG_INGRESS))
+	if (ip.protocol == IPPROTO_UDP && nm_udp_reply(skb, ip.saddr, l4.sport))
 		return 1;
 	src = nm_ipcache(ip.saddr);
 	f.src_identity = src ? src->identity : NM_ID_WORLD;
 	/* The node itself always reaches its pods (Cilium's allow-localhost):
 	 * kubelet probes, and the node Envoy's upstream connections, whose
 	 * clients were judged at connect() (nm_steer4_allowed). */
-	if (f.src_identity == NM_ID_HOST)
-		return 1;
-	if (ip.protocol == IPPROTO_UDP && nm_udp_reply(skb, ip.saddr, l4.sport))
-		return 1;
-	f.cgroup_id = bpf_skb_cgroup_id(skb);
-	f.cookie = bpf_get_socket_cookie(skb);
-	f.saddr = ip.saddr;
-	f.daddr = ip.daddr;
-	f.orig_daddr = ip.daddr;
-	f.sport = l4.sport;
-	f.dport = l4.dport;
-	f.orig_dport = l4.dport;
-	f.proto = ip.protocol;
-	f.dst_identity = dst->identity;
-	return nm_policy_decide(&f, dst->identity, f.src_identity, NM_DIR_INGRESS) ? 1 : 0;
+	if ((dst->flags & NM_FLAG_INGRESS) && f.src_identity != NM_ID_HOST) {
+		f.cgroup_id = bpf_skb_cgroup_id(skb);
+		f.cookie = bpf_get_socket_cookie(skb);
+		f.saddr = ip.saddr;
+		f.daddr = ip.daddr;
+		f.orig_daddr = ip.daddr;
+		f.sport = l4.sport;
+		f.dport = l4.dport;
+		f.orig_dport = l4.dport;
+		f.proto = ip.protocol;
+		f.dst_identity = dst->identity;
+		if (!nm_policy_decide(&f, dst->identity, f.src_identity, NM_DIR_INGRESS))
+			return 0;
+	}
+	/* Let an egress-enforcing socket answer the peer it let in. */
+	if (ip.protocol == IPPROTO_UDP && (dst->flags & NM_FLAG_EGRESS))
+		nm_udp_heard(skb, ip.saddr, l4.sport);
+	return 1;
 }
 
 char _license[] SEC("license") = "GPL";

@@ -35,7 +35,9 @@ static __always_inline int nm_sock6_steer_mapped(struct bpf_sock_addr *ctx, __u6
 						 const __be32 dst[4], const struct nm_identity_value *ep)
 {
 	const struct nm_l7redir_value *redir = nm_l7_lookup(key);
-	__be32 peer[4] = { 0, 0, bpf_htonl(0xffff), 0 };
+	/* Filled field by field: as an initializer clang makes it a .rodata
+	 * constant, a map the kernel refuses to agents without CAP_PERFMON. */
+	__be32 peer[4] = {};
 	struct nm_service_key bkey = *key;
 	const struct nm_service_value *backend;
 
@@ -49,6 +51,7 @@ static __always_inline int nm_sock6_steer_mapped(struct bpf_sock_addr *ctx, __u6
 			return nm_deny();
 	}
 	nm_l7_steer(cookie, key, redir);
+	peer[2] = bpf_htonl(0xffff);
 	peer[3] = redir->proxy_addr;
 	nm_remember_vip6(cookie, peer, redir->proxy_port, dst, key->port);
 	ctx->user_ip6[3] = redir->proxy_addr;
@@ -64,7 +67,9 @@ static __always_inline int nm_sock6_xlate_mapped(struct bpf_sock_addr *ctx, __be
 	struct nm_service_key key = { .vip = dst[3], .port = (__be16)ctx->user_port,
 				      .proto = proto };
 	const struct nm_service_value *frontend, *backend;
-	__be32 peer[4] = { 0, 0, bpf_htonl(0xffff), 0 };
+	/* Filled field by field: as an initializer clang makes it a .rodata
+	 * constant, a map the kernel refuses to agents without CAP_PERFMON. */
+	__be32 peer[4] = {};
 	__u64 cookie;
 
 	int steered;
@@ -89,6 +94,7 @@ static __always_inline int nm_sock6_xlate_mapped(struct bpf_sock_addr *ctx, __be
 		return nm_refuse();
 	if (ep && !nm_egress4_allowed(ctx, ep, backend->addr, backend->port, dst[3], key.port, proto))
 		return nm_deny();
+	peer[2] = bpf_htonl(0xffff);
 	peer[3] = backend->addr;
 	nm_remember_vip6(cookie, peer, backend->port, dst, key.port);
 	ctx->user_ip6[3] = backend->addr;
