@@ -2,6 +2,9 @@
 
 policy_probe.py serve NAME TCPPORTS UDPPORTS   listen on each port (comma lists),
                                                answer with NAME; print "ready"
+policy_probe.py loop HOST PORT STOP           TCP connects back to back until the file
+                                               STOP exists; prints "ready", then the
+                                               outcome counts as JSON
 policy_probe.py try TIMEOUT JSON               JSON: [[host, port, "tcp"|"udp"], ...];
                                                tries all at once, prints one JSON
                                                list of outcomes in the same order
@@ -16,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 
@@ -76,10 +81,23 @@ def try_all(timeout: float, targets: list[list[object]]) -> None:
         print(json.dumps([f.result() for f in futures]), flush=True)
 
 
+def loop(host: str, port: int, stop: str) -> None:
+    counts: dict[str, int] = {}
+    print("ready", flush=True)
+    while not os.path.exists(stop):
+        got = _try(host, port, "tcp", 2.0)
+        counts[got] = counts.get(got, 0) + 1
+        if got != "ok":
+            time.sleep(0.05)  # EPERM returns at once: do not spin
+    print(json.dumps(counts), flush=True)
+
+
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "serve":
         serve(args[0], args[1], args[2])
+    elif mode == "loop":
+        loop(args[0], int(args[1]), args[2])
     elif mode == "try":
         try_all(float(args[0]), json.loads(args[1]))
     else:

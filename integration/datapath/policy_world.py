@@ -123,6 +123,31 @@ class PolicyWorld:
         self.last_plan = policy_plan.plan(model, "node-1", self.host_ips())
         return policy_apply.apply(self.last_plan, self.node.config().maps_dir, self.cgroups)
 
+    def write_model(self, directory: Path, *objects: dict[str, Any]) -> None:
+        """The namespaces, pods and `objects` as the YAML files an agent reads
+        (`--model-dir`); JSON is YAML."""
+        held = [namespace_object(ns) for ns in NAMESPACE_LABELS]
+        held += [pod_object(p, self.labels[p.key]) for p in self.pods]
+        directory.mkdir(parents=True, exist_ok=True)
+        wanted = {f"{i:03d}.yaml": json.dumps(obj) for i, obj in enumerate([*held, *objects])}
+        # Changed files are replaced by rename and extra ones removed last,
+        # so a watching agent never reads a set with a policy missing.
+        for name, text in wanted.items():
+            path = directory / name
+            if not path.exists() or path.read_text() != text:
+                staged = directory / f".{name}.tmp"
+                staged.write_text(text)
+                staged.rename(path)
+        for old in directory.glob("*.yaml"):
+            if old.name not in wanted:
+                old.unlink()
+
+    def loop(self, client: Pod, server: Pod, port: int, stop: Path) -> subprocess.Popen[str]:
+        argv = [sys.executable, str(PROBE), "loop", server.ip, str(port), str(stop)]
+        proc = self.node.spawn(argv, client.cgroup, client.netns)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
     def targets(self, client: Pod) -> list[tuple[str, str, int, str]]:
         out = []
         for server in self.pods:
