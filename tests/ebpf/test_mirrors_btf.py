@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from nodemesh.ebpf.build import OBJECTS, build_objects
+from nodemesh.ebpf.build import BPF_DIR, OBJECTS, build_objects, cflags
+from nodemesh.ebpf.events import Event
 from nodemesh.ebpf.mirrors import Mirror
 from tests.ebpf import btfcheck
 
@@ -70,3 +73,15 @@ def test_a_drifted_ipv6_mirror_is_caught() -> None:
     text = "\n".join(btfcheck.check_mirror(types, Short6))
     assert "size 24 != C 32" in text
     assert "addr_be: offset/size 8/4 != C 8/16" in text
+
+
+def test_event_mirror_matches_btf(tmp_path: Path) -> None:
+    # The event is no map key or value, and clang emits no BTF for the
+    # types of inlined locals: compile an anchor that names it, from the
+    # same header the programs include.
+    src = tmp_path / "anchor.c"
+    src.write_text('#include "lib/events.h"\nstruct nm_event nm_event_btf_anchor;\n')
+    obj = tmp_path / "anchor.o"
+    cmd = ["clang", *cflags(), f"-I{BPF_DIR}", "-c", str(src), "-o", str(obj)]
+    subprocess.run(cmd, check=True)
+    assert btfcheck.check_mirror(btfcheck.dump(obj), Event) == []

@@ -241,3 +241,47 @@ async def test_recreated_object_gets_its_conditions_again() -> None:
     objects.metas["cec"] = ObjectMeta("uid-2", 1, ())
     await reporter.reconcile(model)
     assert len(api.patches) == 2
+
+
+def _policy_model(kind: str, port: object) -> MeshStore:
+    store = MeshStore()
+    api_version = "cilium.io/v2" if kind.startswith("Cilium") else "networking.k8s.io/v1"
+    spec: dict[str, Any] = {"ingress": [{"ports": [{"port": port}]}]}
+    if kind.startswith("Cilium"):
+        spec = {
+            "endpointSelector": {},
+            "ingress": [{"toPorts": [{"ports": [{"port": str(port)}]}]}],
+        }
+    else:
+        spec["podSelector"] = {}
+    store.apply(
+        "t",
+        {
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"name": "pol", "namespace": "default"},
+            "spec": spec,
+        },
+    )
+    return store
+
+
+async def test_bad_network_policy_gets_a_warning_event() -> None:
+    # A Kubernetes NetworkPolicy has no status: its rejection is an Event.
+    reporter, api, objects, _ = _reporter()
+    objects.metas["pol"] = ObjectMeta("uid-p", 1, ())
+    model = _policy_model("NetworkPolicy", 99999).build()
+    await reporter.reconcile(model)
+    (event,) = api.events
+    assert (event["reason"], event["involvedObject"]["kind"]) == ("InvalidObject", "NetworkPolicy")
+    assert "spec.ingress[0].ports[0].port" in event["message"] and event["type"] == "Warning"
+
+
+async def test_bad_cilium_network_policy_gets_a_condition() -> None:
+    reporter, api, objects, _ = _reporter()
+    objects.metas["pol"] = ObjectMeta("uid-p", 1, ())
+    await reporter.reconcile(_policy_model("CiliumNetworkPolicy", 70000).build())
+    ((name, body),) = api.patches
+    accepted = next(c for c in body["status"]["conditions"] if c["type"] == "Accepted")
+    assert name == "pol" and accepted["status"] == "False"
+    assert "toPorts[0].ports[0].port" in accepted["message"]
