@@ -57,6 +57,7 @@ static __always_inline int nm_sock4_steer(struct bpf_sock_addr *ctx, __u64 cooki
 	}
 	nm_l7_steer(cookie, fe, redir);
 	nm_remember_vip(cookie, redir->proxy_addr, redir->proxy_port, fe);
+	nm_mark_translated(ctx->sk);
 	ctx->user_ip4 = redir->proxy_addr;
 	ctx->user_port = redir->proxy_port;
 	return NM_SYS_PROCEED;
@@ -106,6 +107,7 @@ static __always_inline int nm_sock4_xlate(struct bpf_sock_addr *ctx, bool is_con
 		return nm_deny();
 
 	nm_remember_vip(cookie, backend->addr, backend->port, &key);
+	nm_mark_translated(ctx->sk);
 	ctx->user_ip4 = backend->addr;
 	ctx->user_port = backend->port;
 	return NM_SYS_PROCEED;
@@ -114,13 +116,16 @@ static __always_inline int nm_sock4_xlate(struct bpf_sock_addr *ctx, bool is_con
 /* getpeername()/recvmsg(): show the VIP, not the backend or Envoy. */
 static __always_inline void nm_sock4_revnat(struct bpf_sock_addr *ctx)
 {
-	struct nm_revnat_key key = {
-		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = ctx->user_ip4,
-		.port = (__be16)ctx->user_port,
-	};
-	const struct nm_origdst *vip = bpf_map_lookup_elem(&nm_revnat_v1, &key);
+	struct nm_revnat_key key = {};
+	const struct nm_origdst *vip;
 
+	/* A socket never translated returns here, without a cookie or lookup. */
+	if (!nm_translated(ctx->sk))
+		return;
+	key.cookie = bpf_get_socket_cookie(ctx);
+	key.addr = ctx->user_ip4;
+	key.port = (__be16)ctx->user_port;
+	vip = bpf_map_lookup_elem(&nm_revnat_v1, &key);
 	if (!vip)
 		return;
 	ctx->user_ip4 = vip->addr;
@@ -139,6 +144,8 @@ static __always_inline void nm_sock4_release(struct bpf_sock *sk)
 
 	if (sk->family != NM_AF_INET || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
 		return;
+	if (!nm_translated(sk))
+		return; /* nothing was ever filed for it */
 	cookie = bpf_get_socket_cookie(sk);
 	if (sk->dst_port == 0) {
 		/* No peer port: a listener, unconnected UDP (its entries, one per

@@ -78,6 +78,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nm_proxies_v1 SEC(".maps");
 
+/* Sockets this datapath translated or steered (socket-local storage, freed
+ * with the socket): getpeername, recvmsg and release look nothing up for a
+ * socket without a mark, which is almost every socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__type(key, int);
+	__type(value, __u32);
+	__uint(max_entries, 0);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nm_sk_xlated_v1 SEC(".maps");
+
+static __always_inline void nm_mark_translated(struct bpf_sock *sk)
+{
+	if (sk)
+		bpf_sk_storage_get(&nm_sk_xlated_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+}
+
+static __always_inline bool nm_translated(struct bpf_sock *sk)
+{
+	return sk && bpf_sk_storage_get(&nm_sk_xlated_v1, sk, 0, 0);
+}
+
 /* IPv6: declared by every object too, so each one pins the same set. */
 #include "maps6.h"
 /* L3/L4 policy and the event ring, likewise. */
