@@ -17,8 +17,10 @@ from pathlib import Path
 from nodemesh.ebpf import build, loader, pinned
 
 REPO = Path(__file__).resolve().parent.parent
-# Written by today's applier, absent from revisions before IPv6.
-APPLIER_MAPS = (pinned.SERVICES6,)
+# Written by today's applier, absent from older revisions: nm_services6_v1
+# (before IPv6), nm_peer_ports_v1 (before the getpeername port filter).
+APPLIER_MAPS = (pinned.SERVICES6, pinned.PEER_PORTS)
+ARRAYS = (pinned.PEER_PORTS,)
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -37,10 +39,9 @@ def _empty_map(maps_dir: Path, spec: pinned.MapSpec) -> None:
     if pin.exists():
         return
     sizes = ["key", str(ctypes.sizeof(spec.key)), "value", str(ctypes.sizeof(spec.value))]
-    rest = ["entries", str(spec.capacity), "name", spec.name, "flags", "1"]  # NO_PREALLOC
-    subprocess.run(
-        ["bpftool", "map", "create", str(pin), "type", "hash", *sizes, *rest], check=True
-    )
+    kind, flags = ("array", "0") if spec in ARRAYS else ("hash", "1")  # 1: NO_PREALLOC
+    rest = ["entries", str(spec.capacity), "name", spec.name, "flags", flags]
+    subprocess.run(["bpftool", "map", "create", str(pin), "type", kind, *sizes, *rest], check=True)
 
 
 def load_revision(

@@ -80,24 +80,22 @@ def pod(name: str, ip: str, app: str) -> dict[str, Any]:
     }
 
 
-def knp(index: int, subject: str, peers: list[str], port: int) -> dict[str, Any]:
+def knp(index: int, subject: str, peers: list[str], port: int, egress: bool) -> dict[str, Any]:
+    """Ingress from `peers` on `port`; with `egress`, also egress to them
+    (the pair's policies: both pods enforce both directions)."""
+    selectors = [{"podSelector": {"matchLabels": {"app": p}}} for p in peers]
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": {"app": subject}},
+        "policyTypes": ["Ingress", "Egress"] if egress else ["Ingress"],
+        "ingress": [{"from": selectors, "ports": [{"port": port}]}],
+    }
+    if egress:
+        spec["egress"] = [{"to": selectors}]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {"name": f"np{index}", "namespace": "bench"},
-        "spec": {
-            "podSelector": {"matchLabels": {"app": subject}},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": {"app": p}}} for p in peers],
-                    "ports": [{"port": port}],
-                }
-            ],
-            "egress": [
-                {"to": [{"podSelector": {"matchLabels": {"app": p}}} for p in peers]},
-            ],
-        },
+        "spec": spec,
     }
 
 
@@ -116,14 +114,14 @@ def scale_model(client_ip: str, server_ip: str, policies: int) -> MeshModel:
         store.apply("b", pod(f"p{i}", synthetic_ip(i), f"a{i}"))
     for j in range(policies - 1):
         peers = [f"a{(j * 7 + k) % (IDENTITIES - 2)}" for k in range(10)]
-        store.apply("b", knp(j, f"a{j % (IDENTITIES - 2)}", peers, 80))
-    store.apply("b", knp(policies, "server", ["client"], POLICED_PORT))
-    store.apply("b", knp(policies + 1, "client", ["server"], POLICED_PORT))
+        store.apply("b", knp(j, f"a{j % (IDENTITIES - 2)}", peers, 80, egress=False))
+    store.apply("b", knp(policies, "server", ["client"], POLICED_PORT, egress=True))
+    store.apply("b", knp(policies + 1, "client", ["server"], POLICED_PORT, egress=True))
     return store.build()
 
 
 class Bench:
-    def __init__(self, node: MeshNode, workdir: Path) -> None:
+    def __init__(self, node: MeshNode, workdir: Path, base: str = BASE) -> None:
         self.node = node
         self.client = node.add_pod("bench", "client")
         self.server = node.add_pod("bench", "server")
@@ -138,7 +136,7 @@ class Bench:
         old_mesh = node.cgroup_root / "mesh-old"
         (old_mesh / "bench_client").mkdir(parents=True)
         self.old = loader.DatapathConfig(pin_dir=node.bpffs / "old", cgroup=old_mesh)
-        load_revision(BASE, self.old, workdir)
+        load_revision(base, self.old, workdir)
         self.cgroups = {"base": old_mesh / "bench_client", "new": self.client.cgroup}
         the_plan = plan(frontend(VIP, 80, pb.TCP, [(self.server.ip, PLAIN_PORT)]))
         for config in (self.new, self.old):
@@ -173,6 +171,8 @@ def per_connect(delta: dict[str, tuple[int, float]], n: int, skip: tuple[str, ..
 
 
 INGRESS = "nm_policy_ingress"
+# A policed server in the mesh: only its ingress program's cost is reported.
+SERVER_SIDE = "server side"
 
 
 def _runs(values: list[tuple[int, float]], n: int) -> float:
@@ -189,8 +189,9 @@ def part1(bench: Bench, rounds: int, n: int, scale: MeshModel) -> None:
                 ("today, not a VIP", "new", None, bench.server.ip, PLAIN_PORT),
                 ("base, VIP", "base", None, VIP, 80),
                 ("today, VIP", "new", None, VIP, 80),
-                ("today + policy, not a VIP", "new", scale, bench.server.ip, POLICED_PORT),
+                ("today + policy, not a VIP", "new", scale, bench.server.ip, PLAIN_PORT),
                 ("today + policy, VIP", "new", scale, VIP, 80),
+                (SERVER_SIDE, "new", scale, bench.server.ip, POLICED_PORT),
             ):
                 bench.set_policy(policy)
                 _, delta = bench.connects(code, host, port, n)
@@ -198,6 +199,7 @@ def part1(bench: Bench, rounds: int, n: int, scale: MeshModel) -> None:
                 for name, (runs, ns) in delta.items():
                     progs.setdefault(label, {}).setdefault(name, []).append((runs, ns))
     print(f"\n1. BPF per connect()+getpeername()+close() of the client, ns (median of {rounds})")
+    cells.pop(SERVER_SIDE, None)
     for label, values in cells.items():
         detail = ", ".join(
             f"{name} {_runs(v, n):.1f}x{statistics.median(ns for _, ns in v):.0f}"
@@ -205,7 +207,7 @@ def part1(bench: Bench, rounds: int, n: int, scale: MeshModel) -> None:
             if any(r for r, _ in v) and name != INGRESS
         )
         print(f"  {label:28s} {statistics.median(values):7.0f}   ({detail})")
-    ing = progs["today + policy, not a VIP"].get(INGRESS, [])
+    ing = progs.pop(SERVER_SIDE, {}).get(INGRESS, [])
     if ing:
         per_conn = _runs(ing, n)
         ns_per_run = statistics.median(x for _, x in ing)
@@ -298,19 +300,45 @@ def memory_and_timing(bench: Bench, scale: MeshModel) -> None:
     )
 
 
+def relabel(bench: Bench, pods: int = 5_000, policies: int = 100) -> None:
+    """One pod relabelled at `pods` pods x `policies` policies: model build,
+    compile and map writes, as the agent does them per model."""
+    store = MeshStore()
+    for i in range(pods):
+        store.apply("b", pod(f"p{i}", synthetic_ip(i), f"a{i % 500}"))
+    for j in range(policies):
+        peers = [f"a{(j * 7 + k) % 500}" for k in range(10)]
+        store.apply("b", knp(j, f"a{j % 500}", peers, 80, egress=True))
+    bench.set_policy(store.build())
+    memory = map_memlock(bench.node.pin_dir) // 1024
+    t0 = time.perf_counter()
+    store.apply("b", pod("p0", synthetic_ip(0), "a1"))
+    model = store.build()
+    t1 = time.perf_counter()
+    timing = bench.set_policy(model)
+    print(
+        f"\n4. one pod relabelled at {pods} pods x {policies} policies: model build "
+        f"{(t1 - t0) * 1000:.0f} ms, compile {timing['compile_s'] * 1000:.0f} ms, "
+        f"map writes {timing['write_s'] * 1000:.0f} ms; pinned map memory {memory} KiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connects", type=int, default=2000)
-    parser.add_argument("--part", choices=["1", "2", "all"], default="all")
+    parser.add_argument("--part", choices=["1", "2", "3", "all"], default="all")
+    parser.add_argument("--base", default=BASE, help="the revision of the 'base' cells")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="nm-bench-policy-"))
     node = MeshNode(workdir)
     try:
         node.setup()
-        bench = Bench(node, workdir)
+        bench = Bench(node, workdir, args.base)
         scale = scale_model(bench.client.ip, bench.server.ip, POLICIES)
         memory_and_timing(bench, scale)
+        if args.part in ("3", "all"):
+            relabel(bench)
         if args.part in ("1", "all"):
             part1(bench, args.rounds, args.connects, scale)
         if args.part in ("2", "all"):

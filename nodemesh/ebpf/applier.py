@@ -15,6 +15,7 @@ map, or that has a bad entry, is refused before the first write.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import PlanError, PlanTooLarge
 from nodemesh.ebpf.maps import PinnedMap
 from nodemesh.ebpf.mirrors import (
+    U8,
+    U32,
     L7RedirKey,
     L7RedirValue,
     Mirror,
@@ -323,6 +326,26 @@ def _slot_keys(services: dict[Frontend, dict[int, SlotValue]], m: str) -> set[tu
     return {_svc_key(fe, s, m).as_tuple() for fe, slots in services.items() for s in slots}
 
 
+def peer_ports(desired: Desired) -> set[int]:
+    """Host-order ports a translated or steered socket can have as its peer."""
+    addrs = [a for fes in (desired.frontends, desired.frontends6) for b in fes.values() for a in b]
+    addrs += list(desired.redirects.values())
+    return {socket.ntohs(port) for _addr, port in addrs}
+
+
+def _add_peer_ports(maps_dir: Path, desired: Desired) -> int:
+    """Mark the plan's peer ports before any frontend can hand them out
+    (never unmarked: sockets translated under an older plan keep theirs)."""
+    writes = 0
+    with pinned.open_map(maps_dir, pinned.PEER_PORTS) as ports:
+        for port in sorted(peer_ports(desired)):
+            have = ports.lookup(U32(port))
+            if have is None or not have.as_tuple()[0]:
+                ports.update(U32(port), U8(1))
+                writes += 1
+    return writes
+
+
 def apply(
     plan: pb.DatapathPlan,
     maps_dir: Path,
@@ -364,6 +387,7 @@ def apply(
             iter_ops(desired, services, redirects, services6),
         )
         maps = {"services": svc_map, SERVICES6: svc6_map, "l7": l7_map}
+        result.writes += _add_peer_ports(maps_dir, desired)
         for op in iter_ops(desired, services, redirects, services6):
             target = maps[op.map]
             if op.value is None:

@@ -120,10 +120,16 @@ def _proxy_lines(maps_dir: Path) -> list[str]:
 def _usage(maps_dir: Path) -> list[str]:
     """Entries per pinned map against its capacity (LRU maps evict when full)."""
     out: list[str] = []
-    # Arrays are always full and socket storage cannot be iterated.
-    skip = (pinned.CONFIG, pinned.POLICY_CONFIG, pinned.POLICY_STATS, pinned.EVENTS_LOST)
+    # Arrays are always full.
+    skip = (
+        pinned.CONFIG,
+        pinned.POLICY_CONFIG,
+        pinned.POLICY_STATS,
+        pinned.EVENTS_LOST,
+        pinned.PEER_PORTS,
+    )
     for spec in pinned.ALL_MAPS:
-        if spec in skip or spec is pinned.SK_XLATED:
+        if spec in skip:
             continue
         with pinned.open_map(maps_dir, spec) as m:
             used = sum(1 for _ in m.iter_keys())

@@ -194,6 +194,15 @@ class U32(Mirror):
         super().__init__(value)
 
 
+class U8(Mirror):
+    """A bare __u8 value (a flag); checked by size only."""
+
+    _fields_ = (("value", ctypes.c_uint8),)
+
+    def __init__(self, value: int = 0) -> None:
+        super().__init__(value)
+
+
 class U64(Mirror):
     """A bare __u64 key (a socket cookie); checked by size only."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nodemesh.ebpf.maps import PinnedMap
 from nodemesh.ebpf.mirrors import (
+    U8,
     U32,
     U64,
     Config,
@@ -65,8 +66,8 @@ POLICY_STATS = MapSpec("nm_policy_stats_v1", U32, PolicyStats, 16384)
 POLICY_CONFIG = MapSpec("nm_policy_config_v1", U32, PolicyConfig, 1)
 UDP_PEERS = MapSpec("nm_udp_peers_v1", RevNatKey, U32, 65536)
 EVENTS_LOST = MapSpec("nm_events_lost_v1", U32, U64, 1)
-# Socket-local storage (key: the socket's fd from user space; capacity 0).
-SK_XLATED = MapSpec("nm_sk_xlated_v1", U32, U32, 0)
+# Port (host order) -> nonzero if a backend or proxy uses it (only grows).
+PEER_PORTS = MapSpec("nm_peer_ports_v1", U32, U8, 65536)
 
 ALL_MAPS = (
     SERVICES,
@@ -85,7 +86,7 @@ ALL_MAPS = (
     POLICY_CONFIG,
     UDP_PEERS,
     EVENTS_LOST,
-    SK_XLATED,
+    PEER_PORTS,
 )
 # The event ring (bpf/lib/events.h): no key or value, read with events.Reader.
 EVENTS = "nm_events_v1"

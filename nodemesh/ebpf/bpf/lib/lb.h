@@ -57,7 +57,6 @@ static __always_inline int nm_sock4_steer(struct bpf_sock_addr *ctx, __u64 cooki
 	}
 	nm_l7_steer(cookie, fe, redir);
 	nm_remember_vip(cookie, redir->proxy_addr, redir->proxy_port, fe);
-	nm_mark_translated(ctx->sk);
 	ctx->user_ip4 = redir->proxy_addr;
 	ctx->user_port = redir->proxy_port;
 	return NM_SYS_PROCEED;
@@ -107,7 +106,6 @@ static __always_inline int nm_sock4_xlate(struct bpf_sock_addr *ctx, bool is_con
 		return nm_deny();
 
 	nm_remember_vip(cookie, backend->addr, backend->port, &key);
-	nm_mark_translated(ctx->sk);
 	ctx->user_ip4 = backend->addr;
 	ctx->user_port = backend->port;
 	return NM_SYS_PROCEED;
@@ -119,8 +117,8 @@ static __always_inline void nm_sock4_revnat(struct bpf_sock_addr *ctx)
 	struct nm_revnat_key key = {};
 	const struct nm_origdst *vip;
 
-	/* A socket never translated returns here, without a cookie or lookup. */
-	if (!nm_translated(ctx->sk))
+	/* A peer port no backend or proxy has: never translated, no lookup. */
+	if (!nm_maybe_translated((__be16)ctx->user_port))
 		return;
 	key.cookie = bpf_get_socket_cookie(ctx);
 	key.addr = ctx->user_ip4;
@@ -144,22 +142,24 @@ static __always_inline void nm_sock4_release(struct bpf_sock *sk)
 
 	if (sk->family != NM_AF_INET || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
 		return;
-	if (!nm_translated(sk))
-		return; /* nothing was ever filed for it */
-	cookie = bpf_get_socket_cookie(sk);
 	if (sk->dst_port == 0) {
 		/* No peer port: a listener, unconnected UDP (its entries, one per
 		 * backend it sent to, stay with the LRU), or a TCP connect() that
 		 * failed, whose port the kernel cleared (sockops deleted the
 		 * reverse NAT of one that failed after its SYN). One that failed
 		 * before its SYN never met sockops, so its redirect is still here. */
-		if (proto == IPPROTO_TCP && bpf_map_lookup_elem(&nm_redir_v1, &cookie))
+		if (proto != IPPROTO_TCP)
+			return;
+		cookie = bpf_get_socket_cookie(sk);
+		if (bpf_map_lookup_elem(&nm_redir_v1, &cookie))
 			bpf_map_delete_elem(&nm_redir_v1, &cookie);
 		return;
 	}
 	/* A TCP socket keeps its peer port only past the SYN, where sockops
 	 * has already moved any redirect to nm_origdst_v1. */
-	key.cookie = cookie;
+	if (!nm_maybe_translated((__be16)sk->dst_port))
+		return; /* nothing was ever filed for it */
+	key.cookie = bpf_get_socket_cookie(sk);
 	key.addr = sk->dst_ip4;
 	key.port = (__be16)sk->dst_port;
 	if (bpf_map_lookup_elem(&nm_revnat_v1, &key))

@@ -54,7 +54,6 @@ static __always_inline int nm_sock6_steer_mapped(struct bpf_sock_addr *ctx, __u6
 	peer[2] = bpf_htonl(0xffff);
 	peer[3] = redir->proxy_addr;
 	nm_remember_vip6(cookie, peer, redir->proxy_port, dst, key->port);
-	nm_mark_translated(ctx->sk);
 	ctx->user_ip6[3] = redir->proxy_addr;
 	ctx->user_port = redir->proxy_port;
 	return NM_SYS_PROCEED;
@@ -98,7 +97,6 @@ static __always_inline int nm_sock6_xlate_mapped(struct bpf_sock_addr *ctx, __be
 	peer[2] = bpf_htonl(0xffff);
 	peer[3] = backend->addr;
 	nm_remember_vip6(cookie, peer, backend->port, dst, key.port);
-	nm_mark_translated(ctx->sk);
 	ctx->user_ip6[3] = backend->addr;
 	ctx->user_port = backend->port;
 	return NM_SYS_PROCEED;
@@ -143,7 +141,6 @@ static __always_inline int nm_sock6_xlate(struct bpf_sock_addr *ctx, bool is_con
 	if (!nm_egress6_allowed(ctx, ep, backend->port, proto))
 		return nm_deny();
 	nm_remember_vip6(cookie, backend->addr, backend->port, dst, key.port);
-	nm_mark_translated(ctx->sk);
 	ctx->user_ip6[0] = backend->addr[0];
 	ctx->user_ip6[1] = backend->addr[1];
 	ctx->user_ip6[2] = backend->addr[2];
@@ -162,7 +159,7 @@ static __always_inline void nm_sock6_revnat(struct bpf_sock_addr *ctx)
 	const struct nm_origdst6 *vip;
 	const struct nm_origdst *vip4;
 
-	if (!nm_translated(ctx->sk))
+	if (!nm_maybe_translated((__be16)ctx->user_port))
 		return;
 	key.cookie = bpf_get_socket_cookie(ctx);
 	key.port = (__be16)ctx->user_port;
@@ -200,7 +197,7 @@ static __always_inline void nm_sock6_release(struct bpf_sock *sk)
 
 	if (sk->family != NM_AF_INET6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
 		return;
-	if (sk->dst_port == 0 || !nm_translated(sk))
+	if (sk->dst_port == 0 || !nm_maybe_translated((__be16)sk->dst_port))
 		return; /* nothing here is ever filed under this socket */
 	key.cookie = bpf_get_socket_cookie(sk);
 	key.addr[0] = sk->dst_ip6[0];

@@ -78,27 +78,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nm_proxies_v1 SEC(".maps");
 
-/* Sockets this datapath translated or steered (socket-local storage, freed
- * with the socket): getpeername, recvmsg and release look nothing up for a
- * socket without a mark, which is almost every socket. */
+/* Every port a translated or steered socket can have as its peer: backend
+ * ports and proxy ports (index: the port in host order; nonzero: maybe).
+ * getpeername, recvmsg and release look nothing up for a socket whose peer
+ * port is not here, which is most sockets (a server's accepted ones, say).
+ * An array lookup, inlined by the verifier: no per-socket state to create at
+ * connect(). The agent only ever adds ports, so it stays a superset for
+ * sockets translated under an older plan. */
+#define NM_PEER_PORTS 65536
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__type(key, int);
-	__type(value, __u32);
-	__uint(max_entries, 0);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, NM_PEER_PORTS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nm_sk_xlated_v1 SEC(".maps");
+} nm_peer_ports_v1 SEC(".maps");
 
-static __always_inline void nm_mark_translated(struct bpf_sock *sk)
+static __always_inline bool nm_maybe_translated(__be16 peer_port)
 {
-	if (sk)
-		bpf_sk_storage_get(&nm_sk_xlated_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-}
+	__u32 port = bpf_ntohs(peer_port);
+	const __u8 *hit = bpf_map_lookup_elem(&nm_peer_ports_v1, &port);
 
-static __always_inline bool nm_translated(struct bpf_sock *sk)
-{
-	return sk && bpf_sk_storage_get(&nm_sk_xlated_v1, sk, 0, 0);
+	return hit && *hit;
 }
 
 /* IPv6: declared by every object too, so each one pins the same set. */
