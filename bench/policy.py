@@ -50,7 +50,8 @@ from nodemesh.model.store import MeshStore  # noqa: E402
 
 BASE = "5639c2e"  # main when this work was rebased on it
 VIP = "10.96.0.10"
-PLAIN_PORT, POLICED_PORT = 8080, 8081
+# 8080: the VIP's backend port; 9000: a port no backend uses; 8081: policed.
+PLAIN_PORT, OTHER_PORT, POLICED_PORT = 8080, 9000, 8081
 IDENTITIES, POLICIES = 10_000, 1_000
 RULE_COUNTS = (10, 100, 1_000, 10_000)
 CONNECT_LOOP = """
@@ -127,7 +128,12 @@ class Bench:
         self.server = node.add_pod("bench", "server")
         quiet: dict[str, Any] = {"stderr": subprocess.DEVNULL}
         # Outside the mesh: part 1 counts the client's programs only.
-        for port, cgroup in ((PLAIN_PORT, node.outside), (POLICED_PORT, self.server.cgroup)):
+        servers = (
+            (PLAIN_PORT, node.outside),
+            (OTHER_PORT, node.outside),
+            (POLICED_PORT, self.server.cgroup),
+        )
+        for port, cgroup in servers:
             argv = [sys.executable, str(PROBE), "tcp-server", str(port), "s"]
             proc = node.spawn(argv, cgroup, self.server.netns, **quiet)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -187,6 +193,8 @@ def part1(bench: Bench, rounds: int, n: int, scale: MeshModel) -> None:
             for label, code, policy, host, port in (
                 ("base, not a VIP", "base", None, bench.server.ip, PLAIN_PORT),
                 ("today, not a VIP", "new", None, bench.server.ip, PLAIN_PORT),
+                ("base, no backend's port", "base", None, bench.server.ip, OTHER_PORT),
+                ("today, no backend's port", "new", None, bench.server.ip, OTHER_PORT),
                 ("base, VIP", "base", None, VIP, 80),
                 ("today, VIP", "new", None, VIP, 80),
                 ("today + policy, not a VIP", "new", scale, bench.server.ip, PLAIN_PORT),
@@ -206,7 +214,7 @@ def part1(bench: Bench, rounds: int, n: int, scale: MeshModel) -> None:
             for name, v in sorted(progs[label].items())
             if any(r for r, _ in v) and name != INGRESS
         )
-        print(f"  {label:28s} {statistics.median(values):7.0f}   ({detail})")
+        print(f"  {label:30s} {statistics.median(values):7.0f}   ({detail})")
     ing = progs.pop(SERVER_SIDE, {}).get(INGRESS, [])
     if ing:
         per_conn = _runs(ing, n)

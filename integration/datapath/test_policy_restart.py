@@ -48,6 +48,7 @@ def start(
     hosts = [f"--host-ip={ip}" for ip in world.host_ips()]
     argv = agent_argv(
         node,
+        "datapath",
         f"--model-dir={model}",
         f"--pod-cgroups={node.mesh}",
         "--node-name=node-1",

@@ -47,6 +47,9 @@ log = structlog.get_logger("nodemesh.ebpf.applier")
 
 IPPROTO: dict[int, int] = {pb.TCP: 6, pb.UDP: 17}
 MAX_BACKENDS = 0xFFFF  # nm_service_value.count is a __u16
+# Slot 0's `addr` flags (bpf/lib/common.h NM_FE_L7): some L7 redirect covers
+# this frontend, so connect() looks for one; without it, it never does.
+FE_L7 = 1
 
 # (vip_be, port_be, proto) and (addr_be, port_be); an IPv6 address is its
 # 128-bit integer (the mirrors' as_tuple form).
@@ -239,10 +242,21 @@ class Op:
         return f"{verb} {self.map} {self.key.as_tuple()}"
 
 
+def _fe_flags(value: SlotValue) -> int:
+    """Slot 0's `addr` carries the frontend's flags (IPv4 only)."""
+    return int(value.addr_be) if isinstance(value, ServiceValue) else 0
+
+
 def _grow_ops(
-    fe: Frontend, slots: dict[int, SlotValue], desired: list[Addr], m: str = "services"
+    fe: Frontend,
+    slots: dict[int, SlotValue],
+    desired: list[Addr],
+    m: str = "services",
+    flags: int = 0,
 ) -> list[Op]:
-    """Ops for a new or changed frontend, in the never-empty order."""
+    """Ops for a new or changed frontend, in the never-empty order. `flags`
+    (FE_L7) go in slot 0 with the count, so they land before a new redirect
+    of the frontend and are cleared before a removed one leaves."""
     count = int(slots[0].count) if 0 in slots else 0
     current = [slot_addr(slots[i]) if i in slots else (0, 0) for i in range(1, count + 1)]
     layout = _layout(current, desired)
@@ -251,8 +265,9 @@ def _grow_ops(
         have = slots.get(i)
         if have is None or slot_addr(have) != addr:
             ops.append(Op(m, _svc_key(fe, i, m), _svc_value(m, addr)))
-    if 0 not in slots or count != len(layout):
-        ops.append(Op(m, _svc_key(fe, 0, m), _svc_value(m, count=len(layout))))
+    if 0 not in slots or count != len(layout) or _fe_flags(slots[0]) != flags:
+        head = _svc_value(m, (flags, 0), count=len(layout)) if m != SERVICES6 else None
+        ops.append(Op(m, _svc_key(fe, 0, m), head or _svc_value(m, count=len(layout))))
     # Past the new count, including strays a crashed agent may have left.
     ops += [Op(m, _svc_key(fe, i, m), None) for i in sorted(slots) if i > len(layout)]
     return ops
@@ -279,8 +294,10 @@ def iter_ops(
     `desired`, one at a time: a large plan never holds all its ops in memory
     (55,000 of them, as mirrors, were ~20 MiB of peak agent RSS)."""
     have6 = services6 or {}
+    steered = {key[1:] for key in desired.redirects}
     for fe in sorted(desired.frontends):
-        yield from _grow_ops(fe, services.get(fe, {}), desired.frontends[fe])
+        flags = FE_L7 if fe in steered else 0
+        yield from _grow_ops(fe, services.get(fe, {}), desired.frontends[fe], flags=flags)
     for fe in sorted(desired.frontends6):
         yield from _grow_ops(fe, have6.get(fe, {}), desired.frontends6[fe], SERVICES6)
     for key in sorted(desired.redirects):

@@ -239,3 +239,31 @@ def test_overflow_is_refused_counting_the_transition_peak() -> None:
     }
     with pytest.raises(PlanTooLarge, match=r"nm_services_v1 would need 5 entries .* holds 4"):
         applier._check_capacity(specs, {"services": other}, ops)
+
+
+def test_l7_flag_lands_before_a_redirect_and_goes_before_its_removal() -> None:
+    key = (ip_be(VIP), port_be(80), 6)
+    redirect = (0, *key)
+    target = (ip_be("10.0.0.1"), port_be(15001))
+    plain = applier.Desired({key: [(ip_be("10.1.0.1"), port_be(8080))]}, {})
+    steered = applier.Desired(plain.frontends, {redirect: target})
+    grouped: dict[applier.Frontend, dict[int, applier.SlotValue]] = {}
+
+    def head(ops: list[applier.Op]) -> list[tuple[str, int | None]]:
+        out: list[tuple[str, int | None]] = []
+        for op in ops:
+            if op.map == "services" and op.key.as_tuple()[-1] == 0 and op.value is not None:
+                out.append(("flags", op.value.as_tuple()[0]))
+            elif op.map == "l7":
+                out.append(("l7", None if op.value is None else 1))
+        return out
+
+    first = applier.plan_ops(plain, grouped, {})
+    assert head(first) == [("flags", 0)]
+    state = {key: {0: ServiceValue(addr_be=0, port_be=0, count=1)}}
+    assert head(applier.plan_ops(steered, state, {})) == [("flags", applier.FE_L7), ("l7", 1)]
+    flagged = {key: {0: ServiceValue(addr_be=applier.FE_L7, port_be=0, count=1)}}
+    assert head(applier.plan_ops(plain, flagged, {redirect: target})) == [
+        ("flags", 0),
+        ("l7", None),
+    ]

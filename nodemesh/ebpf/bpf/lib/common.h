@@ -39,8 +39,10 @@ struct nm_service_key {
 	__u32 slot;
 };
 
-/* nm_services_v1 value. Slot 0 uses only `count`; backend slots use only
- * `addr` and `port`. One value type keeps the map a single lookup per hop. */
+/* nm_services_v1 value. Slot 0 uses `count`, and `addr` as the frontend's
+ * flags (NM_FE_L7, raw, never byte-swapped); backend slots use only `addr`
+ * and `port`. One value type keeps the map a single lookup per hop. */
+#define NM_FE_L7 1 /* some L7 redirect covers it: connect() looks one up */
 struct nm_service_value {
 	__be32 addr;
 	__be16 port;

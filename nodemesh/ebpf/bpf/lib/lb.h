@@ -87,7 +87,9 @@ static __always_inline int nm_sock4_xlate(struct bpf_sock_addr *ctx, bool is_con
 	}
 
 	cookie = bpf_get_socket_cookie(ctx);
-	if (is_connect && proto == IPPROTO_TCP) {
+	/* Only a frontend some redirect covers pays the ancestry walk and the
+	 * redirect lookups. */
+	if (is_connect && proto == IPPROTO_TCP && (frontend->addr & NM_FE_L7)) {
 		redir = nm_l7_lookup(&key);
 		if (redir)
 			return nm_sock4_steer(ctx, cookie, &key, frontend, redir, ep);

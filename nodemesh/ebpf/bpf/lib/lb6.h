@@ -81,7 +81,7 @@ static __always_inline int nm_sock6_xlate_mapped(struct bpf_sock_addr *ctx, __be
 		return NM_SYS_PROCEED;
 	}
 	cookie = bpf_get_socket_cookie(ctx);
-	if (is_connect && proto == IPPROTO_TCP) {
+	if (is_connect && proto == IPPROTO_TCP && (frontend->addr & NM_FE_L7)) {
 		steered = nm_sock6_steer_mapped(ctx, cookie, &key, frontend, dst, ep);
 		if (steered >= 0)
 			return steered;
