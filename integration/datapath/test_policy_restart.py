@@ -80,7 +80,8 @@ def applied(lines: list[str]) -> list[dict[str, int]]:
     found = []
     for line in lines:
         if "policy applied" in line:
-            nums = dict(re.findall(r"(writes|deletes)=(\d+)", line))
+            # JSON lines ("writes": 3) or the console's writes=3.
+            nums = dict(re.findall(r'"?(writes|deletes)"?[=:] ?(\d+)', line))
             found.append({k: int(v) for k, v in nums.items()})
     return found
 
