@@ -44,6 +44,7 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     ResourceType("events.k8s.io", "v1", "events", "Event"),
     ResourceType("apps", "v1", "deployments", "Deployment"),
+    ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ResourceType("cilium.io", "v2", "ciliumenvoyconfigs", "CiliumEnvoyConfig", True, True),
     ResourceType(
         "cilium.io",

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from nodemesh.ebpf import dump_policy
+
 from .conftest import Datapath
 from .node import MeshNode
 from .policy_world import PolicyWorld
@@ -45,6 +47,15 @@ def test_deny_all_ingress_then_allow_from_one_app(world: PolicyWorld) -> None:
     for (client, server, _port, _kind), got in out.items():
         want = "timeout" if server.startswith("prod/") else "ok"
         assert got == want, (client, server, got)
+    # `agent dump`'s endpoint list: what the kernel holds, beside the plan.
+    text = dump_policy.render(world.last_plan, world.node.config().maps_dir, world.cgroups)
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if "/" in line.split()[0]}
+    assert rows["prod/db"][2:5] == ["Enabled", "Disabled", "1"] and "in sync" in " ".join(
+        rows["prod/db"]
+    )
+    assert rows["dev/tool"][2:5] == ["Disabled", "Disabled", "0"]
+    denied = next(line for line in text.splitlines() if line.startswith("default-deny"))
+    assert int(denied.split()[2]) > 0  # the drops above, counted
 
     # Allow prod/db from app=api (same namespace only), TCP 8080 only.
     world.set_policies(
