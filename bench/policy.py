@@ -1,6 +1,6 @@
 """What L3/L4 policy costs per connection, in one run, side by side.
 
-    sudo .venv/bin/python bench/policy.py [--rounds 3] [--connects 2000]
+    sudo .venv/bin/python -m bench.policy [--rounds 3] [--connects 2000] [--part 1|2|3]
 
 On one node of network namespaces (integration/datapath/node.py), two pods:
 
@@ -34,19 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from datapath_measure import bpf_stats, hook_counters, hook_delta, map_memlock  # noqa: E402
-from old_datapath import load_revision  # noqa: E402
-
-from integration.datapath.node import NODE_IP, PROBE, MeshNode  # noqa: E402
-from integration.datapath.plans import frontend, plan  # noqa: E402
-from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb  # noqa: E402
-from nodemesh.ebpf import applier, loader, policy_apply, policy_plan  # noqa: E402
-from nodemesh.ebpf.endpoints import DirectoryPodCgroups  # noqa: E402
-from nodemesh.model.snapshot import MeshModel  # noqa: E402
-from nodemesh.model.store import MeshStore  # noqa: E402
+from bench.datapath_measure import bpf_stats, hook_counters, hook_delta, map_memlock
+from bench.old_datapath import load_revision
+from integration.datapath.node import NODE_IP, PROBE, MeshNode
+from integration.datapath.plans import frontend, plan
+from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
+from nodemesh.ebpf import applier, loader, policy_apply, policy_plan
+from nodemesh.ebpf.endpoints import DirectoryPodCgroups
+from nodemesh.model.snapshot import MeshModel
+from nodemesh.model.store import MeshStore
 
 BASE = "5639c2e"  # main when this work was rebased on it
 VIP = "10.96.0.10"

@@ -75,7 +75,8 @@ def _port_matches(entry: dict[str, Any], port: int, kind: str) -> bool:
         return True
     if isinstance(want, str):
         return CONTAINER_PORTS.get(want) == (port, kind)
-    return want <= port <= entry.get("endPort", want)
+    end: int = entry.get("endPort", want)
+    return bool(want <= port <= end)
 
 
 def _types(spec: dict[str, Any]) -> set[str]:

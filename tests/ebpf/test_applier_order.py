@@ -260,9 +260,13 @@ def test_l7_flag_lands_before_a_redirect_and_goes_before_its_removal() -> None:
 
     first = applier.plan_ops(plain, grouped, {})
     assert head(first) == [("flags", 0)]
-    state = {key: {0: ServiceValue(addr_be=0, port_be=0, count=1)}}
+    state: dict[applier.Frontend, dict[int, applier.SlotValue]] = {
+        key: {0: ServiceValue(addr_be=0, port_be=0, count=1)}
+    }
     assert head(applier.plan_ops(steered, state, {})) == [("flags", applier.FE_L7), ("l7", 1)]
-    flagged = {key: {0: ServiceValue(addr_be=applier.FE_L7, port_be=0, count=1)}}
+    flagged: dict[applier.Frontend, dict[int, applier.SlotValue]] = {
+        key: {0: ServiceValue(addr_be=applier.FE_L7, port_be=0, count=1)}
+    }
     assert head(applier.plan_ops(plain, flagged, {redirect: target})) == [
         ("flags", 0),
         ("l7", None),

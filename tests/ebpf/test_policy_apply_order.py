@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_policy_plan import PODS, knp
 
 from nodemesh.ebpf import pinned, policy_apply, policy_plan
 from nodemesh.ebpf.errors import PlanTooLarge
 from nodemesh.ebpf.mirrors import Mirror
 from nodemesh.model.store import MeshStore
+from tests.ebpf.test_policy_plan import PODS, knp
 
 Held = dict[str, dict[tuple[int, ...], tuple[Mirror, Mirror]]]
 
