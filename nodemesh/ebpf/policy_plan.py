@@ -101,7 +101,12 @@ class _Compiler:
         self.exempt = exempt
         self.warnings: list[ObjectWarning] = []
         ns_labels = {n.ref.name: dict(n.labels) for n in model.namespaces}
-        self.pods = [p for p in model.pods if p.ips and p.phase not in ("Succeeded", "Failed")]
+        live = [p for p in model.pods if p.ips and p.phase not in ("Succeeded", "Failed")]
+        # hostNetwork pods and the node Envoy are the host, not endpoints:
+        # their addresses are `host` (a hostNetwork pod's IP is the node's),
+        # so ingress admits the proxy's upstream connections (allow-localhost).
+        hosts = [p for p in live if p.host_network or _key(p) in exempt]
+        self.pods = [p for p in live if not (p.host_network or _key(p) in exempt)]
         self.labels = {
             _key(p): identity_labels(
                 p.ref.namespace, dict(p.labels), ns_labels.get(p.ref.namespace)
@@ -118,9 +123,14 @@ class _Compiler:
         for ident, labels in self.id_labels.items():
             for pair in labels.items():
                 self.index[pair].add(ident)
-        self.pod_ips = {ip: self.pod_id[_key(p)] for p in self.pods for ip in p.ips if _v4(ip)}
+        self.host_ips = sorted({*host_ips, *(ip for p in hosts for ip in p.ips if _v4(ip))})
+        self.pod_ips = {
+            ip: self.pod_id[_key(p)]
+            for p in self.pods
+            for ip in p.ips
+            if _v4(ip) and ip not in self.host_ips
+        }
         self.specs = sorted(_specs(model), key=lambda s: s.ref)
-        self.host_ips = sorted(set(host_ips))
         self.cidr_id = ids.cidr_identities(self._prefixes())
 
     def _prefixes(self) -> set[str]:
@@ -253,10 +263,10 @@ class _Compiler:
 
     def _ipcache(self, flags: dict[int, int]) -> dict[str, tuple[int, int]]:
         out = {prefix: (ident, 0) for prefix, ident in self.cidr_id.items()}
-        for ip in self.host_ips:
-            out[f"{ip}/32"] = (ids.HOST, 0)
         for ip, ident in self.pod_ips.items():
             out[f"{ip}/32"] = (ident, flags.get(ident, 0))
+        for ip in self.host_ips:
+            out[f"{ip}/32"] = (ids.HOST, 0)
         return dict(sorted(out.items()))
 
     def _endpoints(

@@ -192,6 +192,8 @@ class Pod:
     # processes may still run, e.g. an Envoy draining during a rollout).
     deleting: bool = False
     container_ports: tuple[ContainerPort, ...] = ()
+    # spec.hostNetwork: the pod's IPs are the node's (identity host in policy).
+    host_network: bool = False
 
 
 @dataclass(frozen=True, slots=True)

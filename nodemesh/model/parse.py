@@ -411,6 +411,7 @@ def _pod(ref: ObjectRef, top: Fields) -> ParseResult:
         uid=_opt_meta_str(ref, top, "uid"),
         deleting=_deleting(ref, top),
         container_ports=_container_ports(spec),
+        host_network=bool(spec.opt_bool("hostNetwork")),
     )
     return ParseResult(obj)
 

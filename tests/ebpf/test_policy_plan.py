@@ -180,3 +180,22 @@ def test_cidr_identities_and_deny() -> None:
     assert plan.entries[(cli, EGRESS, TCP, inner, 22, 16)][0] == DENY
     assert plan.entries[(cli, EGRESS, TCP, inner, 23, 16)][0] == ALLOW
     assert plan.entries[(cli, EGRESS, UDP, inner, 0, 0)][0] == ALLOW
+
+
+def test_host_network_and_proxy_pods_are_the_host() -> None:
+    envoy = pod("nodemesh-system", "envoy", "10.0.0.1", app="envoy")
+    envoy["spec"]["hostNetwork"] = True
+    agent = pod("nodemesh-system", "agent", "10.0.0.1", app="agent")
+    agent["spec"]["hostNetwork"] = True
+    proxy = pod("nodemesh-system", "proxy", "10.9.0.5", app="proxy")
+    deny = knp("all", {"podSelector": {}}, ns="nodemesh-system")
+    plan = policy_plan.plan(
+        model(*PODS, envoy, agent, proxy, deny), "n1", exempt=["nodemesh-system/proxy"]
+    )
+    # The node's address stays `host` even though pods claim it; neither
+    # hostNetwork pods nor the proxy are endpoints, whatever selects them.
+    assert plan.ipcache["10.0.0.1/32"] == (ids.HOST, 0)
+    assert plan.ipcache["10.9.0.5/32"] == (ids.HOST, 0)
+    assert not {"nodemesh-system/envoy", "nodemesh-system/agent", "nodemesh-system/proxy"} & set(
+        plan.endpoints
+    )
