@@ -29,10 +29,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import duration_pb2
-from prometheus_client import CollectorRegistry
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
-from nodemesh.xds.metrics import XdsMetrics
 
 
 def _service(i: int, port_bump: int = 0) -> tuple[Any, Any, Any, Any]:
@@ -93,7 +91,7 @@ def main() -> None:
     n = args.services
     full, same_objects, fresh_objects, consistency = [], [], [], []
     for _ in range(args.repeat):
-        cache = SnapshotCache(metrics=XdsMetrics.create(CollectorRegistry()))
+        cache = SnapshotCache()
         resources = mesh(n)
         t, first = _timed(lambda r=resources, c=cache: c.build_snapshot(r, "v1", "node"))
         full.append(t)
@@ -139,7 +137,7 @@ def end_to_end(services: int, repeat: int) -> None:
         return
     full, change = [], []
     for _ in range(repeat):
-        cache = SnapshotCache(metrics=XdsMetrics.create(CollectorRegistry()))
+        cache = SnapshotCache()
         model = build_model(services, 10)
         translator = Translator()
 

@@ -36,10 +36,9 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import duration_pb2
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, SnapshotCache
-from nodemesh.xds.metrics import XdsMetrics
 from nodemesh.xds.server import AdsServer, ServerSettings, StreamSettings
 
 # -- the mesh -------------------------------------------------------------------
@@ -162,14 +161,13 @@ async def _wait_metric(
 
 
 async def run_api(api: str, args: argparse.Namespace) -> dict[str, Any]:
-    registry = CollectorRegistry()
-    metrics = XdsMetrics.create(registry)
-    cache = SnapshotCache(metrics=metrics)
+    registry = REGISTRY  # the server's metrics are module-level (nodemesh.xds.metrics)
+    cache = SnapshotCache()
     settings = ServerSettings(
         tcp_address="127.0.0.1:0",
         stream=StreamSettings(coalesce_delay=args.coalesce),
     )
-    server = AdsServer(cache, settings, metrics)
+    server = AdsServer(cache, settings)
     snapshot = cache.build_snapshot(mesh(args.services), "v0")
     cache.set_default_snapshot(snapshot)
     await server.start()
@@ -190,7 +188,8 @@ async def run_api(api: str, args: argparse.Namespace) -> dict[str, Any]:
     acks = "nodemesh_xds_acks_total"
     eds = {"type": "EDS"}
     try:
-        ok = await _wait_metric(registry, acks, eds, n, 300)
+        start = registry.get_sample_value(acks, eds) or 0.0
+        ok = await _wait_metric(registry, acks, eds, start + n, 300)
         if not ok:
             raise SystemExit(f"{api}: initial sync of {n} streams did not finish")
         await asyncio.sleep(1.0)  # let every worker settle

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from nodemesh.cmd.common import (
-    DEFAULT_XDS_ADDRESS,
     UsageError,
     add_admin_address,
     add_kubernetes_flags,
@@ -19,6 +18,7 @@ from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig, KubernetesConfig
 from nodemesh.xds.server import TlsSettings
 from nodemesh.xds.translate import TranslateOptions
+from nodemesh.xds.vocab import DEFAULT_PUSH_DELAY, DEFAULT_XDS_ADDRESS
 
 DEFAULT_ADMIN = f"{DEFAULT_ADMIN_HOST}:{DEFAULT_ADMIN_PORT}"
 
@@ -46,7 +46,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--push-delay",
         type=float,
-        default=0.1,
+        default=DEFAULT_PUSH_DELAY,
         help="coalescing window for bursts of changes, seconds",
     )
     serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")

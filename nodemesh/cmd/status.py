@@ -13,6 +13,7 @@ import yaml
 from nodemesh.cmd.common import add_admin_address
 from nodemesh.cmd.serve import DEFAULT_ADMIN
 from nodemesh.cmd.status_view import fetch_json, fetch_syncz, format_status
+from nodemesh.xds.vocab import ALIASES
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         "config-dump", parents=[parent], help="what the server holds for one node"
     )
     dump.add_argument("--node-id", "--node", dest="node_id", required=True, help="Envoy node id")
-    dump.add_argument("--type", choices=["clusters", "listeners", "routes", "endpoints"])
+    dump.add_argument("--type", choices=sorted(ALIASES))
     dump.add_argument("-o", "--output", choices=["json", "yaml"], default="json")
     add_admin_address(dump, DEFAULT_ADMIN, "the control plane's admin host:port")
     dump.set_defaults(func=run_config_dump)

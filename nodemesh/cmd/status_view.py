@@ -29,8 +29,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nodemesh.cmd.terminal import terminal_safe
+from nodemesh.xds.vocab import STATUS_COLUMNS
 
-XDS_COLUMNS = ("CDS", "LDS", "EDS", "RDS")
+XDS_COLUMNS = STATUS_COLUMNS
 
 
 class StatusError(Exception):

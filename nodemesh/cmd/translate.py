@@ -22,13 +22,7 @@ from nodemesh.model.objects import pairs
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.files import FileSource
 from nodemesh.xds.translate import TranslateOptions, translate, validate_envoy_config
-
-TYPES = {
-    "clusters": "Cluster",
-    "endpoints": "ClusterLoadAssignment",
-    "listeners": "Listener",
-    "routes": "RouteConfiguration",
-}
+from nodemesh.xds.vocab import ALIASES, type_url_of
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> None:
@@ -38,7 +32,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         help="print the Envoy resources a directory of manifests becomes",
     )
     command.add_argument("--source-dir", type=Path, required=True, help="YAML manifests")
-    command.add_argument("--type", choices=sorted(TYPES), help="only this resource type")
+    command.add_argument("--type", choices=sorted(ALIASES), help="only this resource type")
     command.add_argument("--node-name", help="node name (CECs with a nodeSelector apply per node)")
     command.add_argument(
         "--node-label", action="append", default=[], metavar="KEY=VALUE", help="node label"
@@ -64,14 +58,14 @@ def render(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     source.load()
     model = store.build()
     translation = translate(model, _options(args))
-    wanted = TYPES.get(args.type or "")
+    wanted = type_url_of(args.type) if args.type else None
     resources = {
         url.rpartition(".")[2]: {
             name: json_format.MessageToDict(message, preserving_proto_field_name=True)
             for name, message in sorted(named.items())
         }
         for url, named in translation.resources.items()
-        if wanted is None or url.endswith("." + wanted)
+        if wanted is None or url == wanted
     }
     errors = [str(e) for e in (*model.errors, *translation.errors)]
     errors += [str(e) for e in source.errors]

@@ -28,9 +28,10 @@ from nodemesh.model.store import MeshStore
 from nodemesh.sources.base import Source
 from nodemesh.sources.files import FileSource
 from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminServer
-from nodemesh.wiring.nacks import XdsNacks
+from nodemesh.wiring.nacks import NackNotifier, XdsNacks
 from nodemesh.wiring.routes_view import routes_json
-from nodemesh.xds.cache import LISTENER, SnapshotCache, short_name
+from nodemesh.wiring.sync_signal import SyncSignal
+from nodemesh.xds.cache import LISTENER, SnapshotCache
 from nodemesh.xds.server import (
     AdsServer,
     ClientStatus,
@@ -41,6 +42,7 @@ from nodemesh.xds.server import (
     TypeStatus,
 )
 from nodemesh.xds.translate import TranslateOptions, Translation, Translator, validate_envoy_config
+from nodemesh.xds.vocab import ALIASES, DEFAULT_PUSH_DELAY, DEFAULT_XDS_ADDRESS, short_name
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient
@@ -54,13 +56,6 @@ TRANSLATE_ERRORS = Gauge(
     "Objects (or fields of them) the Envoy translation rejected, by kind",
     ["kind"],
 )
-
-TYPE_ALIASES = {
-    "clusters": "CDS",
-    "endpoints": "EDS",
-    "listeners": "LDS",
-    "routes": "RDS",
-}
 
 
 class ModelFollower(Protocol):
@@ -105,12 +100,12 @@ class ControlPlaneConfig:
 
     source_dirs: Sequence[Path] = ()
     kubernetes: KubernetesConfig | None = None
-    xds_tcp: str | None = "127.0.0.1:18000"
+    xds_tcp: str | None = DEFAULT_XDS_ADDRESS
     xds_socket: Path | None = None
     tls: TlsSettings | None = None
     admin_host: str = DEFAULT_ADMIN_HOST
     admin_port: int = DEFAULT_ADMIN_PORT
-    push_delay: float = 0.1
+    push_delay: float = DEFAULT_PUSH_DELAY
     translate: TranslateOptions = field(default_factory=TranslateOptions)
 
 
@@ -138,6 +133,7 @@ class ControlPlane:
         self.store = MeshStore(validators=[validate_envoy_config])
         self.cache = SnapshotCache()
         self.translator = Translator(config.translate)
+        self.sync_signal = SyncSignal()
         self.server = AdsServer(
             self.cache,
             ServerSettings(
@@ -146,6 +142,7 @@ class ControlPlane:
                 tls=config.tls,
                 stream=StreamSettings(coalesce_delay=config.push_delay),
             ),
+            callbacks=[self.sync_signal],
         )
         self.admin = AdminServer(
             self, prometheus_client.REGISTRY, config.admin_host, config.admin_port
@@ -162,6 +159,8 @@ class ControlPlane:
         if config.kubernetes is not None:
             self.kubernetes = _kubernetes_source(self, config.kubernetes)
             self.sources.append(self.kubernetes)
+            # A NACK reaches the objects' Programmed condition at once.
+            self.server.subscribe(NackNotifier(self.kubernetes.nacks_changed))
 
     async def run(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -213,6 +212,7 @@ class ControlPlane:
         # Every kind, so a kind whose errors cleared goes back to 0.
         for kind in Kind:
             TRANSLATE_ERRORS.labels(kind=kind.value).set(by_kind.get(kind.value, 0))
+        self.sync_signal.notify()  # a client may be in sync with it already
         log.info(
             "model_published",
             version=model.version,
@@ -240,12 +240,14 @@ class ControlPlane:
         return self.server.acked_names(node_id, LISTENER)
 
     async def wait_synced(self, node_id: str, timeout: float = 30.0) -> None:
-        """Until `synced(node_id)`; TimeoutError after `timeout` seconds."""
-        # Polled: sync state is derived from every stream's ACK bookkeeping,
-        # which signals nothing; operators' and tests' waits are rare.
+        """Until `synced(node_id)`; TimeoutError after `timeout` seconds.
+        Woken by the xDS server's callbacks and by publish(), never polled."""
         async with asyncio.timeout(timeout):
-            while not self.synced(node_id):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+            while True:
+                changed = self.sync_signal.changed()
+                if self.synced(node_id):
+                    return
+                await changed.wait()
 
     # -- AdminView ---------------------------------------------------------------
 
@@ -277,7 +279,7 @@ class ControlPlane:
     def config_dump(self, node: str, resource_type: str | None) -> Mapping[str, Any] | None:
         if self.cache.snapshot(node) is None:
             return None
-        wanted = TYPE_ALIASES.get(resource_type or "", resource_type)
+        wanted = ALIASES.get(resource_type or "", resource_type)
         dump = self.cache.config_dump(node)
         return {
             short_name(type_url): {

@@ -18,7 +18,7 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
 from nodemesh.xds.cache.snapshot import Snapshot
-from nodemesh.xds.metrics import XdsMetrics, default_metrics
+from nodemesh.xds.metrics import SNAPSHOT_BUILD_SECONDS
 
 log = structlog.get_logger("nodemesh.xds.cache")
 
@@ -59,13 +59,8 @@ class SnapshotCache:
     """Latest snapshot per node key, with an optional default for every node
     that has no snapshot of its own."""
 
-    def __init__(
-        self,
-        node_hash: NodeHash = node_id_hash,
-        metrics: XdsMetrics | None = None,
-    ) -> None:
+    def __init__(self, node_hash: NodeHash = node_id_hash) -> None:
         self._node_hash = node_hash
-        self._metrics = metrics or default_metrics()
         self._snapshots: dict[str, Snapshot] = {}
         self._default: Snapshot | None = None
         self._watches: dict[str, dict[int, Notify]] = {}
@@ -120,7 +115,7 @@ class SnapshotCache:
         started = time.perf_counter()
         previous = self._default if key is None else self.snapshot(key)
         snapshot = Snapshot.build(resources, label, previous)
-        self._metrics.snapshot_build_seconds.observe(time.perf_counter() - started)
+        SNAPSHOT_BUILD_SECONDS.observe(time.perf_counter() - started)
         return snapshot
 
     def set_snapshot(self, key: str, snapshot: Snapshot) -> tuple[str, ...]:

@@ -14,16 +14,13 @@ from collections.abc import Iterable
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
-_PREFIX = "type.googleapis.com/"
-
-CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
-ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
-ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
-SCOPED_ROUTE = _PREFIX + "envoy.config.route.v3.ScopedRouteConfiguration"
-VIRTUAL_HOST = _PREFIX + "envoy.config.route.v3.VirtualHost"
-SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
-RUNTIME = _PREFIX + "envoy.service.runtime.v3.Runtime"
+from nodemesh.xds.vocab import CLUSTER as CLUSTER
+from nodemesh.xds.vocab import ENDPOINT as ENDPOINT
+from nodemesh.xds.vocab import LISTENER as LISTENER
+from nodemesh.xds.vocab import ROUTE as ROUTE
+from nodemesh.xds.vocab import SCOPED_ROUTE, VIRTUAL_HOST
+from nodemesh.xds.vocab import is_valid_type_url as is_valid_type_url
+from nodemesh.xds.vocab import short_name as short_name
 
 # Make-before-break on one ADS stream (xDS protocol, "eventual consistency
 # considerations"): clusters before the endpoints that fill them, listeners
@@ -34,22 +31,6 @@ PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE,
 # which a client may subscribe to as a wildcard.
 WILDCARD_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER, SCOPED_ROUTE})
 
-SHORT_NAMES: dict[str, str] = {
-    CLUSTER: "CDS",
-    ENDPOINT: "EDS",
-    LISTENER: "LDS",
-    ROUTE: "RDS",
-    SCOPED_ROUTE: "SRDS",
-    VIRTUAL_HOST: "VHDS",
-    SECRET: "SDS",
-    RUNTIME: "RTDS",
-}
-
-
-def short_name(type_url: str) -> str:
-    """`CDS` for the cluster type URL; the bare message name for others."""
-    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
-
 
 def push_rank(type_url: str) -> tuple[int, str]:
     """Sort key that puts types in make-before-break order."""
@@ -57,11 +38,6 @@ def push_rank(type_url: str) -> tuple[int, str]:
         return (PUSH_ORDER.index(type_url), "")
     except ValueError:
         return (len(PUSH_ORDER), type_url)
-
-
-def is_valid_type_url(type_url: str) -> bool:
-    """A type URL must at least name a message under type.googleapis.com."""
-    return type_url.startswith(_PREFIX) and len(type_url) > len(_PREFIX)
 
 
 def content_hash(parts: Iterable[bytes]) -> str:

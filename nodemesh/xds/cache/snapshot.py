@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -23,6 +24,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf.message import DecodeError, Message
 
 from nodemesh.xds.cache.errors import SnapshotError
+from nodemesh.xds.cache.names import SharedNames
 from nodemesh.xds.cache.resources import (
     CLUSTER,
     ENDPOINT,
@@ -32,14 +34,14 @@ from nodemesh.xds.cache.resources import (
     content_hash,
     is_valid_type_url,
 )
+from nodemesh.xds.vocab import TYPE_PREFIX
 
-_HCM_TYPE = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+_HCM_TYPE = TYPE_PREFIX + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _serials = itertools.count(1)
 # How many ancestors a snapshot remembers its change set against; streams
 # further behind than this fall back to a full diff.
 _CHANGE_HISTORY = 8
 _MAX_CHANGE_ENTRIES = 64
-_MAX_NAMED_VIEWS = 1024
 
 ChangeSet = Mapping[str, frozenset[str]]
 
@@ -110,7 +112,9 @@ class Snapshot:
         self._type_versions: dict[str, str] = {}
         self._wildcard_bodies: dict[str, bytes] = {}
         self._versions: dict[str, Mapping[str, str]] = {}
-        self._named: dict[tuple[str, frozenset[str]], NamedView] = {}
+        # type URL -> name set -> view; weak on the set, so a view dies with
+        # the last stream subscribing to exactly those names.
+        self._named: dict[str, weakref.WeakKeyDictionary[SharedNames, NamedView]] = {}
         # ancestor serial -> names changed (added, modified or removed) per type
         self._changes: dict[int, dict[str, frozenset[str]]] = {}
         self._issues: tuple[str, ...] | None = None
@@ -213,9 +217,11 @@ class Snapshot:
     def named_view(self, type_url: str, names: frozenset[str]) -> NamedView:
         """The resources of `names` that exist, with their SotW version and
         encoded body, memoized per snapshot: streams asking for the same
-        names (every Envoy of a group, typically) share one view."""
-        key = (type_url, names)
-        view = self._named.get(key)
+        names (every Envoy of a group, typically) share one view. Only a
+        `SharedNames` set is memoized, weakly: the view lives as long as some
+        stream holds exactly that set."""
+        views = self._named.get(type_url)
+        view = views.get(names) if views is not None and isinstance(names, SharedNames) else None
         if view is None:
             resources = self.get(type_url)
             picked = {n: resources[n] for n in sorted(names) if n in resources}
@@ -225,9 +231,8 @@ class Snapshot:
                 version=view_version(picked.values()),
                 body=b"".join(r.sotw_field for r in picked.values()),
             )
-            if len(self._named) >= _MAX_NAMED_VIEWS:
-                self._named.clear()  # bounded; rebuilt on demand
-            self._named[key] = view
+            if isinstance(names, SharedNames):
+                self._named.setdefault(type_url, weakref.WeakKeyDictionary())[names] = view
         return view
 
     def wildcard_body(self, type_url: str) -> bytes:

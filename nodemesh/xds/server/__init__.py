@@ -1,10 +1,18 @@
 """ADS (SotW and delta) and CSDS server over the snapshot cache."""
 
+from nodemesh.xds.server.callbacks import (
+    RequestInfo,
+    RequestKind,
+    ResponseInfo,
+    StreamInfo,
+    XdsCallbacks,
+)
 from nodemesh.xds.server.errors import (
     ClientTooSlow,
     InvalidRequest,
     ServerConfigError,
     TooManyNames,
+    TooManyTypes,
     XdsServerError,
 )
 from nodemesh.xds.server.server import AdsServer, ServerSettings
@@ -25,12 +33,18 @@ __all__ = [
     "ClientTooSlow",
     "ConfigStatus",
     "InvalidRequest",
+    "RequestInfo",
+    "RequestKind",
     "ResourceStatus",
+    "ResponseInfo",
     "ServerConfigError",
     "ServerSettings",
+    "StreamInfo",
     "StreamSettings",
     "TlsSettings",
     "TooManyNames",
+    "TooManyTypes",
     "TypeStatus",
+    "XdsCallbacks",
     "XdsServerError",
 ]

@@ -57,6 +57,10 @@ class DeltaStream(AdsStream):
         if first:
             initial = request.initial_resource_versions
             state.sent = {n: v for n, v in initial.items() if state.subscribed(n)}
+            # The client applied these on an earlier stream (to this server
+            # or one before a restart): they count as ACKed, so status shows
+            # SYNCED where they match, not STALE until the next push.
+            state.acked = dict(state.sent)
             state.recheck.update(state.sent)
         return changed or first
 
@@ -103,6 +107,12 @@ class DeltaStream(AdsStream):
         updated, removed = self._diff(state, snapshot, self._candidates(state, snapshot))
         state.basis = snapshot.serial
         if not updated and not removed:
+            if not state.responded:
+                # First look at this type and the client already holds
+                # exactly this snapshot's resources (a reconnect): in sync.
+                state.responded = True
+                state.sent_version = state.acked_version = snapshot.label
+                self.log.info("xds_resume_in_sync", type_url=state.type_url, version=snapshot.label)
             return None
         if state.type_url == CLUSTER:
             self.note_cluster_updates((r.name for r in updated), snapshot)
@@ -123,6 +133,7 @@ class DeltaStream(AdsStream):
             Inflight(nonce, snapshot.label, time.monotonic(), changes),
             len(updated),
             len(payload),
+            len(removed),
         )
         sent = state.own_sent()
         for r in updated:

@@ -29,6 +29,13 @@ class TooManyNames(XdsServerError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class TooManyTypes(XdsServerError):
+    """A stream asked for more type URLs this server does not serve than the
+    configured bound."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class ClientTooSlow(XdsServerError):
     """A client did not read a response within the send timeout; the stream
     is closed instead of buffering without bound."""

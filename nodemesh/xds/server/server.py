@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,8 @@ from envoy.service.status.v3 import csds_pb2_grpc
 from google.protobuf.message import Message
 
 from nodemesh.xds.cache import SnapshotSource
-from nodemesh.xds.metrics import XdsMetrics, default_metrics
 from nodemesh.xds.server import uds as uds_socket
+from nodemesh.xds.server.callbacks import CallbackSet, XdsCallbacks, XdsMetricsRecorder
 from nodemesh.xds.server.delta import DeltaStream
 from nodemesh.xds.server.errors import ServerConfigError, XdsServerError, grpc_status_for
 from nodemesh.xds.server.sotw import SotwStream
@@ -41,6 +41,7 @@ from nodemesh.xds.server.tls import (
     server_credentials,
 )
 from nodemesh.xds.server.tls_front import TlsFront
+from nodemesh.xds.vocab import DEFAULT_XDS_ADDRESS
 
 log = structlog.get_logger("nodemesh.xds.server")
 
@@ -53,7 +54,7 @@ class ServerSettings:
     free port, see `AdsServer.tcp_port`); `uds_path` is the node-local socket
     Envoy uses, created with mode `uds_mode`."""
 
-    tcp_address: str | None = "127.0.0.1:18000"
+    tcp_address: str | None = DEFAULT_XDS_ADDRESS
     uds_path: Path | None = None
     uds_mode: int = 0o660
     tls: TlsSettings | None = None
@@ -84,11 +85,12 @@ class AdsServer:
         self,
         source: SnapshotSource,
         settings: ServerSettings | None = None,
-        metrics: XdsMetrics | None = None,
+        callbacks: Iterable[XdsCallbacks] = (),
     ) -> None:
         self.source = source
         self.settings = settings or ServerSettings()
-        self.metrics = metrics or default_metrics()
+        # Metrics first, then the caller's subscribers (see callbacks.py).
+        self.callbacks = CallbackSet([XdsMetricsRecorder(), *callbacks])
         self.tcp_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._streams: dict[int, AdsStream] = {}
@@ -212,6 +214,10 @@ class AdsServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
+    def subscribe(self, subscriber: XdsCallbacks) -> None:
+        """Add a callbacks subscriber (streams already open report to it from now on)."""
+        self.callbacks.add(subscriber)
+
     # -- read-only status API ----------------------------------------------------
 
     def clients(self) -> list[ClientStatus]:
@@ -293,7 +299,7 @@ class AdsServer:
         """Run one stream; the one place where errors become gRPC statuses."""
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "xDS server is shutting down")
-        stream = stream_type(self.source, self.settings.stream, self.metrics, context)
+        stream = stream_type(self.source, self.settings.stream, self.callbacks, context)
         self._streams[stream.stream_id] = stream
         try:
             await stream.run(requests)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from envoy.service.discovery.v3 import discovery_pb2
 
 from nodemesh.xds.cache import CLUSTER, LISTENER, EncodedResource, Snapshot, view_version
+from nodemesh.xds.cache.names import shared_names
 from nodemesh.xds.cache.resources import WILDCARD_TYPES, length_delimited
 from nodemesh.xds.server.state import WILDCARD, Inflight, TypeState
 from nodemesh.xds.server.stream import AdsStream
@@ -47,21 +48,6 @@ class _View:
 # Types whose SotW response is the client's whole state of that type, named
 # or wildcard (xDS protocol: LDS and CDS).
 _FULL_STATE = frozenset({CLUSTER, LISTENER})
-
-# Every Envoy of a group asks for the same names: keep one frozenset (and one
-# copy of each name) for all of them. Bounded; clearing only stops sharing.
-_NAME_SETS: dict[frozenset[str], frozenset[str]] = {}
-_MAX_NAME_SETS = 1024
-
-
-def _shared_names(names: frozenset[str]) -> frozenset[str]:
-    shared = _NAME_SETS.get(names)
-    if shared is None:
-        if len(_NAME_SETS) >= _MAX_NAME_SETS:
-            _NAME_SETS.clear()
-        shared = _NAME_SETS[names] = names
-    return shared
-
 
 class SotwStream(AdsStream):
     """One StreamAggregatedResources stream."""
@@ -109,7 +95,9 @@ class SotwStream(AdsStream):
         changed = wildcard != state.wildcard or names != state.names
         if changed:
             state.wildcard = wildcard
-            state.names = state.names_key = _shared_names(names)
+            # One set for every stream asking for the same names, freed
+            # with the last of them (nodemesh.xds.cache.names).
+            state.names = state.names_key = shared_names(names)
         return changed
 
     def _adopt(self, state: TypeState, version_info: str) -> None:

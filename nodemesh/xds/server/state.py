@@ -129,6 +129,11 @@ class TypeState:
             self.acked = acked
         self.acked_version = done.version_info
         self.last_ack_at = time.time()
+        if self.nack is not None and not any(self.rejected(n) for n in self.nack.resources):
+            # The client accepted a later response and holds no version it
+            # rejected any more: the NACK is resolved, and no view (status,
+            # CSDS, conditions) lists it after this.
+            self.nack = None
         return done
 
     def rejected(self, name: str) -> bool:

@@ -37,9 +37,22 @@ from nodemesh.xds.cache import (
     short_name,
 )
 from nodemesh.xds.cache.resources import is_valid_type_url, push_rank
-from nodemesh.xds.metrics import TypeCounters, XdsMetrics
-from nodemesh.xds.server.errors import ClientTooSlow, InvalidRequest, TooManyNames
+from nodemesh.xds.server.callbacks import (
+    CallbackSet,
+    RequestInfo,
+    RequestKind,
+    ResponseInfo,
+    StreamInfo,
+    truncate_detail,
+)
+from nodemesh.xds.server.errors import (
+    ClientTooSlow,
+    InvalidRequest,
+    TooManyNames,
+    TooManyTypes,
+)
 from nodemesh.xds.server.state import Inflight, TypeState
+from nodemesh.xds.vocab import DEFAULT_PUSH_DELAY, SHORT_NAMES
 
 log = structlog.get_logger("nodemesh.xds.server")
 
@@ -60,11 +73,24 @@ class StreamSettings:
         within this time is disconnected rather than buffered for.
     max_names: bound on resource names one stream may subscribe to, across
         types; beyond it the stream fails with RESOURCE_EXHAUSTED.
+    max_other_types: bound on type URLs this server does not know (not in
+        `nodemesh.xds.vocab.SHORT_NAMES`) one stream may ask for; each costs
+        per-stream state, so a client inventing them fails with
+        RESOURCE_EXHAUSTED instead of growing the server without bound.
+    max_type_url_length: longer type URLs are refused (INVALID_ARGUMENT);
+        Envoy's longest is under 100 characters.
+    max_node_id_length, max_node_bytes: bounds on the node a stream names
+        (its id, and the whole Node message the server keeps for status and
+        CSDS); beyond them INVALID_ARGUMENT.
     """
 
-    coalesce_delay: float = 0.1
+    coalesce_delay: float = DEFAULT_PUSH_DELAY
     send_timeout: float = 30.0
     max_names: int = 100_000
+    max_other_types: int = 16
+    max_type_url_length: int = 512
+    max_node_id_length: int = 1024
+    max_node_bytes: int = 64 * 1024
 
 
 class AdsStream(ABC):
@@ -76,13 +102,14 @@ class AdsStream(ABC):
         self,
         source: SnapshotSource,
         settings: StreamSettings,
-        metrics: XdsMetrics,
+        callbacks: CallbackSet,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         self.stream_id = next(_stream_ids)
         self.source = source
         self.settings = settings
-        self.metrics = metrics
+        self.callbacks = callbacks
+        self.info: StreamInfo | None = None  # set once the node is known
         self.peer = context.peer()
         self.connected_at = time.time()
         self.node: base_pb2.Node | None = None
@@ -94,10 +121,13 @@ class AdsStream(ABC):
         self._cancel_watch: Callable[[], None] | None = None
         self._nonces = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
-        self._type_counters: dict[str, TypeCounters] = {}
         # The last round held back a removal (see held_removals): an ACK of
         # a serving type may release it.
         self._holding = False
+        # What the request being applied answered (set by on_ack/on_nack),
+        # and the response being written: reported to the callbacks.
+        self._answer: RequestInfo | None = None
+        self._response: ResponseInfo | None = None
         # EDS names to send again although unchanged (see note_cluster_updates)
         self._eds_refresh: set[str] = set()
         self.log = log.bind(stream_id=self.stream_id, api=self.api, peer=self.peer)
@@ -107,7 +137,6 @@ class AdsStream(ABC):
     async def run(self, requests: AsyncIterator[Any]) -> None:
         """Serve the stream until the client closes it, `stop()` is called or
         an error ends it (raised as the first XdsServerError, or as is)."""
-        self.metrics.connected_streams.labels(api=self.api).inc()
         try:
             async with asyncio.TaskGroup() as group:
                 sender = group.create_task(self._send_loop(), name=f"ads-{self.stream_id}-send")
@@ -121,8 +150,9 @@ class AdsStream(ABC):
             self._tasks = []
             if self._cancel_watch is not None:
                 self._cancel_watch()
-            self.metrics.connected_streams.labels(api=self.api).dec()
             self.log.info("xds_disconnect")
+            if self.info is not None:
+                self.callbacks.stream_closed(self.info)
 
     def stop(self) -> None:
         """End the stream cleanly (status OK): used to drain on shutdown."""
@@ -131,31 +161,79 @@ class AdsStream(ABC):
 
     async def _read_loop(self, requests: AsyncIterator[Any], sender: asyncio.Task[None]) -> None:
         async for request in requests:
+            self._check_type_url(request)
             if self.node is None:
                 self._bind_node(request)
-            if not is_valid_type_url(request.type_url):
-                raise InvalidRequest(
-                    f"{type(request).__name__}.type_url {request.type_url!r} is not a "
-                    "type.googleapis.com/<message> type URL"
-                )
+            self._answer = None
             changed = self.handle_request(request)
             # Refuse before any response is built for the names: an abort
             # while a write is in flight fails in gRPC core.
             self._check_name_bound()
+            self._announce_request(request)
             if changed:
                 self._wake.set()
         sender.cancel()  # client half-closed: nothing more to answer
 
-    def _bind_node(self, request: Any) -> None:
-        if not request.HasField("node") or not request.node.id:
+    def _check_type_url(self, request: Any) -> None:
+        type_url: str = request.type_url
+        kind = type(request).__name__
+        if len(type_url) > self.settings.max_type_url_length:
             raise InvalidRequest(
-                f"{type(request).__name__}.node.id is required on the first request of a stream"
+                f"{kind}.type_url is {len(type_url)} characters long, more than the limit "
+                f"of {self.settings.max_type_url_length}"
             )
-        self.node = request.node
-        self.node_key = self.source.node_key(request.node)
-        self.log = self.log.bind(node_id=request.node.id, node_key=self.node_key)
+        if not is_valid_type_url(type_url):
+            raise InvalidRequest(
+                f"{kind}.type_url {type_url!r} is not a type.googleapis.com/<message> type URL"
+            )
+        if type_url in self.states or type_url in SHORT_NAMES:
+            return
+        others = sum(1 for t in self.states if t not in SHORT_NAMES)
+        if others >= self.settings.max_other_types:
+            raise TooManyTypes(
+                f"{kind}.type_url {type_url!r}: the stream already asked for {others} type URLs "
+                f"this server does not serve, the limit"
+            )
+
+    def _announce_request(self, request: Any) -> None:
+        if self.info is None:
+            return
+        answer = self._answer
+        if answer is None:
+            nonce = request.response_nonce
+            answer = RequestInfo(
+                type_url=request.type_url,
+                kind=RequestKind.STALE if nonce else RequestKind.REQUEST,
+                nonce=nonce,
+                version_info=getattr(request, "version_info", ""),
+            )
+        self.callbacks.request(self.info, answer)
+
+    def _bind_node(self, request: Any) -> None:
+        kind = type(request).__name__
+        if not request.HasField("node") or not request.node.id:
+            raise InvalidRequest(f"{kind}.node.id is required on the first request of a stream")
+        node = request.node
+        if len(node.id) > self.settings.max_node_id_length:
+            raise InvalidRequest(
+                f"{kind}.node.id is {len(node.id)} characters long, more than the limit "
+                f"of {self.settings.max_node_id_length}"
+            )
+        size = node.ByteSize()
+        if size > self.settings.max_node_bytes:
+            raise InvalidRequest(
+                f"{kind}.node is {size} bytes, more than the limit of "
+                f"{self.settings.max_node_bytes}"
+            )
+        self.node = node
+        self.node_key = self.source.node_key(node)
+        self.log = self.log.bind(node_id=node.id, node_key=self.node_key)
         self._cancel_watch = self.source.watch(self.node_key, self._on_snapshot)
-        self.log.info("xds_connect", cluster=request.node.cluster)
+        self.log.info("xds_connect", cluster=node.cluster)
+        self.info = StreamInfo(
+            self.stream_id, self.api, self.peer, node.id, self.node_key, node.cluster
+        )
+        self.callbacks.stream_open(self.info)
 
     def _check_name_bound(self) -> None:
         total = sum(len(s.names) for s in self.states.values())
@@ -203,7 +281,10 @@ class AdsStream(ABC):
         # every idle stream in memory.
         payload = self.build_response(state, snapshot)
         if payload is not None:
+            response, self._response = self._response, None
             await self._write(state, payload)
+            if response is not None and self.info is not None:
+                self.callbacks.response(self.info, response)
 
     async def _write(self, state: TypeState, payload: bytes) -> None:
         try:
@@ -214,26 +295,21 @@ class AdsStream(ABC):
                 f"client did not read a {short_name(state.type_url)} response within "
                 f"{self.settings.send_timeout:g}s"
             ) from None
-        counters = self._counters(state.type_url)
-        counters.pushes.inc()
-        counters.bytes_sent.inc(len(payload))
-
-    def _counters(self, type_url: str) -> TypeCounters:
-        counters = self._type_counters.get(type_url)
-        if counters is None:
-            counters = TypeCounters.of(self.metrics, short_name(type_url))
-            self._type_counters[type_url] = counters
-        return counters
 
     def next_nonce(self) -> str:
         return format(next(self._nonces), "x")
 
-    def sent_response(self, state: TypeState, inflight: Inflight, count: int, size: int) -> None:
+    def sent_response(
+        self, state: TypeState, inflight: Inflight, count: int, size: int, removed: int = 0
+    ) -> None:
         """Bookkeeping after a response was built (before it is written)."""
         state.nonce = inflight.nonce
         state.sent_version = inflight.version_info
         state.responded = True
         state.remember(inflight)
+        self._response = ResponseInfo(
+            state.type_url, inflight.version_info, inflight.nonce, count, removed, size
+        )
         self.log.info(
             "xds_push",
             type_url=state.type_url,
@@ -247,24 +323,35 @@ class AdsStream(ABC):
 
     def on_ack(self, state: TypeState, nonce: str, full_state: bool) -> None:
         done = state.record_ack(nonce, full_state)
-        counters = self._counters(state.type_url)
-        counters.acks.inc()
-        if done is not None:
-            counters.push_to_ack.observe(time.monotonic() - done.sent_at)
+        self._answer = RequestInfo(
+            state.type_url,
+            RequestKind.ACK,
+            nonce,
+            state.acked_version,
+            latency=time.monotonic() - done.sent_at if done is not None else None,
+        )
         self.log.info("xds_ack", type_url=state.type_url, version=state.acked_version, nonce=nonce)
         if state.type_url in SERVING_TYPES and self._holding:
             # Held removals may now be safe (make-before-break).
             self.wake()
 
     def on_nack(self, state: TypeState, nonce: str, message: str, code: int) -> None:
-        state.record_nack(nonce, message, code)
-        self._counters(state.type_url).nacks.inc()
+        # The client's words, of any size: truncated once, here, for the
+        # record, the log, status, CSDS and the callbacks alike.
+        message = truncate_detail(message)
+        done = state.record_nack(nonce, message, code)
+        version = state.nack.version_info if state.nack else ""
+        self._answer = RequestInfo(
+            state.type_url,
+            RequestKind.NACK,
+            nonce,
+            version,
+            error_detail=message,
+            error_code=code,
+            latency=time.monotonic() - done.sent_at if done is not None else None,
+        )
         self.log.warning(
-            "xds_nack",
-            type_url=state.type_url,
-            version=state.nack.version_info if state.nack else "",
-            nonce=nonce,
-            error=message,
+            "xds_nack", type_url=state.type_url, version=version, nonce=nonce, error=message
         )
 
     def routes_converged(self, snapshot: Snapshot) -> bool:

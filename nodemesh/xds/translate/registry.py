@@ -24,11 +24,12 @@ from google.protobuf.message import Message
 
 from nodemesh.xds.translate.errors import UnknownTypeError
 
-TYPE_PREFIX = "type.googleapis.com/"
-LISTENER = TYPE_PREFIX + "envoy.config.listener.v3.Listener"
-ROUTE = TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
-CLUSTER = TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
-ENDPOINT = TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+# Re-exported: older callers and tests name the types through this module.
+from nodemesh.xds.vocab import CLUSTER as CLUSTER
+from nodemesh.xds.vocab import ENDPOINT as ENDPOINT
+from nodemesh.xds.vocab import LISTENER as LISTENER
+from nodemesh.xds.vocab import ROUTE as ROUTE
+from nodemesh.xds.vocab import TYPE_PREFIX as TYPE_PREFIX
 
 # Ordered as Envoy must receive them (make-before-break): CDS, EDS, LDS, RDS.
 RESOURCE_TYPES: dict[str, type[Message]] = {

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 from envoy.config.core.v3 import base_pb2
-from prometheus_client import CollectorRegistry
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache, SnapshotError
-from nodemesh.xds.metrics import XdsMetrics
 from tests.xds.server.ads_harness import cluster, endpoints, mesh
 
 
 def _cache(**kwargs: object) -> SnapshotCache:
-    return SnapshotCache(metrics=XdsMetrics.create(CollectorRegistry()), **kwargs)  # type: ignore[arg-type]
+    return SnapshotCache(**kwargs)  # type: ignore[arg-type]
 
 
 def test_unchanged_resources_share_their_encoding() -> None:

@@ -304,7 +304,8 @@ class Harness:
     cache: SnapshotCache
     server: Any  # AdsServer
     channel: grpc.aio.Channel
-    registry: Any
+    registry: Any  # prometheus-client's default registry (module-level metrics)
+    start: dict[tuple[str, frozenset[tuple[str, str]]], float]
 
     async def sotw(self, node_id: str = "node-1") -> SotwClient:
         return await SotwClient(self.channel, node_id).open()
@@ -316,8 +317,21 @@ class Harness:
         return await (self.sotw(node_id) if api == "sotw" else self.delta(node_id))
 
     def metric(self, name: str, **labels: str) -> float:
+        """The sample's change since this harness started (metrics are
+        process-wide: earlier tests' servers counted into them too)."""
         value = self.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else float(value)
+        before = self.start.get((name, frozenset(labels.items())), 0.0)
+        return (0.0 if value is None else float(value)) - before
+
+
+def baseline(registry: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every nodemesh_xds_* sample now, for `Harness.metric`."""
+    out = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name.startswith("nodemesh_xds_"):
+                out[(sample.name, frozenset(sample.labels.items()))] = float(sample.value)
+    return out
 
 
 async def settle(harness: Harness, client: Any, types: int, eds: Sequence[str] = ()) -> None:

@@ -6,12 +6,11 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY
 
 from nodemesh.xds.cache import SnapshotCache
-from nodemesh.xds.metrics import XdsMetrics
 from nodemesh.xds.server import AdsServer, ServerSettings, StreamSettings
-from tests.xds.server.ads_harness import Harness, MakeHarness
+from tests.xds.server.ads_harness import Harness, MakeHarness, baseline
 
 
 @pytest.fixture
@@ -21,16 +20,14 @@ async def make_harness() -> AsyncIterator[MakeHarness]:
 
         async def make(**stream: Any) -> Harness:
             stream.setdefault("coalesce_delay", 0.02)
-            registry = CollectorRegistry()
-            metrics = XdsMetrics.create(registry)
-            cache = SnapshotCache(metrics=metrics)
+            cache = SnapshotCache()
             settings = ServerSettings(tcp_address="127.0.0.1:0", stream=StreamSettings(**stream))
-            server = AdsServer(cache, settings, metrics)
+            server = AdsServer(cache, settings)
             await server.start()
             stack.push_async_callback(server.stop, 1.0)
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.tcp_port}")
             stack.push_async_callback(channel.close)
-            return Harness(cache, server, channel, registry)
+            return Harness(cache, server, channel, REGISTRY, baseline(REGISTRY))
 
         yield make
 

@@ -24,10 +24,8 @@ from aiohttp import web
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
-from prometheus_client import CollectorRegistry
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
-from nodemesh.xds.metrics import XdsMetrics
 from nodemesh.xds.server import AdsServer, ConfigStatus, ServerSettings, StreamSettings
 from tests.support.polling import wait_until_async
 from tests.xds.server.ads_harness import cluster, endpoints, listener, route, wait_until
@@ -185,14 +183,12 @@ async def _get(url: str) -> str | None:
 @pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
 async def test_real_envoy_converges_and_survives_a_nack(tmp_path: Path, api_type: str) -> None:
     assert shutil.which(str(ENVOY))
-    registry = CollectorRegistry()
-    metrics = XdsMetrics.create(registry)
-    cache = SnapshotCache(metrics=metrics)
+    cache = SnapshotCache()
     sock = tmp_path / "xds.sock"
     settings = ServerSettings(
         tcp_address="127.0.0.1:0", uds_path=sock, stream=StreamSettings(coalesce_delay=0.05)
     )
-    server = AdsServer(cache, settings, metrics)
+    server = AdsServer(cache, settings)
     runners = []
     ports = {}
     for name in ("v1", "v2"):

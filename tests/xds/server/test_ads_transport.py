@@ -15,10 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from prometheus_client import CollectorRegistry
 
 from nodemesh.xds.cache import CLUSTER, SnapshotCache
-from nodemesh.xds.metrics import XdsMetrics
 from nodemesh.xds.server import AdsServer, ServerConfigError, ServerSettings, TlsSettings
 from tests.xds.server.ads_harness import TIMEOUT, SotwClient, mesh, names_of, wait_until
 
@@ -81,9 +79,9 @@ def pki(tmp_path: Path) -> dict[str, Path]:
 
 
 async def _serve(settings: ServerSettings) -> AdsServer:
-    cache = SnapshotCache(metrics=XdsMetrics.create(CollectorRegistry()))
+    cache = SnapshotCache()
     cache.set_default_snapshot(cache.build_snapshot(mesh(), "v"))
-    server = AdsServer(cache, settings, cache._metrics)
+    server = AdsServer(cache, settings)
     await server.start()
     return server
 
