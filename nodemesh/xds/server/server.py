@@ -31,6 +31,7 @@ from nodemesh.xds.server import uds as uds_socket
 from nodemesh.xds.server.callbacks import CallbackSet, XdsCallbacks, XdsMetricsRecorder
 from nodemesh.xds.server.delta import DeltaStream
 from nodemesh.xds.server.errors import ServerConfigError, XdsServerError, grpc_status_for
+from nodemesh.xds.server.memory import HeapTrimmer
 from nodemesh.xds.server.sotw import SotwStream
 from nodemesh.xds.server.status import ClientStatus, frozen_types, type_status
 from nodemesh.xds.server.stream import AdsStream, StreamSettings
@@ -94,6 +95,7 @@ class AdsServer:
         self.tcp_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._streams: dict[int, AdsStream] = {}
+        self._trimmer = HeapTrimmer()
         self._draining = False
         self._socket: uds_socket.BoundSocket | None = None
         self._front: TlsFront | None = None
@@ -322,6 +324,7 @@ class AdsServer:
                 raise exc from None
         finally:
             self._streams.pop(stream.stream_id, None)
+            self._trimmer.stream_closed(stream.held_names)
 
 
 def _probe_tcp(address: str) -> None:

@@ -115,6 +115,7 @@ class AdsStream(ABC):
         self.node: base_pb2.Node | None = None
         self.node_key = ""
         self.states: dict[str, TypeState] = {}
+        self.held_names = 0  # names subscribed when the stream ended
         self._context = context
         self._wake = asyncio.Event()
         self._changed_at: float | None = None
@@ -153,6 +154,13 @@ class AdsStream(ABC):
             self.log.info("xds_disconnect")
             if self.info is not None:
                 self.callbacks.stream_closed(self.info)
+            # Drop per-stream state now, by reference count: the stream
+            # object itself may sit in a reference cycle (tasks, bound
+            # methods) until the cyclic GC runs, and must not pin every
+            # name it subscribed to until then.
+            self.held_names = sum(len(s.names) for s in self.states.values())
+            self.states = {}
+            self._eds_refresh = set()
 
     def stop(self) -> None:
         """End the stream cleanly (status OK): used to drain on shutdown."""
@@ -161,18 +169,25 @@ class AdsStream(ABC):
 
     async def _read_loop(self, requests: AsyncIterator[Any], sender: asyncio.Task[None]) -> None:
         async for request in requests:
-            self._check_type_url(request)
-            if self.node is None:
-                self._bind_node(request)
-            self._answer = None
-            changed = self.handle_request(request)
-            # Refuse before any response is built for the names: an abort
-            # while a write is in flight fails in gRPC core.
-            self._check_name_bound()
-            self._announce_request(request)
-            if changed:
-                self._wake.set()
+            self._apply(request)
+            # Not kept while waiting for the next one: a request may carry
+            # 100,000 names, and a cancelled stream's frame lives on in a
+            # reference cycle until the cyclic GC runs.
+            del request
         sender.cancel()  # client half-closed: nothing more to answer
+
+    def _apply(self, request: Any) -> None:
+        self._check_type_url(request)
+        if self.node is None:
+            self._bind_node(request)
+        self._answer = None
+        changed = self.handle_request(request)
+        # Refuse before any response is built for the names: an abort
+        # while a write is in flight fails in gRPC core.
+        self._check_name_bound()
+        self._announce_request(request)
+        if changed:
+            self._wake.set()
 
     def _check_type_url(self, request: Any) -> None:
         type_url: str = request.type_url
@@ -213,7 +228,10 @@ class AdsStream(ABC):
         kind = type(request).__name__
         if not request.HasField("node") or not request.node.id:
             raise InvalidRequest(f"{kind}.node.id is required on the first request of a stream")
-        node = request.node
+        # A copy: a sub-message keeps its whole request alive (upb shares
+        # one arena), names by the hundred thousand included.
+        node = base_pb2.Node()
+        node.CopyFrom(request.node)
         if len(node.id) > self.settings.max_node_id_length:
             raise InvalidRequest(
                 f"{kind}.node.id is {len(node.id)} characters long, more than the limit "

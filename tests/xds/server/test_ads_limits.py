@@ -8,12 +8,11 @@ import grpc
 from ads_harness import Harness, MakeHarness, mesh, wait_until
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
+from test_ads_bad_input import _healthy_stream_still_served
 
 from nodemesh.xds.cache import CLUSTER
 from nodemesh.xds.server.callbacks import MAX_DETAIL_CHARS
 from nodemesh.xds.vocab import TYPE_PREFIX
-
-from test_ads_bad_input import _healthy_stream_still_served
 
 
 def _serve_mesh(harness: Harness) -> None:
@@ -35,7 +34,9 @@ async def _wildcard_cds(client, api: str) -> None:  # type: ignore[no-untyped-de
     await (client.request(CLUSTER) if api == "sotw" else client.request(CLUSTER, subscribe=["*"]))
 
 
-async def test_unknown_type_urls_are_bounded_per_stream(make_harness: MakeHarness, api: str) -> None:
+async def test_unknown_type_urls_are_bounded_per_stream(
+    make_harness: MakeHarness, api: str
+) -> None:
     harness = await make_harness(max_other_types=4)
     _serve_mesh(harness)
     client = await harness.client(api)
