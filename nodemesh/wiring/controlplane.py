@@ -91,6 +91,9 @@ class KubernetesConfig:
     context: str | None = None
     node_name: str | None = None
     report_status: bool = True
+    # Conditions follow NACKs through the xDS callbacks at once; this retry
+    # only sends writes the rate limit or an API outage deferred.
+    status_retry: float = 5.0
     reporter: str = "control-plane"
 
 
@@ -311,6 +314,7 @@ def _kubernetes_source(plane: ControlPlane, config: KubernetesConfig) -> Kuberne
         settings=settings,
         resources=default_resources(config.node_name),
         report_status=config.report_status,
+        retry_interval=config.status_retry,
         nacks=XdsNacks(plane.server.clients),
         translation_errors=lambda: plane.translation.errors if plane.translation else (),
     )

@@ -1,0 +1,106 @@
+"""A NACK reaches the object's Programmed condition within 1 s (issue 9),
+through the wiring `nodemesh serve` uses: the real Envoy rejects a listener,
+the ADS server's callbacks wake the status reporter, and the condition is in
+the API server (double) without waiting for the reporter's retry.
+
+The retry is set to an hour here, so the only way the condition can arrive
+at all is the callback path; before it existed, this test could not pass."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from apiserver_double import ApiServerDouble
+from local_mesh import free_port, private_loopback
+from test_k8s_nack import CEC, _busy_cec, _conditions
+
+from nodemesh.cmd.demo.run import EXAMPLES
+from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig, KubernetesConfig
+from nodemesh.xds.server import RequestInfo, RequestKind, StreamInfo, XdsCallbacks
+from nodemesh.xds.translate import TranslateOptions
+from nodemesh.xds.vocab import LISTENER
+
+pytestmark = pytest.mark.envoy
+
+BOUND = 1.0  # seconds, from the NACK's arrival to the condition in the API server
+
+
+class NackClock(XdsCallbacks):
+    """When the first LDS NACK arrived (event-loop time)."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def on_request(self, stream: StreamInfo, request: RequestInfo) -> None:
+        if request.kind is RequestKind.NACK and request.type_url == LISTENER and self.at is None:
+            self.at = asyncio.get_running_loop().time()
+
+
+@pytest.fixture
+async def serving(tmp_path: Path) -> AsyncIterator[tuple[ApiServerDouble, ControlPlane]]:
+    double = ApiServerDouble(bookmark_interval=0.5)
+    for path in sorted(Path(EXAMPLES).glob("*.yaml")):
+        double.store.load(d for d in yaml.safe_load_all(path.read_text()) if d)
+    await double.start()
+    xds_port = free_port()
+    plane = ControlPlane(
+        ControlPlaneConfig(
+            kubernetes=KubernetesConfig(server=double.url, reporter="node-a", status_retry=3600),
+            xds_tcp=f"127.0.0.1:{xds_port}",
+            admin_port=0,
+            translate=TranslateOptions(listener_address=private_loopback()),
+        )
+    )
+    envoy = EnvoyProcess(
+        tmp_path / "envoy", render_bootstrap(xds_tcp=("127.0.0.1", xds_port)), "node-a"
+    )
+    task = asyncio.create_task(plane.run(), name="control-plane")
+    try:
+        await asyncio.wait_for(plane.ready.wait(), 60)
+        await envoy.start()
+        await plane.wait_synced("node-a", 60)
+        yield double, plane
+    finally:
+        await envoy.stop()
+        task.cancel()
+        await asyncio.wait([task])
+        await double.stop()
+        assert task.cancelled() or task.exception() is None, task.exception()
+
+
+def _programmed_reason(double: ApiServerDouble, name: str) -> Any:
+    return _conditions(double, name).get("Programmed", {}).get("reason")
+
+
+async def test_nack_reaches_programmed_within_one_second(
+    serving: tuple[ApiServerDouble, ControlPlane],
+) -> None:
+    double, plane = serving
+    clock = NackClock()
+    plane.server.subscribe(clock)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        double.store.create(CEC, _busy_cec(holder.getsockname()[1]))
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(60):  # the retry is an hour: only callbacks can do it
+            # polling the double's store: it offers nothing to wait on
+            while _programmed_reason(double, "busy") != "EnvoyNACK":  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        seen = loop.time()
+        assert clock.at is not None, "the condition came before any NACK?"
+        print(f"NACK to Programmed: {seen - clock.at:.3f}s")
+        assert seen - clock.at < BOUND, f"NACK to Programmed took {seen - clock.at:.3f}s"
+        programmed = _conditions(double, "busy")["Programmed"]
+        assert programmed["status"] == "False"
+        assert "node node-a rejected Listener" in programmed["message"]
+    finally:
+        holder.close()
