@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: all deps lock demo test lint imports typecheck pytest clean
+.PHONY: all deps lock demo test lint imports typecheck pytest fuzz-ads clean
 
 all: test
 
@@ -43,6 +43,13 @@ pytest: deps
 	$(BIN)/pytest -q -ra
 
 test: lint imports typecheck pytest
+
+# The ADS fuzz harness for longer than `make test` runs it (same properties,
+# more examples): FUZZ_ADS_EXAMPLES=20000 make fuzz-ads
+FUZZ_ADS_EXAMPLES ?= 2000
+fuzz-ads: deps
+	NODEMESH_FUZZ_ADS_EXAMPLES=$(FUZZ_ADS_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider \
+		tests/xds/server/test_ads_fuzz.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -125,6 +125,13 @@ class AdsStream(ABC):
         # The last round held back a removal (see held_removals): an ACK of
         # a serving type may release it.
         self._holding = False
+        self._sender: asyncio.Task[None] | None = None
+        # A write in flight must not be cancelled: gRPC core then refuses
+        # the call's final status (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS) and
+        # the client never learns the stream ended (found by the ADS fuzz
+        # harness: a client half-closing right after a request).
+        self._writing = False
+        self._ending = False
         # What the request being applied answered (set by on_ack/on_nack),
         # and the response being written: reported to the callbacks.
         self._answer: RequestInfo | None = None
@@ -142,13 +149,13 @@ class AdsStream(ABC):
             async with asyncio.TaskGroup() as group:
                 sender = group.create_task(self._send_loop(), name=f"ads-{self.stream_id}-send")
                 reader = group.create_task(
-                    self._read_loop(requests, sender), name=f"ads-{self.stream_id}-read"
+                    self._read_loop(requests), name=f"ads-{self.stream_id}-read"
                 )
-                self._tasks = [sender, reader]
+                self._tasks, self._sender = [sender, reader], sender
         except BaseExceptionGroup as group_error:
             raise _first_error(group_error) from None
         finally:
-            self._tasks = []
+            self._tasks, self._sender = [], None
             if self._cancel_watch is not None:
                 self._cancel_watch()
             self.log.info("xds_disconnect")
@@ -165,16 +172,28 @@ class AdsStream(ABC):
     def stop(self) -> None:
         """End the stream cleanly (status OK): used to drain on shutdown."""
         for task in self._tasks:
-            task.cancel()
+            if task is not self._sender:
+                task.cancel()
+        self._end_sending()
 
-    async def _read_loop(self, requests: AsyncIterator[Any], sender: asyncio.Task[None]) -> None:
+    def _end_sending(self) -> None:
+        """Stop the sender now, or right after the write in flight."""
+        self._ending = True
+        if self._sender is None:
+            return
+        if self._writing:
+            self._wake.set()  # the send loop returns after this write
+        else:
+            self._sender.cancel()
+
+    async def _read_loop(self, requests: AsyncIterator[Any]) -> None:
         async for request in requests:
             self._apply(request)
             # Not kept while waiting for the next one: a request may carry
             # 100,000 names, and a cancelled stream's frame lives on in a
             # reference cycle until the cyclic GC runs.
             del request
-        sender.cancel()  # client half-closed: nothing more to answer
+        self._end_sending()  # client half-closed: nothing more to answer
 
     def _apply(self, request: Any) -> None:
         self._check_type_url(request)
@@ -274,8 +293,10 @@ class AdsStream(ABC):
 
     async def _send_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._ending:
             await self._wake.wait()
+            if self._ending:
+                return
             if self._changed_at is not None:
                 # Coalesce: the first change of a burst starts the clock; every
                 # later change within the window rides along for free.
@@ -291,6 +312,8 @@ class AdsStream(ABC):
             # from one snapshot, so one model version per round.
             self._holding = False
             for type_url in sorted(self.states, key=push_rank):
+                if self._ending:
+                    return
                 await self._push(self.states[type_url], snapshot)
 
     async def _push(self, state: TypeState, snapshot: Snapshot) -> None:
@@ -305,6 +328,7 @@ class AdsStream(ABC):
                 self.callbacks.response(self.info, response)
 
     async def _write(self, state: TypeState, payload: bytes) -> None:
+        self._writing = True
         try:
             async with asyncio.timeout(self.settings.send_timeout):
                 await self._context.write(payload)
@@ -313,6 +337,8 @@ class AdsStream(ABC):
                 f"client did not read a {short_name(state.type_url)} response within "
                 f"{self.settings.send_timeout:g}s"
             ) from None
+        finally:
+            self._writing = False
 
     def next_nonce(self) -> str:
         return format(next(self._nonces), "x")

@@ -82,3 +82,18 @@ async def test_sotw_request_with_garbage_nonce_is_ignored(harness: Harness) -> N
     state = harness.server.clients()[0].types[CLUSTER]
     assert state.last_nack_error is None  # the garbage NACK was not taken
     await client.close()
+
+
+async def test_half_close_right_after_a_request_ends_cleanly(harness: Harness, api: str) -> None:
+    """Found by the ADS fuzz harness: a client that half-closes while the
+    server writes its answer. Cancelling that write made gRPC refuse the
+    final status, and the client waited forever."""
+    harness.cache.set_default_snapshot(harness.cache.build_snapshot(mesh(), "v"))
+    for _ in range(20):
+        client = await harness.client(api)
+        await (
+            client.request(CLUSTER) if api == "sotw" else client.request(CLUSTER, subscribe=["*"])
+        )
+        await client.call.done_writing()
+        assert await client.closed() is None  # OK, not a hang nor an error
+    await _healthy_stream_still_served(harness, api)
