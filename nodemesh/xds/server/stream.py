@@ -50,6 +50,7 @@ from nodemesh.xds.server.errors import (
     InvalidRequest,
     TooManyNames,
     TooManyTypes,
+    XdsServerError,
 )
 from nodemesh.xds.server.state import Inflight, TypeState
 from nodemesh.xds.vocab import DEFAULT_PUSH_DELAY, SHORT_NAMES
@@ -132,6 +133,7 @@ class AdsStream(ABC):
         # harness: a client half-closing right after a request).
         self._writing = False
         self._ending = False
+        self._refusal: XdsServerError | None = None
         # What the request being applied answered (set by on_ack/on_nack),
         # and the response being written: reported to the callbacks.
         self._answer: RequestInfo | None = None
@@ -154,6 +156,9 @@ class AdsStream(ABC):
                 self._tasks, self._sender = [sender, reader], sender
         except BaseExceptionGroup as group_error:
             raise _first_error(group_error) from None
+        else:
+            if self._refusal is not None:
+                raise self._refusal
         finally:
             self._tasks, self._sender = [], None
             if self._cancel_watch is not None:
@@ -187,13 +192,18 @@ class AdsStream(ABC):
             self._sender.cancel()
 
     async def _read_loop(self, requests: AsyncIterator[Any]) -> None:
-        async for request in requests:
-            self._apply(request)
-            # Not kept while waiting for the next one: a request may carry
-            # 100,000 names, and a cancelled stream's frame lives on in a
-            # reference cycle until the cyclic GC runs.
-            del request
-        self._end_sending()  # client half-closed: nothing more to answer
+        try:
+            async for request in requests:
+                self._apply(request)
+                # Not kept while waiting for the next one: a request may
+                # carry 100,000 names, and a cancelled stream's frame lives
+                # on in a reference cycle until the cyclic GC runs.
+                del request
+        except XdsServerError as exc:
+            # Refused: raised by run() once the sender has stopped. Raising
+            # here would make the TaskGroup cancel a write in flight.
+            self._refusal = exc
+        self._end_sending()  # half-closed or refused: nothing more to answer
 
     def _apply(self, request: Any) -> None:
         self._check_type_url(request)

@@ -97,3 +97,19 @@ async def test_half_close_right_after_a_request_ends_cleanly(harness: Harness, a
         await client.call.done_writing()
         assert await client.closed() is None  # OK, not a hang nor an error
     await _healthy_stream_still_served(harness, api)
+
+
+async def test_refusal_while_answering_reaches_the_client(harness: Harness, api: str) -> None:
+    """Found by the ADS fuzz harness: a bad request right behind a good one
+    is refused while the answer to the good one is being written. Failing
+    the TaskGroup cancelled that write, and the client never got the status."""
+    harness.cache.set_default_snapshot(harness.cache.build_snapshot(mesh(), "v"))
+    for _ in range(20):
+        client = await harness.client(api)
+        await (
+            client.request(CLUSTER) if api == "sotw" else client.request(CLUSTER, subscribe=["*"])
+        )
+        await client.request("not-a-type-url")
+        error = await client.closed()
+        assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await _healthy_stream_still_served(harness, api)
