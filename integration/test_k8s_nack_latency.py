@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
-from apiserver_double import ApiServerDouble
-from local_mesh import free_port, private_loopback
-from test_k8s_nack import CEC, _busy_cec, _conditions
 
+from integration.apiserver_double import ApiServerDouble
+from integration.local_mesh import free_port, private_loopback
+from integration.test_k8s_nack import CEC, _busy_cec, _conditions
 from nodemesh.cmd.demo.run import EXAMPLES
 from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig, KubernetesConfig

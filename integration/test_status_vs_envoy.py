@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 import yaml
-from local_mesh import copy_canary, free_port, private_loopback
-from test_operator_views import busy_listener_cec
 
+from integration.local_mesh import copy_canary, free_port, private_loopback
+from integration.test_operator_views import busy_listener_cec
 from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.xds.server import ConfigStatus

@@ -49,6 +49,7 @@ class _View:
 # or wildcard (xDS protocol: LDS and CDS).
 _FULL_STATE = frozenset({CLUSTER, LISTENER})
 
+
 class SotwStream(AdsStream):
     """One StreamAggregatedResources stream."""
 

@@ -8,10 +8,10 @@ import logging
 import sys
 
 import structlog
-from ads_harness import mesh
 
 from nodemesh.xds.cache import SnapshotCache
 from nodemesh.xds.server import AdsServer, ServerSettings
+from tests.xds.server.ads_harness import mesh
 
 
 async def main() -> None:

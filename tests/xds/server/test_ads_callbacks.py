@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ads_harness import Harness, mesh, names_of, publish, wait_until
-
 from nodemesh.xds.cache import CLUSTER
 from nodemesh.xds.server import (
     RequestInfo,
@@ -16,6 +14,7 @@ from nodemesh.xds.server import (
     StreamInfo,
     XdsCallbacks,
 )
+from tests.xds.server.ads_harness import Harness, mesh, names_of, publish, wait_until
 
 
 class Recorder(XdsCallbacks):

@@ -29,7 +29,6 @@ from typing import Any
 
 import grpc
 import pytest
-from ads_harness import mesh
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
@@ -41,6 +40,7 @@ from nodemesh.xds.cache import SnapshotCache
 from nodemesh.xds.cache.names import live_name_sets
 from nodemesh.xds.server import AdsServer, ServerSettings, StreamSettings
 from nodemesh.xds.vocab import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, TYPE_PREFIX
+from tests.xds.server.ads_harness import mesh
 
 EXAMPLES = int(os.environ.get("NODEMESH_FUZZ_ADS_EXAMPLES", "40"))
 ALLOWED_CODES = {

@@ -5,14 +5,14 @@ messages. Each bound ends only the offending stream."""
 from __future__ import annotations
 
 import grpc
-from ads_harness import Harness, MakeHarness, mesh, wait_until
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
-from test_ads_bad_input import _healthy_stream_still_served
 
 from nodemesh.xds.cache import CLUSTER
 from nodemesh.xds.server.callbacks import MAX_DETAIL_CHARS
 from nodemesh.xds.vocab import TYPE_PREFIX
+from tests.xds.server.ads_harness import Harness, MakeHarness, mesh, wait_until
+from tests.xds.server.test_ads_bad_input import _healthy_stream_still_served
 
 
 def _serve_mesh(harness: Harness) -> None:
@@ -98,7 +98,7 @@ async def test_oversized_node_is_refused(harness: Harness, api: str) -> None:
 
 
 def _type_labels() -> set[str]:
-    labels = set()
+    labels: set[str] = set()
     for family in REGISTRY.collect():
         if family.name.startswith("nodemesh_xds_"):
             labels.update(s.labels["type"] for s in family.samples if "type" in s.labels)

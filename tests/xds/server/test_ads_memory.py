@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import grpc
-from ads_harness import SotwClient, names_of
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from nodemesh.xds.cache import ENDPOINT
+from tests.xds.server.ads_harness import SotwClient, names_of
 
 STREAMS = 10
 NAMES = 99_999  # plus "a": just under the default max_names of 100,000
@@ -53,10 +53,11 @@ async def _until(predicate, what: str, timeout: float = 120.0) -> None:  # type:
 async def test_rss_returns_to_baseline_after_sotw_streams_close() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(HERE / "rss_server.py"),
+        "-m",
+        "tests.xds.server.rss_server",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
-        cwd=HERE,
+        cwd=HERE.parents[2],  # the repository root: `tests` is a package
     )
     try:
         assert proc.stdout is not None
