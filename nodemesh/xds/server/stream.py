@@ -36,7 +36,7 @@ from nodemesh.xds.cache import (
     SnapshotSource,
     short_name,
 )
-from nodemesh.xds.cache.resources import is_valid_type_url, push_rank
+from nodemesh.xds.cache.resources import push_rank
 from nodemesh.xds.server.callbacks import (
     CallbackSet,
     RequestInfo,
@@ -45,15 +45,10 @@ from nodemesh.xds.server.callbacks import (
     StreamInfo,
     truncate_detail,
 )
-from nodemesh.xds.server.errors import (
-    ClientTooSlow,
-    InvalidRequest,
-    TooManyNames,
-    TooManyTypes,
-    XdsServerError,
-)
+from nodemesh.xds.server.errors import ClientTooSlow, XdsServerError
+from nodemesh.xds.server.limits import check_name_bound, check_type_url, checked_node
 from nodemesh.xds.server.state import Inflight, TypeState
-from nodemesh.xds.vocab import DEFAULT_PUSH_DELAY, SHORT_NAMES
+from nodemesh.xds.vocab import DEFAULT_PUSH_DELAY
 
 log = structlog.get_logger("nodemesh.xds.server")
 
@@ -206,7 +201,7 @@ class AdsStream(ABC):
         self._end_sending()  # half-closed or refused: nothing more to answer
 
     def _apply(self, request: Any) -> None:
-        self._check_type_url(request)
+        check_type_url(request, self.states.keys(), self.settings)
         if self.node is None:
             self._bind_node(request)
         self._answer = None
@@ -217,27 +212,6 @@ class AdsStream(ABC):
         self._announce_request(request)
         if changed:
             self._wake.set()
-
-    def _check_type_url(self, request: Any) -> None:
-        type_url: str = request.type_url
-        kind = type(request).__name__
-        if len(type_url) > self.settings.max_type_url_length:
-            raise InvalidRequest(
-                f"{kind}.type_url is {len(type_url)} characters long, more than the limit "
-                f"of {self.settings.max_type_url_length}"
-            )
-        if not is_valid_type_url(type_url):
-            raise InvalidRequest(
-                f"{kind}.type_url {type_url!r} is not a type.googleapis.com/<message> type URL"
-            )
-        if type_url in self.states or type_url in SHORT_NAMES:
-            return
-        others = sum(1 for t in self.states if t not in SHORT_NAMES)
-        if others >= self.settings.max_other_types:
-            raise TooManyTypes(
-                f"{kind}.type_url {type_url!r}: the stream already asked for {others} type URLs "
-                f"this server does not serve, the limit"
-            )
 
     def _announce_request(self, request: Any) -> None:
         if self.info is None:
@@ -254,24 +228,7 @@ class AdsStream(ABC):
         self.callbacks.request(self.info, answer)
 
     def _bind_node(self, request: Any) -> None:
-        kind = type(request).__name__
-        if not request.HasField("node") or not request.node.id:
-            raise InvalidRequest(f"{kind}.node.id is required on the first request of a stream")
-        # A copy: a sub-message keeps its whole request alive (upb shares
-        # one arena), names by the hundred thousand included.
-        node = base_pb2.Node()
-        node.CopyFrom(request.node)
-        if len(node.id) > self.settings.max_node_id_length:
-            raise InvalidRequest(
-                f"{kind}.node.id is {len(node.id)} characters long, more than the limit "
-                f"of {self.settings.max_node_id_length}"
-            )
-        size = node.ByteSize()
-        if size > self.settings.max_node_bytes:
-            raise InvalidRequest(
-                f"{kind}.node is {size} bytes, more than the limit of "
-                f"{self.settings.max_node_bytes}"
-            )
+        node = checked_node(request, self.settings)
         self.node = node
         self.node_key = self.source.node_key(node)
         self.log = self.log.bind(node_id=node.id, node_key=self.node_key)
@@ -283,12 +240,7 @@ class AdsStream(ABC):
         self.callbacks.stream_open(self.info)
 
     def _check_name_bound(self) -> None:
-        total = sum(len(s.names) for s in self.states.values())
-        if total > self.settings.max_names:
-            raise TooManyNames(
-                f"stream subscribes to {total} resource names, "
-                f"more than the limit of {self.settings.max_names}"
-            )
+        check_name_bound((s.names for s in self.states.values()), self.settings)
 
     def _on_snapshot(self) -> None:
         if self._changed_at is None:
