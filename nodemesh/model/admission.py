@@ -4,8 +4,11 @@ A CEC is admitted when every validator accepts it, every Service it names in
 `spec.services` / `spec.backendServices` exists (with the ports it lists),
 and no older CEC already redirects one of its service ports. Older means
 earlier creationTimestamp, then namespace/name; the loser's error names the
-winner. A rejected CEC whose earlier version was admitted keeps that version
-in effect (unless that version itself now conflicts).
+winner. A CEC without a creationTimestamp (written by hand into a file) is
+as old as its first admission: an incumbent one predates every newcomer, and
+a newcomer one is younger than everything admitted, so adding a CEC never
+displaces a working one. A rejected CEC whose earlier version was admitted
+keeps that version in effect (unless that version itself now conflicts).
 
 Admission runs on every build that touches Services or CECs, so a CEC that
 was rejected for a missing Service is admitted once the Service appears.
@@ -50,9 +53,16 @@ class Contender:
         return found
 
 
-def age_key(config: EnvoyConfig) -> tuple[str, str, str]:
-    # An unset timestamp ("", objects written by hand) counts as oldest.
-    return (config.creation_timestamp, config.ref.namespace, config.ref.name)
+# Sorts after every RFC 3339 timestamp: a newcomer without one is the youngest.
+_NEWEST = "~"
+
+
+def age_key(config: EnvoyConfig, incumbent: bool = True) -> tuple[str, int, str, str]:
+    """Older first. Without a timestamp, an incumbent (a version of it is
+    admitted now) counts as oldest and a newcomer as newest; equal ages go to
+    the incumbent, then to namespace/name."""
+    stamp = config.creation_timestamp or ("" if incumbent else _NEWEST)
+    return (stamp, 0 if incumbent else 1, config.ref.namespace, config.ref.name)
 
 
 def admit(
@@ -63,7 +73,11 @@ def admit(
     claims: _Claims = {}
     admitted: list[EnvoyConfig] = []
     errors: list[ObjectError] = []
-    for ref in sorted(contenders, key=lambda r: age_key(contenders[r].current)):
+    def order(ref: ObjectRef) -> tuple[str, int, str, str]:
+        entry = contenders[ref]
+        return age_key(entry.current, incumbent=entry.previous is not None)
+
+    for ref in sorted(contenders, key=order):
         entry = contenders[ref]
         problems: list[ObjectError] = []
         if entry.candidate is not None:
@@ -139,7 +153,8 @@ def _conflicts(
     for index, service, port in _redirected_ports(config, services):
         owner = claims.get((service, port))
         if owner is not None and owner != config.ref:
-            reason = f"port {port} of Service {service} is already redirected by older {owner}"
+            reason = f"port {port} of Service {service} is already redirected by {owner}"
+            reason += " (older, or admitted first when neither has a creationTimestamp)"
             out.append(ObjectError(config.ref, f"spec.services[{index}]", reason))
     return out
 

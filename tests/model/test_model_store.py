@@ -366,3 +366,22 @@ def test_an_older_config_arriving_later_takes_the_port() -> None:
     (error,) = model.errors
     assert error.ref.name == "first-seen" and not error.kept_previous
     assert "shop/restored" in error.reason
+
+
+def test_a_newcomer_without_timestamp_never_displaces_the_incumbent() -> None:
+    # Issue 10 item 3: neither has a creationTimestamp; "aaa" sorts first by
+    # name, which used to make it the "older" one and take the working port.
+    store = MeshStore()
+    store.apply("test", service())
+    store.apply("test", cec("working"))
+    assert [c.ref.name for c in store.build().envoy_configs] == ["working"]
+    store.apply("test", cec("aaa-newcomer"))
+    model = store.build()
+    assert [c.ref.name for c in model.envoy_configs] == ["working"]
+    (error,) = model.errors
+    assert error.ref.name == "aaa-newcomer" and error.field == "spec.services[0]"
+    assert "CiliumEnvoyConfig shop/working" in error.reason
+    assert model.redirects[0].owners == (ObjectRef(Kind.ENVOY_CONFIG, "shop", "working"),)
+    # A timestamped newcomer still does not beat an untimestamped incumbent.
+    store.apply("test", cec("stamped", created="2024-01-01T00:00:00Z"))
+    assert [c.ref.name for c in store.build().envoy_configs] == ["working"]
