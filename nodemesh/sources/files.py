@@ -7,13 +7,27 @@ those whose mtime or size changed, or whose mtime is recent enough that a
 same-size rewrite within one timestamp tick could hide; a content hash then
 decides whether anything really changed. No inotify, no extra dependency.
 
-Failure handling, per file:
+Writes settle before they are read (`settle_seconds`, 1 s by default): a
+changed file is read only once it has not been written for that long, and a
+vanished file counts as deleted only once it has stayed away that long.
+Editors and `kubectl cp` truncate and rewrite in place, or delete and
+recreate; without settling, a poll between the two steps saw an empty or
+missing file and withdrew its objects. A file that vanishes and comes back
+within the window causes no change. `load()` (startup, one-shot commands)
+reads what is there without settling.
+
+Failure handling (docs/semantics.md):
 - YAML that fails to parse keeps that file's last good content in effect; the
   error (file and line) is logged and kept in `errors`.
-- A deleted file deletes its objects.
+- A document that cannot be turned into an object (a misspelled kind or
+  apiVersion, a bad metadata.name, an oversized object) is an error with its
+  file and line; the object that document held before stays in effect.
+- A deleted file deletes its objects (after the settle window).
 - An object defined in two files: the file last in sorted order wins, with a
   warning in `warnings`.
 - A document of a kind the mesh does not model is skipped with a warning.
+- An entry that cannot be read (a symlink loop, permissions) is reported and
+  skipped; the rest of the directory is read as usual.
 - A missing directory is an error, and the last loaded content stays: a
   briefly unmounted volume must not tear the mesh down.
 """
@@ -21,51 +35,36 @@ Failure handling, per file:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
-from nodemesh.model.errors import ParseError, UnknownKindError
-from nodemesh.model.objects import ObjectRef
-from nodemesh.model.parse import object_ref
 from nodemesh.model.store import MeshStore
+from nodemesh.sources.documents import MAX_DIRECTORY_BYTES, Document
 from nodemesh.sources.errors import SourceDirectoryError
+from nodemesh.sources.placement import FileProblem, Placement, place_documents
+from nodemesh.sources.reading import FileState, read_file
 
 log = structlog.get_logger("nodemesh.sources.files")
+
+__all__ = ["FileProblem", "FileSource"]
 
 _SUFFIXES = (".yaml", ".yml")
 # A file modified this recently is re-read even with an unchanged stat: a
 # rewrite of equal size within one mtime tick would otherwise go unseen.
 _RECENT_SECONDS = 2.0
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+DEFAULT_SETTLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
-class FileProblem:
-    """Something wrong with one file (or the directory). `line` is 1-based."""
-
-    path: str
-    reason: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.reason}"
-
-
-@dataclass(frozen=True, slots=True)
-class _FileState:
-    stamp: tuple[int, int]  # (mtime_ns, size)
-    digest: str
-    docs: tuple[Mapping[str, Any], ...]  # the last content that parsed
-    error: FileProblem | None = None
+class _Listing:
+    names: list[str]
+    broken: dict[str, str]  # entry name -> why it cannot be read
 
 
 class FileSource:
@@ -77,15 +76,20 @@ class FileSource:
         store: MeshStore,
         source_name: str = "files",
         poll_interval: float = 0.5,
+        settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory = Path(directory)
         self._store = store
         self._source = source_name
         self._interval = poll_interval
-        self._files: dict[str, _FileState] = {}
+        self._settle = settle_seconds
+        self._clock = clock
+        self._files: dict[str, FileState] = {}
+        # name -> (stamp seen, or None while missing; since when, by `clock`)
+        self._pending: dict[str, tuple[tuple[int, int] | None, float]] = {}
         self._dir_error: FileProblem | None = None
-        self._object_problems: tuple[FileProblem, ...] = ()
-        self._warnings: tuple[FileProblem, ...] = ()
+        self._placement = Placement()
 
     @property
     def source_name(self) -> str:
@@ -94,20 +98,22 @@ class FileSource:
 
     @property
     def errors(self) -> tuple[FileProblem, ...]:
-        """Current problems: unreadable directory, YAML errors, unusable objects."""
+        """Current problems: unreadable directory or entries, YAML errors,
+        documents that are not usable objects."""
         found = [s.error for _, s in sorted(self._files.items()) if s.error is not None]
         if self._dir_error is not None:
             found.insert(0, self._dir_error)
-        return (*found, *self._object_problems)
+        return (*found, *self._placement.problems)
 
     @property
     def warnings(self) -> tuple[FileProblem, ...]:
         """Objects defined twice, and documents of kinds the mesh does not model."""
-        return self._warnings
+        return self._placement.warnings
 
     def load(self) -> bool:
-        """Scan once, synchronously. True when the store was given new content."""
-        return self._publish(self._scan())
+        """Scan once, synchronously, without settling. True when the store was
+        given new content."""
+        return self._publish(self._scan(settle=False))
 
     # -- the Source protocol (nodemesh.sources.base) ------------------------
 
@@ -127,18 +133,21 @@ class FileSource:
         """Nothing to release."""
 
     def not_ready_reasons(self) -> list[str]:
-        # A broken file keeps its last good content and is only reported; an
-        # unreadable directory means the model may be missing objects.
+        # A broken file or document keeps its last good content and is only
+        # reported; an unreadable directory means the model may miss objects.
         if not self.directory.is_dir():
             return [f"source directory {self.directory} is not readable"]
         return []
 
     def problems(self) -> list[str]:
-        return [str(problem) for problem in self.errors]
+        """Every document or entry this source could not use, one line each
+        (errors first, then skipped kinds and duplicates)."""
+        return [str(p) for p in self.errors] + [f"warning: {w}" for w in self.warnings]
 
     async def poll(self) -> bool:
-        """Scan once without blocking the event loop (file reads run in a thread)."""
-        scanned = await asyncio.to_thread(self._scan)
+        """Scan once without blocking the event loop (reading and YAML parsing
+        run in a thread); changed files are read once their writes settled."""
+        scanned = await asyncio.to_thread(self._scan, True)
         return self._publish(scanned)
 
     async def run(self) -> None:
@@ -148,36 +157,102 @@ class FileSource:
             await self.poll()
             await asyncio.sleep(self._interval)
 
-    def _scan(self) -> dict[str, _FileState] | SourceDirectoryError:
-        """New per-file state; reads only the filesystem and `self._files`."""
+    def _list(self) -> _Listing | SourceDirectoryError:
         try:
-            names = sorted(
-                entry.name
-                for entry in os.scandir(self.directory)
-                if entry.name.endswith(_SUFFIXES)
-                and not entry.name.startswith(".")
-                and entry.is_file()
-            )
+            entries = list(os.scandir(self.directory))
         except OSError as exc:
             return SourceDirectoryError(f"cannot list {self.directory}: {exc.strerror}")
+        names: list[str] = []
+        broken: dict[str, str] = {}
+        for entry in entries:
+            if not entry.name.endswith(_SUFFIXES) or entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_file():
+                    names.append(entry.name)
+            except OSError as exc:
+                # A symlink loop (ELOOP) or a dangling permission: this entry
+                # only; the rest of the directory is read as usual.
+                broken[entry.name] = f"cannot read: {exc.strerror}; skipped"
+        return _Listing(sorted(names), broken)
+
+    def _scan(self, settle: bool) -> dict[str, FileState] | SourceDirectoryError:
+        """New per-file state; reads only the filesystem and this source's own
+        bookkeeping (never the store), so it may run in a thread."""
+        listing = self._list()
+        if isinstance(listing, SourceDirectoryError):
+            return listing
         now = time.time()
-        out: dict[str, _FileState] = {}
-        for name in names:
+        out: dict[str, FileState] = {}
+        budget = MAX_DIRECTORY_BYTES
+        for name in sorted([*listing.names, *listing.broken]):
             path = self.directory / name
+            old = self._files.get(name)
             try:
                 stat = path.stat()
-            except OSError:
-                continue  # deleted between listing and stat: gone
+            except OSError as exc:
+                reason = listing.broken.get(name) or f"cannot read: {exc.strerror}; skipped"
+                out[name] = FileState.failed(old, FileProblem(str(path), reason))
+                continue
             stamp = (stat.st_mtime_ns, stat.st_size)
-            old = self._files.get(name)
+            budget -= stat.st_size
+            if budget < 0:
+                reason = f"the directory's files exceed {MAX_DIRECTORY_BYTES >> 20} MiB; skipped"
+                out[name] = FileState.failed(old, FileProblem(str(path), reason))
+                continue
             recent = now - stat.st_mtime_ns / 1e9 < _RECENT_SECONDS
             if old is not None and old.stamp == stamp and not recent:
                 out[name] = old
+                self._pending.pop(name, None)
                 continue
-            out[name] = _read(path, stamp, old)
+            if settle and not self._settled(name, stamp, now - stat.st_mtime_ns / 1e9):
+                if old is not None:
+                    out[name] = old  # being written: the last content stays
+                continue
+            state = read_file(path, stamp, old)
+            if state is None:  # changed while it was read: next poll
+                if old is not None:
+                    out[name] = old
+                continue
+            out[name] = state
+        if settle:
+            self._keep_vanished(out)
         return out
 
-    def _publish(self, scanned: dict[str, _FileState] | SourceDirectoryError) -> bool:
+    def _settled(self, name: str, stamp: tuple[int, int], age: float) -> bool:
+        """Whether a changed file has been quiet for the settle window: by its
+        mtime, or (for clocks that disagree, mtimes in the future) by the same
+        stamp seen over the window by this process."""
+        if age >= self._settle:
+            self._pending.pop(name, None)
+            return True
+        now = self._clock()
+        seen = self._pending.get(name)
+        if seen is None or seen[0] != stamp:
+            self._pending[name] = (stamp, now)
+            return False
+        if now - seen[1] >= self._settle:
+            del self._pending[name]
+            return True
+        return False
+
+    def _keep_vanished(self, out: dict[str, FileState]) -> None:
+        """A file gone for less than the settle window keeps its content: a
+        delete-and-recreate must not withdraw its objects in between."""
+        now = self._clock()
+        for name, state in self._files.items():
+            if name in out:
+                continue
+            seen = self._pending.get(name)
+            if seen is None or seen[0] is not None:
+                self._pending[name] = (None, now)
+                out[name] = state
+            elif now - seen[1] < self._settle:
+                out[name] = state
+            else:
+                del self._pending[name]
+
+    def _publish(self, scanned: dict[str, FileState] | SourceDirectoryError) -> bool:
         if isinstance(scanned, SourceDirectoryError):
             if self._dir_error is None:
                 log.error(
@@ -196,44 +271,35 @@ class FileSource:
         if not changed:
             return False
         self._log_changes(before, scanned)
-        raws = self._collect()
+        files: list[tuple[str, tuple[Document, ...]]] = [
+            (str(self.directory / name), state.docs) for name, state in sorted(scanned.items())
+        ]
+        previous = self._placement
+        self._placement = place_documents(files, previous)
+        self._log_placement(previous)
+        raws: list[Mapping[str, Any]] = list(self._placement.chosen.values())
         self._store.replace_all(self._source, raws)
         return True
 
-    def _collect(self) -> list[Mapping[str, Any]]:
-        """Key every document; later files win over earlier ones."""
-        chosen: dict[ObjectRef, tuple[str, Mapping[str, Any]]] = {}
-        problems: list[FileProblem] = []
-        warnings: list[FileProblem] = []
-        for name, state in sorted(self._files.items()):
-            path = str(self.directory / name)
-            for index, doc in enumerate(state.docs):
-                try:
-                    ref = object_ref(doc)
-                except UnknownKindError as exc:
-                    warnings.append(
-                        FileProblem(path, f"document {index + 1}: {exc.reason}; skipped")
-                    )
-                    continue
-                except ParseError as exc:
-                    problems.append(FileProblem(path, f"document {index + 1}: {exc}"))
-                    continue
-                earlier = chosen.get(ref)
-                if earlier is not None:
-                    where = "earlier in this file" if earlier[0] == path else f"in {earlier[0]}"
-                    warnings.append(FileProblem(path, f"{ref} is also {where}; this one wins"))
-                chosen[ref] = (path, doc)
-        for problem in problems:
-            if problem not in self._object_problems:
-                log.error("file_source_object_error", file=problem.path, reason=problem.reason)
-        for warning in warnings:
-            if warning not in self._warnings:
-                log.warning("file_source_warning", file=warning.path, reason=warning.reason)
-        self._object_problems = tuple(problems)
-        self._warnings = tuple(warnings)
-        return [doc for _, doc in chosen.values()]
+    def _log_placement(self, previous: Placement) -> None:
+        for problem in self._placement.problems:
+            if problem not in previous.problems:
+                log.error(
+                    "file_source_object_error",
+                    file=problem.path,
+                    line=problem.line,
+                    reason=problem.reason,
+                )
+        for warning in self._placement.warnings:
+            if warning not in previous.warnings:
+                log.warning(
+                    "file_source_warning",
+                    file=warning.path,
+                    line=warning.line,
+                    reason=warning.reason,
+                )
 
-    def _log_changes(self, before: dict[str, _FileState], after: dict[str, _FileState]) -> None:
+    def _log_changes(self, before: dict[str, FileState], after: dict[str, FileState]) -> None:
         for name in sorted(before.keys() - after.keys()):
             log.info("file_source_file_removed", file=str(self.directory / name))
         for name, state in sorted(after.items()):
@@ -254,44 +320,3 @@ class FileSource:
                     file=str(self.directory / name),
                     documents=len(state.docs),
                 )
-
-
-def _read(path: Path, stamp: tuple[int, int], old: _FileState | None) -> _FileState:
-    kept = old.docs if old is not None else ()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return _FileState(stamp, "", kept, FileProblem(str(path), f"cannot read: {exc.strerror}"))
-    digest = hashlib.sha256(data).hexdigest()
-    if old is not None and old.digest == digest:
-        return _FileState(stamp, digest, old.docs, old.error)
-    try:
-        docs = [d for d in yaml.load_all(data.decode("utf-8"), Loader=_Loader) if d is not None]
-    except UnicodeDecodeError as exc:
-        return _FileState(stamp, digest, kept, FileProblem(str(path), f"not UTF-8: {exc.reason}"))
-    except yaml.YAMLError as exc:
-        return _FileState(stamp, digest, kept, _yaml_problem(path, exc))
-    except (ValueError, RecursionError) as exc:
-        # What the YAML library lets through for pathological input (absurd
-        # nesting, out-of-range values): still this file's problem only.
-        return _FileState(stamp, digest, kept, FileProblem(str(path), f"cannot load: {exc!r}"))
-    for index, doc in enumerate(docs):
-        if not isinstance(doc, Mapping):
-            reason = f"document {index + 1} is not a mapping (a Kubernetes object)"
-            return _FileState(stamp, digest, kept, FileProblem(str(path), reason))
-    return _FileState(stamp, digest, tuple(docs))
-
-
-def _yaml_problem(path: Path, exc: yaml.YAMLError) -> FileProblem:
-    line = None
-    reason = str(exc)
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        if mark is not None:
-            line = mark.line + 1
-        context = exc.context or ""
-        if context and exc.context_mark is not None and exc.context_mark is not mark:
-            # Where the unfinished construct began is often what the user must fix.
-            context = f"{context} (from line {exc.context_mark.line + 1})"
-        reason = " ".join(p for p in (context, exc.problem) if p) or reason
-    return FileProblem(str(path), f"invalid YAML: {reason}", line)
