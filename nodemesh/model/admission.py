@@ -73,6 +73,7 @@ def admit(
     claims: _Claims = {}
     admitted: list[EnvoyConfig] = []
     errors: list[ObjectError] = []
+
     def order(ref: ObjectRef) -> tuple[str, int, str, str]:
         entry = contenders[ref]
         return age_key(entry.current, incumbent=entry.previous is not None)

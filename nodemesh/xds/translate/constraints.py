@@ -5,9 +5,11 @@ a resource ever reaches Envoy.
 Envoy NACKs a resource that breaks one, and a NACK of a state-of-the-world
 update holds back the whole update; checking here turns it into an error
 that names the CEC and the field. This covers the rules Envoy's protos use
-most (required messages and oneofs, string lengths, numeric bounds,
-repeated and map sizes, defined enums, durations); rules it does not cover
-(regex patterns, well-known string formats, `in` lists) are left to Envoy.
+(required messages and oneofs, string lengths and bytes, patterns (RE2),
+well-known header name/value formats, prefixes, `in` lists, numeric bounds,
+repeated and map sizes, defined enums, durations); the well-known formats
+Envoy's protos hardly use (email, hostname, ip, uri, uuid) are left to Envoy.
+What Envoy checks in C++ beyond these rules is in envoy_rules.py.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import re2  # type: ignore[import-untyped]
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -30,6 +33,53 @@ _NUMERIC = frozenset(
 )
 _BOUNDS = (("gt", "more than"), ("gte", "at least"), ("lt", "less than"), ("lte", "at most"))
 _WRAPPERS = "google.protobuf."
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+# protoc-gen-validate's well-known regexes (validate.proto), strict and not.
+_LOOSE_HEADER = r"^[^\x00\n\r]*$"
+_WELL_KNOWN = {
+    (validate_pb2.HTTP_HEADER_NAME, True): r"^:?[0-9a-zA-Z!#$%&'*+\-.^_|~`]+$",
+    (validate_pb2.HTTP_HEADER_VALUE, True): r"^[^\x00-\x08\x0A-\x1F\x7F]*$",
+    (validate_pb2.HTTP_HEADER_NAME, False): _LOOSE_HEADER,
+    (validate_pb2.HTTP_HEADER_VALUE, False): _LOOSE_HEADER,
+}
+_PATTERNS: dict[str, Any] = {}
+
+
+def _matches(pattern: str, value: str) -> bool:
+    compiled = _PATTERNS.get(pattern)
+    if compiled is None:
+        compiled = _PATTERNS[pattern] = re2.compile(pattern, _RE2_OPTIONS)
+    return compiled.search(value) is not None
+
+
+def _string(rules: Any, value: str) -> Iterator[str]:
+    if rules.HasField("min_len") and len(value) < rules.min_len:
+        yield f"must have at least {rules.min_len} characters"
+    if rules.HasField("max_len") and len(value) > rules.max_len:
+        yield f"must have at most {rules.max_len} characters"
+    size = len(value.encode())
+    if rules.HasField("min_bytes") and size < rules.min_bytes:
+        yield f"must have at least {rules.min_bytes} bytes"
+    if rules.HasField("max_bytes") and size > rules.max_bytes:
+        yield f"must have at most {rules.max_bytes} bytes"
+    if rules.HasField("prefix") and not value.startswith(rules.prefix):
+        yield f"must start with {rules.prefix!r}"
+    if rules.HasField("suffix") and not value.endswith(rules.suffix):
+        yield f"must end with {rules.suffix!r}"
+    if rules.HasField("contains") and rules.contains not in value:
+        yield f"must contain {rules.contains!r}"
+    if rules.HasField("not_contains") and rules.not_contains in value:
+        yield f"must not contain {rules.not_contains!r}"
+    if rules.HasField("const") and value != rules.const:
+        yield f"must be {rules.const!r}"
+    yield from _listed(rules, value)
+    pattern = rules.pattern if rules.HasField("pattern") else None
+    if rules.HasField("well_known_regex"):
+        strict = rules.strict if rules.HasField("strict") else True
+        pattern = _WELL_KNOWN.get((rules.well_known_regex, strict), pattern)
+    if pattern and not (rules.ignore_empty and not value) and not _matches(pattern, value):
+        yield f"{value!r} does not match regex pattern {pattern!r}"
 
 
 _RULES: dict[str, Any] = {}
@@ -48,7 +98,19 @@ def _rules(field: FieldDescriptor) -> Any:
     return found
 
 
+def _listed(rules: Any, value: Any) -> Iterator[str]:
+    """`const`, `in` and `not_in`, which strings, numbers and enums share."""
+    if rules.HasField("const") and value != rules.const:
+        yield f"must be {rules.const!r}"
+    allowed = getattr(rules, "in")  # a Python keyword
+    if allowed and value not in allowed:
+        yield f"{value!r} is not one of {list(allowed)}"
+    if rules.not_in and value in rules.not_in:
+        yield f"{value!r} must not be one of {list(rules.not_in)}"
+
+
 def _bounds(rules: Any, value: float) -> Iterator[str]:
+    yield from _listed(rules, value)
     for bound, words in _BOUNDS:
         if rules.HasField(bound):
             limit = getattr(rules, bound)
@@ -70,15 +132,11 @@ def _scalar(rules: Any, field: FieldDescriptor, value: Any) -> Iterator[str]:
     if kind in _NUMERIC:
         yield from _bounds(specific, value)
     elif kind == "string":
-        if specific.HasField("min_len") and len(value) < specific.min_len:
-            yield f"must have at least {specific.min_len} characters"
-        if specific.HasField("max_len") and len(value) > specific.max_len:
-            yield f"must have at most {specific.max_len} characters"
-        if specific.HasField("min_bytes") and len(value.encode()) < specific.min_bytes:
-            yield f"must have at least {specific.min_bytes} bytes"
-    elif kind == "enum" and specific.defined_only:
+        yield from _string(specific, value)
+    elif kind == "enum":
+        yield from _listed(specific, value)
         enum = field.enum_type
-        if enum is not None and value not in enum.values_by_number:
+        if specific.defined_only and enum is not None and value not in enum.values_by_number:
             yield f"{value} is not a defined {enum.name} value"
 
 

@@ -32,6 +32,7 @@ from nodemesh.model.objects import EnvoyConfig, EnvoyResource, ObjectError, Obje
 from nodemesh.xds.translate import registry
 from nodemesh.xds.translate.checks import check_http_filters, check_resource
 from nodemesh.xds.translate.constraints import check_constraints
+from nodemesh.xds.translate.envoy_rules import check_envoy_rules
 from nodemesh.xds.translate.errors import ResourceError
 from nodemesh.xds.translate.references import map_listener, map_route_clusters
 from nodemesh.xds.translate.services import ServiceRef, parse_service_ref
@@ -123,9 +124,14 @@ def _check(parsed: ParsedConfig, resource: EnvoyResource, message: Message) -> N
     if isinstance(message, listener_pb2.Listener):
         for err in check_http_filters(message, resource.field):
             parsed.error(err.field, err.reason)
-    if not findings.errors:
-        for where, reason in check_constraints(message, resource.field):
-            parsed.error(where, reason)
+    if findings.errors:
+        return
+    broken = list(check_constraints(message, resource.field))
+    # Envoy's own checks only once the field rules hold (it runs them in
+    # that order too), so one mistake gives one error.
+    broken = broken or list(check_envoy_rules(message, resource.field))
+    for where, reason in broken:
+        parsed.error(where, reason)
 
 
 def _local_names(loaded: list[tuple[EnvoyResource, Message, str]], type_url: str) -> set[str]:

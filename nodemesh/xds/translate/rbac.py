@@ -40,6 +40,8 @@ from nodemesh.model.objects import (
     RedirectOrigin,
 )
 from nodemesh.model.regex import re2_problem
+from nodemesh.xds.translate.constraints import check_constraints
+from nodemesh.xds.translate.envoy_rules import check_envoy_rules
 from nodemesh.xds.translate.registry import pack
 
 RBAC_FILTER = "envoy.filters.http.rbac"
@@ -116,9 +118,21 @@ def _rule_permission(
         conditions.append(_header(match.name, match.value))
     if not conditions:
         return rbac_pb2.Permission(any=True)
-    if len(conditions) == 1:
-        return conditions[0]
-    return rbac_pb2.Permission(and_rules=rbac_pb2.Permission.Set(rules=conditions))
+    permission = (
+        conditions[0]
+        if len(conditions) == 1
+        else rbac_pb2.Permission(and_rules=rbac_pb2.Permission.Set(rules=conditions))
+    )
+    # The same checks as a CEC's resources: a header name Envoy refuses
+    # (empty, NUL, CR, LF) would NACK the whole listener.
+    broken = list(check_constraints(permission)) or list(check_envoy_rules(permission))
+    if broken:
+        reason = "; ".join(reason for _, reason in broken)
+        notes.append(
+            ObjectError(policy.owner, where, f"Envoy would reject it: {reason}; rule ignored")
+        )
+        return _NOTHING
+    return permission
 
 
 def _scoped(

@@ -6,8 +6,10 @@ Everything else is exactly what the translator produced.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -20,7 +22,7 @@ from google.protobuf import json_format
 from nodemesh.node.envoy_process import find_envoy_binary
 from nodemesh.xds.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, Translation
 from nodemesh.xds.translate.references import HCM_TYPE
-from nodemesh.xds.translate.registry import pack, unpack
+from nodemesh.xds.translate.registry import TYPE_PREFIX, pack, unpack
 
 ENVOY = Path(find_envoy_binary())
 
@@ -84,3 +86,50 @@ def envoy_validate(path: Path) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def resource_bootstrap(type_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One CEC-style resource alone in a static bootstrap (a route config is
+    served inline by a listener; clusters "default/a" and "default/b" exist)."""
+    clusters = [
+        {"name": name, "type": "STATIC", "connect_timeout": "1s"}
+        for name in ("default/a", "default/b")
+    ]
+    if type_url == CLUSTER:
+        return {"static_resources": {"clusters": [body]}}
+    manager = {
+        "@type": HCM_TYPE,
+        "stat_prefix": "t",
+        "route_config": body,
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": TYPE_PREFIX + "envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    listener = {
+        "name": "l",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
+    return {"static_resources": {"listeners": [listener], "clusters": clusters}}
+
+
+def envoy_verdict(bootstrap: dict[str, Any], path: Path) -> tuple[bool, str]:
+    """(accepted, Envoy's last words) for a bootstrap given as JSON-ready data."""
+    path.write_text(json.dumps(bootstrap))
+    result = envoy_validate(path)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    return result.returncode == 0, "\n".join(lines[-3:])

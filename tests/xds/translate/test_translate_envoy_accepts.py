@@ -31,7 +31,11 @@ from nodemesh.xds.translate import (
 from nodemesh.xds.translate.registry import unpack
 from tests.support.protos import narrow
 from tests.xds.translate import translate_models as m
-from tests.xds.translate.envoy_static import envoy_validate, static_bootstrap, write_bootstrap
+from tests.xds.translate.envoy_static import (
+    envoy_validate,
+    static_bootstrap,
+    write_bootstrap,
+)
 from tests.xds.translate.translate_cases import CASES
 
 pytestmark = pytest.mark.envoy
