@@ -166,6 +166,22 @@ def check_ip(ref: ObjectRef | None, path: str, value: Any) -> str:
         raise ParseError(ref, path, f"{value!r} is not an IP address") from None
 
 
+def unusable_endpoint(address: str) -> str | None:
+    """Why a canonical address cannot be a backend: nothing can connect to the
+    unspecified address, a broadcast or a multicast group (Envoy would send
+    every request there into the void); None when it can."""
+    if address in ("0.0.0.0", "::"):
+        return "is the unspecified address"
+    if ":" in address:
+        return "is a multicast address" if address.startswith("ff") else None
+    first = int(address[: address.index(".")])
+    if 224 <= first <= 239:
+        return "is a multicast address"
+    if first >= 240:
+        return "is the broadcast address" if address == "255.255.255.255" else "is reserved"
+    return None
+
+
 def _type_name(value: Any) -> str:
     if isinstance(value, Mapping):
         return "a mapping"

@@ -20,7 +20,7 @@ from typing import Any
 
 from nodemesh.model import parse_cilium, parse_gateway, parse_policy
 from nodemesh.model.errors import ParseError, UnknownKindError
-from nodemesh.model.fields import Fields, check_ip
+from nodemesh.model.fields import Fields, check_ip, unusable_endpoint
 from nodemesh.model.objects import (
     ContainerPort,
     Deployment,
@@ -179,7 +179,14 @@ def _service(ref: ObjectRef, top: Fields) -> ParseResult:
         type=svc_type,
         labels=pairs(labels_of(top)),
     )
-    return ParseResult(obj)
+    warnings: tuple[ObjectWarning, ...] = ()
+    if ports and all(p.protocol == "SCTP" for p in ports):
+        reason = (
+            "every port is SCTP, which nodemesh neither translates in the kernel nor "
+            "proxies in Envoy: connections to this Service are not served by the mesh"
+        )
+        warnings = (ObjectWarning(ref, "spec.ports", reason),)
+    return ParseResult(obj, warnings)
 
 
 def _cluster_ips(spec: Fields) -> tuple[str, ...]:
@@ -346,12 +353,16 @@ def _fast_address(value: Any, address_type: str) -> str | None:
             # inet_pton takes only plain dotted quads (no leading zeros), so
             # what it accepts is already canonical.
             socket.inet_pton(socket.AF_INET, value)
-            return value
-        if address_type == "IPv6":
-            return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, value))
+            canonical = value
+        elif address_type == "IPv6":
+            canonical = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, value))
+        else:
+            return value or None
     except OSError:
         return None
-    return value or None
+    if unusable_endpoint(canonical) is not None:
+        return None
+    return canonical
 
 
 def _address(ref: ObjectRef, path: str, value: Any, address_type: str) -> str:
@@ -362,6 +373,9 @@ def _address(ref: ObjectRef, path: str, value: Any, address_type: str) -> str:
     address = check_ip(ref, path, value)
     if (":" in address) != (address_type == "IPv6"):
         raise ParseError(ref, path, f"{address} is not an {address_type} address")
+    unusable = unusable_endpoint(address)
+    if unusable is not None:
+        raise ParseError(ref, path, f"{address} {unusable}: no backend can listen there")
     return address
 
 

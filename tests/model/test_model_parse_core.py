@@ -18,6 +18,7 @@ from nodemesh.model.objects import (
     ServicePort,
 )
 from nodemesh.model.parse import object_ref, parse_object
+from nodemesh.model.store import MeshStore
 
 
 def service(**spec: Any) -> dict[str, Any]:
@@ -231,3 +232,63 @@ def test_endpoint_with_several_addresses_keeps_them_all() -> None:
     assert eps.endpoints[0].addresses == ("10.0.0.1", "10.0.0.2")
     v6 = parse_object(slice_(addressType="IPv6", endpoints=[{"addresses": ["FD00:0::1"]}])).obj
     assert isinstance(v6, EndpointSlice) and v6.endpoints[0].addresses == ("fd00::1",)
+
+
+@pytest.mark.parametrize(
+    ("address_type", "address", "why"),
+    [
+        ("IPv4", "0.0.0.0", "unspecified"),
+        ("IPv4", "255.255.255.255", "broadcast"),
+        ("IPv4", "224.0.0.1", "multicast"),
+        ("IPv4", "239.1.2.3", "multicast"),
+        ("IPv6", "::", "unspecified"),
+        ("IPv6", "ff02::1", "multicast"),
+    ],
+)
+def test_endpoints_nothing_can_listen_on_are_refused(
+    address_type: str, address: str, why: str
+) -> None:
+    # Issue 10 item 22: these reached Envoy as backends.
+    raw = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": address_type,
+        "endpoints": [
+            {"addresses": ["10.0.0.1" if address_type == "IPv4" else "fd00::1"]},
+            {"addresses": [address]},
+        ],
+    }
+    with pytest.raises(ParseError) as caught:
+        parse_object(raw)
+    assert caught.value.field == "endpoints[1].addresses[0]" and why in caught.value.reason
+
+
+def test_a_service_with_only_sctp_ports_gets_a_warning() -> None:
+    store = MeshStore()
+    store.apply(
+        "t",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "sig"},
+            "spec": {"ports": [{"port": 3868, "protocol": "SCTP"}]},
+        },
+    )
+    store.apply(
+        "t",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "mixed"},
+            "spec": {
+                "ports": [
+                    {"name": "a", "port": 3868, "protocol": "SCTP"},
+                    {"name": "b", "port": 80},
+                ]
+            },
+        },
+    )
+    model = store.build()
+    (warning,) = model.warnings
+    assert warning.ref.name == "sig" and warning.field == "spec.ports" and "SCTP" in warning.reason
