@@ -29,6 +29,7 @@ from nodemesh.model.objects import (
 )
 
 Validate = Callable[[EnvoyConfig], Sequence[ObjectError]]
+
 _Claims = dict[tuple[ServiceName, int], ObjectRef]
 
 
@@ -87,6 +88,11 @@ def admit(
                 admitted.append(entry.candidate)
                 continue
         kept = entry.previous
+        if kept is not None and _names_missing(kept, services):
+            # Deleted is deleted: a Service the kept version itself names is
+            # gone, and nothing is redirected to a Service that does not exist,
+            # so no version of this CEC is in effect (docs/semantics.md).
+            kept = None
         conflicts = [] if kept is None else _conflicts(kept, services, claims)
         if conflicts:
             # The earlier version now loses to an older CEC: nothing of it stays.
@@ -119,12 +125,20 @@ def _check(
     return problems
 
 
+def _names_missing(config: EnvoyConfig, services: Mapping[ServiceName, Service]) -> bool:
+    return any(
+        _missing(config.ref, "", entry, services)
+        for entry in (*config.services, *config.backend_services)
+    )
+
+
 def _missing(
     ref: ObjectRef, field: str, entry: RedirectedService, services: Mapping[ServiceName, Service]
 ) -> list[ObjectError]:
     service = services.get(entry.service)
     if service is None:
-        return [ObjectError(ref, f"{field}.name", f"Service {entry.service} does not exist")]
+        reason = f"Service {entry.service} does not exist; nothing is redirected until it does"
+        return [ObjectError(ref, f"{field}.name", reason)]
     have = {p.port for p in service.ports}
     return [
         ObjectError(ref, f"{field}.ports[{i}]", f"Service {entry.service} has no port {port}")

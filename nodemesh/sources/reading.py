@@ -64,13 +64,14 @@ def read_file(path: Path, stamp: tuple[int, int], old: FileState | None) -> File
 def _yaml_problem(path: Path, exc: yaml.YAMLError) -> FileProblem:
     line = None
     reason = str(exc)
+    offset = int(getattr(exc, "line_offset", 0))  # set by load_documents
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         if mark is not None:
-            line = mark.line + 1
+            line = mark.line + 1 + offset
         context = exc.context or ""
         if context and exc.context_mark is not None and exc.context_mark is not mark:
             # Where the unfinished construct began is often what the user must fix.
-            context = f"{context} (from line {exc.context_mark.line + 1})"
+            context = f"{context} (from line {exc.context_mark.line + 1 + offset})"
         reason = " ".join(p for p in (context, exc.problem) if p) or reason
     return FileProblem(str(path), f"invalid YAML: {reason}", line)

@@ -31,7 +31,7 @@ from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminS
 from nodemesh.wiring.nacks import NackNotifier, XdsNacks
 from nodemesh.wiring.routes_view import routes_json
 from nodemesh.wiring.sync_signal import SyncSignal
-from nodemesh.xds.cache import LISTENER, SnapshotCache
+from nodemesh.xds.cache import LISTENER, Snapshot, SnapshotCache, short_name
 from nodemesh.xds.server import (
     AdsServer,
     ClientStatus,
@@ -184,7 +184,7 @@ class ControlPlane:
             await source.wait_synced()
         async for model in self.store.updates():
             if self.follower is None:
-                self.publish(model)
+                await self.publish_async(model)
                 continue
             # Envoy keeps every listener, route and cluster the new version
             # drops until the follower's kernel no longer steers to them
@@ -192,7 +192,7 @@ class ControlPlane:
             self.cache.hold_removals()
             try:
                 await self.follower.before_publish(model)
-                self.publish(model)
+                await self.publish_async(model)
                 await self.follower.after_publish(model)
             finally:
                 self.cache.release_removals()
@@ -200,8 +200,25 @@ class ControlPlane:
     def publish(self, model: MeshModel) -> None:
         """Translate one model version and hand it to every stream."""
         started = time.perf_counter()
+        translation, snapshot = self._translate(model)
+        self._install(model, translation, snapshot, started)
+
+    async def publish_async(self, model: MeshModel) -> None:
+        """`publish`, translating and encoding in a worker thread: a large
+        model must not stall the loop serving streams and health checks."""
+        started = time.perf_counter()
+        translation, snapshot = await asyncio.to_thread(self._translate, model)
+        self._install(model, translation, snapshot, started)
+
+    def _translate(self, model: MeshModel) -> tuple[Translation, Snapshot]:
+        # Only ever one at a time (the publish loop awaits each), and only
+        # the translator and the cache's encoding memo are touched here.
         translation = self.translator.translate(model)
-        snapshot = self.cache.build_snapshot(translation.resources, label=model.version)
+        return translation, self.cache.build_snapshot(translation.resources, label=model.version)
+
+    def _install(
+        self, model: MeshModel, translation: Translation, snapshot: Snapshot, started: float
+    ) -> None:
         self.cache.set_default_snapshot(snapshot)
         previous = set(self.translation.errors) if self.translation is not None else set()
         self.model, self.translation = model, translation

@@ -184,3 +184,17 @@ def test_an_oversized_object_is_refused_and_its_previous_version_kept(tmp_path: 
     assert SPLIT_LISTENER in listeners(store, translator)
     (problem,) = source.errors
     assert "objects are limited to 1.5 MiB" in problem.reason and problem.line == CEC_LINE
+
+
+def test_yaml_errors_and_documents_keep_their_file_lines(tmp_path: Path) -> None:
+    store = MeshStore()
+    source = FileSource(tmp_path, store)
+    good = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n"
+    (tmp_path / "a.yaml").write_text(good + "---\n" + good.replace("{name: a}", "{name: [b"))
+    source.load()
+    (problem,) = source.errors
+    assert problem.line is not None and problem.line >= 7
+    (tmp_path / "a.yaml").write_text(good + "---\n# note\n---\napiVersion: v1\nkind: Nope\n")
+    source.load()
+    (line,) = source.problems()
+    assert ":8:" in line and "Nope" in line

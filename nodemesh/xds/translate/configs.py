@@ -201,9 +201,29 @@ class ConfigStageBuilder:
         previous = self.previous_good.get(config.ref)
         if previous is not None and self._conflicts(config.ref, previous):
             previous = None
-        self.stage.errors.extend(replace(e, kept_previous=previous is not None) for e in errors)
+        note = self._dangling(previous) if previous is not None else ""
+        self.stage.errors.extend(
+            replace(e, kept_previous=previous is not None, reason=e.reason + note) for e in errors
+        )
         if previous is not None:
             self._accept(config, previous)
+
+    def _dangling(self, output: ConfigOutput) -> str:
+        """What status must add when the version kept in effect routes to
+        Services that were deleted since: those routes answer 503."""
+        gone = sorted(
+            {
+                str(c.service)
+                for c in output.service_clusters
+                if c.service not in self.model.services
+            }
+        )
+        if not gone:
+            return ""
+        return (
+            f"; the previous version stays in effect, but its routes to deleted "
+            f"Service(s) {', '.join(gone)} answer 503 (no endpoints)"
+        )
 
     def _conflicts(self, ref: ObjectRef, output: ConfigOutput) -> list[ObjectError]:
         errors = []
