@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: all deps lock demo test lint imports typecheck pytest fuzz-ads clean
+.PHONY: all deps lock demo test lint imports typecheck pytest clean fuzz fuzz-manifests fuzz-ads
 
 all: test
 
@@ -44,9 +44,19 @@ pytest: deps
 
 test: lint imports typecheck pytest
 
-# The ADS fuzz harness for longer than `make test` runs it (same properties,
-# more examples): FUZZ_ADS_EXAMPLES=20000 make fuzz-ads
-FUZZ_ADS_EXAMPLES ?= 2000
+# Longer fuzzing than `make test`'s bounded, seeded runs (same properties,
+# more examples). `make fuzz` runs every harness; each is its own target.
+FUZZ_EXAMPLES ?= 2000
+FUZZ_TARGETS := fuzz-manifests fuzz-ads
+
+fuzz: $(FUZZ_TARGETS)
+
+fuzz-manifests: deps
+	NODEMESH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/fuzz/test_fuzz_manifests.py
+	$(BIN)/python scripts/manifest_corpus.py --cases 600
+
+# The ADS fuzz harness: FUZZ_ADS_EXAMPLES=20000 make fuzz-ads
+FUZZ_ADS_EXAMPLES ?= $(FUZZ_EXAMPLES)
 fuzz-ads: deps
 	NODEMESH_FUZZ_ADS_EXAMPLES=$(FUZZ_ADS_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider \
 		tests/xds/server/test_ads_fuzz.py
