@@ -30,7 +30,7 @@ ENVOY_ALL = os.environ.get("NODEMESH_FUZZ_ENVOY") == "all"
 # Envoy takes ~0.3 s a run: judge one translation in this many in `make test`.
 ENVOY_EVERY = 1 if ENVOY_ALL else 8
 
-_judged: dict[int, int] = {"count": 0}
+_judged: dict[str, int] = {"count": 0}
 
 
 @pytest.mark.envoy

@@ -40,7 +40,7 @@ def test_deleting_backend_services_is_reported_as_503s_not_as_serving(tmp_path: 
     # The Services and their endpoints are gone: what was deleted is deleted.
     for name in ("default/httpbin-v1", "default/httpbin-v2"):
         assignment = translation.resources[ENDPOINT].get(name)
-        assert assignment is None or not assignment.endpoints
+        assert assignment is None or not getattr(assignment, "endpoints")  # noqa: B009
     errors = _cec_errors(translation.errors)
     assert errors and all(e.kept_previous for e in errors)
     # ...and status says which routes of the version still in effect fail.
