@@ -24,7 +24,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Appended, not prepended: PYTHONPATH=<another tree> must win for `nodemesh`.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from nodemesh.xds.translate import encode
 from tests.fuzz.manifest_fuzz import base_files, envoy_accepts, mutate, run_case
@@ -56,8 +57,13 @@ def main() -> int:
             rng = random.Random(args.seed * 1_000_003 + case)
             files = copy.deepcopy(base_files())
             what = "; ".join(mutate(files, rng)[1] for _ in range(1 + (rng.random() < 0.3)))
-            outcome = run_case(files, what)
             counts["cases"] += 1
+            try:
+                outcome = run_case(files, what)
+            except Exception as exc:  # a crash is a finding, not the end of the run
+                counts["crashes"] += 1
+                examples.setdefault("crashes", []).append(f"{what} -> {exc!r}")
+                continue
             for finding, items in (("dropped", outcome.dropped), ("unnamed", outcome.unnamed)):
                 counts[finding] += len(items)
                 examples.setdefault(finding, []).extend(f"{what} -> {i}" for i in items)
@@ -66,7 +72,10 @@ def main() -> int:
                 examples.setdefault("outages", []).append(what)
             key = _digest(outcome.translation)
             if key not in judged:
-                judged[key] = envoy_accepts(outcome.translation, Path(tmp) / "b.json")
+                try:
+                    judged[key] = envoy_accepts(outcome.translation, Path(tmp) / "b.json")
+                except Exception as exc:
+                    judged[key] = (False, f"could not build a bootstrap: {exc!r}")
                 counts["envoy runs"] += 1
             accepted, said = judged[key]
             if not accepted:
@@ -80,12 +89,13 @@ def main() -> int:
         ("objects silently dropped", "dropped"),
         ("serving-config outages", "outages"),
         ("rejections without object/field/reason", "unnamed"),
+        ("crashes", "crashes"),
     ):
         print(f"  {label:45} {counts[key]}")
-    for finding in ("nacks", "dropped", "outages", "unnamed"):
+    for finding in ("nacks", "dropped", "outages", "unnamed", "crashes"):
         for line in examples.get(finding, [])[: args.show]:
             print(f"  [{finding}] {line}"[:400])
-    bad = counts["nacks"] + counts["dropped"] + counts["outages"] + counts["unnamed"]
+    bad = sum(counts[k] for k in ("nacks", "dropped", "outages", "unnamed", "crashes"))
     return 1 if bad else 0
 
 

@@ -34,7 +34,13 @@ def _static_cluster(cluster: cluster_pb2.Cluster, translation: Translation) -> c
         name = copy.eds_cluster_config.service_name or copy.name
         copy.ClearField("eds_cluster_config")
         copy.type = cluster_pb2.Cluster.STATIC
-        copy.load_assignment.CopyFrom(translation.resources[ENDPOINT][name])
+        # Over ADS, an EDS cluster whose assignment never comes only warms
+        # (no NACK); statically, that is a cluster with no endpoints.
+        assignment = translation.resources[ENDPOINT].get(name)
+        if assignment is None:
+            copy.load_assignment.cluster_name = name
+        else:
+            copy.load_assignment.CopyFrom(assignment)
     return copy
 
 
