@@ -8,6 +8,7 @@ import threading
 from collections.abc import Sequence
 
 from nodemesh.model.objects import EnvoyConfig, ObjectError
+from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
 from tests.model.test_model_store import cec, service
 
@@ -31,12 +32,15 @@ async def test_the_loop_keeps_running_while_a_model_is_built() -> None:
     async def health() -> None:
         loop_ran.set()
 
-    updates = store.updates()
-    build = asyncio.ensure_future(anext(updates))
+    async def first_model() -> MeshModel:
+        async for model in store.updates():
+            return model
+        raise AssertionError("updates() ended")
+
+    build = asyncio.ensure_future(first_model())
     await asyncio.sleep(0)
     await health()
     model = await asyncio.wait_for(build, timeout=60)
-    await updates.aclose()
     assert [c.ref.name for c in model.envoy_configs] == ["split"]
     assert threads == [False]
 
