@@ -4,7 +4,7 @@ before) against in a worker thread (today), for the 6.3 MB CEC of the issue
 (100,000 weighted clusters; over today's object limit, so refused) and for
 the largest CEC under the limit.
 
-    .venv/bin/python bench/loop_stall.py [--clusters 100000]
+    .venv/bin/python -m bench.loop_stall [--clusters 100000]
 
 A probe task sleeps 5 ms in a loop on the control plane's own event loop;
 the stall is how late it wakes. /healthz and new xDS streams are served by
