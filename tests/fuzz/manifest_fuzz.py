@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CANARY = ROOT / "examples" / "canary"
 T = "type.googleapis.com/"
 SERVING = "default/httpbin-traffic-split/listener"
+SERVING_OBJECTS = ("httpbin", "httpbin-traffic-split")  # the Service and the CEC
 
 EXTRA = f"""
 apiVersion: v1
@@ -227,7 +228,8 @@ def run_case(files: dict[str, list[dict[str, Any]]], what: str = "") -> Outcome:
         source = FileSource(directory, store)
         source.load()
         translator = Translator()
-        translator.translate(store.build())
+        baseline = store.build()
+        translator.translate(baseline)
         _write(directory, files)
         source.load()
         model = store.build()
@@ -251,10 +253,30 @@ def run_case(files: dict[str, list[dict[str, Any]]], what: str = "") -> Outcome:
             if any(name in line for line in status):
                 continue
             outcome.dropped.append(f"{name} doc {index + 1} ({ref or 'unidentified'})")
-    # A refused edit (reported, previous version kept) must leave serving as it was.
-    refused = bool(status) or any(e.kept_previous for e in errors)
-    outcome.outage = refused and SERVING not in translation.resources[LISTENER]
+    # Serving may go only through an accepted change to what serves (the user
+    # changed or renamed the Service or the CEC); never through a refused one.
+    lost = SERVING not in translation.resources[LISTENER]
+    outcome.outage = lost and not _deliberate(baseline, model, errors, status)
     return outcome
+
+
+def _serving_objects(model: MeshModel) -> dict[ObjectRef, Any]:
+    objects: list[Any] = [*model.services.values(), *model.envoy_configs]
+    return {o.ref: o for o in objects if o.ref.name in SERVING_OBJECTS}
+
+
+def _deliberate(
+    baseline: MeshModel, model: MeshModel, errors: tuple[Any, ...], status: list[str]
+) -> bool:
+    """Whether an accepted edit changed or removed what served the canary."""
+    before, after = _serving_objects(baseline), _serving_objects(model)
+    for ref, obj in before.items():
+        now = after.get(ref)
+        if now is not None and now != obj:
+            return True  # accepted in a changed form
+        if now is None and not any(e.ref == ref for e in errors) and not status:
+            return True  # renamed or removed, and nothing was refused
+    return False
 
 
 def envoy_accepts(translation: Translation, path: Path) -> tuple[bool, str]:
