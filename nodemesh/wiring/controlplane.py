@@ -31,7 +31,7 @@ from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminS
 from nodemesh.wiring.nacks import NackNotifier, XdsNacks
 from nodemesh.wiring.routes_view import routes_json
 from nodemesh.wiring.sync_signal import SyncSignal
-from nodemesh.xds.cache import LISTENER, Snapshot, SnapshotCache, short_name
+from nodemesh.xds.cache import LISTENER, Snapshot, SnapshotCache
 from nodemesh.xds.server import (
     AdsServer,
     ClientStatus,
