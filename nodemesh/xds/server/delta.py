@@ -107,13 +107,19 @@ class DeltaStream(AdsStream):
         updated, removed = self._diff(state, snapshot, self._candidates(state, snapshot))
         state.basis = snapshot.serial
         if not updated and not removed:
-            if not state.responded:
+            if state.responded:
+                return None
+            if not state.wildcard or not self._first_is_empty(state, snapshot):
                 # First look at this type and the client already holds
                 # exactly this snapshot's resources (a reconnect): in sync.
                 state.responded = True
                 state.sent_version = state.acked_version = snapshot.label
                 self.log.info("xds_resume_in_sync", type_url=state.type_url, version=snapshot.label)
-            return None
+                return None
+            # A wildcard subscription to a type this snapshot has none of (no
+            # Clusters yet): answer at once, empty. Without an answer Envoy
+            # waits out its initial_fetch_timeout (15 s) before it finishes
+            # initializing, and serves nothing meanwhile.
         if state.type_url == CLUSTER:
             self.note_cluster_updates((r.name for r in updated), snapshot)
         nonce = self.next_nonce()
@@ -141,6 +147,11 @@ class DeltaStream(AdsStream):
         for name in removed:
             sent.pop(name, None)
         return payload
+
+    @staticmethod
+    def _first_is_empty(state: TypeState, snapshot: Snapshot) -> bool:
+        """The client holds nothing of this type and the snapshot has none."""
+        return not state.sent and not snapshot.resources.get(state.type_url)
 
     @staticmethod
     def _candidates(state: TypeState, snapshot: Snapshot) -> Iterable[str]:
