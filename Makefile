@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: all deps lock demo test lint imports typecheck pytest clean fuzz fuzz-manifests fuzz-ads
+.PHONY: all deps lock demo test lint imports typecheck pytest cluster clean fuzz fuzz-manifests fuzz-ads
 
 all: test
 
@@ -39,7 +39,14 @@ imports: deps
 typecheck: deps
 	$(BIN)/mypy
 
-pytest: deps
+# The real Kubernetes control plane the `k8s` tests run against, built from
+# upstream Go sources into a cache keyed by version (integration/cluster/):
+# the first run on a machine builds it (see docs/benchmarks.md for how long),
+# later runs find it and build nothing. A missing Go stops here, in one line.
+cluster: deps
+	$(BIN)/python integration/cluster/build.py
+
+pytest: deps cluster
 	$(BIN)/pytest -q -ra
 
 test: lint imports typecheck pytest
