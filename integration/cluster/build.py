@@ -13,6 +13,7 @@ Kubernetes tests are never skipped silently.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -123,6 +124,21 @@ def build(names: list[str], bin_dir: Path) -> float:
         for name in names:
             os.replace(Path(tmp) / Path(COMMANDS[name]).name, bin_dir / name)
     return time.monotonic() - started
+
+
+def cilium_crds() -> Path:
+    """Cilium's own CRDs (cilium.io/v2), from the github.com/cilium/cilium
+    module that cilium/go.mod pins: fetched into the module cache, not built."""
+    go = _go()
+    cmd = [go, "mod", "download", "-json", "github.com/cilium/cilium"]
+    done = subprocess.run(cmd, cwd=HERE / "cilium", capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BuildError(
+            f"cilium CRDs: `go mod download github.com/cilium/cilium` failed ({last}): "
+            f"rerun it in {HERE / 'cilium'} with the Go module proxy reachable"
+        )
+    return Path(json.loads(done.stdout)["Dir"]) / "pkg/k8s/apis/cilium.io/client/crds/v2"
 
 
 def ensure_built() -> Path:

@@ -1,0 +1,140 @@
+"""Helpers shared by the tests against the real control plane (not a test module)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from kube_cluster import REPO, KubeCluster
+
+T = TypeVar("T")
+CANARY = REPO / "examples" / "canary"
+AGENT_SA = ("nodemesh-system", "nodemesh-agent")
+AGENT_USER = "system:serviceaccount:nodemesh-system:nodemesh-agent"
+
+
+def wait_for(check: Callable[[], T | Literal[False] | None], what: str, timeout: float = 60.0) -> T:
+    """Poll `check` until it returns something truthy; generous timeouts for a
+    shared 2-core machine, and the last value in the failure message."""
+    deadline = time.monotonic() + timeout
+    last: T | Literal[False] | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
+
+
+def kget(kube: KubeCluster, *args: str, kubeconfig: Path | None = None) -> Any:
+    return json.loads(kube.kubectl("get", "-o", "json", *args, kubeconfig=kubeconfig).stdout)
+
+
+def version_services() -> str:
+    """The Services behind the article's clusters default/httpbin-v1 and -v2
+    (examples/canary/local-backends.yaml, which the article leaves to the
+    user), without that file's hand-written EndpointSlices: in a cluster the
+    EndpointSlice controller writes those."""
+    docs = [d for d in yaml.safe_load_all((CANARY / "local-backends.yaml").read_text()) if d]
+    return yaml.safe_dump_all([d for d in docs if d["kind"] == "Service"])
+
+
+def apply_article(kube: KubeCluster) -> None:
+    """The article's YAML, verbatim, plus the two version Services."""
+    kube.kubectl(
+        "apply",
+        "-f",
+        str(CANARY / "httpbin-deployment.yaml"),
+        "-f",
+        str(CANARY / "traffic-split.yaml"),
+    )
+    kube.kubectl("apply", "-f", "-", stdin=version_services())
+
+
+def ready_endpoints(kube: KubeCluster, service: str, namespace: str = "default") -> list[str]:
+    """Ready addresses of the Service's EndpointSlices that the real
+    EndpointSlice controller wrote."""
+    slices = kget(
+        kube, "endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={service}"
+    )
+    out = []
+    for es in slices["items"]:
+        assert (
+            es["metadata"]["labels"].get("endpointslice.kubernetes.io/managed-by")
+            == "endpointslice-controller.k8s.io"
+        )
+        for ep in es.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready"):
+                out += ep["addresses"]
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def nodemesh(log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`nodemesh ARGS` as a user runs it, in its own session; SIGINT at the end."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nodemesh.cli", *args],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def admin_get(admin: str, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://{admin}{path}", timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+    except OSError:
+        return 0, None
+
+
+def conditions(
+    kube: KubeCluster, plural: str, name: str, namespace: str = "default"
+) -> dict[str, Any]:
+    obj = kget(kube, plural, name, "-n", namespace)
+    found = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+    found["_generation"] = obj["metadata"]["generation"]
+    return found
+
+
+def forbidden(kube: KubeCluster, user: str = AGENT_USER, since: int = 0) -> list[str]:
+    """Every request of `user` the API server answered 403, from its audit log
+    (from line `since` on: KubeCluster.audit_mark()), except those answered
+    while a kube-apiserver was starting: until its RBAC caches are synced
+    (/readyz not yet ok) it refuses what RBAC allows, and a watcher that
+    reconnects at once meets that. Those are what a restart does, not RBAC."""
+    out = []
+    for e in kube.audit_events(user, since):
+        if e.get("responseStatus", {}).get("code") != 403:
+            continue
+        at = datetime.datetime.fromisoformat(e["stageTimestamp"].replace("Z", "+00:00"))
+        if any(begin <= at <= ready for begin, ready in kube.starting):
+            continue
+        reason = e.get("annotations", {}).get("authorization.k8s.io/reason", "")
+        out.append(f"{e['verb']} {e['requestURI']} at {e['stageTimestamp']} ({reason})")
+    return out

@@ -1,0 +1,115 @@
+"""nodemesh on a cluster that already runs Cilium: Cilium's own cilium.io/v2
+CRDs (from the github.com/cilium/cilium release cilium/go.mod pins) instead of
+deploy/crds. The article's YAML is accepted by Cilium's schemas and nodemesh
+serves it. Cilium's CiliumEnvoyConfig CRD has no status subresource, so the
+conditions cannot be written there (the server answers 404, never 403) and
+the Events still carry every reason, as deploy/README.md says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import build
+import pytest
+from cluster_support import (
+    AGENT_SA,
+    AGENT_USER,
+    admin_get,
+    apply_article,
+    forbidden,
+    kget,
+    nodemesh,
+    wait_for,
+)
+from kube_cluster import REPO, KubeCluster, free_port
+
+pytestmark = pytest.mark.k8s
+
+KINDS = (
+    "ciliumenvoyconfigs",
+    "ciliumclusterwideenvoyconfigs",
+    "ciliumnetworkpolicies",
+    "ciliumclusterwidenetworkpolicies",
+)
+
+BAD = """
+apiVersion: cilium.io/v2
+kind: CiliumEnvoyConfig
+metadata: {name: bad-backend, namespace: default}
+spec:
+  services: [{name: no-such-service, namespace: default}]
+  resources:
+    - "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+      name: bad-route
+      virtual_hosts:
+        - name: vh
+          domains: ["*"]
+          routes: [{match: {prefix: "/"}, route: {cluster: default/httpbin-v1}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def cilium_cluster() -> Iterator[KubeCluster]:
+    """A cluster of its own (CRDs are cluster-wide): etcd and kube-apiserver,
+    Cilium's CRDs, then deploy/'s namespace and RBAC but not its CRDs."""
+    try:
+        bin_dir, crds = build.ensure_built(), build.cilium_crds()
+    except build.BuildError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    kube = KubeCluster(bin_dir)
+    kube.start(controllers=False)
+    try:
+        for kind in KINDS:
+            # Server-side: Cilium's CRDs exceed the 256 KiB annotation that
+            # client-side apply would add.
+            kube.kubectl("apply", "--server-side", "-f", str(crds / f"{kind}.yaml"))
+        kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        for part in ("namespace.yaml", "rbac.yaml"):
+            kube.kubectl("apply", "-f", str(REPO / "deploy" / part))
+        yield kube
+    finally:
+        kube.stop()
+
+
+def test_nodemesh_serves_the_article_from_ciliums_crds(
+    cilium_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    kube = cilium_cluster
+    crd = kget(kube, "crd", "ciliumenvoyconfigs.cilium.io")
+    (v2,) = [v for v in crd["spec"]["versions"] if v["name"] == "v2"]
+    assert "status" not in v2.get("subresources", {}), "Cilium's CEC has no status subresource"
+    apply_article(kube)  # accepted by Cilium's own schemas, verbatim
+    kube.kubectl("apply", "-f", "-", stdin=BAD)
+    mark = kube.audit_mark()
+    kubeconfig = kube.service_account_kubeconfig(*AGENT_SA)
+    admin = f"127.0.0.1:{free_port()}"
+    args = ("serve", "--kubernetes", "--kubeconfig", str(kubeconfig), "--admin", admin)
+    with nodemesh(tmp_path / "serve.log", *args, "--xds-address", f"127.0.0.1:{free_port()}"):
+
+        def listeners() -> str:
+            code, body = admin_get(admin, "/debug/config_dump?node=n1&type=listeners")
+            return str(body) if code == 200 else ""
+
+        wait_for(lambda: "default/httpbin-traffic-split/listener" in listeners(), "the listener")
+
+        def warning() -> bool:
+            events = kget(kube, "events.v1.events.k8s.io", "-n", "default")["items"]
+            return any(
+                e["regarding"]["name"] == "bad-backend" and e["reason"] == "ServiceNotFound"
+                for e in events
+            )
+
+        wait_for(warning, "the ServiceNotFound Event for the bad CEC")
+
+        def status_refused() -> list[int]:
+            return [
+                e["responseStatus"]["code"]
+                for e in kube.audit_events(AGENT_USER, since=mark)
+                if e["verb"] == "patch" and "/ciliumenvoyconfigs/" in e["requestURI"]
+            ]
+
+        codes = wait_for(status_refused, "nodemesh's attempt to write CEC status")
+    assert set(codes) == {404}, "no status subresource on Cilium's CEC: 404, not 403"
+    assert kget(kube, "cec", "bad-backend", "-n", "default").get("status") is None
+    assert forbidden(kube, since=mark) == []
