@@ -166,8 +166,14 @@ class StatusReporter:
             out.deferred += 1
             return
         try:
-            await self._patch(ref, meta, conds, current)
-            out.status_writes += 1
+            try:
+                await self._patch(ref, meta, conds, current)
+                out.status_writes += 1
+            except ApiRejected as exc:
+                # Not retried: e.g. a Cilium-installed CRD without a status
+                # subresource (404). The Events below still tell every reason.
+                log.warning("status_write_refused", object=str(ref), error=str(exc))
+                WRITES.labels("status", "refused").inc()
             for cond in changed:
                 await self._event(
                     ref, meta, cond.reason, f"{cond.type}: {cond.message}", cond.status == "True"
@@ -178,9 +184,8 @@ class StatusReporter:
             log.warning("status_write_deferred", object=str(ref), error=str(exc))
             return
         except ApiRejected as exc:
-            # Not retried: e.g. a Cilium-installed CRD without a status subresource.
-            log.warning("status_write_refused", object=str(ref), error=str(exc))
-            WRITES.labels("status", "refused").inc()
+            log.warning("event_refused", object=str(ref), error=str(exc))
+            WRITES.labels("event", "refused").inc()
         self._written[ref] = wanted
         out.refs.append(ref)
 
