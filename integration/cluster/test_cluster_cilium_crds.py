@@ -1,7 +1,8 @@
 """nodemesh on a cluster that already runs Cilium: Cilium's own cilium.io/v2
 CRDs (from the github.com/cilium/cilium release cilium/go.mod pins) instead of
-deploy/crds. The article's YAML is accepted by Cilium's schemas and nodemesh
-serves it. Cilium's CiliumEnvoyConfig CRD has no status subresource, so the
+deploy/crds. The article's CiliumEnvoyConfig is accepted by Cilium's schemas
+and nodemesh serves it; the article's CiliumNetworkPolicy is not (the server's
+message is in the test output). Cilium's CiliumEnvoyConfig CRD has no status subresource, so the
 conditions cannot be written there (the server answers 404, never 403) and
 the Events still carry every reason, as deploy/README.md says."""
 
@@ -12,14 +13,16 @@ from pathlib import Path
 
 import build
 import pytest
+import yaml
 from cluster_support import (
     AGENT_SA,
     AGENT_USER,
+    CANARY,
     admin_get,
-    apply_article,
     forbidden,
     kget,
     nodemesh,
+    version_services,
     wait_for,
 )
 from kube_cluster import REPO, KubeCluster, free_port
@@ -79,7 +82,19 @@ def test_nodemesh_serves_the_article_from_ciliums_crds(
     crd = kget(kube, "crd", "ciliumenvoyconfigs.cilium.io")
     (v2,) = [v for v in crd["spec"]["versions"] if v["name"] == "v2"]
     assert "status" not in v2.get("subresources", {}), "Cilium's CEC has no status subresource"
-    apply_article(kube)  # accepted by Cilium's own schemas, verbatim
+    # The article's CiliumNetworkPolicy puts its L7 rules straight under
+    # egress[]; Cilium's schema has them only under egress[].toPorts[], and
+    # the server says so. deploy/crds keeps unknown fields there, so ours
+    # take it. Everything else in the article is accepted verbatim.
+    docs = [d for d in yaml.safe_load_all((CANARY / "traffic-split.yaml").read_text()) if d]
+    (cnp,) = [d for d in docs if d["kind"] == "CiliumNetworkPolicy"]
+    refused = kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(cnp), check=False)
+    print(f"kube-apiserver with Cilium's CRDs said: {refused.stderr.strip()}")
+    assert refused.returncode != 0
+    assert 'unknown field "spec.egress[0].rules"' in refused.stderr
+    kube.kubectl("apply", "-f", str(CANARY / "httpbin-deployment.yaml"))
+    kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([d for d in docs if d is not cnp]))
+    kube.kubectl("apply", "-f", "-", stdin=version_services())
     kube.kubectl("apply", "-f", "-", stdin=BAD)
     mark = kube.audit_mark()
     kubeconfig = kube.service_account_kubeconfig(*AGENT_SA)
