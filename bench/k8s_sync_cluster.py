@@ -7,7 +7,7 @@ no controllers, so nothing but this bench writes EndpointSlices), loads N
 Services without selectors and one EndpointSlice of M endpoints each, then in
 one run, side by side on the same objects:
 
-- nodemesh: the agent's Kubernetes side (WatchSource over kubernetes-asyncio
+- nodemesh: the agent's Kubernetes side (InformerSet over kubernetes-asyncio
   feeding the real MeshStore), in a fresh process of its own: time from
   start to the first model holding every Service and backend (target <= 5 s),
   one EndpointSlice change (PUT through the API server) until the built model
@@ -30,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "integration" / "cluster"))
@@ -90,16 +92,16 @@ async def child(kubeconfig: str, services: int, changes: int) -> dict[str, Any]:
     from k8s_sync import rss_mib
 
     from nodemesh.k8s_watch.client import KubeApi, make_api_client
+    from nodemesh.k8s_watch.informer_set import InformerSet
     from nodemesh.k8s_watch.resources import default_resources
     from nodemesh.k8s_watch.settings import WatchSettings
-    from nodemesh.k8s_watch.source import WatchSource
     from nodemesh.model.objects import ServiceName
     from nodemesh.model.store import MeshStore
 
     started = time.perf_counter()
     client = await make_api_client(kubeconfig=kubeconfig)
     store, changed, settings = MeshStore(), asyncio.Event(), WatchSettings()
-    source = WatchSource(
+    source = InformerSet(
         KubeApi(client, settings),
         store,
         settings=settings,
@@ -112,8 +114,10 @@ async def child(kubeconfig: str, services: int, changes: int) -> dict[str, Any]:
     first_model = time.perf_counter() - started
     assert len(model.services) == services + 1, len(model.services)  # + default/kubernetes
     rss = rss_mib()
-    cfg = client.configuration
-    api = Rest(cfg.host, Path(cfg.ssl_ca_cert), Path(cfg.cert_file), Path(cfg.key_file))
+    # The admin's own files, beside the kubeconfig in the cluster's temp dir.
+    server = yaml.safe_load(Path(kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
+    pki = Path(kubeconfig).parent / "pki"
+    api = Rest(server, pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
     target, path = (
         ServiceName("ns7", "svc7"),
         "/apis/discovery.k8s.io/v1/namespaces/ns7/endpointslices/svc7-bench",

@@ -86,7 +86,7 @@ def nodemesh(log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """`nodemesh ARGS` as a user runs it, in its own session; SIGINT at the end."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nodemesh.cli", *args],
+            [sys.executable, "-m", "nodemesh.cmd.main", *args],
             stdout=out,
             stderr=out,
             start_new_session=True,

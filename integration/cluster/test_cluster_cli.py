@@ -18,7 +18,16 @@ pytestmark = pytest.mark.k8s
 
 def k8s_watch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nodemesh.cli", "k8s-watch", "--once", "--timeout", "60", *args],
+        [
+            sys.executable,
+            "-m",
+            "nodemesh.cmd.main",
+            "k8s-watch",
+            "--once",
+            "--timeout",
+            "60",
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=120,

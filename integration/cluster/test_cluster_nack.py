@@ -18,12 +18,12 @@ import yaml
 from cluster_support import AGENT_SA, apply_article, conditions, kget, wait_for
 from kube_cluster import KubeCluster, free_port
 
-from nodemesh.controlplane import ControlPlane, ControlPlaneConfig
-from nodemesh.k8s_nacks import XdsNacks
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
-from nodemesh.k8s_watch.runner import KubernetesSource
 from nodemesh.k8s_watch.settings import WatchSettings
-from nodemesh.node_envoy import EnvoyProcess, render_bootstrap
+from nodemesh.k8s_watch.source import KubernetesSource
+from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
+from nodemesh.wiring.nacks import XdsNacks
 from nodemesh.xds.translate import TranslateOptions
 
 pytestmark = [pytest.mark.envoy, pytest.mark.k8s]
