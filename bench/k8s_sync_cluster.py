@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -77,8 +78,12 @@ def endpoint_slice(i: int, endpoints: int) -> tuple[str, dict[str, Any]]:
     return f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", body
 
 
-def load(api: Rest, services: int, endpoints: int) -> float:
+def load(kube: KubeCluster, services: int, endpoints: int) -> float:
+    """deploy/crds (nodemesh waits for every kind it watches), then the objects."""
     t0 = time.perf_counter()
+    kube.kubectl("apply", "-f", str(ROOT / "deploy" / "crds"))
+    kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    api = kube.admin
     for n in range(NAMESPACES):
         api.post("/api/v1/namespaces", {"metadata": {"name": f"ns{n}"}})
     with ThreadPoolExecutor(8) as pool:
@@ -149,11 +154,13 @@ def main() -> None:
     if args.child:
         print(json.dumps(asyncio.run(child(args.child, args.services, args.changes))))
         return
+    # SIGTERM (a timeout, a CI stop) must still stop etcd and kube-apiserver.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bin_dir = build.ensure_built()
     kube = KubeCluster(bin_dir)
     kube.start(controllers=False)
     try:
-        loaded = load(kube.admin, args.services, args.endpoints)
+        loaded = load(kube, args.services, args.endpoints)
         total = args.services * args.endpoints
         print(f"loaded {args.services} Services, {total} endpoints in {loaded:.0f} s")
         cmd = [sys.executable, __file__, "--child", str(kube.admin_kubeconfig)]
