@@ -165,7 +165,8 @@ def main() -> None:
         print(f"loaded {args.services} Services, {total} endpoints in {loaded:.0f} s")
         cmd = [sys.executable, __file__, "--child", str(kube.admin_kubeconfig)]
         cmd += ["--services", str(args.services), "--changes", str(args.changes)]
-        ours = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        child_out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        ours = json.loads(child_out.strip().splitlines()[-1])  # after the watcher's log lines
         go = subprocess.run(
             [str(bin_dir / "informer-sync"), f"--kubeconfig={kube.admin_kubeconfig}"],
             capture_output=True,
