@@ -44,7 +44,7 @@ typecheck: deps
 # the first run on a machine builds it (see docs/benchmarks.md for how long),
 # later runs find it and build nothing. A missing Go stops here, in one line.
 cluster: deps
-	$(BIN)/python integration/cluster/build.py
+	$(BIN)/python integration/cluster/cluster_build.py
 
 pytest: deps cluster
 	$(BIN)/pytest -q -ra

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/k8s_sync_cluster.py [--services 5000] [--endpoints 10] [--changes 30]
 
-Starts etcd and kube-apiserver built from source (integration/cluster/build.py;
+Starts etcd and kube-apiserver built from source (integration/cluster/cluster_build.py;
 no controllers, so nothing but this bench writes EndpointSlices), loads N
 Services without selectors and one EndpointSlice of M endpoints each, then in
 one run, side by side on the same objects:
@@ -37,7 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "integration" / "cluster"))
 
-import build  # noqa: E402
+import cluster_build as build  # noqa: E402
 from kube_cluster import KubeCluster  # noqa: E402
 from rest import Rest  # noqa: E402
 

@@ -1,5 +1,5 @@
 """The session's real Kubernetes control plane (kube_cluster.py), for every
-test marked `k8s`. It is built on first use (build.py; `make test` builds it
+test marked `k8s`. It is built on first use (cluster_build.py; `make test` builds it
 before pytest runs), started once per test run, and torn down at the end:
 processes, ports and the temp dir."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import build
+import cluster_build as build
 import pytest
 from kube_cluster import KubeCluster, apply_deploy
 from kubelet_role import KubeletRole

@@ -1,4 +1,4 @@
-"""A real Kubernetes control plane on loopback, from the binaries build.py made.
+"""A real Kubernetes control plane on loopback, from the binaries cluster_build.py made.
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as
 processes in their own sessions, on free loopback ports, with a PKI generated

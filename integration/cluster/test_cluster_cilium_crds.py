@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import build
+import cluster_build as build
 import pytest
 import yaml
 from cluster_support import (

@@ -5,7 +5,8 @@ binaries land in ``${XDG_CACHE_HOME:-~/.cache}/nodemesh/k8s-<k8s>-etcd-<etcd>/bi
 so only the first run on a machine pays for the build, and a version bump in
 go.mod builds into a fresh directory instead of mixing releases.
 
-Run it as a script (``make test`` does): it builds what is missing and prints
+Run it as a script (``make test`` does; named cluster_build, not build,
+so it never shadows or is shadowed by PyPA's `build` package): it builds what is missing and prints
 how long that took. A missing or too old Go toolchain or a failed build ends
 it with ONE line naming what is missing and the command that fixes it, so the
 Kubernetes tests are never skipped silently.
