@@ -35,11 +35,11 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "integration" / "cluster"))
+sys.path.insert(0, str(ROOT))  # run as a script: the repo root, for integration.cluster
 
-import cluster_build as build  # noqa: E402
-from kube_cluster import KubeCluster  # noqa: E402
-from rest import Rest  # noqa: E402
+from integration.cluster import cluster_build as build  # noqa: E402
+from integration.cluster.kube_cluster import KubeCluster  # noqa: E402
+from integration.cluster.rest import Rest  # noqa: E402
 
 NAMESPACES = 50
 
@@ -94,8 +94,7 @@ def load(kube: KubeCluster, services: int, endpoints: int) -> float:
 
 async def child(kubeconfig: str, services: int, changes: int) -> dict[str, Any]:
     """nodemesh's side, in a process of its own so its RSS is only the watcher's."""
-    from k8s_sync import rss_mib
-
+    from bench.k8s_sync import rss_mib
     from nodemesh.k8s_watch.client import KubeApi, make_api_client
     from nodemesh.k8s_watch.informer_set import InformerSet
     from nodemesh.k8s_watch.resources import default_resources

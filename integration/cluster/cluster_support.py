@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from kube_cluster import REPO, KubeCluster
+
+from integration.cluster.kube_cluster import REPO, KubeCluster
 
 T = TypeVar("T")
 CANARY = REPO / "examples" / "canary"

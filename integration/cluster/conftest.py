@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import cluster_build as build
 import pytest
-from kube_cluster import KubeCluster, apply_deploy
-from kubelet_role import KubeletRole
+
+from integration.cluster import cluster_build as build
+from integration.cluster.kube_cluster import KubeCluster, apply_deploy
+from integration.cluster.kubelet_role import KubeletRole
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pki import Pki
-from rest import ApiError, Rest
+
+from integration.cluster.pki import Pki
+from integration.cluster.rest import ApiError, Rest
 
 # Every request by a ServiceAccount of the namespace nodemesh is deployed to,
 # at Metadata level (no bodies): enough to find each 403 and who got it,

@@ -15,7 +15,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from rest import ApiError, Rest
+from integration.cluster.rest import ApiError, Rest
 
 Raw = dict[str, Any]
 

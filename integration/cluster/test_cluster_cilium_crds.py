@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import cluster_build as build
 import pytest
 import yaml
-from cluster_support import (
+
+from integration.cluster import cluster_build as build
+from integration.cluster.cluster_support import (
     AGENT_SA,
     AGENT_USER,
     CANARY,
@@ -25,7 +26,7 @@ from cluster_support import (
     version_services,
     wait_for,
 )
-from kube_cluster import REPO, KubeCluster, free_port
+from integration.cluster.kube_cluster import REPO, KubeCluster, free_port
 
 pytestmark = pytest.mark.k8s
 

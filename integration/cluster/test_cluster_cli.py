@@ -10,8 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from cluster_support import AGENT_SA, apply_article, kget, wait_for
-from kube_cluster import KubeCluster
+
+from integration.cluster.cluster_support import AGENT_SA, apply_article, kget, wait_for
+from integration.cluster.kube_cluster import KubeCluster
 
 pytestmark = pytest.mark.k8s
 

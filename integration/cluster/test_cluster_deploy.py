@@ -6,8 +6,9 @@ turns the article's Deployments into EndpointSlices."""
 from __future__ import annotations
 
 import pytest
-from cluster_support import apply_article, kget, ready_endpoints, wait_for
-from kube_cluster import KubeCluster
+
+from integration.cluster.cluster_support import apply_article, kget, ready_endpoints, wait_for
+from integration.cluster.kube_cluster import KubeCluster
 
 pytestmark = pytest.mark.k8s
 

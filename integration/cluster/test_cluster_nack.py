@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster_support import AGENT_SA, apply_article, conditions, kget, wait_for
-from kube_cluster import KubeCluster, free_port
 
+from integration.cluster.cluster_support import AGENT_SA, apply_article, conditions, kget, wait_for
+from integration.cluster.kube_cluster import KubeCluster, free_port
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.settings import WatchSettings
 from nodemesh.k8s_watch.source import KubernetesSource

@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from cluster_support import AGENT_SA, AGENT_USER, forbidden
-from kube_cluster import REPO, KubeCluster
+
+from integration.cluster.cluster_support import AGENT_SA, AGENT_USER, forbidden
+from integration.cluster.kube_cluster import REPO, KubeCluster
 
 pytestmark = pytest.mark.k8s
 

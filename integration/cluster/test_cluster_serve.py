@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from cluster_support import (
+
+from integration.cluster.cluster_support import (
     AGENT_SA,
     AGENT_USER,
     admin_get,
@@ -22,7 +23,7 @@ from cluster_support import (
     nodemesh,
     wait_for,
 )
-from kube_cluster import KubeCluster, free_port
+from integration.cluster.kube_cluster import KubeCluster, free_port
 
 pytestmark = pytest.mark.k8s
 

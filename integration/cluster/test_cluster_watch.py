@@ -10,10 +10,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest
-from cluster_support import wait_for
-from kube_cluster import KubeCluster
 from prometheus_client import REGISTRY
 
+from integration.cluster.cluster_support import wait_for
+from integration.cluster.kube_cluster import KubeCluster
 from nodemesh.k8s_watch.client import KubeApi, ListPage, make_api_client
 from nodemesh.k8s_watch.errors import ResourceGone
 from nodemesh.k8s_watch.health import WatchHealth
