@@ -69,6 +69,11 @@ def cilium_cluster() -> Iterator[KubeCluster]:
             # client-side apply would add.
             kube.kubectl("apply", "--server-side", "-f", str(crds / f"{kind}.yaml"))
         kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        # The Gateway API CRDs nodemesh also watches: a Cilium cluster has
+        # them from Gateway API's own release, which deploy/crds copies.
+        for gateway in sorted((REPO / "deploy" / "crds").glob("gateway.networking.k8s.io_*.yaml")):
+            kube.kubectl("apply", "--server-side", "-f", str(gateway))
+        kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         for part in ("namespace.yaml", "rbac.yaml"):
             kube.kubectl("apply", "-f", str(REPO / "deploy" / part))
         yield kube
