@@ -46,7 +46,15 @@ def compile_protos(out_dir: Path) -> list[Path]:
     argv = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={out_dir}", *protos]
     if protoc.main(argv) != 0:
         raise SystemExit(f"protoc failed on {protos}")
-    return sorted(p for p in out_dir.rglob("*_pb2.py"))
+    generated = sorted(p for p in out_dir.rglob("*_pb2.py"))
+    for path in generated:
+        # protoc writes imports between our protos as `from nodemesh.v1 import`,
+        # but they live below nodemesh._gen (observer.proto imports flow.proto).
+        text = path.read_text()
+        fixed = text.replace("from nodemesh.v1 import", "from nodemesh._gen.nodemesh.v1 import")
+        if fixed != text:
+            path.write_text(fixed)
+    return generated
 
 
 def copy_assets(dest_root: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from nodemesh.xds.translate import access_log
 from nodemesh.xds.translate.references import HCM_TYPE
 from nodemesh.xds.translate.registry import pack, unpack
 
@@ -67,8 +68,11 @@ class HttpListeners:
     are shared between redirects with the same policies) and packed once.
     """
 
-    def __init__(self, stat_prefix: str, address: str, original_dst: bool) -> None:
+    def __init__(
+        self, stat_prefix: str, address: str, original_dst: bool, log_access: bool = False
+    ) -> None:
         self.stat_prefix = stat_prefix
+        self.log_access = log_access
         self._prototypes: dict[int, tuple[object, hcm_pb2.HttpConnectionManager]] = {}
         # Everything but name, port and the connection manager's bytes.
         self._listener = listener_pb2.Listener()
@@ -93,6 +97,8 @@ class HttpListeners:
         if rbac is not None:
             manager.http_filters.append(rbac)
         manager.http_filters.append(_ROUTER)
+        if self.log_access:
+            access_log.add_to_manager(manager)
         if len(self._prototypes) > 1024:
             self._prototypes.clear()  # bounded: filters of models long gone
         self._prototypes[id(rbac)] = (rbac, manager)

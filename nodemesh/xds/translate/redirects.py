@@ -30,6 +30,7 @@ from nodemesh.model.objects import (
 from nodemesh.model.redirects import consumer_route_name
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.xds.translate import registry
+from nodemesh.xds.translate.access_log import with_access_log
 from nodemesh.xds.translate.configs import ConfigStage
 from nodemesh.xds.translate.gamma import (
     GammaRoute,
@@ -121,7 +122,10 @@ class RedirectBuilder:
         self.options = options
         self.previous = RedirectStage()
         self._http = HttpListeners(
-            options.stat_prefix, options.listener_address, options.use_original_dst
+            options.stat_prefix,
+            options.listener_address,
+            options.use_original_dst,
+            log_access=options.access_log_socket is not None,
         )
 
     def build(self, model: MeshModel, configs: ConfigStage) -> RedirectStage:
@@ -340,8 +344,12 @@ class RedirectBuilder:
                 listener.CopyFrom(own)
                 if rbac.http_filter is not None:
                     with_rbac(listener, rbac.http_filter)
-            if group[0].origin is RedirectOrigin.GATEWAY_ROUTE:
+            gateway = group[0].origin is RedirectOrigin.GATEWAY_ROUTE
+            if gateway:
                 add_consumer_chains(listener, _consumer_scopes(model, group[0]))
+            if self.options.access_log_socket is not None and (own is not None or gateway):
+                # Every chain, the CEC's and the consumers' too (idempotent).
+                with_access_log(listener)
             if own is not None or len(ports) > 1:
                 # A CEC's listener (and a shared one) is bound here, to every port.
                 bind(listener, self.options.listener_address, ports, self.options.use_original_dst)

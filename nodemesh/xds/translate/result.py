@@ -19,7 +19,9 @@ class TranslateOptions:
     node (None: no filtering, every CEC applies). `use_original_dst` adds the
     original_dst listener filter, so Envoy sees each steered connection's
     original destination (the datapath must provide it). `connect_timeout_ms`
-    bounds Envoy's upstream connects to service backends.
+    bounds Envoy's upstream connects to service backends. `access_log_socket`,
+    when set, gives every redirect listener a gRPC access log streaming to the
+    node agent on that Unix socket (`access_log.py`).
     """
 
     listener_address: str = "127.0.0.1"
@@ -28,6 +30,7 @@ class TranslateOptions:
     use_original_dst: bool = False
     stat_prefix: str = "nodemesh"
     connect_timeout_ms: int = 5000
+    access_log_socket: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 from nodemesh.model.objects import ObjectRef
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.xds.translate import registry
+from nodemesh.xds.translate.access_log import ALS_CLUSTER, als_cluster
 from nodemesh.xds.translate.configs import ConfigStage, ConfigStageBuilder
 from nodemesh.xds.translate.endpoints import EndpointStage, endpoint_stage
 from nodemesh.xds.translate.metrics import RESOURCES, STAGES, TRANSLATE_SECONDS
@@ -57,6 +58,11 @@ class Translator:
         self._configs: ConfigStage | None = None
         self._redirects = RedirectBuilder(self.options)
         self._endpoints: EndpointStage | None = None
+        socket = self.options.access_log_socket
+        # The agent's ALS socket, as a cluster of its own beside the services'.
+        self._extra_clusters: Mapping[str, Message] = (
+            {ALS_CLUSTER: als_cluster(socket)} if socket is not None else {}
+        )
 
     def translate(self, model: MeshModel) -> Translation:
         """Not thread-safe: one Translator serves one sequence of models."""
@@ -100,7 +106,12 @@ class Translator:
         STAGES.labels(stage="endpoints", mode="patched" if patched else "rebuilt").inc()
         self._configs, self._endpoints, self._last_good = configs, endpoints, configs.last_good
         resources: dict[str, Mapping[str, Message]] = {
-            registry.CLUSTER: _merged(configs.resources[registry.CLUSTER], endpoints.clusters),
+            registry.CLUSTER: _merged(
+                configs.resources[registry.CLUSTER],
+                {**endpoints.clusters, **self._extra_clusters}
+                if self._extra_clusters
+                else endpoints.clusters,
+            ),
             registry.ENDPOINT: _merged(configs.resources[registry.ENDPOINT], endpoints.assignments),
             registry.LISTENER: _merged(
                 configs.resources[registry.LISTENER], redirects.listeners, redirects.unbound
