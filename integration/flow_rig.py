@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -44,7 +45,7 @@ class FlowRig:
         port = find_redirect(model, "default", "httpbin").proxy_port
         return f"http://{self.plane.config.translate.listener_address}:{port}{path}"
 
-    async def get_flows(self, request: observer_pb2.GetFlowsRequest) -> list[object]:
+    async def get_flows(self, request: observer_pb2.GetFlowsRequest) -> list[Any]:
         async with grpc.aio.insecure_channel(self.server.observer_target) as channel:
             call = channel.unary_stream(
                 "/nodemesh.v1.Observer/GetFlows",

@@ -12,6 +12,7 @@ import structlog
 from nodemesh.cmd.common import EXIT_FAILURE, EXIT_USAGE, UsageError, common_flags
 from nodemesh.cmd.demo.canary import DemoError
 from nodemesh.cmd.logs import configure_logging
+from nodemesh.cmd.observe import ObserveError
 from nodemesh.cmd.status_view import StatusError
 from nodemesh.cmd.terminal import terminal_safe
 from nodemesh.ebpf.errors import DatapathError, PlanError, PrerequisiteMissing
@@ -41,6 +42,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (EnvoyError, EXIT_FAILURE),
     (DemoError, EXIT_FAILURE),
     (StatusError, EXIT_FAILURE),
+    (ObserveError, EXIT_FAILURE),
 )
 
 
@@ -50,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sidecar-less service mesh: xDS control plane and eBPF node agent.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from nodemesh.cmd import agent, k8s_watch, serve, status, translate
+    from nodemesh.cmd import agent, k8s_watch, observe, serve, status, translate
     from nodemesh.cmd.demo import command as demo
 
-    for module in (serve, status, translate, demo, agent, k8s_watch):
+    for module in (serve, status, translate, demo, agent, k8s_watch, observe):
         # A fresh parent per module: argparse shares a parent's actions with
         # every parser built from it, so one module's set_defaults(log_level=)
         # would otherwise change every command's default.

@@ -64,6 +64,8 @@ class Resolver:
         for deployment in model.deployments:
             by_ns.setdefault(deployment.ref.namespace, []).append(deployment)
         self._pods: dict[str, Who] = {}
+        self.pod_names: set[tuple[str, str]] = {(p.ref.namespace, p.ref.name) for p in model.pods}
+        self.workload_names = {d.ref.name for d in model.deployments}
         for pod in model.pods:
             self._add_pod(pod, by_ns.get(pod.ref.namespace, ()))
         # A Service's workload: the Deployment whose pod template its selector selects.
@@ -77,9 +79,8 @@ class Resolver:
                     if all(template.get(k) == v for k, v in labels.items()):
                         workload = deployment.ref.name
                         break
-            self._services[name] = Who(
-                "", name.namespace, "", workload, name, tuple(f"k8s:{k}={v}" for k, v in labels.items())
-            )
+            tags = tuple(f"k8s:{k}={v}" for k, v in labels.items())
+            self._services[name] = Who("", name.namespace, "", workload, name, tags)
         # Backend ip:port -> the narrowest Service it serves (fewest backends:
         # "httpbin-v1" rather than "httpbin", which selects both versions).
         self._backends: dict[tuple[str, int], tuple[int, ServiceName, str | None]] = {}
@@ -89,6 +90,8 @@ class Resolver:
                 for backend in backends:
                     key = (backend.address, backend.port)
                     known = self._backends.get(key)
+                    if backend.pod_name:
+                        self.pod_names.add((name.namespace, backend.pod_name))
                     if known is None or (count, name) < known[:2]:
                         self._backends[key] = (count, name, backend.pod_name)
 
@@ -103,6 +106,20 @@ class Resolver:
                 None,
                 tuple(f"k8s:{k}={v}" for k, v in pod.labels),
             )
+
+    def unknown_pods(self, patterns: Iterable[str]) -> list[str]:
+        """The pod filters ("ns/name" or "name") that name no pod the model knows."""
+        unknown = []
+        for pattern in patterns:
+            namespace, slash, name = pattern.partition("/")
+            if not slash:
+                namespace, name = "", pattern
+            if not name:
+                continue  # "ns/": every pod of a namespace
+            known = self.pod_names
+            if not any(n == name and namespace in ("", ns) for ns, n in known):
+                unknown.append(pattern)
+        return unknown
 
     def source(self, address: str) -> Who:
         """A client: a pod by its IP, else a reserved identity."""

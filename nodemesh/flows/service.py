@@ -97,6 +97,7 @@ async def get_flows(
         filters.check([*request.whitelist, *request.blacklist])
     except filters.FilterError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    await _warn_unknown(collector, [*request.whitelist, *request.blacklist], context)
     # Register, then read the ring, with no await between: every flow is
     # either in `held` or reaches the follower, never both, never neither.
     with collector.ring.follow() as follower:
@@ -116,6 +117,22 @@ async def get_flows(
                 return
             if passes(item):
                 yield _response(collector, item)
+
+
+WARNING_KEY = "nodemesh-warning"
+
+
+async def _warn_unknown(
+    collector: FlowCollector, flow_filters: list[observer_pb2.FlowFilter], context: Any
+) -> None:
+    """A filter naming a pod the model does not know matches nothing; say so
+    (initial metadata, so a follower hears it at once; `nodemesh observe`
+    prints it as a warning)."""
+    patterns = [p for f in flow_filters for p in (*f.source_pod, *f.destination_pod)]
+    unknown = collector.resolver().unknown_pods(patterns)
+    if unknown:
+        text = f"no pod known to the model matches {', '.join(unknown)}"
+        await context.send_initial_metadata(((WARNING_KEY, text),))
 
 
 def server_status(collector: FlowCollector) -> observer_pb2.ServerStatusResponse:

@@ -28,12 +28,13 @@ from nodemesh.cmd.demo.canary import (
     load_weighted_envoy_config,
     with_weights,
 )
+from nodemesh.cmd.demo.flows import DemoFlows
 from nodemesh.cmd.demo.traffic import LoopResult, format_split, judge_split, request_loop
 from nodemesh.cmd.status_view import format_status
 from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
 from nodemesh.sources.files import FileSource
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
-from nodemesh.xds.translate import ROUTE
+from nodemesh.xds.translate import ROUTE, TranslateOptions
 
 EXAMPLES = assets.example_dir("canary")
 EXAMPLES_ROOT = assets.asset_root() / "examples"
@@ -65,14 +66,17 @@ class Demo:
                 xds_tcp=None,
                 xds_socket=workdir / "xds.sock",
                 admin_port=0,
+                translate=TranslateOptions(access_log_socket=str(workdir / "als.sock")),
             )
         )
+        self.flows = DemoFlows(workdir, options.node_id, lambda: self.plane.model)
         self.envoy = EnvoyProcess(
             workdir,
             render_bootstrap(xds_socket=workdir / "xds.sock", api_type=options.api_type),
             options.node_id,
         )
         self.url = ""
+        self.sent = 0  # requests answered, of which access logs are expected
 
     def route(self) -> route_pb2.RouteConfiguration:
         model, translation = self.plane.model, self.plane.translation
@@ -95,6 +99,7 @@ class Demo:
                 f"cannot start the backends the EndpointSlices in {self.options.source_dir} "
                 f"name ({', '.join(f'{s.host}:{s.port}' for s in fleet.specs)}): {exc}"
             ) from exc
+        await self.flows.start()
         await self.envoy.start()
         await self.envoy.wait_for_listener(redirect.proxy_port)
         self.url = f"http://127.0.0.1:{redirect.proxy_port}/headers"
@@ -124,6 +129,7 @@ class Demo:
     async def measure(self, label: str) -> bool:
         weights = configured_weights(self.route(), self.options.host)
         result = await self._loop(self.options.requests)
+        self.sent += result.total
         verdicts = judge_split(weights, result.by_workload)
         ok = all(v.within for v in verdicts) and not result.failures
         self.out(
@@ -152,11 +158,20 @@ class Demo:
         await asyncio.sleep(0.3)
         stop.set()
         during = await background
+        self.sent += during.total
         self.out(
             f"\nlive change to weights {','.join(map(str, weights))}: "
             f"{during.total} requests during the change, {len(during.failures)} failed"
         )
         return not during.failures
+
+    async def flows_settled(self, timeout: float = 5.0) -> None:
+        """Until Envoy's access logs of the requests sent have arrived (Envoy
+        flushes them every 250 ms), or `timeout`: the report then says what came."""
+        deadline = time.monotonic() + timeout
+        # A count the gRPC handler bumps, with no event to wait on: poll it.
+        while time.monotonic() < deadline and len(self.flows.l7()) < self.sent:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
     async def wait_synced(self, timeout: float = 30.0) -> None:
         """Until the demo Envoy has ACKed the model version now published."""
@@ -169,6 +184,7 @@ class Demo:
 
     async def stop(self) -> None:
         await self.envoy.stop()
+        await self.flows.stop()
         fleet = getattr(self, "fleet", None)
         if fleet is not None:
             await fleet.stop()
@@ -207,6 +223,8 @@ async def run_demo(options: DemoOptions, out: Out = print) -> int:
                 round_no += 1
                 ok = await demo.measure(f"round {round_no}") and ok
             out("\n" + format_status(demo.plane.syncz()))
+            await demo.flows_settled()
+            out("\n" + demo.flows.report())
             out("\nresult: " + ("split within tolerance" if ok else "FAILED"))
             return 0 if ok else 1
         finally:
