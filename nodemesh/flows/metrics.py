@@ -9,8 +9,10 @@ Cardinality is bounded, by construction and by a cap:
   paths or clients adds no series and no memory;
 - at most `MAX_HTTP_SERIES` (2,000) distinct label sets for the HTTP
   metrics; past the cap, new combinations are counted under
-  source_workload="overflow", destination_workload="overflow" (and
-  `nodemesh_flow_metrics_overflow_total` says how often).
+  source_workload="overflow", destination_workload="overflow" with the
+  response code's class (2xx) instead of the code, so the overflow adds at
+  most 10 x 6 series (and `nodemesh_flow_metrics_overflow_total` says how
+  often). The duration histogram's labels are a subset: same bound.
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ class FlowMetrics:
         if labels not in self._series:
             if len(self._series) >= self.max_series:
                 OVERFLOWED.inc()
-                labels = ("", OVERFLOW, "", OVERFLOW, labels[4], labels[5])
+                # The code's class only: overflow adds at most 10 methods x 6 classes.
+                code_class = labels[5] if labels[5] == "other" else labels[5][0] + "xx"
+                labels = ("", OVERFLOW, "", OVERFLOW, labels[4], code_class)
             self._series.add(labels)
         HTTP_REQUESTS.labels(*labels).inc()
         HTTP_DURATION.labels(labels[1], labels[3]).observe(flow.l7.latency_ns / 1e9)
