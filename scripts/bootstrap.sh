@@ -12,8 +12,9 @@ PYTHON=${PYTHON:-python3}
 # iptables, iproute2, libcap2-bin (capsh/setpriv) and hey/wrk serve the datapath
 # tests and benchmarks (nginx is the datapath benchmark's app server); shellcheck checks the shipped scripts; docker-compose
 # (v1, no engine needed) checks docker-compose.yml with `config -q`; curl runs
-# the compose client script in its test.
-APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iptables iproute2 libcap2-bin util-linux shellcheck wrk hey nginx docker-compose curl)
+# the compose client script in its test; chromium + chromium-driver run the
+# service-map page test in a real headless browser (selenium drives them).
+APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iptables iproute2 libcap2-bin util-linux shellcheck wrk hey nginx docker-compose curl chromium chromium-driver)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

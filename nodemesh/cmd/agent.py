@@ -101,6 +101,19 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--listener-address", help="address Envoy's listeners bind (default: --proxy-address)"
     )
+    flows = run.add_argument_group("flows (nodemesh observe)")
+    flows.add_argument(
+        "--als-socket",
+        type=Path,
+        help="Unix socket the node Envoy streams access logs to (default: beside --xds-socket)",
+    )
+    flows.add_argument(
+        "--observer-address", default="127.0.0.1:4245", help="the Observer gRPC service"
+    )
+    flows.add_argument("--flows-ring-size", type=int, default=4096, help="flows held per node")
+    flows.add_argument(
+        "--flows-sample-every", type=int, default=1, help="keep one flow in N in the ring"
+    )
     run.set_defaults(func=_run, plan=None)
 
     only = actions.add_parser(

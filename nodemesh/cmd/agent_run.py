@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -28,6 +29,9 @@ from nodemesh.ebpf import (
 )
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups, PodCgroups
 from nodemesh.ebpf.errors import DatapathError, PlanError
+from nodemesh.flows.collector import CollectorOptions, FlowCollector
+from nodemesh.flows.service import FlowServer, FlowServerSettings
+from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
 from nodemesh.node.datapath import AgentSettings, DatapathAgent, DatapathFollower, proxy_pods
 from nodemesh.node.kubelet_cgroups import KubeletPodCgroups, find_kubepods
@@ -156,6 +160,9 @@ async def _serve_with_xds(args: argparse.Namespace, pods: PodCgroups) -> None:
         raise UsageError("--kubernetes needs --node-name (this node's pods and NACK reports)")
     if args.xds_socket is None and args.xds_address is None:
         raise UsageError("the node agent serves its Envoy: give --xds-socket or --xds-address")
+    als_socket = args.als_socket
+    if als_socket is None and args.xds_socket is not None:
+        als_socket = args.xds_socket.parent / "als.sock"
     control_plane = ControlPlaneConfig(
         source_dirs=(args.model_dir,) if args.model_dir is not None else (),
         kubernetes=kubernetes_config(args, args.node_name, reporter=args.node_name),
@@ -167,6 +174,7 @@ async def _serve_with_xds(args: argparse.Namespace, pods: PodCgroups) -> None:
             listener_address=args.listener_address or args.proxy_address or "127.0.0.1",
             node_name=args.node_name or None,
             use_original_dst=True,
+            access_log_socket=str(als_socket) if als_socket is not None else None,
         ),
     )
     datapath = DatapathAgent(_settings(args, pods), pods)
@@ -179,11 +187,32 @@ async def _serve_with_xds(args: argparse.Namespace, pods: PodCgroups) -> None:
         await agent.plane.ready.wait()
         print("agent ready", flush=True)
 
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(agent.run(), name="node-agent")
-        tg.create_task(announce_ready(), name="node-agent-ready")
-        if datapath.proxy is not None:
-            tg.create_task(datapath.proxy.watch(), name="envoy-pod-watch")
+    flows = flow_server(args, als_socket, lambda: agent.plane.model)
+    await flows.start()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(agent.run(), name="node-agent")
+            tg.create_task(announce_ready(), name="node-agent-ready")
+            if datapath.proxy is not None:
+                tg.create_task(datapath.proxy.watch(), name="envoy-pod-watch")
+    finally:
+        await flows.stop()
+
+
+def flow_server(
+    args: argparse.Namespace, als_socket: Path | None, model: Callable[[], MeshModel | None]
+) -> FlowServer:
+    """The agent's flows: Envoy's access logs in, the Observer service out."""
+    for flag in ("flows_ring_size", "flows_sample_every"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')}: must be at least 1")
+    options = CollectorOptions(
+        node_name=args.node_name,
+        ring_capacity=args.flows_ring_size,
+        sample_every=args.flows_sample_every,
+    )
+    settings = FlowServerSettings(als_socket=als_socket, observer_address=args.observer_address)
+    return FlowServer(FlowCollector(options, model), settings)
 
 
 async def _follow_model_dir(args: argparse.Namespace, pods: PodCgroups) -> None:

@@ -17,10 +17,12 @@ from typing import Any
 import grpc
 
 from nodemesh._gen.nodemesh.v1 import flow_pb2, observer_pb2
-from nodemesh.cmd.common import UsageError, until_signalled
+from nodemesh.cmd.common import UsageError, split_host_port, until_signalled
 from nodemesh.cmd.observe_filters import add_filter_flags, build_filters
 from nodemesh.flows import text
 from nodemesh.flows.service import WARNING_KEY
+from nodemesh.flows.servicemap import ServiceMap
+from nodemesh.flows.ui import MapServer
 
 DEFAULT_SERVER = "127.0.0.1:4245"
 
@@ -43,6 +45,12 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     observe.add_argument("--since", help="RFC 3339 time, or a duration ago (30s, 5m, 2h)")
     observe.add_argument("--until", help="RFC 3339 time, or a duration ago")
     observe.add_argument("--status", action="store_true", help="ServerStatus: held, seen, lost")
+    observe.add_argument(
+        "--ui", action="store_true", help="serve the live service-map page instead of printing"
+    )
+    observe.add_argument(
+        "--ui-address", default="127.0.0.1:12000", help="host:port of the page (--ui)"
+    )
     add_filter_flags(observe)
     observe.set_defaults(func=run_observe)
 
@@ -158,7 +166,35 @@ def format_status(reply: observer_pb2.ServerStatusResponse) -> str:
     )
 
 
+async def serve_ui(server: str, request: observer_pb2.GetFlowsRequest, address: str) -> None:
+    """The service-map page, fed by the agent's GetFlows stream (following)."""
+    host, port = split_host_port(address, "--ui-address")
+    service_map = ServiceMap()
+    page = MapServer(service_map, host, port)
+    await page.start()
+    print(f"service map: {page.url}", flush=True)
+    request.follow = True
+    try:
+        async with grpc.aio.insecure_channel(server) as channel:
+            method = channel.unary_stream(
+                "/nodemesh.v1.Observer/GetFlows",
+                request_serializer=observer_pb2.GetFlowsRequest.SerializeToString,
+                response_deserializer=observer_pb2.GetFlowsResponse.FromString,
+            )
+            async for response in method(request):
+                if response.HasField("flow"):
+                    service_map.add(response.flow)
+    except grpc.aio.AioRpcError as exc:
+        raise ObserveError(f"Observer at {server}: {exc.code().name}: {exc.details()}") from exc
+    finally:
+        await page.stop()
+
+
 def run_observe(args: argparse.Namespace) -> int:
+    if args.ui:
+        request = build_request(args)
+        asyncio.run(until_signalled(serve_ui(args.server, request, args.ui_address), "observe-ui"))
+        return 0
     if args.status:
         print(format_status(asyncio.run(status(args.server))))
         return 0
