@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 
 from integration.local_mesh import copy_canary, private_loopback
 from nodemesh._gen.nodemesh.v1 import observer_pb2
@@ -57,9 +59,15 @@ class FlowRig:
 
 @asynccontextmanager
 async def flow_rig(
-    tmp_path: Path, capacity: int = 4096, start_flows: bool = True
+    tmp_path: Path,
+    capacity: int = 4096,
+    start_flows: bool = True,
+    manifests: Sequence[Mapping[str, Any]] = (),
 ) -> AsyncIterator[FlowRig]:
+    """`manifests` are added to the canary's source directory (a client pod)."""
     src = copy_canary(tmp_path)
+    if manifests:
+        (src / "extra.yaml").write_text(yaml.safe_dump_all(list(manifests)))
     sock, als = tmp_path / "xds.sock", tmp_path / "als.sock"
     plane = ControlPlane(
         ControlPlaneConfig(
