@@ -63,6 +63,7 @@ async def flow_rig(
     capacity: int = 4096,
     start_flows: bool = True,
     manifests: Sequence[Mapping[str, Any]] = (),
+    access_log: bool = True,
 ) -> AsyncIterator[FlowRig]:
     """`manifests` are added to the canary's source directory (a client pod)."""
     src = copy_canary(tmp_path)
@@ -76,7 +77,8 @@ async def flow_rig(
             xds_socket=sock,
             admin_port=0,
             translate=TranslateOptions(
-                listener_address=private_loopback(), access_log_socket=str(als)
+                listener_address=private_loopback(),
+                access_log_socket=str(als) if access_log else None,
             ),
         )
     )
