@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import statistics
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import structlog
 
 from integration.flow_rig import flow_rig
 from nodemesh._gen.nodemesh.v1 import observer_pb2
@@ -152,6 +154,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=200_000)
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     load = os.getloadavg()
     rate, lost = ingest(args.entries)
     p99 = asyncio.run(envoy_p99(args.requests))

@@ -17,6 +17,8 @@ Cardinality is bounded, by construction and by a cap:
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 from nodemesh._gen.nodemesh.v1 import flow_pb2
@@ -80,12 +82,19 @@ class FlowMetrics:
 
     def __init__(self, max_series: int = MAX_HTTP_SERIES) -> None:
         self.max_series = max_series
-        self._series: set[tuple[str, ...]] = set()
+        # Label set -> its children: `labels()` costs microseconds per call,
+        # and this runs once per flow. Bounded as the series are.
+        self._series: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._flows: dict[tuple[int, int], Any] = {}
 
     def observe(self, flow: flow_pb2.Flow) -> None:
-        FLOWS.labels(
-            type=flow_pb2.FlowType.Name(flow.Type), verdict=flow_pb2.Verdict.Name(flow.verdict)
-        ).inc()
+        key = (int(flow.Type), int(flow.verdict))
+        counter = self._flows.get(key)
+        if counter is None:
+            counter = self._flows[key] = FLOWS.labels(
+                type=flow_pb2.FlowType.Name(key[0]), verdict=flow_pb2.Verdict.Name(key[1])
+            )
+        counter.inc()
         if flow.Type != flow_pb2.L7:
             return
         labels = (
@@ -96,12 +105,18 @@ class FlowMetrics:
             str(flow.l7.http.method) or "other",
             _code(flow.l7.http.code),
         )
-        if labels not in self._series:
+        children = self._series.get(labels)
+        if children is None:
             if len(self._series) >= self.max_series:
                 OVERFLOWED.inc()
                 # The code's class only: overflow adds at most 10 methods x 6 classes.
                 code_class = labels[5] if labels[5] == "other" else labels[5][0] + "xx"
                 labels = ("", OVERFLOW, "", OVERFLOW, labels[4], code_class)
-            self._series.add(labels)
-        HTTP_REQUESTS.labels(*labels).inc()
-        HTTP_DURATION.labels(labels[1], labels[3]).observe(flow.l7.latency_ns / 1e9)
+            children = self._series.get(labels)
+            if children is None:
+                children = self._series[labels] = (
+                    HTTP_REQUESTS.labels(*labels),
+                    HTTP_DURATION.labels(labels[1], labels[3]),
+                )
+        children[0].inc()
+        children[1].observe(flow.l7.latency_ns / 1e9)
