@@ -13,6 +13,7 @@ still count every flow, so rates stay exact.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError
 
 from nodemesh._gen.nodemesh.v1 import flow_pb2
 from nodemesh.flows.enrich import Resolver
+from nodemesh.flows.kernel import KernelEvent, UnknownEvent, kernel_flow
 from nodemesh.flows.l7 import http_flow
 from nodemesh.flows.metrics import LOST, FlowMetrics
 from nodemesh.flows.ring import FlowRing
@@ -56,6 +58,8 @@ class FlowCollector:
         self.malformed_access_logs = 0
         self.lost_kernel_events = 0
         self.access_log_entries = 0
+        self.unknown_kernel_events = 0
+        self._wall_offset = time.time_ns() - time.monotonic_ns()
 
     def resolver(self) -> Resolver:
         model = self._model()
@@ -72,6 +76,16 @@ class FlowCollector:
             self.sampled_out += 1
             return
         self.ring.add(flow)
+
+    def kernel_event(self, event: KernelEvent) -> None:
+        """One decoded datapath event (the agent's ring reader calls this)."""
+        try:
+            flow = kernel_flow(event, self.resolver(), self.options.node_name, self._wall_offset)
+        except UnknownEvent as exc:
+            self.unknown_kernel_events += 1
+            log.warning("unknown_kernel_event", error=str(exc))
+            return
+        self.add(flow)
 
     def lost_kernel(self, count: int) -> None:
         """The kernel ring overflowed by `count` events (reported by the reader)."""

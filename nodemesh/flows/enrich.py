@@ -81,6 +81,13 @@ class Resolver:
                         break
             tags = tuple(f"k8s:{k}={v}" for k, v in labels.items())
             self._services[name] = Who("", name.namespace, "", workload, name, tags)
+        # VIP:port -> Service, for kernel events that name what the app asked for.
+        self._vips: dict[tuple[str, int], ServiceName] = {
+            (ip, port.port): name
+            for name, service in model.services.items()
+            for ip in service.cluster_ips
+            for port in service.ports
+        }
         # Backend ip:port -> the narrowest Service it serves (fewest backends:
         # "httpbin-v1" rather than "httpbin", which selects both versions).
         self._backends: dict[tuple[str, int], tuple[int, ServiceName, str | None]] = {}
@@ -120,6 +127,10 @@ class Resolver:
             if not any(n == name and namespace in ("", ns) for ns, n in known):
                 unknown.append(pattern)
         return unknown
+
+    def service_at(self, address: str, port: int) -> ServiceName | None:
+        """The Service whose cluster IP and port these are."""
+        return self._vips.get((address, port))
 
     def source(self, address: str) -> Who:
         """A client: a pod by its IP, else a reserved identity."""

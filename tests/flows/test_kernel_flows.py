@@ -1,0 +1,82 @@
+"""Kernel datapath events (the nm_event layout, decoded) as flows: each type
+enriched from the model, an unknown type counted and skipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from nodemesh._gen.nodemesh.v1 import flow_pb2
+from nodemesh.flows import text
+from nodemesh.flows.collector import CollectorOptions, FlowCollector
+from nodemesh.model.snapshot import MeshModel
+from tests.support.factory import mesh_model, service
+from tests.support.flows import CLIENT_IP, V1, canary_model
+
+MODEL = canary_model()
+
+
+@dataclass(frozen=True)
+class Event:
+    """Field for field, nodemesh.ebpf.events.DecodedEvent (input data, not a double)."""
+
+    type: int = 2
+    timestamp_ns: int = 1_000_000
+    saddr: str = CLIENT_IP
+    sport: int = 40000
+    daddr: str = V1[0]
+    dport: int = V1[1]
+    orig_daddr: str = "10.96.0.11"
+    orig_dport: int = 80
+    proto: int = 6
+    verdict: int = 0
+    src_identity: int = 0
+    dst_identity: int = 0
+
+
+def _model_with_vip() -> MeshModel:
+    vip = service("httpbin-v1", 80, ip="10.96.0.11")
+    return mesh_model([vip], MODEL.backends, pods=MODEL.pods)
+
+
+def collector() -> FlowCollector:
+    model = _model_with_vip()
+    return FlowCollector(CollectorOptions("n"), lambda: model)
+
+
+def test_each_event_type_becomes_its_flow() -> None:
+    flows = collector()
+    for event in (
+        Event(type=2),
+        Event(type=3, daddr="127.0.0.1", dport=15001),
+        Event(type=4, daddr="10.96.0.11", dport=80, proto=17),
+        Event(type=1, verdict=2, src_identity=1234, dst_identity=5678),
+    ):
+        flows.kernel_event(event)
+    got = flows.ring.recent()
+    assert [text.flow_type(f) for f in got] == [
+        "translated",
+        "to-proxy",
+        "no-backend",
+        "policy-verdict",
+    ]
+    assert [text.verdict(f) for f in got] == ["FORWARDED", "REDIRECTED", "DROPPED", "DROPPED"]
+    translated = got[0]
+    assert translated.Type == flow_pb2.L3_L4
+    assert translated.source.pod_name == "curl-1"
+    assert translated.destination.pod_name == "httpbin-v1-a"
+    assert translated.destination_service.name == "httpbin-v1"
+    assert translated.summary == "TCP 10.96.0.11:80 -> 10.0.2.1:8080 (default/httpbin-v1)"
+    assert got[2].l4.WhichOneof("protocol") == "UDP"
+    assert got[3].source.identity == 1234 and got[3].destination.identity == 5678
+
+
+def test_an_unknown_event_type_is_counted_and_skipped() -> None:
+    flows = collector()
+    flows.kernel_event(replace(Event(), type=99))
+    assert flows.unknown_kernel_events == 1 and len(flows.ring) == 0
+
+
+def test_kernel_loss_is_counted() -> None:
+    flows = collector()
+    flows.lost_kernel(7)
+    assert flows.lost_kernel_events == 7
