@@ -42,18 +42,22 @@ from tests.support.flows import als_message, canary_model, get_flows, http_entry
 BATCH = 100
 
 
-def ingest(entries: int) -> tuple[float, int]:
-    """events/s through decode + enrich + ring, and flows a lagging follower lost."""
+def ingest(entries: int) -> tuple[float, float, int]:
+    """events/s through decode + enrich + ring (per wall second, and per CPU
+    second of this one thread: the one-core rate however loaded the machine
+    is), and flows a lagging follower lost."""
     model = canary_model()
     collector = FlowCollector(CollectorOptions("bench"), lambda: model)
     message = als_message(*(http_entry(path=f"/p/{n}") for n in range(BATCH)))
     batches = entries // BATCH
     lost = 0
 
+    cpu = 0.0
+
     async def run() -> float:
-        nonlocal lost
+        nonlocal lost, cpu
         with collector.ring.follow() as follower:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             for n in range(batches):
                 collector.access_log_message(message)
                 if n % 10 == 9:  # the follower drains every 1,000 events
@@ -61,10 +65,11 @@ def ingest(entries: int) -> tuple[float, int]:
                         item = await follower.get()
                         if isinstance(item, Lost):
                             lost += item.count
+            cpu = time.thread_time() - cpu_started
             return time.perf_counter() - started
 
     seconds = asyncio.run(run())
-    return batches * BATCH / seconds, lost
+    return batches * BATCH / seconds, batches * BATCH / cpu, lost
 
 
 async def _latencies(url: str, count: int) -> list[float]:
@@ -156,12 +161,13 @@ def main() -> None:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     load = os.getloadavg()
-    rate, lost = ingest(args.entries)
+    rate, cpu_rate, lost = ingest(args.entries)
     p99 = asyncio.run(envoy_p99(args.requests))
     idle, full = asyncio.run(agent_rss())
     print(f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f}")
     print(f"{'measure':<44} {'value':>14} {'target':>14}")
-    print(f"{'ALS ingest, one core (events/s)':<44} {rate:>14,.0f} {'>= 200,000':>14}")
+    print(f"{'ALS ingest, wall clock (events/s)':<44} {rate:>14,.0f} {'-':>14}")
+    print(f"{'ALS ingest, per CPU second (events/s)':<44} {cpu_rate:>14,.0f} {'>= 200,000':>14}")
     print(f"{'  lost by a follower draining per 1,000':<44} {lost:>14,} {'-':>14}")
     print(f"{'node-Envoy p99, ALS off (ms)':<44} {p99[False] * 1000:>14.2f} {'-':>14}")
     print(f"{'node-Envoy p99, ALS on (ms)':<44} {p99[True] * 1000:>14.2f} {'-':>14}")
