@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from integration.flow_rig import flow_rig
@@ -46,6 +47,17 @@ async def test_canary_requests_become_l7_flows_showing_the_split(tmp_path: Path)
         assert sample.l7.backend_address.startswith("127.0.0.1:")
         assert "reserved:host" in sample.source.labels  # the client is on loopback
         assert rig.collector.malformed_access_logs == 0
+        # The golden metrics, on the admin port: requests by workload and code.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{rig.plane.admin_port}/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        for workload in ("httpbin-v1", "httpbin-v2"):
+            assert (
+                f'destination_workload="{workload}",method="GET",response_code="200"'
+            ) in metrics
+        assert "nodemesh_http_request_duration_seconds_bucket" in metrics
 
 
 async def test_envoy_serves_with_the_agent_down_and_streams_once_it_is_back(
