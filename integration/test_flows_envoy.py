@@ -13,10 +13,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
-from integration.flow_rig import flow_rig
+from integration.flow_rig import NODE, flow_rig
+from integration.local_mesh import private_loopback
 from nodemesh._gen.nodemesh.v1 import flow_pb2, observer_pb2
 from nodemesh.cmd.demo.traffic import judge_split, request_loop
+from nodemesh.flows.servicemap import ServiceMap
+from tests.support.factory import k8s_pod
 from tests.support.polling import wait_until_async
 
 pytestmark = pytest.mark.envoy
@@ -84,3 +88,45 @@ async def test_envoy_serves_with_the_agent_down_and_streams_once_it_is_back(
         # Of the 50 sent while it was down, Envoy delivers what its logger still
         # buffered (7 of them in one run here); the rest are gone.
         assert len(rig.collector.ring) < 70
+
+
+async def test_a_policy_denial_is_a_dropped_flow_drawn_red(tmp_path: Path) -> None:
+    """A CNP HTTP rule answering 403 (Envoy's RBAC filter) is a DROPPED flow,
+    and the service map marks its edge denied."""
+    client_ip = private_loopback()
+    curl = k8s_pod("curl", ip=client_ip, labels={"app": "curl"}, node=NODE)
+    async with flow_rig(tmp_path, manifests=[curl]) as rig:
+        path = rig.plane.config.source_dirs[0] / "traffic-split.yaml"
+        docs = list(yaml.safe_load_all(path.read_text()))
+        for doc in docs:
+            if doc["kind"] == "CiliumNetworkPolicy":
+                doc["spec"]["egress"][0]["rules"]["http"] = [{"method": "GET", "path": "/headers"}]
+        before = rig.plane.model.generation if rig.plane.model else None
+        path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        await wait_until_async(
+            lambda: rig.plane.model is not None and rig.plane.model.generation != before,
+            what="the policy edit in the model",
+        )
+        await rig.plane.wait_synced(NODE)
+        connector = aiohttp.TCPConnector(force_close=True, local_addr=(client_ip, 0))
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def denied() -> bool:
+                async with session.get(rig.url("/get"), headers={"Host": "httpbin"}) as resp:
+                    return resp.status == 403
+
+            # Envoy ACKs before the new filter chain takes over: until it denies.
+            await wait_until_async(denied, what="the new policy denying GET /get")
+        await wait_until_async(
+            lambda: any(f.verdict == flow_pb2.DROPPED for f in rig.collector.ring.recent()),
+            what="a DROPPED flow",
+        )
+        dropped = [f for f in rig.collector.ring.recent() if f.verdict == flow_pb2.DROPPED]
+        assert {(f.l7.http.code, f.l7.http.url, f.source.pod_name) for f in dropped} == {
+            (403, "/get", "curl")
+        }
+        service_map = ServiceMap()
+        for flow in dropped:
+            service_map.add(flow)
+        (edge,) = service_map.graph()["edges"]
+        assert edge["source"] == "default/curl" and edge["denied"] == len(dropped)
