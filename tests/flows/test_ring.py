@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from nodemesh.flows.collector import CollectorOptions, FlowCollector
 from nodemesh.flows.ring import FlowRing, Lost
 from tests.support.flows import flow
 
@@ -63,3 +64,11 @@ async def test_get_waits_for_the_next_flow() -> None:
         ring.add(flow("/late"))
         got = await waiting
         assert not isinstance(got, Lost) and got.l7.http.url == "/late"
+
+
+def test_sampling_keeps_one_in_n_and_counts_the_rest() -> None:
+    collector = FlowCollector(CollectorOptions(sample_every=3), lambda: None)
+    for n in range(9):
+        collector.add(flow(f"/{n}"))
+    assert [f.l7.http.url for f in collector.ring.recent()] == ["/2", "/5", "/8"]
+    assert collector.sampled_out == 6 and collector.ring.seen == 3
