@@ -57,12 +57,23 @@ def _flags(flags: accesslog_pb2.ResponseFlags) -> str:
     return ",".join(code for name, code in short.items() if getattr(flags, name))
 
 
+_ENDPOINTS: dict[Who, flow_pb2.Endpoint] = {}
+_ENDPOINTS_MAX = 4096  # a cache, not a store: cleared when full
+_METHODS = {v: k for k, v in base_pb2.RequestMethod.items() if v}
+
+
 def _endpoint(into: flow_pb2.Endpoint, who: Who) -> None:
-    into.namespace = who.namespace
-    into.pod_name = who.pod
-    into.labels.extend(who.labels)
-    if who.workload:
-        into.workloads.add(name=who.workload, kind="Deployment")
+    """Fill `into` from a prebuilt copy: one CopyFrom costs less than setting
+    four fields through the protobuf runtime, and most flows repeat a few Whos."""
+    built = _ENDPOINTS.get(who)
+    if built is None:
+        built = flow_pb2.Endpoint(namespace=who.namespace, pod_name=who.pod, labels=who.labels)
+        if who.workload:
+            built.workloads.add(name=who.workload, kind="Deployment")
+        if len(_ENDPOINTS) >= _ENDPOINTS_MAX:
+            _ENDPOINTS.clear()
+        _ENDPOINTS[who] = built
+    into.CopyFrom(built)
 
 
 def http_flow(
@@ -88,32 +99,29 @@ def http_flow(
     # Envoy's time from the first request byte to the last response byte sent.
     last = common.time_to_last_downstream_tx_byte
     l7.latency_ns = last.seconds * 1_000_000_000 + last.nanos
+    cluster = common.upstream_cluster
     l7.route_name = common.route_name
-    l7.upstream_cluster = common.upstream_cluster
+    l7.upstream_cluster = cluster
     l7.backend_address = f"{dst_ip}:{dst_port}" if dst_ip else ""
-    l7.response_flags = _flags(common.response_flags)
+    flags = _flags(common.response_flags) if common.HasField("response_flags") else ""
+    l7.response_flags = flags
     http = l7.http
-    http.code = entry.response.response_code.value
-    http.method = _method(entry)
-    http.url = entry.request.path
-    http.protocol = _PROTOCOLS.get(entry.protocol_version, "")
-    flow.summary = summary(flow)
+    http.code = code = entry.response.response_code.value
+    http.method = method = _METHODS.get(entry.request.request_method, "")
+    http.url = path = entry.request.path
+    http.protocol = protocol = _PROTOCOLS.get(entry.protocol_version, "")
+    flow.summary = summary(protocol, code, l7.latency_ns, method, path, cluster, flags)
     return flow
 
 
-def _method(entry: accesslog_pb2.HTTPAccessLogEntry) -> str:
-    method = entry.request.request_method
-    return str(base_pb2.RequestMethod.Name(method)) if method else ""
-
-
-def summary(flow: flow_pb2.Flow) -> str:
+def summary(
+    protocol: str, code: int, latency_ns: int, method: str, path: str, cluster: str, flags: str
+) -> str:
     """Hubble's L7 summary shape: "HTTP/1.1 200 3ms (GET /headers)", plus the
-    cluster Envoy chose."""
-    http = flow.l7.http
-    ms = flow.l7.latency_ns // 1_000_000
-    text = f"{http.protocol or 'HTTP'} {http.code} {ms}ms ({http.method} {http.url})"
-    if flow.l7.upstream_cluster:
-        text += f" -> {flow.l7.upstream_cluster}"
-    if flow.l7.response_flags:
-        text += f" [{flow.l7.response_flags}]"
+    cluster Envoy chose and Envoy's response flags."""
+    text = f"{protocol or 'HTTP'} {code} {latency_ns // 1_000_000}ms ({method} {path})"
+    if cluster:
+        text += f" -> {cluster}"
+    if flags:
+        text += f" [{flags}]"
     return text
