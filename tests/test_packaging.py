@@ -177,6 +177,12 @@ def test_wheel_from_a_clean_tree_installs_a_working_nodemesh(tmp_path: Path) -> 
     assert _run(nodemesh, "agent", "--help", cwd=tmp_path).startswith("usage: nodemesh agent")
     demo = _run(nodemesh, "demo", "--rounds", "1", cwd=tmp_path)
     assert "result: split within tolerance" in demo
+    # The installed wheel's flows: generated protos that import each other, and
+    # the demo's closing L7 flows counted from Envoy's access log.
+    assert "split in the flows held: default/httpbin-v1" in demo
+    page = "from importlib import resources; print(len((resources.files('nodemesh.flows')"
+    page += " / 'web' / 'app.js').read_bytes()))"
+    assert int(_run(python, "-c", page, cwd=tmp_path)) > 0
     show = "from nodemesh import assets; print(assets.asset_root())"
     where = _run(python, "-c", show, cwd=tmp_path)
     assert Path(where.strip()).is_relative_to(tmp_path / "venv"), where
