@@ -108,7 +108,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         help="Unix socket the node Envoy streams access logs to (default: beside --xds-socket)",
     )
     flows.add_argument(
-        "--observer-address", default="127.0.0.1:4245", help="the Observer gRPC service"
+        "--observer-address",
+        help="the Observer gRPC service: unix:PATH or host:port "
+        "(default: unix:observer.sock beside --xds-socket, as Hubble's hubble.sock)",
     )
     flows.add_argument("--flows-ring-size", type=int, default=4096, help="flows held per node")
     flows.add_argument(

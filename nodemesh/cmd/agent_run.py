@@ -211,7 +211,12 @@ def flow_server(
         ring_capacity=args.flows_ring_size,
         sample_every=args.flows_sample_every,
     )
-    settings = FlowServerSettings(als_socket=als_socket, observer_address=args.observer_address)
+    observer = args.observer_address
+    if observer is None and als_socket is not None:
+        # A socket per agent, as Hubble's: two agents on one host (tests, a
+        # rollout) never contend for a port.
+        observer = f"unix:{als_socket.parent / 'observer.sock'}"
+    settings = FlowServerSettings(als_socket=als_socket, observer_address=observer)
     return FlowServer(FlowCollector(options, model), settings)
 
 

@@ -24,7 +24,8 @@ from nodemesh.flows.service import WARNING_KEY
 from nodemesh.flows.servicemap import ServiceMap
 from nodemesh.flows.ui import MapServer
 
-DEFAULT_SERVER = "127.0.0.1:4245"
+# Where `nodemesh agent run --xds-socket /var/run/nodemesh/xds.sock` serves it.
+DEFAULT_SERVER = "unix:/var/run/nodemesh/observer.sock"
 
 
 class ObserveError(Exception):

@@ -40,7 +40,7 @@ class FlowServerSettings:
     "host:port"; port 0 picks one)."""
 
     als_socket: Path | None = None
-    observer_address: str | None = "127.0.0.1:4245"  # Hubble's port
+    observer_address: str | None = "unix:/var/run/nodemesh/observer.sock"
 
 
 async def _als(collector: FlowCollector, requests: AsyncIterator[bytes], _: Any) -> bytes:
@@ -180,6 +180,12 @@ def handlers(collector: FlowCollector) -> list[grpc.GenericRpcHandler]:
     return [als_handler, observer]
 
 
+def _unlink_stale(path: Path) -> None:
+    """A socket left by a previous run would make the bind fail."""
+    if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
+        path.unlink()
+
+
 class FlowServer:
     """One grpc.aio server for both: ALS on its Unix socket, the Observer on
     `observer_address`."""
@@ -195,11 +201,12 @@ class FlowServer:
         server.add_generic_rpc_handlers(handlers(self.collector))
         socket = self.settings.als_socket
         if socket is not None:
-            if socket.exists() and stat.S_ISSOCK(socket.stat().st_mode):
-                socket.unlink()  # left by a previous run
+            _unlink_stale(socket)
             server.add_insecure_port(f"unix:{socket}")
         address = self.settings.observer_address
         if address is not None:
+            if address.startswith("unix:"):
+                _unlink_stale(Path(address.removeprefix("unix:").removeprefix("//")))
             self.observer_port = server.add_insecure_port(address)
         await server.start()
         if socket is not None:
