@@ -19,7 +19,9 @@ this L7 rule").
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import yaml
 
 from nodemesh.node.envoy_process import find_envoy_binary, render_bootstrap
 from tests.support import factory
+from tests.support.polling import wait_until
 
 from .node import MeshNode, Pod
 from .test_datapath_agent import LEAST, agent_argv
@@ -195,6 +198,12 @@ def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> No
     # Binomial(300, 0.1): mean 30, sd 5.2; [10, 55] is about 4 sd either side.
     assert 10 <= counts["httpbin-v2"] <= 55 and counts["httpbin-v1"] + counts["httpbin-v2"] == 300
     assert {r["via"] for r in split} == {"envoy"}
+    # The agent's flows (Envoy's access log over ALS) show the same split,
+    # request for request, from the curl pod: `nodemesh observe` as a user runs it.
+    wait_until(
+        lambda: _observed_split(workdir / "observer.sock") == counts,
+        what=f"nodemesh observe showing the split {counts}",
+    )
 
     still_direct = _get(node, pods["web"], VIPS["httpbin"], 10, "httpbin")
     assert {r.get("status") for r in still_direct} == {200}
@@ -202,3 +211,33 @@ def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> No
     assert {r["peer"].split(":")[0] for r in still_direct} == {pods["web"].ip}
     elsewhere = _get(node, pods["curl"], OTHER_VIP, 10, "other")
     assert {r.get("error") for r in elsewhere} == {"EPERM"}
+
+
+def _observed_split(observer: Path) -> dict[str, int]:
+    """The last 300 L7 flows from the curl pod, by the workload Envoy chose."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nodemesh.cmd.main",
+            "observe",
+            f"--server=unix:{observer}",
+            "-o",
+            "json",
+            "--last",
+            "300",
+            "--type",
+            "l7",
+            "--from-pod",
+            "default/curl",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    flows = [json.loads(line)["flow"] for line in out.splitlines()]
+    counts = {"httpbin-v1": 0, "httpbin-v2": 0}
+    for flow in flows:
+        counts[flow["l7"]["upstream_cluster"].removeprefix("default/")] += 1
+    return counts
