@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from nodemesh.cmd.common import UsageError
 from nodemesh.cmd.main import build_parser
 from nodemesh.cmd.observe import build_request
 from nodemesh.cmd.observe import observe as run
@@ -105,3 +106,29 @@ async def test_an_unknown_pod_returns_nothing_and_warns(
 ) -> None:
     out, err = await observe(server, capsys, "-o", "compact", "--from-pod", "default/ghost")
     assert out == "" and "warning" in err and "default/ghost" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--last", "3", "--first", "3"], "--last and --first"),
+        (["--last", "0"], "--last: expected a positive number"),
+        (["--since", "yesterday"], "--since: 'yesterday' is neither"),
+        (["--pod", "default/curl", "--not"], "--not: must be followed"),
+        (["--verdict", "ALLOWED"], "--verdict: 'ALLOWED' is not one of"),
+        (["-t", "http"], "--type: 'http' is not one of"),
+        (["--from-pod", "a/b/c"], "--from-pod:"),
+    ],
+)
+def test_bad_flags_are_usage_errors_naming_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        build_request(build_parser().parse_args(["observe", *argv]))
+
+
+def test_an_either_side_flag_is_two_filters_and_since_is_a_time() -> None:
+    request = build_request(
+        build_parser().parse_args(["observe", "--pod", "default/curl", "--since", "5m"])
+    )
+    assert [list(f.source_pod) for f in request.whitelist] == [["default/curl"], []]
+    assert [list(f.destination_pod) for f in request.whitelist] == [[], ["default/curl"]]
+    assert request.HasField("since") and not request.blacklist
