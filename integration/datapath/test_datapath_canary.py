@@ -174,6 +174,14 @@ def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> No
     # egress, so curl may reach httpbin only; "other" is refused at connect.
     elsewhere = _get(node, pods["curl"], OTHER_VIP, 10, "other")
     assert {r.get("error") for r in elsewhere} == {"EPERM"}
+    # The kernel's policy verdicts are flows too (the datapath's event ring).
+    wait_until(
+        lambda: any(
+            f["kernel_event"] == "POLICY_VERDICT" and f["destination_service"]["name"] == "other"
+            for f in _observe(workdir / "observer.sock", "--verdict", "DROPPED", "-t", "l3-l4")
+        ),
+        what="a DROPPED policy-verdict flow to the other Service",
+    )
     from_web = _get(node, pods["web"], OTHER_VIP, 10, "other")
     assert {r["backend"] for r in from_web} == {"other"}
     assert {r["peer"].split(":")[0] for r in from_web} == {pods["web"].ip}
@@ -213,8 +221,8 @@ def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> No
     assert {r.get("error") for r in elsewhere} == {"EPERM"}
 
 
-def _observed_split(observer: Path) -> dict[str, int]:
-    """The last 300 L7 flows from the curl pod, by the workload Envoy chose."""
+def _observe(observer: Path, *args: str) -> list[dict[str, Any]]:
+    """`nodemesh observe -o json ARGS` as a user runs it: the flows."""
     out = subprocess.run(
         [
             sys.executable,
@@ -224,19 +232,19 @@ def _observed_split(observer: Path) -> dict[str, int]:
             f"--server=unix:{observer}",
             "-o",
             "json",
-            "--last",
-            "300",
-            "--type",
-            "l7",
-            "--from-pod",
-            "default/curl",
+            *args,
         ],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     ).stdout
-    flows = [json.loads(line)["flow"] for line in out.splitlines()]
+    return [json.loads(line)["flow"] for line in out.splitlines() if '"flow"' in line]
+
+
+def _observed_split(observer: Path) -> dict[str, int]:
+    """The last 300 L7 flows from the curl pod, by the workload Envoy chose."""
+    flows = _observe(observer, "--last", "300", "--type", "l7", "--from-pod", "default/curl")
     counts = {"httpbin-v1": 0, "httpbin-v2": 0}
     for flow in flows:
         counts[flow["l7"]["upstream_cluster"].removeprefix("default/")] += 1

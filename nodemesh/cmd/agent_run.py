@@ -39,6 +39,7 @@ from nodemesh.node.proxy_follow import ProxyPod
 from nodemesh.sources.files import FileSource
 from nodemesh.wiring.agent import NodeAgent
 from nodemesh.wiring.controlplane import ControlPlaneConfig
+from nodemesh.wiring.flows import follow_kernel_events
 from nodemesh.xds.translate import TranslateOptions
 
 log = structlog.get_logger("nodemesh.cmd.agent")
@@ -195,6 +196,8 @@ async def _serve_with_xds(args: argparse.Namespace, pods: PodCgroups) -> None:
             tg.create_task(announce_ready(), name="node-agent-ready")
             if datapath.proxy is not None:
                 tg.create_task(datapath.proxy.watch(), name="envoy-pod-watch")
+            maps_dir = _config(args, pods).maps_dir
+            tg.create_task(follow_kernel_events(maps_dir, flows.collector), name="kernel-flows")
     finally:
         await flows.stop()
 

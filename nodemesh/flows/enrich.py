@@ -45,6 +45,8 @@ def _reserved(address: str) -> tuple[str, ...]:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return ("reserved:unknown",)
+    if ip.is_unspecified:
+        return ()  # not known yet (a kernel event at connect()): the identity says who
     return ("reserved:host",) if ip.is_loopback else ("reserved:world",)
 
 

@@ -32,7 +32,11 @@ def endpoint_name(endpoint: flow_pb2.Endpoint, address: str) -> str:
         return f"{endpoint.namespace}/{endpoint.workloads[0].name}"
     labels = endpoint.labels
     reserved = [label.partition(":")[2] for label in labels if label.startswith("reserved:")]
-    return f"{address} ({reserved[0]})" if reserved else address or "?"
+    if reserved:
+        return f"{address} ({reserved[0]})"
+    if endpoint.identity and address in ("", "0.0.0.0", "::"):
+        return f"identity {endpoint.identity}"
+    return address or "?"
 
 
 def _port(flow: flow_pb2.Flow, side: str) -> int:
