@@ -127,9 +127,10 @@ def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> No
     )
     node.procs.append(agent)
     assert agent.stdout is not None
+    said: list[str] = []
     while (line := agent.stdout.readline()) and line.strip() != "agent ready":
-        pass
-    assert line, "agent exited before ready"
+        said.append(line)
+    assert line, "agent exited before ready: " + "".join(said[-10:])
     bootstrap = workdir / "envoy.yaml"
     bootstrap.write_text(yaml.safe_dump(render_bootstrap(xds_socket=sock, admin_port=ADMIN)))
     node.spawn(
