@@ -51,7 +51,7 @@ class PolicyCollector(Collector):
                 self._read(verdicts)
                 lost.add_metric([], events.lost(self.maps_dir))
             except DatapathError as exc:  # pins gone (cleanup): report nothing
-                log.warning("policy counters unreadable", error=str(exc))
+                log.warning("policy_counters_unreadable", error=str(exc))
         yield verdicts
         yield lost
 

@@ -278,10 +278,10 @@ class StatusReporter:
                 WRITES.labels("status", "ok").inc()
             except ApiUnavailable as exc:
                 out.deferred += 1
-                log.warning("status write deferred", object=str(ref), error=str(exc))
+                log.warning("status_write_deferred", object=str(ref), error=str(exc))
                 continue
             except ApiRejected as exc:
-                log.warning("status write refused", object=str(ref), error=str(exc))
+                log.warning("status_write_refused", object=str(ref), error=str(exc))
                 WRITES.labels("status", "refused").inc()
             self._written[ref] = wanted
             out.status_writes += 1
