@@ -21,7 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from nodemesh.xds.translate.references import HCM_TYPE
+from nodemesh.xds.translate.references import edit_http_managers
 from nodemesh.xds.translate.registry import pack, unpack
 
 ALS_CLUSTER = "nodemesh_als"
@@ -77,14 +77,4 @@ def add_to_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
 def with_access_log(listener: listener_pb2.Listener) -> None:
     """Give every HTTP connection manager of a (CEC's) listener the ALS logger, in place.
     The CEC's own loggers stay: nodemesh's is added beside them."""
-    chains = list(listener.filter_chains)
-    if listener.HasField("default_filter_chain"):
-        chains.append(listener.default_filter_chain)
-    for chain in chains:
-        for network_filter in chain.filters:
-            if network_filter.typed_config.type_url != HCM_TYPE:
-                continue
-            manager = unpack(network_filter.typed_config)
-            assert isinstance(manager, hcm_pb2.HttpConnectionManager)
-            add_to_manager(manager)
-            network_filter.typed_config.CopyFrom(pack(manager))
+    edit_http_managers(listener, add_to_manager)

@@ -23,8 +23,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from nodemesh.xds.translate import access_log
-from nodemesh.xds.translate.references import HCM_TYPE
-from nodemesh.xds.translate.registry import pack, unpack
+from nodemesh.xds.translate.references import HCM_TYPE, edit_http_managers
+from nodemesh.xds.translate.registry import pack
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -126,23 +126,17 @@ def with_rbac(listener: listener_pb2.Listener, rbac: hcm_pb2.HttpFilter) -> None
 
     The policies are nodemesh's to enforce, so paths are normalized for them
     unless the CEC's author chose otherwise for normalize_path."""
-    chains = list(listener.filter_chains)
-    if listener.HasField("default_filter_chain"):
-        chains.append(listener.default_filter_chain)
-    for chain in chains:
-        for network_filter in chain.filters:
-            if network_filter.typed_config.type_url != HCM_TYPE:
-                continue
-            manager = unpack(network_filter.typed_config)
-            assert isinstance(manager, hcm_pb2.HttpConnectionManager)
-            # An empty list means Envoy's default router: keep it behind the RBAC filter.
-            filters = [rbac, *(manager.http_filters or [_ROUTER])]
-            manager.ClearField("http_filters")
-            manager.http_filters.extend(filters)
-            if not manager.HasField("normalize_path"):
-                manager.normalize_path.value = True
-                manager.merge_slashes = True
-            network_filter.typed_config.CopyFrom(pack(manager))
+
+    def rbac_first(manager: hcm_pb2.HttpConnectionManager) -> None:
+        # An empty list means Envoy's default router: keep it behind the RBAC filter.
+        filters = [rbac, *(manager.http_filters or [_ROUTER])]
+        manager.ClearField("http_filters")
+        manager.http_filters.extend(filters)
+        if not manager.HasField("normalize_path"):
+            manager.normalize_path.value = True
+            manager.merge_slashes = True
+
+    edit_http_managers(listener, rbac_first)
 
 
 def _route_prototype() -> route_pb2.RouteConfiguration:

@@ -125,3 +125,22 @@ def collect(into: list[tuple[str, str]]) -> Mapper:
         return name
 
     return record
+
+
+def edit_http_managers(
+    listener: listener_pb2.Listener,
+    edit: Callable[[hcm_pb2.HttpConnectionManager], None],
+) -> None:
+    """Apply `edit` to every HTTP connection manager of `listener`, in place
+    (its filter chains and default chain); other network filters are left."""
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    for chain in chains:
+        for network_filter in chain.filters:
+            if network_filter.typed_config.type_url != HCM_TYPE:
+                continue
+            manager = unpack(network_filter.typed_config)
+            assert isinstance(manager, hcm_pb2.HttpConnectionManager)
+            edit(manager)
+            network_filter.typed_config.CopyFrom(pack(manager))
