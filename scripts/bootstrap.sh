@@ -15,6 +15,11 @@ PYTHON=${PYTHON:-python3}
 # the compose client script in its test; chromium + chromium-driver run the
 # service-map page test in a real headless browser (selenium drives them).
 APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iptables iproute2 libcap2-bin util-linux shellcheck wrk hey nginx docker-compose curl chromium chromium-driver)
+# Go builds grpc-go's xDS client for the proxyless tests (integration/proxyless/grpcgo)
+# from the module proxy; GOTOOLCHAIN=auto fetches the toolchain its go.mod asks for.
+if ! command -v go >/dev/null; then
+    APT_PACKAGES+=(golang-go)
+fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -49,7 +49,8 @@ def test_bench_model_steers_only_the_envoy_service_to_an_original_dst_listener(
     options = TranslateOptions(listener_address="10.0.0.1", use_original_dst=True)
     result = translate(model, options)
     assert result.errors == ()
-    listeners = list(result.resources[registry.LISTENER].values())
+    # What the node Envoy holds (proxyless targets are served by name only).
+    listeners = list(result.wildcard_resources()[registry.LISTENER].values())
     assert len(listeners) == 1
     listener: Any = listeners[0]
     assert listener.address.socket_address.port_value == plan.redirects[0].proxy_port

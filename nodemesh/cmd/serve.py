@@ -17,6 +17,7 @@ from nodemesh.cmd.common import (
 from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig, KubernetesConfig
 from nodemesh.xds.server import TlsSettings
+from nodemesh.xds.server.identity import DEFAULT_URI_PATTERN, NodeIdentityRule
 from nodemesh.xds.translate import TranslateOptions
 from nodemesh.xds.vocab import DEFAULT_PUSH_DELAY, DEFAULT_XDS_ADDRESS
 
@@ -64,6 +65,20 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refuse a --tls-key readable by group or others (default: warn)",
     )
+    serve.add_argument(
+        "--node-identity-uri",
+        action="append",
+        metavar="PATTERN",
+        help="with --require-client-cert: a URI SAN naming a node, {node} where its id stands "
+        f"(repeatable; default {DEFAULT_URI_PATTERN})",
+    )
+    serve.add_argument(
+        "--node-identity-dns",
+        action="append",
+        metavar="PATTERN",
+        help="with --require-client-cert: a DNS SAN naming a node, e.g. {node}.nodes.example "
+        "(repeatable)",
+    )
     serve.set_defaults(func=run_serve)
 
 
@@ -100,6 +115,21 @@ def _tls(args: argparse.Namespace) -> TlsSettings | None:
     )
 
 
+def _node_identity(args: argparse.Namespace) -> NodeIdentityRule | None:
+    """The rule binding node ids to client certificates (identity.py)."""
+    uris, dns = args.node_identity_uri or [], args.node_identity_dns or []
+    if not args.require_client_cert:
+        if uris or dns:
+            raise UsageError("--node-identity-uri/--node-identity-dns need --require-client-cert")
+        return None
+    try:
+        # No pattern given: the default SPIFFE form; DNS patterns alone: only those.
+        default = [] if dns else [DEFAULT_URI_PATTERN]
+        return NodeIdentityRule(tuple(uris or default), tuple(dns))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def serve_config(args: argparse.Namespace) -> ControlPlaneConfig:
     admin_host, admin_port = split_host_port(args.admin, "--admin-address")
     if not args.source_dir and not args.kubernetes:
@@ -110,6 +140,7 @@ def serve_config(args: argparse.Namespace) -> ControlPlaneConfig:
         xds_tcp=args.xds_address or None,
         xds_socket=args.xds_socket,
         tls=_tls(args),
+        node_identity=_node_identity(args),
         admin_host=admin_host,
         admin_port=admin_port,
         push_delay=args.push_delay,

@@ -44,6 +44,7 @@ def service_backends(
                         ep.ready,
                         ep.serving,
                         ep.terminating,
+                        ep.zone,
                     )
         out[sp.port] = tuple(found.values())
     return MappingProxyType(out)

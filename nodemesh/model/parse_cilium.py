@@ -34,6 +34,7 @@ from nodemesh.model.objects import (
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 _MISMATCH_ACTIONS = ("", "LOG", "ADD", "DELETE", "REPLACE")
 _PORT_PROTOCOLS = ("TCP", "UDP", "SCTP", "ANY")
 _WEIGHTED = ("weighted_clusters", "weightedClusters")
@@ -73,7 +74,7 @@ def _resource(entry: Fields) -> EnvoyResource:
     type_url = entry.req_str("@type")
     if "/" not in type_url:
         raise entry.error("@type", f"{type_url!r} is not a type URL ('type.googleapis.com/...')")
-    name = entry.req_str("name")
+    name = _resource_name(entry, type_url)
     body = {k: v for k, v in entry.data.items() if k != "@type"}
     try:
         # Canonical JSON: sorted keys, so equal resources give equal strings.
@@ -81,6 +82,16 @@ def _resource(entry: Fields) -> EnvoyResource:
     except (TypeError, ValueError) as exc:
         raise entry.error(None, f"is not plain JSON data: {exc}") from exc
     return EnvoyResource(type_url=type_url, name=name, body=text, field=entry.path)
+
+
+def _resource_name(entry: Fields, type_url: str) -> str:
+    """A resource's xDS name: a ClusterLoadAssignment names itself by
+    `cluster_name` (JSON: `clusterName`), every other type by `name`."""
+    if type_url != ENDPOINT_TYPE:
+        return entry.req_str("name")
+    if "clusterName" in entry.data and "cluster_name" not in entry.data:
+        return entry.req_str("clusterName")
+    return entry.req_str("cluster_name")
 
 
 def _redirected(entry: Fields, listeners: list[str] | None) -> RedirectedService:

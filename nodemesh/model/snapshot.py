@@ -41,6 +41,9 @@ class BackendAddress:
     ready: bool
     serving: bool
     terminating: bool
+    # The EndpointSlice endpoint's topology zone (None: not given); proxyless
+    # gRPC clients need a locality per endpoint group.
+    zone: str | None = None
 
 
 def _frozen(mapping: Mapping[Any, Any] | None = None) -> Mapping[Any, Any]:

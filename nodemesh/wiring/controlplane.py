@@ -41,6 +41,7 @@ from nodemesh.xds.server import (
     TlsSettings,
     TypeStatus,
 )
+from nodemesh.xds.server.identity import NodeIdentityRule
 from nodemesh.xds.translate import TranslateOptions, Translation, Translator, validate_envoy_config
 from nodemesh.xds.vocab import ALIASES, DEFAULT_PUSH_DELAY, DEFAULT_XDS_ADDRESS, short_name
 
@@ -106,6 +107,8 @@ class ControlPlaneConfig:
     xds_tcp: str | None = DEFAULT_XDS_ADDRESS
     xds_socket: Path | None = None
     tls: TlsSettings | None = None
+    # With client certificates: which SANs name which node ids (None: unchecked).
+    node_identity: NodeIdentityRule | None = None
     admin_host: str = DEFAULT_ADMIN_HOST
     admin_port: int = DEFAULT_ADMIN_PORT
     push_delay: float = DEFAULT_PUSH_DELAY
@@ -143,7 +146,9 @@ class ControlPlane:
                 tcp_address=config.xds_tcp,
                 uds_path=config.xds_socket,
                 tls=config.tls,
-                stream=StreamSettings(coalesce_delay=config.push_delay),
+                stream=StreamSettings(
+                    coalesce_delay=config.push_delay, node_identity=config.node_identity
+                ),
             ),
             callbacks=[self.sync_signal],
         )
@@ -214,7 +219,10 @@ class ControlPlane:
         # Only ever one at a time (the publish loop awaits each), and only
         # the translator and the cache's encoding memo are touched here.
         translation = self.translator.translate(model)
-        return translation, self.cache.build_snapshot(translation.resources, label=model.version)
+        snapshot = self.cache.build_snapshot(
+            translation.resources, label=model.version, named_only=translation.named_only
+        )
+        return translation, snapshot
 
     def _install(
         self, model: MeshModel, translation: Translation, snapshot: Snapshot, started: float
@@ -300,7 +308,7 @@ class ControlPlane:
         if self.cache.snapshot(node) is None:
             return None
         wanted = ALIASES.get(resource_type or "", resource_type)
-        dump = self.cache.config_dump(node)
+        dump = self.server.config_dump(node)  # what the node is served
         return {
             short_name(type_url): {
                 name: json_format.MessageToDict(message, preserving_proto_field_name=True)

@@ -52,3 +52,11 @@ BYTES_SENT = Counter(
     "Serialized response bytes written to ADS streams, by resource type.",
     ["type"],
 )
+# Recorded by the stream's identity check (`nodemesh.xds.server.identity`),
+# not through callbacks: a refused stream never reaches them.
+IDENTITY_REFUSED = Counter(
+    "nodemesh_xds_identity_refused_total",
+    "Streams refused because the client certificate does not name the node id "
+    "claimed, by reason (mismatch, no_usable_san).",
+    ["reason"],
+)

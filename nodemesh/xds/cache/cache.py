@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 import structlog
@@ -108,13 +109,19 @@ class SnapshotCache:
                 self._notify(watchers)
 
     def build_snapshot(
-        self, resources: Mapping[str, Mapping[str, Message]], label: str, key: str | None = None
+        self,
+        resources: Mapping[str, Mapping[str, Message]],
+        label: str,
+        key: str | None = None,
+        named_only: Mapping[str, AbstractSet[str]] | None = None,
     ) -> Snapshot:
         """Encode `resources`, reusing encodings from the current snapshot of
-        `key` (or the default one). Records nodemesh_xds_snapshot_build_seconds."""
+        `key` (or the default one). Records nodemesh_xds_snapshot_build_seconds.
+        `named_only` (type URL -> names, the translator's `named_only`) are
+        served only to clients that ask for them by name, never to a wildcard."""
         started = time.perf_counter()
         previous = self._default if key is None else self.snapshot(key)
-        snapshot = Snapshot.build(resources, label, previous)
+        snapshot = Snapshot.build(resources, label, previous, named_only)
         SNAPSHOT_BUILD_SECONDS.observe(time.perf_counter() - started)
         return snapshot
 

@@ -13,6 +13,7 @@ import itertools
 import operator
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -95,12 +96,25 @@ def _same(
 class Snapshot:
     """All resources of one node (or group) at one model version.
 
+    Some resources may be served by name only (`named_only`): a wildcard
+    subscription gets `wildcard(type_url)`, everything else of the type minus
+    those (proxyless gRPC targets are not for the node Envoy's wildcard LDS).
+
     Contract: treat every mapping returned here as read-only; they are shared
     by every stream.
     """
 
-    def __init__(self, label: str, resources: Mapping[str, dict[str, EncodedResource]]) -> None:
+    def __init__(
+        self,
+        label: str,
+        resources: Mapping[str, dict[str, EncodedResource]],
+        named_only: Mapping[str, AbstractSet[str]] | None = None,
+    ) -> None:
         self.label = label
+        self.named_only: Mapping[str, frozenset[str]] = MappingProxyType(
+            {t: frozenset(names) for t, names in (named_only or {}).items() if names}
+        )
+        self._wildcard: dict[str, Mapping[str, EncodedResource]] = {}
         self.serial = next(_serials)
         # Read-only views, no copies: the snapshot owns the mappings it is
         # given (and shares them with later snapshots where nothing changed).
@@ -129,6 +143,7 @@ class Snapshot:
         resources: Mapping[str, Mapping[str, Message]],
         label: str,
         previous: Snapshot | None = None,
+        named_only: Mapping[str, AbstractSet[str]] | None = None,
     ) -> Snapshot:
         """Encode `resources` once. Raises SnapshotError naming the type URL
         and resource on bad input; `previous` lets unchanged resources reuse
@@ -153,8 +168,11 @@ class Snapshot:
             changed.update(old.keys() - by_name.keys())
             if changed:
                 changes[type_url] = frozenset(changed)
-        snapshot = cls(label, encoded)
+        snapshot = cls(label, encoded, named_only)
         snapshot._messages = messages
+        if previous is not None:
+            snapshot._share_wildcard_views(previous)
+            _add_visibility_changes(changes, previous, snapshot)
         if previous is not None:
             snapshot._base = _ConsistencyBase(
                 listeners=previous._owned.get(LISTENER),
@@ -182,6 +200,37 @@ class Snapshot:
             return False
         return all(map(operator.is_, messages, mine)) and list(by_name) == list(owned)
 
+    def _share_wildcard_views(self, previous: Snapshot) -> None:
+        """Reuse the previous snapshot's wildcard views of types that did not
+        change at all (one endpoint change keeps every Cluster)."""
+        for type_url, view in previous._wildcard.items():
+            if self._owned.get(type_url) is previous._owned.get(type_url) and self.named_only.get(
+                type_url
+            ) == previous.named_only.get(type_url):
+                self._wildcard[type_url] = view
+
+    def wildcard(self, type_url: str) -> Mapping[str, EncodedResource]:
+        """What a wildcard subscription to this type holds: every resource
+        but those served by name only."""
+        view = self._wildcard.get(type_url)
+        if view is None:
+            hidden = self.named_only.get(type_url)
+            everything = self.get(type_url)
+            if not hidden:
+                view = everything
+            else:
+                view = MappingProxyType({n: r for n, r in everything.items() if n not in hidden})
+            self._wildcard[type_url] = view
+        return view
+
+    def served(self, type_url: str, names: Iterable[str]) -> Mapping[str, EncodedResource]:
+        """The wildcard view plus `names` (those that exist): what a client
+        subscribed to the wildcard and to `names` is served."""
+        view = self.wildcard(type_url)
+        everything = self.get(type_url)
+        extra = {n: everything[n] for n in names if n not in view and n in everything}
+        return {**view, **extra} if extra else view
+
     def endpoint_names(self, clusters: Iterable[str]) -> set[str]:
         """The EDS resource names the given (existing) EDS clusters use."""
         found = self.get(CLUSTER)
@@ -197,20 +246,20 @@ class Snapshot:
         return self.resources.get(type_url, _EMPTY)
 
     def type_version(self, type_url: str) -> str:
-        """Content version of all resources of this type (the SotW wildcard
-        version_info)."""
+        """Content version of the wildcard view of this type (the SotW
+        wildcard version_info)."""
         version = self._type_versions.get(type_url)
         if version is None:
-            version = view_version(self.get(type_url).values())
+            version = view_version(self.wildcard(type_url).values())
             self._type_versions[type_url] = version
         return version
 
     def versions(self, type_url: str) -> Mapping[str, str]:
-        """name -> version of every resource of this type, built once and
+        """name -> version of the wildcard view of this type, built once and
         shared (wildcard streams keep a reference instead of a copy)."""
         versions = self._versions.get(type_url)
         if versions is None:
-            versions = MappingProxyType({n: r.version for n, r in self.get(type_url).items()})
+            versions = MappingProxyType({n: r.version for n, r in self.wildcard(type_url).items()})
             self._versions[type_url] = versions
         return versions
 
@@ -240,7 +289,7 @@ class Snapshot:
         encoded once per snapshot and shared by every wildcard stream."""
         body = self._wildcard_bodies.get(type_url)
         if body is None:
-            body = b"".join(r.sotw_field for r in self.get(type_url).values())
+            body = b"".join(r.sotw_field for r in self.wildcard(type_url).values())
             self._wildcard_bodies[type_url] = body
         return body
 
@@ -370,7 +419,8 @@ def _encode(
 
 
 def diff_snapshots(old: Snapshot, new: Snapshot) -> dict[str, frozenset[str]]:
-    """Names added, changed or removed per type between two snapshots."""
+    """Names added, changed, removed or served differently (by name only, or
+    to wildcards too) per type between two snapshots."""
     changes: dict[str, frozenset[str]] = {}
     for type_url in set(old.resources) | set(new.resources):
         before, after = old.get(type_url), new.get(type_url)
@@ -378,7 +428,21 @@ def diff_snapshots(old: Snapshot, new: Snapshot) -> dict[str, frozenset[str]]:
         changed.update(n for n in before if n not in after)
         if changed:
             changes[type_url] = frozenset(changed)
+    _add_visibility_changes(changes, old, new)
     return changes
+
+
+def _add_visibility_changes(
+    changes: dict[str, frozenset[str]], old: Snapshot, new: Snapshot
+) -> None:
+    """A name that moved in or out of the wildcard view changed for wildcard
+    subscribers even when its content did not."""
+    for type_url in old.named_only.keys() | new.named_only.keys():
+        moved = old.named_only.get(type_url, frozenset()) ^ new.named_only.get(
+            type_url, frozenset()
+        )
+        if moved:
+            changes[type_url] = changes.get(type_url, frozenset()) | moved
 
 
 def _listener_rds_names(message: Message) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -41,6 +41,7 @@ class DeltaStream(AdsStream):
             if request.HasField("error_detail"):
                 detail = request.error_detail
                 self.on_nack(state, nonce, detail.message, detail.code)
+                self._after_nack(state)
             else:
                 self.on_ack(state, nonce, full_state=False)
         # 2. Subscriptions. The legacy wildcard is an empty subscribe list on
@@ -149,9 +150,18 @@ class DeltaStream(AdsStream):
         return payload
 
     @staticmethod
+    def _after_nack(state: TypeState) -> None:
+        """A client rejects a delta response whole and keeps what it held
+        before, so resources of the rejected response that never change
+        would never reach it. Keep looking at them (see `_diff`)."""
+        if state.nack is not None and state.nack.resources:
+            state.recheck.update(state.nack.resources)
+
+    @staticmethod
     def _first_is_empty(state: TypeState, snapshot: Snapshot) -> bool:
-        """The client holds nothing of this type and the snapshot has none."""
-        return not state.sent and not snapshot.resources.get(state.type_url)
+        """The client holds nothing of this type and the snapshot's wildcard
+        view has none (resources served by name only do not count)."""
+        return not state.sent and not snapshot.wildcard(state.type_url)
 
     @staticmethod
     def _candidates(state: TypeState, snapshot: Snapshot) -> Iterable[str]:
@@ -160,26 +170,39 @@ class DeltaStream(AdsStream):
         recheck, state.recheck = state.recheck, set()
         if changes is not None:
             return changes.get(state.type_url, frozenset()) | recheck
-        resources = snapshot.get(state.type_url)
-        wanted = resources.keys() if state.wildcard else state.names
-        return set(wanted) | state.sent.keys() | recheck
+        wanted = snapshot.wildcard(state.type_url).keys() if state.wildcard else frozenset()
+        return set(wanted) | state.names | state.sent.keys() | recheck
 
     def _diff(
         self, state: TypeState, snapshot: Snapshot, candidates: Iterable[str]
     ) -> tuple[list[EncodedResource], list[str]]:
         resources = snapshot.get(state.type_url)
+        hidden = snapshot.named_only.get(state.type_url, frozenset())
+        retry = _rejected_response_changed(state, resources)
         updated: list[EncodedResource] = []
         removed: list[str] = []
         absent: list[str] = []
         for name in sorted(candidates):
-            resource = resources.get(name)
-            if not state.subscribed(name):
+            # A wildcard does not cover names served by name only.
+            if name not in state.names and not (state.wildcard and name not in hidden):
+                if name in state.sent:
+                    removed.append(name)
                 continue
+            resource = resources.get(name)
             if resource is not None:
                 state.told_absent.discard(name)
-                # Only a new version is sent: a NACKed version is not resent.
+                # Only a new version is sent: a NACKed version is not resent
+                # while the whole rejected response is unchanged (it would be
+                # rejected again, taking other updates with it). Once any of
+                # it changed or went away (the culprit, likely), the rest of
+                # it is sent again: the client never took it.
                 if state.sent.get(name) != resource.version:
                     updated.append(resource)
+                elif state.rejected(name):
+                    if retry:
+                        updated.append(resource)
+                    else:
+                        state.recheck.add(name)  # look again next round
             elif name in state.sent:
                 removed.append(name)
             elif name in state.names and name not in state.told_absent:
@@ -195,3 +218,15 @@ class DeltaStream(AdsStream):
             removed = [name for name in removed if name not in held]
         state.told_absent.update(removed)
         return updated, removed + absent
+
+
+def _rejected_response_changed(state: TypeState, resources: Mapping[str, EncodedResource]) -> bool:
+    """Whether any resource of the last rejected response changed or is gone."""
+    nack = state.nack
+    if nack is None:
+        return False
+    for name, version in nack.resources.items():
+        current = resources.get(name)
+        if current is None or current.version != version:
+            return True
+    return False

@@ -262,13 +262,19 @@ class AdsServer:
     def config_dump(
         self, node_key: str, type_url: str | None = None
     ) -> Mapping[str, Mapping[str, Message]]:
-        """What the server holds for `node_key`, by type URL and name (shared
-        messages: do not modify)."""
+        """What the server serves `node_key`, by type URL and name (shared
+        messages: do not modify): everything but the resources served by name
+        only, and of those the ones its streams ask for."""
         snapshot = self.source.snapshot(node_key)
         if snapshot is None:
             return {}
         types = [type_url] if type_url is not None else sorted(snapshot.resources)
-        return {t: {n: r.message for n, r in snapshot.get(t).items()} for t in types}
+        asked = {t: set[str]() for t in types}
+        for stream in self._streams.values():
+            if stream.node_key == node_key:
+                for t, state in stream.states.items():
+                    asked.get(t, set()).update(state.names)
+        return {t: {n: r.message for n, r in snapshot.served(t, asked[t]).items()} for t in types}
 
     # -- gRPC plumbing -------------------------------------------------------------
 

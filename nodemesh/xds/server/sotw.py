@@ -18,6 +18,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from nodemesh.xds.cache import CLUSTER, LISTENER, EncodedResource, Snapshot, view_version
 from nodemesh.xds.cache.names import shared_names
 from nodemesh.xds.cache.resources import WILDCARD_TYPES, length_delimited
+from nodemesh.xds.server.absent import absent_listener
 from nodemesh.xds.server.state import WILDCARD, Inflight, TypeState
 from nodemesh.xds.server.stream import AdsStream
 
@@ -99,49 +100,79 @@ class SotwStream(AdsStream):
             # One set for every stream asking for the same names, freed
             # with the last of them (nodemesh.xds.cache.names).
             state.names = state.names_key = shared_names(names)
+            state.resubscribed = True
         return changed
 
     def _adopt(self, state: TypeState, version_info: str) -> None:
         snapshot = self.source.snapshot(self.node_key)
         if snapshot is None:
             return
-        view = self._view(state, snapshot)
+        view = self._view(state, snapshot, self.settings.absent_listeners)
         if view.version != version_info:
             return
         state.sent, state.sent_resources, state.acked = view.versions, view.resources, view.versions
         state.sent_version = state.acked_version = version_info
         state.responded = True
+        # The client holds exactly what an answer to its subscription would
+        # carry: no answer is owed (the full-state resubscribe rule in
+        # build_response would otherwise push, unACKed, leaving it STALE).
+        state.resubscribed = False
         self.log.info("xds_resume_in_sync", type_url=state.type_url, version=version_info)
 
     @staticmethod
-    def _view(state: TypeState, snapshot: Snapshot) -> _View:
-        """Everything of the type for a wildcard; for named types only the
+    def _view(state: TypeState, snapshot: Snapshot, absent: bool = False) -> _View:
+        """The wildcard view of the type (plus any names asked for besides,
+        for resources served by name only); for named types only the
         requested names that exist (names not yet present are sent once
         they appear; a removed EDS/RDS resource is simply not sent)."""
         type_url = state.type_url
         if state.wildcard:
-            return _View(
-                snapshot.get(type_url),
-                snapshot.versions(type_url),
-                snapshot.type_version(type_url),
-                shared=True,
-            )
+            hidden = snapshot.named_only.get(type_url)
+            if not hidden or not (state.names_key & hidden):
+                return _View(
+                    snapshot.wildcard(type_url),
+                    snapshot.versions(type_url),
+                    snapshot.type_version(type_url),
+                    shared=True,
+                )
+            extra = snapshot.named_view(type_url, state.names_key & hidden).resources
+            resources = {**snapshot.wildcard(type_url), **extra}
+            versions = {n: r.version for n, r in resources.items()}
+            return _View(resources, versions, view_version(resources.values()), shared=False)
         view = snapshot.named_view(type_url, state.names_key)
+        if type_url == LISTENER and absent and len(view.resources) < len(state.names_key):
+            # gRPC clients need a Listener to fail fast on (see absent.py).
+            resources = dict(view.resources)
+            for name in sorted(state.names_key - view.resources.keys()):
+                resources[name] = absent_listener(name)
+            versions = {n: r.version for n, r in resources.items()}
+            return _View(resources, versions, view_version(resources.values()), shared=False)
         return _View(view.resources, view.versions, view.version, shared=False, body=view.body)
 
     def build_response(self, state: TypeState, snapshot: Snapshot) -> bytes | None:
-        view = self._view(state, snapshot)
+        view = self._view(state, snapshot, self.settings.absent_listeners)
         if state.type_url in _FULL_STATE:
             view = self._hold_removals(state, view, snapshot)
         # Endpoints of clusters updated in this round are resent even when
         # unchanged: Envoy keeps an updated cluster warming until it has them.
         refresh = bool(self.take_eds_refresh(state) & view.resources.keys())
+        full_state = state.type_url in WILDCARD_TYPES
+        # A full-state type (LDS, CDS) answers every subscription change, even
+        # with the content it sent before: a requested name absent from the
+        # response tells the client at once that it does not exist (gRPC's
+        # xDS client would otherwise wait out its 15 s does-not-exist timer).
+        resubscribed, state.resubscribed = state.resubscribed, False
         # Nothing new: same content as the last response (or adopted state).
-        if state.responded and view.version == state.sent_version and not refresh:
+        if (
+            state.responded
+            and view.version == state.sent_version
+            and not refresh
+            and not (full_state and resubscribed)
+        ):
             return None
-        # Named types: an empty answer to names that do not exist yet says
-        # nothing; wait until they appear.
-        if not view.resources and not state.responded and not state.wildcard:
+        # EDS/RDS: an empty answer to names that do not exist yet says
+        # nothing (absence is not deletion there); wait until they appear.
+        if not view.resources and not state.responded and not state.wildcard and not full_state:
             return None
         if view.shared:
             body = snapshot.wildcard_body(state.type_url)  # encoded once, shared

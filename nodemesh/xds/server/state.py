@@ -67,6 +67,9 @@ class TypeState:
     # cluster removal can re-send the cluster it still needs.
     sent_resources: Mapping[str, EncodedResource] = field(default_factory=dict)
     sent_version: str = ""
+    # SotW: the subscription changed since the last response; full-state
+    # types answer it even when the content is the same.
+    resubscribed: bool = False
     nonce: str = ""
     responded: bool = False
     inflight: OrderedDict[str, Inflight] = field(default_factory=OrderedDict)
@@ -96,6 +99,8 @@ class TypeState:
         return self.sent
 
     def subscribed(self, name: str) -> bool:
+        """Whether `name` is asked for (a wildcard asks for every name; the
+        server leaves out names it serves by name only)."""
         return self.wildcard or name in self.names
 
     def remember(self, inflight: Inflight) -> None:

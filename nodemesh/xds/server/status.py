@@ -91,8 +91,8 @@ def type_status(state: TypeState, snapshot: Snapshot | None) -> TypeStatus:
     """Frozen view of one type of one stream against the current snapshot."""
     resources = snapshot.get(state.type_url) if snapshot is not None else {}
     names = set(state.sent) | set(state.names)
-    if state.wildcard:
-        names |= resources.keys()
+    if state.wildcard and snapshot is not None:
+        names |= snapshot.wildcard(state.type_url).keys()
     nack = state.nack
     return TypeStatus(
         type_url=state.type_url,

@@ -46,6 +46,7 @@ from nodemesh.xds.server.callbacks import (
     truncate_detail,
 )
 from nodemesh.xds.server.errors import ClientTooSlow, XdsServerError
+from nodemesh.xds.server.identity import NodeIdentityRule, check_node_identity
 from nodemesh.xds.server.limits import check_name_bound, check_type_url, checked_node
 from nodemesh.xds.server.state import Inflight, TypeState
 from nodemesh.xds.vocab import DEFAULT_PUSH_DELAY
@@ -69,6 +70,11 @@ class StreamSettings:
         within this time is disconnected rather than buffered for.
     max_names: bound on resource names one stream may subscribe to, across
         types; beyond it the stream fails with RESOURCE_EXHAUSTED.
+    absent_listeners: a SotW LDS subscription to a name that does not exist
+        also gets a stand-in Listener that fails gRPC calls at once (gRPC
+        clients wait 15 s otherwise; see absent.py).
+    node_identity: when set, a TLS client's node.id must be one its
+        certificate names (identity.py); PERMISSION_DENIED otherwise.
     max_other_types: bound on type URLs this server does not know (not in
         `nodemesh.xds.vocab.SHORT_NAMES`) one stream may ask for; each costs
         per-stream state, so a client inventing them fails with
@@ -83,6 +89,8 @@ class StreamSettings:
     coalesce_delay: float = DEFAULT_PUSH_DELAY
     send_timeout: float = 30.0
     max_names: int = 100_000
+    absent_listeners: bool = True
+    node_identity: NodeIdentityRule | None = None
     max_other_types: int = 16
     max_type_url_length: int = 512
     max_node_id_length: int = 1024
@@ -229,6 +237,7 @@ class AdsStream(ABC):
 
     def _bind_node(self, request: Any) -> None:
         node = checked_node(request, self.settings)
+        check_node_identity(self.settings.node_identity, node.id, self._context, self.log)
         self.node = node
         self.node_key = self.source.node_key(node)
         self.log = self.log.bind(node_id=node.id, node_key=self.node_key)
@@ -423,9 +432,11 @@ class AdsStream(ABC):
     def desired_versions(state: TypeState, snapshot: Snapshot) -> dict[str, str]:
         """name -> version the client should hold for `state`'s subscription."""
         resources = snapshot.get(state.type_url)
+        wanted: dict[str, str] = {}
         if state.wildcard:
-            return {n: r.version for n, r in resources.items()}
-        return {n: resources[n].version for n in state.names if n in resources}
+            wanted = {n: r.version for n, r in snapshot.wildcard(state.type_url).items()}
+        wanted.update((n, resources[n].version) for n in state.names if n in resources)
+        return wanted
 
     # -- cluster warming ------------------------------------------------------------
 

@@ -21,7 +21,9 @@ class TranslateOptions:
     original destination (the datapath must provide it). `connect_timeout_ms`
     bounds Envoy's upstream connects to service backends. `access_log_socket`,
     when set, gives every redirect listener a gRPC access log streaming to the
-    node agent on that Unix socket (`access_log.py`).
+    node agent on that Unix socket (`access_log.py`). `proxyless_domain` is
+    the cluster domain of the `xds:///<svc>.<ns>.svc.<domain>:<port>`
+    targets served to proxyless gRPC clients (None: none are served).
     """
 
     listener_address: str = "127.0.0.1"
@@ -31,6 +33,7 @@ class TranslateOptions:
     stat_prefix: str = "nodemesh"
     connect_timeout_ms: int = 5000
     access_log_socket: str | None = None
+    proxyless_domain: str | None = "cluster.local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,10 @@ def _empty() -> Mapping[str, Mapping[str, Message]]:
     return MappingProxyType({})
 
 
+def _empty_names() -> Mapping[str, frozenset[str]]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Translation:
     """Envoy resources for one model version.
@@ -71,6 +78,11 @@ class Translation:
     rejected; for a CEC that had a good translation before, that one is still
     in `resources` (its errors say kept_previous). `last_good` is that memory,
     per CEC, for `translate(..., previous=)`.
+
+    `named_only` maps a type URL to the names in `resources` that are served
+    only to clients asking for them by name (the proxyless gRPC targets, and
+    service clusters only they use): a wildcard subscription (the node
+    Envoy's LDS and CDS) does not include them.
     """
 
     model_version: str
@@ -78,3 +90,18 @@ class Translation:
     errors: tuple[ObjectError, ...] = ()
     warnings: tuple[ObjectWarning, ...] = ()
     last_good: Mapping[ObjectRef, ConfigOutput] = field(default_factory=dict)
+    named_only: Mapping[str, frozenset[str]] = field(default_factory=_empty_names)
+
+    def wildcard_resources(self) -> Mapping[str, Mapping[str, Message]]:
+        """What a wildcard subscriber (the node Envoy) holds of `resources`:
+        everything but the names served by name only."""
+        if not self.named_only:
+            return self.resources
+        return MappingProxyType(
+            {
+                type_url: MappingProxyType(
+                    {n: m for n, m in named.items() if n not in self.named_only.get(type_url, ())}
+                )
+                for type_url, named in self.resources.items()
+            }
+        )

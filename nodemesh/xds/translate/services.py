@@ -16,7 +16,7 @@ from operator import attrgetter
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2, health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2
 
@@ -130,11 +130,17 @@ def build_load_assignment(
     name: str, backends: tuple[BackendAddress, ...]
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """Endpoints in a stable order (sorted), so equal input encodes equally.
-    Not ready and not serving backends are left out."""
+    Not ready and not serving backends are left out.
+
+    Endpoints are grouped by their EndpointSlice zone, one locality each
+    (sorted; no zone given: an empty locality), weighted by how many
+    endpoints it holds so every endpoint gets an equal share. gRPC's xDS
+    client drops localities without a `load_balancing_weight`; Envoy ignores
+    the weights unless a cluster asks for locality-weighted balancing."""
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     if not backends:
         return assignment
-    add = assignment.endpoints.add().lb_endpoints.add
+    groups: dict[str, endpoint_components_pb2.LocalityLbEndpoints] = {}
     for backend in sorted(backends, key=_ORDER):
         if backend.ready:
             health = _HEALTHY
@@ -142,9 +148,18 @@ def build_load_assignment(
             health = _DRAINING
         else:
             continue
-        entry = add()
+        zone = backend.zone or ""
+        group = groups.get(zone)
+        if group is None:
+            group = groups[zone] = endpoint_components_pb2.LocalityLbEndpoints()
+            group.locality.zone = zone
+        entry = group.lb_endpoints.add()
         socket = entry.endpoint.address.socket_address
         socket.address = backend.address
         socket.port_value = backend.port
         entry.health_status = health
+    for zone in sorted(groups):
+        group = groups[zone]
+        group.load_balancing_weight.value = len(group.lb_endpoints)
+        assignment.endpoints.append(group)
     return assignment

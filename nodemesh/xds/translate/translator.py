@@ -33,6 +33,7 @@ from nodemesh.xds.translate.access_log import ALS_CLUSTER, als_cluster
 from nodemesh.xds.translate.configs import ConfigStage, ConfigStageBuilder
 from nodemesh.xds.translate.endpoints import EndpointStage, endpoint_stage
 from nodemesh.xds.translate.metrics import RESOURCES, STAGES, TRANSLATE_SECONDS
+from nodemesh.xds.translate.proxyless import ProxylessBuilder, ProxylessStage, same_messages
 from nodemesh.xds.translate.redirects import RedirectBuilder
 from nodemesh.xds.translate.result import ConfigOutput, TranslateOptions, Translation
 
@@ -63,6 +64,10 @@ class Translator:
         self._extra_clusters: Mapping[str, Message] = (
             {ALS_CLUSTER: als_cluster(socket)} if socket is not None else {}
         )
+        # The last few joined listener/route mappings, by their inputs.
+        self._joins: list[tuple[tuple[object, ...], Mapping[str, Message]]] = []
+        domain = self.options.proxyless_domain
+        self._proxyless = ProxylessBuilder(domain) if domain else None
 
     def translate(self, model: MeshModel) -> Translation:
         """Not thread-safe: one Translator serves one sequence of models."""
@@ -96,8 +101,12 @@ class Translator:
         configs = ConfigStageBuilder(model, self.options, self._configs, self._last_good).build()
         previous_redirects, previous_endpoints = self._redirects.previous, self._endpoints
         redirects = self._redirects.build(model, configs)
+        proxyless = ProxylessStage(needed=redirects.needed)
+        if self._proxyless is not None:
+            route_maps = (configs.resources[registry.ROUTE], redirects.routes)
+            proxyless = self._proxyless.build(model, route_maps, redirects.needed)
         endpoints = endpoint_stage(
-            model, redirects.needed, self._endpoints, self.options.connect_timeout_ms
+            model, proxyless.needed, self._endpoints, self.options.connect_timeout_ms
         )
         STAGES.labels(stage="redirects", mode=_mode(redirects is previous_redirects)).inc()
         patched = (
@@ -113,10 +122,15 @@ class Translator:
                 else endpoints.clusters,
             ),
             registry.ENDPOINT: _merged(configs.resources[registry.ENDPOINT], endpoints.assignments),
-            registry.LISTENER: _merged(
-                configs.resources[registry.LISTENER], redirects.listeners, redirects.unbound
+            registry.LISTENER: self._joined(
+                configs.resources[registry.LISTENER],
+                redirects.listeners,
+                proxyless.listeners,
+                redirects.unbound,
             ),
-            registry.ROUTE: _merged(configs.resources[registry.ROUTE], redirects.routes),
+            registry.ROUTE: self._joined(
+                configs.resources[registry.ROUTE], redirects.routes, proxyless.routes
+            ),
         }
         return Translation(
             model_version=model.version,
@@ -124,7 +138,28 @@ class Translator:
             errors=(*configs.errors, *redirects.errors),
             warnings=(*configs.warnings, *redirects.warnings),
             last_good=MappingProxyType(dict(configs.last_good)),
+            named_only=MappingProxyType(dict(proxyless.named_only)),
         )
+
+    def _joined(
+        self,
+        first: Mapping[str, Message],
+        second: Mapping[str, Message],
+        third: Mapping[str, Message],
+        without: AbstractSet[str] = frozenset(),
+    ) -> Mapping[str, Message]:
+        """`_merged(first, second + third)`; the very same mapping as last
+        round when all inputs are the same objects (an endpoint change then
+        walks no listener or route)."""
+        inputs = (first, second, third, without)
+        for known, joined in self._joins:
+            if known[3] is without and all(
+                map(same_messages, known[:3], inputs[:3])  # type: ignore[arg-type]
+            ):
+                return joined
+        joined = _merged(first, {**second, **third}, without)
+        self._joins = [*self._joins[-3:], (inputs, joined)]
+        return joined
 
 
 def _mode(reused: bool) -> str:

@@ -70,9 +70,12 @@ def static_bootstrap(translation: Translation, admin_port: int = 0) -> bootstrap
     if admin_port:
         socket = bootstrap.admin.address.socket_address
         socket.address, socket.port_value = "127.0.0.1", admin_port
-    for cluster in translation.resources[CLUSTER].values():
+    # What the node Envoy holds: its wildcard LDS/CDS leave out what is
+    # served to proxyless gRPC clients by name only.
+    envoy_gets = translation.wildcard_resources()
+    for cluster in envoy_gets[CLUSTER].values():
         bootstrap.static_resources.clusters.append(_static_cluster(cluster, translation))
-    for listener in translation.resources[LISTENER].values():
+    for listener in envoy_gets[LISTENER].values():
         bootstrap.static_resources.listeners.append(_inline_routes(listener, translation))
     return bootstrap
 

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.route.v3 import route_pb2
 
 from nodemesh.model.store import MeshStore
 from nodemesh.xds.translate import ROUTE, translate
 from nodemesh.xds.translate.constraints import check_constraints
+from tests.support.protos import narrow
 from tests.xds.translate.envoy_static import envoy_validate, static_bootstrap, write_bootstrap
 
 pytestmark = pytest.mark.envoy
@@ -193,11 +195,21 @@ def test_every_route_feature_is_accepted_by_envoy(tmp_path: Path) -> None:
     model = store.build()
     translation = translate(model)
     assert translation.errors == ()
-    routes = translation.resources[ROUTE]
+    # The node Envoy's routes (proxyless targets are served by name only).
+    routes = translation.wildcard_resources()[ROUTE]
     assert set(routes) == {
         "nodemesh/gamma/shop/cart/80",
         "nodemesh/gamma/shop/cart/80/consumer/web",
     }
+    # A proxyless gRPC client of cart gets the producer routes under its target.
+    target = narrow(
+        translation.resources[ROUTE]["cart.shop.svc.cluster.local:80"],
+        route_pb2.RouteConfiguration,
+    )
+    producer = narrow(routes["nodemesh/gamma/shop/cart/80"], route_pb2.RouteConfiguration)
+    assert [list(h.routes) for h in target.virtual_hosts] == [
+        list(h.routes) for h in producer.virtual_hosts
+    ]
     for name, config in routes.items():  # every protoc-gen-validate rule the checker knows
         assert list(check_constraints(config)) == [], name
     result = envoy_validate(write_bootstrap(static_bootstrap(translation), tmp_path / "gamma.json"))

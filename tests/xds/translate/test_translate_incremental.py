@@ -85,7 +85,8 @@ def _stage(stage: str, mode: str) -> float:
 
 
 def test_metrics_show_what_each_round_reused() -> None:
-    translator = Translator()
+    # Node Envoy resources only: no proxyless targets (one Listener per port).
+    translator = Translator(TranslateOptions(proxyless_domain=None))
     v1 = m.canary_model()
     translator.translate(v1)
     reused, patched = _stage("redirects", "reused"), _stage("endpoints", "patched")

@@ -161,8 +161,11 @@ def test_deleted_config_takes_its_resources_and_memory_along() -> None:
     translator.translate(m.canary_model())
     empty = replace(m.canary_model(), envoy_configs=(), redirects=())
     translation = translator.translate(empty)
-    assert not translation.resources[ROUTE] and not translation.resources[LISTENER]
+    envoy = translation.wildcard_resources()
+    assert not envoy[ROUTE] and not envoy[LISTENER]
     assert not translation.last_good
+    # What is left is served to proxyless clients by name: plain routes to each Service.
+    assert translation.resources[ROUTE].keys() == translation.named_only[ROUTE]
 
 
 def test_node_selector_picks_configs_for_this_node() -> None:
@@ -311,8 +314,11 @@ def test_backend_services_feed_eds_for_their_ports() -> None:
         backends=MappingProxyType(backends),
     )
     translation = translate(model)
-    assert "default/multi:9090" in translation.resources[CLUSTER]
-    assert "default/multi:80" not in translation.resources[CLUSTER]
+    envoy = translation.wildcard_resources()
+    assert "default/multi:9090" in envoy[CLUSTER]
+    assert "default/multi:80" not in envoy[CLUSTER]
+    # Proxyless gRPC clients may ask for port 80 by name.
+    assert "default/multi:80" in translation.named_only[CLUSTER]
     assignment = narrow(
         translation.resources[ENDPOINT]["default/multi:9090"], endpoint_pb2.ClusterLoadAssignment
     )

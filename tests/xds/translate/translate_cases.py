@@ -32,6 +32,10 @@ def render(translation: Translation) -> dict[str, Any]:
         "resources": resources,
         "errors": sorted(str(e) for e in translation.errors),
         "warnings": sorted(str(w) for w in translation.warnings),
+        "named_only": {
+            url.rpartition(".")[2]: sorted(names)
+            for url, names in sorted(translation.named_only.items())
+        },
     }
 
 
