@@ -162,6 +162,13 @@ class SotwStream(AdsStream):
         # response tells the client at once that it does not exist (gRPC's
         # xDS client would otherwise wait out its 15 s does-not-exist timer).
         resubscribed, state.resubscribed = state.resubscribed, False
+        if not full_state and not state.wildcard and not state.names:
+            # EDS/RDS with no names left: the client unsubscribed from the
+            # type. Nothing is owed, and Envoy does not answer a response for
+            # a type it no longer watches, so one would stay unACKed for ever
+            # (status "pending"). It holds nothing of the type now.
+            state.forget_all()
+            return None
         # Nothing new: same content as the last response (or adopted state).
         if (
             state.responded

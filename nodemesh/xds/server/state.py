@@ -98,6 +98,16 @@ class TypeState:
             self.sent = dict(self.sent)
         return self.sent
 
+    def forget_all(self) -> None:
+        """The client unsubscribed from every name of a named type: it holds
+        nothing of it and owes no answer to responses still in flight."""
+        self.sent, self.acked = {}, {}
+        self.sent_resources = {}
+        self.sent_version = self.acked_version = ""
+        self.inflight.clear()
+        self.responded = False
+        self.nack = None
+
     def subscribed(self, name: str) -> bool:
         """Whether `name` is asked for (a wildcard asks for every name; the
         server leaves out names it serves by name only)."""
