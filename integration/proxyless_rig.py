@@ -13,11 +13,8 @@ integration/proxyless/grpcio_client.py.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +29,7 @@ import yaml
 from integration.local_mesh import private_loopback
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
 from nodemesh.xds.translate import TranslateOptions
+from tests.support.gobuild import go_program
 
 HERE = Path(__file__).parent / "proxyless"
 GRPCGO_SOURCE = HERE / "grpcgo"
@@ -244,22 +242,7 @@ def grpcio_client(target: str, bootstrap_path: Path, timeout: float = 5.0) -> Cl
 def grpcgo_binary() -> Path:
     """grpc-go's client, built from the module proxy (pinned by go.mod/go.sum)
     into a cache keyed by the sources and the Go version; never committed."""
-    go = shutil.which("go")
-    if go is None:
-        raise AssertionError("Go is not installed (scripts/bootstrap.sh installs golang-go)")
-    version = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=True)
-    digest = hashlib.sha256(version.stdout.encode())
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((GRPCGO_SOURCE / name).read_bytes())
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    out = Path(base) / "nodemesh" / "go" / f"grpcgo-{digest.hexdigest()[:16]}" / "grpcgo"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        env = {**os.environ, "GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "auto"}
-        subprocess.run([go, "build", "-o", str(tmp), "."], cwd=GRPCGO_SOURCE, env=env, check=True)
-        tmp.replace(out)  # atomic: a concurrent run never sees half a binary
-    return out
+    return go_program(GRPCGO_SOURCE, "grpcgo")
 
 
 def grpcgo_client(target: str, bootstrap_path: Path, timeout: float = 5.0) -> ClientProcess:

@@ -27,10 +27,8 @@ Usage: .venv/bin/python -m bench.peers.compare [--streams 1000 10000]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,7 @@ from typing import IO, Any
 from bench.ads_fanout import mesh, worker
 from bench.peers.export import export
 from nodemesh.xds.cache import CLUSTER, ENDPOINT
+from tests.support.gobuild import GoBuildError, go_program
 
 HERE = Path(__file__).parent
 GCP_SOURCE = HERE / "gcp"
@@ -53,22 +52,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def gcp_binary() -> Path:
     """go-control-plane's peer, built into a cache keyed by sources and Go."""
-    go = shutil.which("go")
-    if go is None:
-        raise SystemExit("Go is not installed (scripts/bootstrap.sh installs golang-go)")
-    version = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=True)
-    digest = hashlib.sha256(version.stdout.encode())
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((GCP_SOURCE / name).read_bytes())
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    out = Path(base) / "nodemesh" / "go" / f"gcp-{digest.hexdigest()[:16]}" / "gcp"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        env = {**os.environ, "GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "auto"}
-        subprocess.run([go, "build", "-o", str(tmp), "."], cwd=GCP_SOURCE, env=env, check=True)
-        tmp.replace(out)
-    return out
+    return go_program(GCP_SOURCE, "gcp")
 
 
 class Peer:
@@ -257,6 +241,13 @@ def report(results: list[Result], args: Any) -> None:
             print(f"{r.server}@{r.streams}: FAILED: {r.failure}")
 
 
+def _built_or_exit() -> Path:
+    try:
+        return gcp_binary()
+    except GoBuildError as error:
+        raise SystemExit(str(error)) from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--streams", type=int, nargs="+", default=[1000, 10000])
@@ -276,7 +267,7 @@ def main() -> int:
             "--coalesce",
             str(args.coalesce),
         ],
-        "go-control-plane": [str(gcp_binary())],
+        "go-control-plane": [str(_built_or_exit())],
     }
     with tempfile.TemporaryDirectory() as tmp:
         files = [export(mesh(args.services), "v0", Path(tmp) / "v0.json")]
