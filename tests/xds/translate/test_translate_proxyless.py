@@ -157,3 +157,16 @@ def test_endpoint_slice_zone_becomes_the_locality(tmp_path: Path) -> None:
         ("eu-1a", 1),
         ("eu-1b", 1),
     ]
+
+
+def test_a_gamma_route_reaches_the_target_of_its_parent_service() -> None:
+    """The article's canary written as an HTTPRoute on the Service (GAMMA):
+    a proxyless client of the Service gets the route's split."""
+    store = MeshStore()
+    FileSource(Path("examples/canary-httproute"), store, source_name="test").load()
+    translation = translate(store.build())
+    route = narrow(translation.resources[ROUTE][TARGET], route_pb2.RouteConfiguration)
+    [host] = route.virtual_hosts  # GAMMA routes match any host ("*")
+    [rule] = [r for r in host.routes if r.route.HasField("weighted_clusters")]
+    weights = {c.name: c.weight.value for c in rule.route.weighted_clusters.clusters}
+    assert weights == {"default/httpbin-v1": 90, "default/httpbin-v2": 10}
