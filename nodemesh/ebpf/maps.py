@@ -32,6 +32,16 @@ class PinnedMap(Generic[K, V]):
         fd = libbpf.lib().bpf_obj_get(str(path).encode())
         self.fd = libbpf.check(fd, f"open pinned map {path}", MapError)
 
+    def map_id(self) -> int:
+        """The kernel's id of the map behind the pin: a new map (re-created
+        pins) has a new id, so callers can tell whether a cached copy of its
+        contents still describes it."""
+        info = (ctypes.c_uint32 * 2)()  # struct bpf_map_info: type, id, ...
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        ret = libbpf.lib().bpf_obj_get_info_by_fd(self.fd, ctypes.byref(info), ctypes.byref(size))
+        libbpf.check(ret, f"{self.name}: read map info", MapError)
+        return int(info[1])
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

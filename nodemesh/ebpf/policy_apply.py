@@ -16,6 +16,7 @@ runs. A plan that would overflow a map is refused before the first write.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
 from collections.abc import Iterator
@@ -30,17 +31,14 @@ from nodemesh.ebpf.errors import PlanTooLarge
 from nodemesh.ebpf.maps import PinnedMap
 from nodemesh.ebpf.mirrors import (
     U32,
-    U64,
-    IdentityValue,
     IpcacheKey,
     Mirror,
     PolicyConfig,
     PolicyKey,
-    PolicyValue,
     ip_be,
     port_be,
 )
-from nodemesh.ebpf.policy_plan import PolicyPlan
+from nodemesh.ebpf.policy_plan import EntryKey, EntryValue, PolicyPlan
 
 log = structlog.get_logger("nodemesh.ebpf.policy")
 
@@ -57,15 +55,22 @@ class PolicyApplyResult:
     unresolved: tuple[str, ...] = ()
 
 
+# Map name -> key -> value, both as their mirrors' `as_tuple()`: what is
+# pinned and what a plan wants, compared without building a ctypes struct
+# per entry (only the entries that change get one).
+State = dict[str, dict[tuple[int, ...], tuple[int, ...]]]
+MAPS = ("ipcache", "policy", "endpoints")
+
+
 @dataclass(frozen=True, slots=True)
 class _Op:
     map: str
-    key: Mirror
-    value: Mirror | None
+    key: tuple[int, ...]
+    value: tuple[int, ...] | None
 
     def __str__(self) -> str:
         verb = "del" if self.value is None else "put"
-        return f"{verb} {self.map} {self.key.as_tuple()}"
+        return f"{verb} {self.map} {self.key}"
 
 
 def ipcache_key(prefix: str) -> IpcacheKey:
@@ -73,16 +78,29 @@ def ipcache_key(prefix: str) -> IpcacheKey:
     return IpcacheKey(prefixlen=net.prefixlen, addr_be=ip_be(str(net.network_address)))
 
 
+# Prefix text -> IpcacheKey tuple. Parsing a prefix is the dearest step of
+# a plan's ipcache (microseconds each), and pod IPs change rarely.
+_PREFIXES: dict[str, tuple[int, ...]] = {}
+
+
+def _ipcache_tuple(prefix: str) -> tuple[int, ...]:
+    found = _PREFIXES.get(prefix)
+    if found is None:
+        if len(_PREFIXES) > 4 * pinned.IPCACHE.capacity:
+            _PREFIXES.clear()
+        found = _PREFIXES[prefix] = ipcache_key(prefix).as_tuple()
+    return found
+
+
 def policy_key(key: tuple[int, int, int, int, int, int]) -> PolicyKey:
+    return PolicyKey(*_policy_tuple(key))
+
+
+def _policy_tuple(key: tuple[int, int, int, int, int, int]) -> tuple[int, ...]:
+    """PolicyKey's fields in order (pads 0): prefixlen, subject, direction,
+    proto, pad, remote, port (network order), pad2."""
     subject, direction, proto, remote, port, bits = key
-    return PolicyKey(
-        prefixlen=FIXED_BITS + bits,
-        subject=subject,
-        direction=direction,
-        proto=proto,
-        remote=remote,
-        port_be=port_be(port),
-    )
+    return (FIXED_BITS + bits, subject, direction, proto, 0, remote, port_be(port), 0)
 
 
 def cgroup_ids(pods: PodCgroups, pod: str) -> list[int]:
@@ -104,91 +122,125 @@ def cgroup_ids(pods: PodCgroups, pod: str) -> list[int]:
 
 
 def desired(
-    plan: PolicyPlan, pods: PodCgroups
-) -> tuple[dict[str, dict[tuple[int, ...], tuple[Mirror, Mirror]]], list[str]]:
-    """Map name -> key tuple -> (key, value), and the endpoints with no cgroup here."""
-    ipc: dict[tuple[int, ...], tuple[Mirror, Mirror]] = {}
-    for prefix, (identity, flags) in plan.ipcache.items():
-        k = ipcache_key(prefix)
-        ipc[k.as_tuple()] = (k, IdentityValue(identity=identity, flags=flags))
-    pol: dict[tuple[int, ...], tuple[Mirror, Mirror]] = {}
-    for key, (verdict, pid) in plan.entries.items():
-        pk = policy_key(key)
-        pol[pk.as_tuple()] = (pk, PolicyValue(policy_id=pid, verdict=verdict))
-    eps: dict[tuple[int, ...], tuple[Mirror, Mirror]] = {}
+    plan: PolicyPlan, pods: PodCgroups, policy: dict[tuple[int, ...], tuple[int, ...]] | None = None
+) -> tuple[State, list[str]]:
+    """What the maps should hold for `plan`, and the endpoints with no cgroup
+    here. `policy`: the state of `plan.entries`, if already known."""
+    ipc: dict[tuple[int, ...], tuple[int, ...]] = {
+        _ipcache_tuple(prefix): value for prefix, value in plan.ipcache.items()
+    }
+    pol = _policy_state(plan.entries) if policy is None else policy
+    eps: dict[tuple[int, ...], tuple[int, ...]] = {}
     unresolved = []
     for name, ep in plan.endpoints.items():
         ids = cgroup_ids(pods, name)
         if not ids:
             unresolved.append(name)
         for cg in ids:
-            k64 = U64(cg)
-            eps[k64.as_tuple()] = (k64, IdentityValue(identity=ep.identity, flags=ep.flags))
+            eps[(cg,)] = (ep.identity, ep.flags)
     return {"ipcache": ipc, "policy": pol, "endpoints": eps}, unresolved
 
 
-def _current(m: PinnedMap[Mirror, Mirror]) -> dict[tuple[int, ...], tuple[Mirror, Mirror]]:
-    return m.items()
+def _policy_state(entries: dict[EntryKey, EntryValue]) -> dict[tuple[int, ...], tuple[int, ...]]:
+    # PolicyValue: policy id, verdict, pad.
+    return {_policy_tuple(k): (pid, verdict, 0) for k, (verdict, pid) in entries.items()}
 
 
-def iter_ops(
-    want: dict[str, dict[tuple[int, ...], tuple[Mirror, Mirror]]],
-    have: dict[str, dict[tuple[int, ...], tuple[Mirror, Mirror]]],
-) -> Iterator[_Op]:
-    for name in ("ipcache", "policy", "endpoints"):
-        for kt, (k, v) in sorted(want[name].items()):
-            cur = have[name].get(kt)
-            if cur is None or cur[1].as_tuple() != v.as_tuple():
-                yield _Op(name, k, v)
+def iter_ops(want: State, have: State) -> Iterator[_Op]:
+    for name in MAPS:
+        here = have[name]
+        changed = [kt for kt, v in want[name].items() if here.get(kt) != v]
+        for kt in sorted(changed):
+            yield _Op(name, kt, want[name][kt])
     for name in ("policy", "endpoints", "ipcache"):
         for kt in sorted(set(have[name]) - set(want[name])):
-            yield _Op(name, have[name][kt][0], None)
+            yield _Op(name, kt, None)
 
 
 SPECS = {"ipcache": pinned.IPCACHE, "policy": pinned.POLICY, "endpoints": pinned.ENDPOINTS}
 
 
-def check_capacity(
-    want: dict[str, dict[tuple[int, ...], tuple[Mirror, Mirror]]],
-    have: dict[str, dict[tuple[int, ...], tuple[Mirror, Mirror]]],
-) -> None:
+def check_capacity(want: State, have: State) -> None:
     """Adds land before deletes: the peak is what is pinned plus what is new."""
     for name, spec in SPECS.items():
-        peak = len(have[name]) + len(set(want[name]) - set(have[name]))
+        here = have[name]
+        peak = len(here) + sum(1 for kt in want[name] if kt not in here)
         if peak > spec.capacity:
             raise PlanTooLarge(
                 f"{spec.name} would need {peak} entries during the update but holds "
                 f"{spec.capacity}; nothing was written"
             )
-    if (
-        len(want["policy"])
-        and max(v[1].as_tuple()[0] for v in want["policy"].values()) >= pinned.POLICY_STATS.capacity
+    if len(want["policy"]) and max(v[0] for v in want["policy"].values()) >= (
+        pinned.POLICY_STATS.capacity
     ):
         raise PlanTooLarge(
             f"more than {pinned.POLICY_STATS.capacity - 1} policies; nothing was written"
         )
 
 
+def _mirror(cls: type[Mirror], values: tuple[int, ...]) -> Mirror:
+    """A mirror from its `as_tuple()` (array fields, pads only, stay zero)."""
+    out = cls()
+    for (field_name, ctype, *_), value in zip(cls._fields_, values, strict=True):
+        if not issubclass(ctype, ctypes.Array):
+            setattr(out, field_name, value)
+    return out
+
+
+@dataclass
+class _Applied:
+    """What this process last wrote to one pin directory's policy maps, so
+    the next plan is diffed in memory instead of against a read of every
+    pinned entry (a syscall or two each). Valid while the maps are the same
+    kernel objects (their ids) and nothing else writes them: the agent is
+    their only writer; a restarted agent starts from the pins again."""
+
+    map_ids: tuple[int, ...]
+    state: State
+    entries: dict[EntryKey, EntryValue]  # the plan's, whose state is state["policy"]
+
+
+_APPLIED: dict[Path, _Applied] = {}
+
+
+def _want(plan: PolicyPlan, pods: PodCgroups, last: _Applied | None) -> tuple[State, list[str]]:
+    # The compiler hands back the same entries object when nothing they
+    # depend on changed (policy_plan.Compiler): their state is reused.
+    if last is not None and plan.entries is last.entries:
+        return desired(plan, pods, last.state["policy"])
+    return desired(plan, pods)
+
+
 def apply(plan: PolicyPlan, maps_dir: Path, pods: PodCgroups) -> PolicyApplyResult:
-    """Bring the pinned policy maps to `plan`, starting from what they hold."""
-    want, unresolved = desired(plan, pods)
-    result = PolicyApplyResult(plan.model_version, unresolved=tuple(sorted(unresolved)))
-    result.endpoints = len(plan.endpoints) - len(unresolved)
+    """Bring the pinned policy maps to `plan`, starting from what they hold
+    (what this process last wrote there, if those maps are still pinned)."""
+    result = PolicyApplyResult(plan.model_version)
     with (
         pinned.open_map(maps_dir, pinned.IPCACHE) as ipc,
         pinned.open_map(maps_dir, pinned.POLICY) as pol,
         pinned.open_map(maps_dir, pinned.ENDPOINTS) as eps,
     ):
         maps = {"ipcache": ipc, "policy": pol, "endpoints": eps}
-        have = {name: _current(m) for name, m in maps.items()}
+        ids = tuple(m.map_id() for m in maps.values())
+        last = _APPLIED.pop(maps_dir, None)
+        if last is not None and last.map_ids != ids:
+            last = None
+        want, unresolved = _want(plan, pods, last)
+        have = last.state if last is not None else _pinned_state(maps)
         check_capacity(want, have)
         for op in iter_ops(want, have):
+            spec = SPECS[op.map]
             if op.value is None:
-                maps[op.map].delete(op.key)
+                maps[op.map].delete(_mirror(spec.key, op.key))
                 result.deletes += 1
             else:
-                maps[op.map].update(op.key, op.value)
+                maps[op.map].update(_mirror(spec.key, op.key), _mirror(spec.value, op.value))
                 result.writes += 1
+        # Only after every write went in: a failed update leaves no cache,
+        # and the next apply reads the pins again.
+        _APPLIED[maps_dir] = _Applied(ids, want, plan.entries)
+    result.unresolved = tuple(sorted(unresolved))
+    result.endpoints = len(plan.endpoints) - len(unresolved)
     log.info(
         "policy applied",
         model_version=plan.model_version,
@@ -198,6 +250,12 @@ def apply(plan: PolicyPlan, maps_dir: Path, pods: PodCgroups) -> PolicyApplyResu
         unresolved=list(result.unresolved),
     )
     return result
+
+
+def _pinned_state(maps: dict[str, PinnedMap[Mirror, Mirror]]) -> State:
+    return {
+        name: {kt: v.as_tuple() for kt, (_k, v) in m.items().items()} for name, m in maps.items()
+    }
 
 
 def set_events_allowed(maps_dir: Path, on: bool) -> None:

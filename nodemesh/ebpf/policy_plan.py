@@ -23,11 +23,11 @@ from __future__ import annotations
 import ipaddress
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from nodemesh.ebpf import identity as ids
-from nodemesh.model.objects import LabelSelector, ObjectWarning, Pod
+from nodemesh.model.objects import LabelSelector, ObjectWarning, Pairs, Pod
 from nodemesh.model.policy import Entity, PolicyRule, PolicySpec, PortRule, identity_labels
 from nodemesh.model.snapshot import MeshModel
 
@@ -95,34 +95,32 @@ def resolve_intervals(items: Iterable[Interval]) -> list[Interval]:
 
 
 class _Compiler:
-    def __init__(self, model: MeshModel, node_name: str, host_ips: Iterable[str], exempt: set[str]):
+    def __init__(
+        self,
+        model: MeshModel,
+        node_name: str,
+        host_ips: Iterable[str],
+        exempt: set[str],
+        memo: _Memo,
+    ):
         self.model = model
         self.node = node_name
         self.exempt = exempt
+        self.memo = memo
         self.warnings: list[ObjectWarning] = []
-        ns_labels = {n.ref.name: dict(n.labels) for n in model.namespaces}
+        ns_labels = {n.ref.name: n.labels for n in model.namespaces}
         live = [p for p in model.pods if p.ips and p.phase not in ("Succeeded", "Failed")]
         # hostNetwork pods and the node Envoy are the host, not endpoints:
         # their addresses are `host` (a hostNetwork pod's IP is the node's),
         # so ingress admits the proxy's upstream connections (allow-localhost).
         hosts = [p for p in live if p.host_network or _key(p) in exempt]
         self.pods = [p for p in live if not (p.host_network or _key(p) in exempt)]
-        self.labels = {
-            _key(p): identity_labels(
-                p.ref.namespace, dict(p.labels), ns_labels.get(p.ref.namespace)
-            )
-            for p in self.pods
-        }
-        numbers = ids.label_identities(self.labels.values())
-        self.pod_id = {k: numbers[ids.canonical(v)] for k, v in self.labels.items()}
-        self.id_labels = {self.pod_id[k]: dict(v) for k, v in self.labels.items()}
-        # (key, value) -> identities with that label: a matchLabels selector
-        # costs a few set intersections, not a pass over every identity
-        # (1,000 policies x 10,000 identities would be 10^8 matches).
-        self.index: dict[tuple[str, str], set[int]] = defaultdict(set)
-        for ident, labels in self.id_labels.items():
-            for pair in labels.items():
-                self.index[pair].add(ident)
+        # pod -> canonical label text (the identity's name), and back.
+        self.canon = {_key(p): memo.labels(p, ns_labels.get(p.ref.namespace)) for p in self.pods}
+        memo.keep_pods(self.canon)
+        self.labelsets = frozenset(self.canon.values())
+        numbers, self.id_labels, self.index = memo.identities(self.labelsets)
+        self.pod_id = {k: numbers[c] for k, c in self.canon.items()}
         self.host_ips = sorted({*host_ips, *(ip for p in hosts for ip in p.ips if _v4(ip))})
         self.pod_ips = {
             ip: self.pod_id[_key(p)]
@@ -130,7 +128,7 @@ class _Compiler:
             for ip in p.ips
             if _v4(ip) and ip not in self.host_ips
         }
-        self.specs = sorted(_specs(model), key=lambda s: s.ref)
+        self.specs = tuple(sorted(_specs(model), key=lambda s: s.ref))
         self.cidr_id = ids.cidr_identities(self._prefixes())
 
     def _prefixes(self) -> set[str]:
@@ -230,6 +228,36 @@ class _Compiler:
     # -- the plan -------------------------------------------------------------
     def compile(self) -> PolicyPlan:
         names = ("default-deny", *(str(s.ref) for s in self.specs))
+        entries, flags, selecting = self.memo.entries(self._entry_inputs(), self._entries)
+        self.selecting = selecting  # for policy_incremental's patches
+        return PolicyPlan(
+            model_version=self.model.version,
+            identities=self.memo.names,
+            ipcache=self._ipcache(flags),
+            endpoints=self._endpoints(flags, selecting),
+            entries=entries,
+            policy_names=names,
+            warnings=tuple(self.warnings),
+            flags=dict(flags),
+        )
+
+    def _entry_inputs(self) -> tuple[object, ...]:
+        """Everything the policy entries depend on: the policies, the set of
+        identities (which fixes their numbers and labels), the CIDR
+        identities, and where a policy names them, named ports and Service
+        backends. Equal inputs, equal entries."""
+        rules = [r for s in self.specs for _, _, r in _rules(s)]
+        named = any(p.name for r in rules for p in r.ports)
+        services = sorted({a for r in rules for a in self._service_addresses(r)})
+        return (
+            self.specs,
+            self.labelsets,
+            self.cidr_id,
+            tuple((self.pod_id[_key(p)], p.container_ports) for p in self.pods) if named else (),
+            tuple((a, self.pod_ips.get(a)) for a in services),
+        )
+
+    def _entries(self) -> tuple[dict[EntryKey, EntryValue], dict[int, int], dict[int, list[str]]]:
         flags: dict[int, int] = defaultdict(int)
         selecting: dict[int, list[str]] = defaultdict(list)
         per: dict[tuple[int, int, int, int], list[Interval]] = defaultdict(list)
@@ -249,17 +277,7 @@ class _Compiler:
                         for remote in remotes:
                             verdict = DENY if deny else ALLOW
                             per[(subject, direction, proto, remote)].append((lo, hi, verdict, pid))
-        entries = _entries(per, flags)
-        return PolicyPlan(
-            model_version=self.model.version,
-            identities={i: ids.canonical(v.items()) for i, v in sorted(self.id_labels.items())},
-            ipcache=self._ipcache(flags),
-            endpoints=self._endpoints(flags, selecting),
-            entries=entries,
-            policy_names=names,
-            warnings=tuple(self.warnings),
-            flags=dict(flags),
-        )
+        return _entries(per, flags), dict(flags), dict(selecting)
 
     def _ipcache(self, flags: dict[int, int]) -> dict[str, tuple[int, int]]:
         out = {prefix: (ident, 0) for prefix, ident in self.cidr_id.items()}
@@ -333,6 +351,70 @@ def _key(pod: Pod) -> str:
     return f"{pod.ref.namespace}/{pod.ref.name}"
 
 
+class _Memo:
+    """What one compile can hand the next: per-pod identity labels, the
+    identity numbering of a set of label sets, and the policy entries of
+    equal inputs. One model to the next changes little (a pod relabelled,
+    one added), so most of a compile is a lookup. Holds the last result of
+    each step only: memory stays one plan's worth."""
+
+    def __init__(self) -> None:
+        self._pods: dict[str, tuple[Pod, Pairs | None, str]] = {}
+        self._canon_pairs: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._identities: tuple[frozenset[str], _Identities] | None = None
+        self._entries: tuple[tuple[object, ...], _Entries] | None = None
+        self.names: dict[int, str] = {}
+
+    def labels(self, pod: Pod, ns_labels: Pairs | None) -> str:
+        """The canonical text of `pod`'s identity labels."""
+        key = _key(pod)
+        hit = self._pods.get(key)
+        if hit is not None and (hit[0] is pod or hit[0] == pod) and hit[1] == ns_labels:
+            return hit[2]
+        namespace = dict(ns_labels) if ns_labels is not None else None
+        pairs = identity_labels(pod.ref.namespace, dict(pod.labels), namespace)
+        text = ids.canonical(pairs)
+        self._canon_pairs[text] = pairs
+        self._pods[key] = (pod, ns_labels, text)
+        return text
+
+    def keep_pods(self, keys: Mapping[str, str]) -> None:
+        """Forget pods that are gone (the model no longer has them)."""
+        if len(self._pods) > len(keys):
+            self._pods = {k: v for k, v in self._pods.items() if k in keys}
+
+    def identities(self, labelsets: frozenset[str]) -> _Identities:
+        """Numbers, labels and the label index of exactly these identities."""
+        if self._identities is not None and self._identities[0] == labelsets:
+            return self._identities[1]
+        numbers = ids.label_identities(self._canon_pairs[t] for t in labelsets)
+        id_labels = {numbers[t]: dict(self._canon_pairs[t]) for t in labelsets}
+        # (key, value) -> identities with that label: a matchLabels selector
+        # costs a few set intersections, not a pass over every identity
+        # (1,000 policies x 10,000 identities would be 10^8 matches).
+        index: dict[tuple[str, str], set[int]] = defaultdict(set)
+        for ident, labels in id_labels.items():
+            for pair in labels.items():
+                index[pair].add(ident)
+        self.names = {i: ids.canonical(v.items()) for i, v in sorted(id_labels.items())}
+        self._identities = (labelsets, (numbers, id_labels, index))
+        # Forget pods and label sets that are gone.
+        self._canon_pairs = {t: self._canon_pairs[t] for t in labelsets}
+        return self._identities[1]
+
+    def entries(self, inputs: tuple[object, ...], compute: Callable[[], _Entries]) -> _Entries:
+        """The entries of `inputs`: the same objects as last time if equal."""
+        if self._entries is not None and self._entries[0] == inputs:
+            return self._entries[1]
+        result = compute()
+        self._entries = (inputs, result)
+        return result
+
+
+_Identities = tuple[dict[str, int], dict[int, dict[str, str]], dict[tuple[str, str], set[int]]]
+_Entries = tuple[dict[EntryKey, EntryValue], dict[int, int], dict[int, list[str]]]
+
+
 def plan(
     model: MeshModel, node_name: str = "", host_ips: Iterable[str] = (), exempt: Iterable[str] = ()
 ) -> PolicyPlan:
@@ -341,4 +423,4 @@ def plan(
     `host_ips` are this node's addresses (identity `host`); `exempt` pods
     (the node Envoy) are never endpoints: the proxy is not policed.
     """
-    return _Compiler(model, node_name, host_ips, set(exempt)).compile()
+    return _Compiler(model, node_name, host_ips, set(exempt), _Memo()).compile()

@@ -42,7 +42,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
-from nodemesh.ebpf import applier, loader, planner, policy_apply, policy_plan
+from nodemesh.ebpf import applier, loader, planner, policy_apply, policy_incremental, policy_plan
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
 from nodemesh.ebpf.policy_metrics import COLLECTOR
@@ -116,6 +116,8 @@ class DatapathAgent:
         self._committed: pb.DatapathPlan | None = None
         self.policy: policy_plan.PolicyPlan | None = None  # the last one applied
         self._policy_plan: policy_plan.PolicyPlan | None = None
+        # Keeps the previous compile: a one-pod change costs that pod.
+        self._policy_compiler = policy_incremental.Compiler()
 
     def start(self) -> loader.LoadReport:
         """Load or re-adopt the pinned datapath; raises `DatapathError` if it cannot."""
@@ -204,7 +206,8 @@ class DatapathAgent:
     def _plan_policy(self, model: MeshModel) -> policy_plan.PolicyPlan:
         cfg = self.settings
         hosts = (*cfg.host_ips, *([cfg.proxy_address] if cfg.proxy_address else []))
-        return policy_plan.plan(model, cfg.node_name, hosts, proxy_pods(model, cfg.proxy_pod))
+        exempt = proxy_pods(model, cfg.proxy_pod)
+        return self._policy_compiler.plan(model, cfg.node_name, hosts, exempt)
 
     def _record(self, model: MeshModel, plan: pb.DatapathPlan) -> applier.ApplyResult:
         result = self._apply(plan)

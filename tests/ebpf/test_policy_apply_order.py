@@ -10,11 +10,10 @@ import pytest
 
 from nodemesh.ebpf import pinned, policy_apply, policy_plan
 from nodemesh.ebpf.errors import PlanTooLarge
-from nodemesh.ebpf.mirrors import Mirror
 from nodemesh.model.store import MeshStore
 from tests.ebpf.test_policy_plan import PODS, knp
 
-Held = dict[str, dict[tuple[int, ...], tuple[Mirror, Mirror]]]
+Held = policy_apply.State
 
 
 class Pods:
