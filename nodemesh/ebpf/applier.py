@@ -343,11 +343,21 @@ def _slot_keys(services: dict[Frontend, dict[int, SlotValue]], m: str) -> set[tu
     return {_svc_key(fe, s, m).as_tuple() for fe, slots in services.items() for s in slots}
 
 
-def peer_ports(desired: Desired) -> set[int]:
-    """Host-order ports a translated or steered socket can have as its peer."""
-    addrs = [a for fes in (desired.frontends, desired.frontends6) for b in fes.values() for a in b]
-    addrs += list(desired.redirects.values())
-    return {socket.ntohs(port) for _addr, port in addrs}
+PORT_BACKEND = 1  # NM_PORT_BACKEND (bpf/lib/maps.h)
+PORT_PROXY = 2  # NM_PORT_PROXY: sockops looks at accepted sockets only on these
+
+
+def peer_ports(desired: Desired) -> dict[int, int]:
+    """Host-order ports a translated or steered socket can have as its
+    peer, with what uses each (PORT_* bits)."""
+    out: dict[int, int] = {}
+    for fes in (desired.frontends, desired.frontends6):
+        for backends in fes.values():
+            for _addr, port in backends:
+                out[socket.ntohs(port)] = out.get(socket.ntohs(port), 0) | PORT_BACKEND
+    for _addr, port in desired.redirects.values():
+        out[socket.ntohs(port)] = out.get(socket.ntohs(port), 0) | PORT_PROXY
+    return out
 
 
 def _add_peer_ports(maps_dir: Path, desired: Desired) -> int:
@@ -355,10 +365,11 @@ def _add_peer_ports(maps_dir: Path, desired: Desired) -> int:
     (never unmarked: sockets translated under an older plan keep theirs)."""
     writes = 0
     with pinned.open_map(maps_dir, pinned.PEER_PORTS) as ports:
-        for port in sorted(peer_ports(desired)):
-            have = ports.lookup(U32(port))
-            if have is None or not have.as_tuple()[0]:
-                ports.update(U32(port), U8(1))
+        for port, bits in sorted(peer_ports(desired).items()):
+            found = ports.lookup(U32(port))
+            have = found.as_tuple()[0] if found is not None else 0
+            if have | bits != have:
+                ports.update(U32(port), U8(have | bits))
                 writes += 1
     return writes
 

@@ -58,6 +58,10 @@ PROXY_LINK = "nm_getsockopt_proxy"
 POD_LINK_PREFIX = "nm_getsockopt_pod_"
 # Where agents before the proxy link pinned nm_getsockopt's mesh-cgroup link.
 LEGACY_MESH_LINK = "nm_getsockopt"
+# Programs an older agent attached to the mesh cgroup that no object has
+# any more; their links go once every current program is attached.
+# nm_sock_release6: nm_sock_release serves both families now.
+RETIRED_LINKS = ("nm_sock_release6",)
 BPF_CGROUP_GETSOCKOPT = 21  # enum bpf_attach_type (linux/bpf.h)
 
 
@@ -349,8 +353,17 @@ def load(config: DatapathConfig) -> LoadReport:
                 raise _privilege_hint(exc, f"loading {path.name}") from exc
             raise
     write_config(config)
+    _drop_retired(config)
     log.info("datapath_loaded", created=report.created, updated=report.updated)
     return report
+
+
+def _drop_retired(config: DatapathConfig) -> None:
+    for name in RETIRED_LINKS:
+        pin = config.links_dir / name
+        if pin.exists():
+            pin.unlink()  # its last reference: detached
+            log.info("retired_program_detached", pin=str(pin))
 
 
 def cleanup(config: DatapathConfig) -> list[str]:

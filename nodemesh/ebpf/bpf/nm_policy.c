@@ -65,6 +65,7 @@ int nm_policy_ingress(struct __sk_buff *skb)
 	struct nm_iphdr ip;
 	struct nm_l4 l4 = {};
 	struct nm_flow f = {};
+	struct nm_verdict v;
 	__u32 off;
 
 	if (skb->protocol != bpf_htons(NM_ETH_P_IP))
@@ -95,8 +96,6 @@ int nm_policy_ingress(struct __sk_buff *skb)
 	 * kubelet probes, and the node Envoy's upstream connections, whose
 	 * clients were judged at connect() (nm_steer4_allowed). */
 	if ((dst->flags & NM_FLAG_INGRESS) && f.src_identity != NM_ID_HOST) {
-		f.cgroup_id = bpf_skb_cgroup_id(skb);
-		f.cookie = bpf_get_socket_cookie(skb);
 		f.saddr = ip.saddr;
 		f.daddr = ip.daddr;
 		f.orig_daddr = ip.daddr;
@@ -105,7 +104,12 @@ int nm_policy_ingress(struct __sk_buff *skb)
 		f.orig_dport = l4.dport;
 		f.proto = ip.protocol;
 		f.dst_identity = dst->identity;
-		if (!nm_policy_decide(&f, dst->identity, f.src_identity, NM_DIR_INGRESS))
+		if (nm_policy_judge(&f, dst->identity, f.src_identity, NM_DIR_INGRESS, &v)) {
+			f.cgroup_id = bpf_skb_cgroup_id(skb);
+			f.cookie = bpf_get_socket_cookie(skb);
+			nm_policy_event(&f, NM_DIR_INGRESS, v.verdict, v.policy_id);
+		}
+		if (v.verdict != NM_VERDICT_ALLOW)
 			return 0;
 	}
 	/* Let an egress-enforcing socket answer the peer it let in. */

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /* cgroup sock_addr hooks for AF_INET6 sockets: IPv6 Service VIPs, and IPv4
- * VIPs reached as ::ffff:a.b.c.d from dual-stack sockets; plus a release
- * hook of their own (cgroup links allow several per attach type). */
+ * VIPs reached as ::ffff:a.b.c.d from dual-stack sockets. Their release
+ * side is nm_sock.c's nm_sock_release, which serves both families. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/l7.h"
@@ -31,13 +31,6 @@ SEC("cgroup/getpeername6")
 int nm_getpeername6(struct bpf_sock_addr *ctx)
 {
 	nm_sock6_revnat(ctx);
-	return NM_SYS_PROCEED;
-}
-
-SEC("cgroup/sock_release")
-int nm_sock_release6(struct bpf_sock *sk)
-{
-	nm_sock6_release(sk);
 	return NM_SYS_PROCEED;
 }
 

@@ -55,8 +55,14 @@ static __always_inline void nm_file_origdst(struct bpf_sock_ops *skops, __u64 co
 static __always_inline void nm_on_connect(struct bpf_sock_ops *skops)
 {
 	struct nm_revnat_key rkey = {};
-	__u64 cookie = bpf_get_socket_cookie(skops);
+	__u64 cookie;
 
+	/* Translated and steered sockets have a backend's or a proxy's port
+	 * as their peer: every other connect stops at one array read, with
+	 * no cookie and no hash lookup. */
+	if (!nm_maybe_translated(nm_remote_port(skops)))
+		return;
+	cookie = bpf_get_socket_cookie(skops);
 	/* A blocking connect() the peer refuses has its peer port cleared
 	 * before the socket is released, so a translated socket is watched
 	 * until it is established and its entry deleted if the SYN fails. */
@@ -76,6 +82,10 @@ static __always_inline void nm_on_passive(struct bpf_sock_ops *skops)
 {
 	struct nm_origdst_key key = {};
 
+	/* Only Envoy accepts on a proxy port: a pod's server sockets (every
+	 * other accepted connection in the mesh) stop at one array read. */
+	if (!nm_is_proxy_port(skops->local_port)) /* host order here */
+		return;
 	nm_origdst_key_of(skops, &key);
 	if (bpf_map_lookup_elem(&nm_origdst_v1, &key))
 		nm_watch_state(skops, true);
@@ -106,22 +116,29 @@ static __always_inline void nm_on_state(struct bpf_sock_ops *skops)
 SEC("sockops")
 int nm_sockops(struct bpf_sock_ops *skops)
 {
-	if (skops->family != NM_AF_INET) {
-		/* A dual-stack socket steered as ::ffff:<proxy>: IPv4 on the wire,
-		 * so its IPv4 halves (local_ip4/port) are what Envoy sees. */
-		if (skops->family == NM_AF_INET6 && skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB)
-			nm_file_origdst(skops, bpf_get_socket_cookie(skops));
-		return 1;
-	}
+	/* The kernel runs this for every TCP socket in the mesh cgroup, about
+	 * five times per connection (timeout, window and ECN choices, connect,
+	 * established), and no flag turns those calls off per socket. Only
+	 * three ops concern us, so the op is the first thing read, and only
+	 * sockets that can be translated go on to any lookup. */
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		nm_on_connect(skops);
+		if (skops->family == NM_AF_INET)
+			nm_on_connect(skops);
+		/* A dual-stack socket steered as ::ffff:<proxy>: IPv4 on the wire,
+		 * so its IPv4 halves (local_ip4/port) are what Envoy sees. */
+		else if (skops->family == NM_AF_INET6 &&
+			 nm_maybe_translated(nm_remote_port(skops)))
+			nm_file_origdst(skops, bpf_get_socket_cookie(skops));
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		nm_on_passive(skops);
+		if (skops->family == NM_AF_INET)
+			nm_on_passive(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		nm_on_state(skops);
+		/* Only sockets that turned the callback on (nm_watch_state). */
+		if (skops->family == NM_AF_INET)
+			nm_on_state(skops);
 		break;
 	}
 	return 1;

@@ -79,13 +79,16 @@ struct {
 } nm_proxies_v1 SEC(".maps");
 
 /* Every port a translated or steered socket can have as its peer: backend
- * ports and proxy ports (index: the port in host order; nonzero: maybe).
+ * ports and proxy ports (index: the port in host order; value: NM_PORT_*
+ * bits, nonzero: maybe).
  * getpeername, recvmsg and release look nothing up for a socket whose peer
  * port is not here, which is most sockets (a server's accepted ones, say).
  * An array lookup, inlined by the verifier: no per-socket state to create at
  * connect(). The agent only ever adds ports, so it stays a superset for
  * sockets translated under an older plan. */
 #define NM_PEER_PORTS 65536
+#define NM_PORT_BACKEND 1 /* some Service backend listens on it */
+#define NM_PORT_PROXY 2	  /* some node Envoy listener (an L7 redirect) does */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -100,6 +103,15 @@ static __always_inline bool nm_maybe_translated(__be16 peer_port)
 	const __u8 *hit = bpf_map_lookup_elem(&nm_peer_ports_v1, &port);
 
 	return hit && *hit;
+}
+
+/* A port some L7 redirect sends to: only then can an accepted socket on it
+ * be the node Envoy's side of a steered connection. */
+static __always_inline bool nm_is_proxy_port(__u32 port)
+{
+	const __u8 *hit = bpf_map_lookup_elem(&nm_peer_ports_v1, &port);
+
+	return hit && (*hit & NM_PORT_PROXY);
 }
 
 /* IPv6: declared by every object too, so each one pins the same set. */

@@ -86,14 +86,13 @@ static __always_inline bool nm_events_allowed(void)
 	return cfg && (cfg->flags & NM_POLICY_CFG_EVENTS_ALLOWED);
 }
 
+/* Every field of `f` but the cookie and cgroup is the caller's; those two
+ * are filled by the caller only when an event is due (nm_policy_judge). */
 static __always_inline void nm_policy_event(const struct nm_flow *f, __u8 dir, __u8 verdict,
 					    __u32 policy_id)
 {
-	struct nm_event *ev;
+	struct nm_event *ev = nm_event_reserve(NM_EVENT_POLICY);
 
-	if (verdict == NM_VERDICT_ALLOW && !nm_events_allowed())
-		return;
-	ev = nm_event_reserve(NM_EVENT_POLICY);
 	if (!ev)
 		return;
 	ev->cgroup_id = f->cgroup_id;
@@ -114,17 +113,38 @@ static __always_inline void nm_policy_event(const struct nm_flow *f, __u8 dir, _
 	nm_event_submit(ev);
 }
 
-/* The verdict at `subject`'s end of the flow, counted and reported. */
-static __always_inline bool nm_policy_decide(const struct nm_flow *f, __u32 subject, __u32 remote,
-					     __u8 dir)
+struct nm_verdict {
+	__u32 policy_id;
+	__u8 verdict;
+};
+
+/* The verdict at `subject`'s end of the flow, counted. True if an event is
+ * due (every deny; an allow only when the agent asks for them): only then
+ * does the caller fetch the socket cookie and cgroup id for it, two helper
+ * calls an allowed connect() otherwise never makes. */
+static __always_inline bool nm_policy_judge(const struct nm_flow *f, __u32 subject, __u32 remote,
+					    __u8 dir, struct nm_verdict *out)
 {
 	const struct nm_policy_value *v = nm_policy_lookup(subject, dir, f->proto, remote, f->dport);
-	__u32 policy_id = v ? v->policy_id : 0;
-	__u8 verdict = v ? v->verdict : NM_VERDICT_DENY;
 
-	nm_policy_count(policy_id, verdict == NM_VERDICT_ALLOW);
-	nm_policy_event(f, dir, verdict, policy_id);
-	return verdict == NM_VERDICT_ALLOW;
+	out->policy_id = v ? v->policy_id : 0;
+	out->verdict = v ? v->verdict : NM_VERDICT_DENY;
+	nm_policy_count(out->policy_id, out->verdict == NM_VERDICT_ALLOW);
+	return out->verdict != NM_VERDICT_ALLOW || nm_events_allowed();
+}
+
+/* nm_policy_judge, with the event, at connect()/sendmsg(). */
+static __always_inline bool nm_policy_decide(struct bpf_sock_addr *ctx, struct nm_flow *f,
+					     __u32 subject, __u32 remote, __u8 dir)
+{
+	struct nm_verdict v;
+
+	if (nm_policy_judge(f, subject, remote, dir, &v)) {
+		f->cookie = bpf_get_socket_cookie(ctx);
+		f->cgroup_id = bpf_get_current_cgroup_id();
+		nm_policy_event(f, dir, v.verdict, v.policy_id);
+	}
+	return v.verdict == NM_VERDICT_ALLOW;
 }
 
 static __always_inline int nm_deny(void)
@@ -147,18 +167,17 @@ static __always_inline bool nm_egress4_allowed(struct bpf_sock_addr *ctx,
 
 	if (!ep || !ep->flags)
 		return true;
-	f.cookie = bpf_get_socket_cookie(ctx);
-	peer_key.cookie = f.cookie;
-	peer_key.addr = daddr;
-	peer_key.port = dport;
-	/* A UDP reply to a peer this socket heard from (nm_policy_ingress filed
-	 * it): answers are not new flows, as with Cilium's conntrack. */
-	if (proto == IPPROTO_UDP && (ep->flags & NM_FLAG_EGRESS) &&
-	    bpf_map_lookup_elem(&nm_udp_peers_v1, &peer_key))
-		return true;
+	if (proto == IPPROTO_UDP) {
+		peer_key.cookie = bpf_get_socket_cookie(ctx);
+		peer_key.addr = daddr;
+		peer_key.port = dport;
+		/* A UDP reply to a peer this socket heard from (nm_policy_ingress
+		 * filed it): answers are not new flows, as with Cilium's conntrack. */
+		if ((ep->flags & NM_FLAG_EGRESS) && bpf_map_lookup_elem(&nm_udp_peers_v1, &peer_key))
+			return true;
+	}
 	if (ep->flags & NM_FLAG_EGRESS) {
 		peer = nm_ipcache(daddr);
-		f.cgroup_id = bpf_get_current_cgroup_id();
 		f.daddr = daddr;
 		f.dport = dport;
 		f.orig_daddr = orig;
@@ -166,14 +185,13 @@ static __always_inline bool nm_egress4_allowed(struct bpf_sock_addr *ctx,
 		f.proto = proto;
 		f.src_identity = ep->identity;
 		f.dst_identity = peer ? peer->identity : NM_ID_WORLD;
-		if (!nm_policy_decide(&f, ep->identity, f.dst_identity, NM_DIR_EGRESS))
+		if (!nm_policy_decide(ctx, &f, ep->identity, f.dst_identity, NM_DIR_EGRESS))
 			return false;
 	}
 	if (proto == IPPROTO_UDP && (ep->flags & NM_FLAG_INGRESS))
 		bpf_map_update_elem(&nm_udp_peers_v1, &peer_key, &one, BPF_ANY);
 	return true;
 }
-
 /* A connection steered to the node Envoy: Envoy's upstream reaches the
  * backend from the host, which ingress always lets in (Cilium's
  * allow-localhost), so the backend's own ingress policy is checked here,
@@ -191,8 +209,6 @@ static __always_inline bool nm_steer4_allowed(struct bpf_sock_addr *ctx,
 	backend = nm_ipcache(daddr);
 	if (!backend || !(backend->flags & NM_FLAG_INGRESS))
 		return true;
-	f.cgroup_id = bpf_get_current_cgroup_id();
-	f.cookie = bpf_get_socket_cookie(ctx);
 	f.daddr = daddr;
 	f.dport = dport;
 	f.orig_daddr = vip;
@@ -202,7 +218,7 @@ static __always_inline bool nm_steer4_allowed(struct bpf_sock_addr *ctx,
 	f.dst_identity = backend->identity;
 	if (f.src_identity == NM_ID_HOST)
 		return true;
-	return nm_policy_decide(&f, backend->identity, f.src_identity, NM_DIR_INGRESS);
+	return nm_policy_decide(ctx, &f, backend->identity, f.src_identity, NM_DIR_INGRESS);
 }
 
 /* An AF_INET6 connect()/sendmsg() to an IPv6 peer: the ipcache holds IPv4
@@ -215,15 +231,13 @@ static __always_inline bool nm_egress6_allowed(struct bpf_sock_addr *ctx,
 
 	if (!ep || !(ep->flags & NM_FLAG_EGRESS))
 		return true;
-	f.cgroup_id = bpf_get_current_cgroup_id();
-	f.cookie = bpf_get_socket_cookie(ctx);
 	f.dport = dport;
 	f.orig_dport = dport;
 	f.proto = proto;
 	f.family = NM_AF_INET6;
 	f.src_identity = ep->identity;
 	f.dst_identity = NM_ID_WORLD;
-	return nm_policy_decide(&f, ep->identity, NM_ID_WORLD, NM_DIR_EGRESS);
+	return nm_policy_decide(ctx, &f, ep->identity, NM_ID_WORLD, NM_DIR_EGRESS);
 }
 
 #endif /* NM_POLICY_H */
