@@ -20,6 +20,19 @@ On one node of network namespaces (integration/datapath/node.py), two pods:
    traffic through first; the pair's rule is last, as a pod whose rules come
    after everyone else's). Cells: connect() p50/p99 in µs, interleaved per
    round, medians over rounds; nodemesh's BPF ns per connect beside.
+3. (bench/policy_scale.py) 1,000 policies x 10,000 identities: compile and
+   first write; then at 5,000 pods x 100 policies the pinned map memory,
+   map by map, and one pod relabelled: model build, compile and map writes,
+   from nothing (as before the incremental compiler) and incrementally.
+4. (bench/policy_scale.py) The kernel path (client -> VIP -> server pod,
+   connect + first reply + close: keep-alive off) p50/p99 with 1,000
+   policies over 10,000 identities against the same path with none, and an
+   A/A control (none measured twice), per round and in how many rounds
+   p99 stayed within 1.05x.
+
+Part 1 also attaches programs that do nothing beside ours (bench/
+policy_floor.py): their ns per run is what bpf_stats and the dispatch to a
+program cost by themselves, and the "net" column is ours above that.
 """
 
 from __future__ import annotations
@@ -34,18 +47,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.datapath_measure import bpf_stats, hook_counters, hook_delta, map_memlock
+from bench.datapath_measure import bpf_stats, hook_counters, hook_delta
 from bench.old_datapath import load_revision
+from bench.policy_floor import PREFIX, Floor, floor_ns, net_per_connect
 from integration.datapath.node import NODE_IP, PROBE, MeshNode
 from integration.datapath.plans import frontend, plan
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
-from nodemesh.ebpf import applier, loader, policy_apply, policy_plan
+from nodemesh.ebpf import applier, loader, policy_apply, policy_incremental
 from nodemesh.ebpf.endpoints import DirectoryPodCgroups
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
 
-BASE = "5639c2e"  # main when this work was rebased on it
+BASE = "7d9f7cd"  # main before the hook-cost work (issue 12 follow-up)
 VIP = "10.96.0.10"
+VIP_POLICED = "10.96.0.11"  # -> the server pod on POLICED_PORT (part 4)
 # 8080: the VIP's backend port; 9000: a port no backend uses; 8081: policed.
 PLAIN_PORT, OTHER_PORT, POLICED_PORT = 8080, 9000, 8081
 IDENTITIES, POLICIES = 10_000, 1_000
@@ -140,18 +155,24 @@ class Bench:
         self.old = loader.DatapathConfig(pin_dir=node.bpffs / "old", cgroup=old_mesh)
         load_revision(base, self.old, workdir)
         self.cgroups = {"base": old_mesh / "bench_client", "new": self.client.cgroup}
-        the_plan = plan(frontend(VIP, 80, pb.TCP, [(self.server.ip, PLAIN_PORT)]))
+        the_plan = plan(
+            frontend(VIP, 80, pb.TCP, [(self.server.ip, PLAIN_PORT)]),
+            frontend(VIP_POLICED, 80, pb.TCP, [(self.server.ip, POLICED_PORT)], "bench/policed"),
+        )
         for config in (self.new, self.old):
             applier.apply(the_plan, config.maps_dir, NODE_IP, DirectoryPodCgroups(config.cgroup))
         self.pods = DirectoryPodCgroups(node.mesh)
         self.host_ips = [NODE_IP, "10.0.1.1", "10.0.2.1"]
+        # As the agent does: one compiler, which reuses the previous compile.
+        self.compiler = policy_incremental.Compiler()
+        self.floor = Floor(workdir, list(self.cgroups.values()))
 
     def set_policy(self, model: MeshModel | None) -> dict[str, float]:
         """Apply `model`'s policy (None: none); seconds to compile and write."""
         if model is None:
             model = MeshStore().build()
         t0 = time.perf_counter()
-        compiled = policy_plan.plan(model, "node-1", self.host_ips)
+        compiled = self.compiler.plan(model, "node-1", self.host_ips)
         t1 = time.perf_counter()
         policy_apply.apply(compiled, self.new.maps_dir, self.pods)
         return {"compile_s": t1 - t0, "write_s": time.perf_counter() - t1}
@@ -159,17 +180,30 @@ class Bench:
     def connects(
         self, code: str, host: str, port: int, n: int
     ) -> tuple[dict[str, float], dict[str, tuple[int, float]]]:
-        mesh = (self.new if code == "new" else self.old).cgroup
-        before = hook_counters([mesh])
-        argv = [sys.executable, "-c", CONNECT_LOOP, str(n), host, str(port)]
+        return self.run(code, CONNECT_LOOP, host, port, n)
+
+    def run(
+        self, code: str, script: str, host: str, port: int, n: int
+    ) -> tuple[dict[str, float], dict[str, tuple[int, float]]]:
+        """`script` in the client pod; its JSON and the programs' runs."""
+        cgroups = [(self.new if code == "new" else self.old).cgroup, self.cgroups[code]]
+        before = hook_counters(cgroups)
+        argv = [sys.executable, "-c", script, str(n), host, str(port)]
         out, _ = self.node.spawn(argv, self.cgroups[code], self.client.netns).communicate(
             timeout=600
         )
-        return json.loads(out), hook_delta(before, hook_counters([mesh]))
+        return json.loads(out), hook_delta(before, hook_counters(cgroups))
 
 
 def per_connect(delta: dict[str, tuple[int, float]], n: int, skip: tuple[str, ...] = ()) -> float:
-    return sum(runs * ns for name, (runs, ns) in delta.items() if name not in skip) / n
+    return (
+        sum(
+            runs * ns
+            for name, (runs, ns) in delta.items()
+            if name not in skip and not name.startswith(PREFIX)
+        )
+        / n
+    )
 
 
 INGRESS = "nm_policy_ingress"
@@ -183,6 +217,8 @@ def _runs(values: list[tuple[int, float]], n: int) -> float:
 
 def part1(bench: Bench, rounds: int, n: int, scale: MeshModel) -> None:
     cells: dict[str, list[float]] = {}
+    nets: dict[str, list[float]] = {}
+    floors: list[float] = []
     progs: dict[str, dict[str, list[tuple[int, float]]]] = {}
     with bpf_stats():
         for _ in range(rounds):
@@ -200,9 +236,17 @@ def part1(bench: Bench, rounds: int, n: int, scale: MeshModel) -> None:
                 bench.set_policy(policy)
                 _, delta = bench.connects(code, host, port, n)
                 cells.setdefault(label, []).append(per_connect(delta, n, (INGRESS,)))
+                floor = floor_ns(delta)
+                floors.append(floor)
+                nets.setdefault(label, []).append(net_per_connect(delta, n, floor, (INGRESS,)))
                 for name, (runs, ns) in delta.items():
                     progs.setdefault(label, {}).setdefault(name, []).append((runs, ns))
     print(f"\n1. BPF per connect()+getpeername()+close() of the client, ns (median of {rounds})")
+    print(
+        f"   floor (an empty program's run with bpf_stats on): {statistics.median(floors):.0f} ns;"
+        " net = ours above it"
+    )
+    print(f"  {'':30s} {'gross':>7} {'net':>6}   programs: runs per connect x ns per run")
     cells.pop(SERVER_SIDE, None)
     for label, values in cells.items():
         detail = ", ".join(
@@ -210,7 +254,8 @@ def part1(bench: Bench, rounds: int, n: int, scale: MeshModel) -> None:
             for name, v in sorted(progs[label].items())
             if any(r for r, _ in v) and name != INGRESS
         )
-        print(f"  {label:30s} {statistics.median(values):7.0f}   ({detail})")
+        net = statistics.median(nets[label])
+        print(f"  {label:30s} {statistics.median(values):7.0f} {net:6.0f}   ({detail})")
     ing = progs.pop(SERVER_SIDE, {}).get(INGRESS, [])
     if ing:
         per_conn = _runs(ing, n)
@@ -291,63 +336,34 @@ def _lat(rows: list[dict[str, float]]) -> str:
     return f"{p50:.0f}/{statistics.median(r['p99'] for r in rows):.0f}"
 
 
-def memory_and_timing(bench: Bench, scale: MeshModel) -> None:
-    timing = bench.set_policy(scale)
-    compiled = policy_plan.plan(scale, "node-1", bench.host_ips)
-    print(
-        f"\n3. {POLICIES} policies x {IDENTITIES} identities: "
-        f"{len(compiled.entries)} policy entries, {len(compiled.ipcache)} ipcache entries; "
-        f"first apply: compile {timing['compile_s']:.2f} s, write {timing['write_s']:.2f} s"
-    )
-    print(
-        f"   pinned map memory (memlock, all maps): {map_memlock(bench.node.pin_dir) // 1024} KiB"
-    )
-
-
-def relabel(bench: Bench, pods: int = 5_000, policies: int = 100) -> None:
-    """One pod relabelled at `pods` pods x `policies` policies: model build,
-    compile and map writes, as the agent does them per model."""
-    store = MeshStore()
-    for i in range(pods):
-        store.apply("b", pod(f"p{i}", synthetic_ip(i), f"a{i % 500}"))
-    for j in range(policies):
-        peers = [f"a{(j * 7 + k) % 500}" for k in range(10)]
-        store.apply("b", knp(j, f"a{j % 500}", peers, 80, egress=True))
-    bench.set_policy(store.build())
-    memory = map_memlock(bench.node.pin_dir) // 1024
-    t0 = time.perf_counter()
-    store.apply("b", pod("p0", synthetic_ip(0), "a1"))
-    model = store.build()
-    t1 = time.perf_counter()
-    timing = bench.set_policy(model)
-    print(
-        f"\n4. one pod relabelled at {pods} pods x {policies} policies: model build "
-        f"{(t1 - t0) * 1000:.0f} ms, compile {timing['compile_s'] * 1000:.0f} ms, "
-        f"map writes {timing['write_s'] * 1000:.0f} ms; pinned map memory {memory} KiB"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connects", type=int, default=2000)
-    parser.add_argument("--part", choices=["1", "2", "3", "all"], default="all")
+    parser.add_argument("--part", choices=["1", "2", "3", "4", "all"], default="all")
     parser.add_argument("--base", default=BASE, help="the revision of the 'base' cells")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="nm-bench-policy-"))
     node = MeshNode(workdir)
+    bench: Bench | None = None
     try:
         node.setup()
         bench = Bench(node, workdir, args.base)
         scale = scale_model(bench.client.ip, bench.server.ip, POLICIES)
-        memory_and_timing(bench, scale)
+        from bench import policy_scale  # it builds on this module's Bench
+
+        policy_scale.first_apply(bench, scale)
         if args.part in ("3", "all"):
-            relabel(bench)
+            policy_scale.relabel(bench)
         if args.part in ("1", "all"):
             part1(bench, args.rounds, args.connects, scale)
         if args.part in ("2", "all"):
             part2(bench, args.rounds, args.connects)
+        if args.part in ("4", "all"):
+            policy_scale.kernel_path(bench, args.rounds, args.connects, scale)
     finally:
+        if bench is not None:
+            bench.floor.close()
         for config in (node.config(),):
             loader.cleanup(config)
         node.teardown()
