@@ -82,12 +82,12 @@ print(json.dumps({"p50": samples[n // 2], "p99": samples[int(n * 0.99)]}))
 """
 
 
-def pod(name: str, ip: str, app: str) -> dict[str, Any]:
+def pod(name: str, ip: str, app: str, node: str = "node-1") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": "bench", "labels": {"app": app}},
-        "spec": {"nodeName": "node-1"},
+        "spec": {"nodeName": node},
         "status": {"podIP": ip, "phase": "Running"},
     }
 
