@@ -8,8 +8,9 @@ once per socket each. These tests pin down the work that is skipped:
   programs were two runs per socket), and a load drops an older agent's
   second one;
 - sockops at connect() looks at no map for a socket whose peer port no
-  backend or proxy has: a redirect filed under such a socket's cookie is
-  left alone (it used to be moved to nm_origdst_v1);
+  backend or proxy has, and for no redirect unless the peer port is a
+  proxy's: a redirect filed under such a socket's cookie is left alone (it
+  used to be moved to nm_origdst_v1);
 - sockops on an accepted socket looks at no map unless it accepted on a
   proxy port: an nm_origdst_v1 entry that happens to match a pod server's
   connection is left alone (it used to be watched and deleted at close).
@@ -30,7 +31,7 @@ import pytest
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
 from nodemesh.ebpf import libbpf, loader, pinned
-from nodemesh.ebpf.mirrors import U64, OrigDst, OrigDstKey, ip_be, port_be
+from nodemesh.ebpf.mirrors import U8, U32, U64, OrigDst, OrigDstKey, ip_be, port_be
 from tests.support.polling import wait_until
 
 from .conftest import Datapath
@@ -124,11 +125,15 @@ def test_one_release_program_serves_both_families(node: MeshNode, datapath: Data
     assert _attached(node.mesh, "cgroup_getsockopt") == []
 
 
-def test_connect_to_a_port_no_backend_has_gets_no_sockops_lookup(
-    node: MeshNode, datapath: Datapath, pods: dict[str, Pod]
+@pytest.mark.parametrize("port", [PLAIN_PORT, BACKEND_PORT])
+def test_connect_off_the_proxy_ports_files_no_original_destination(
+    node: MeshNode, datapath: Datapath, pods: dict[str, Pod], port: int
 ) -> None:
+    """PLAIN_PORT: no backend or proxy has it, sockops looks nothing up;
+    BACKEND_PORT (straight to the pod, no VIP): only a proxy port's
+    connect can have been steered, so no redirect is looked for."""
     client, server = pods["client"], pods["server"]
-    proc, cookie = _connect_later(node, client, server.ip, PLAIN_PORT)
+    proc, cookie = _connect_later(node, client, server.ip, port)
     # A redirect under this socket's cookie, as if connect() had steered it:
     # sockops would file it under the 4-tuple Envoy sees and drop it here.
     planted = OrigDst(addr_be=ip_be(VIP), port_be=port_be(80), proxy_port_be=port_be(PROXY_PORT))
@@ -170,6 +175,23 @@ def test_accepted_socket_off_the_proxy_ports_gets_no_sockops_lookup(
     with pinned.open_map(maps, pinned.ORIGDST) as origdst:
         assert origdst.lookup(bystander) is not None, "a pod server's socket was watched"
         origdst.delete(bystander)
+
+
+def test_load_marks_an_older_agents_proxy_ports(
+    node: MeshNode, datapath: Datapath, pods: dict[str, Pod]
+) -> None:
+    """An older agent marked every peer port 1; sockops now wants the proxy
+    bit before it files a steered connection, so a load adds it at once."""
+    maps = datapath.config.maps_dir
+    with pinned.open_map(maps, pinned.PEER_PORTS) as ports:
+        ports.update(U32(PROXY_PORT), U8(1))
+    datapath.load()
+    with pinned.open_map(maps, pinned.PEER_PORTS) as ports:
+        marks = {p: ports.lookup(U32(p)) for p in (PROXY_PORT, BACKEND_PORT)}
+    assert {p: m.as_tuple()[0] if m else 0 for p, m in marks.items()} == {
+        PROXY_PORT: 3,
+        BACKEND_PORT: 1,
+    }
 
 
 def _origdst_key(client_ip: str, client_port: int, local_port: int) -> OrigDstKey:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import structlog
 from nodemesh.ebpf import libbpf, pinned, preflight
 from nodemesh.ebpf.build import build_objects
 from nodemesh.ebpf.errors import LoadError, PrerequisiteMissing
-from nodemesh.ebpf.mirrors import U32, U64, Config
+from nodemesh.ebpf.mirrors import U8, U32, U64, Config
 
 log = structlog.get_logger("nodemesh.ebpf.loader")
 
@@ -62,6 +63,7 @@ LEGACY_MESH_LINK = "nm_getsockopt"
 # any more; their links go once every current program is attached.
 # nm_sock_release6: nm_sock_release serves both families now.
 RETIRED_LINKS = ("nm_sock_release6",)
+PORT_PROXY = 2  # NM_PORT_PROXY (bpf/lib/maps.h), as applier.PORT_PROXY
 BPF_CGROUP_GETSOCKOPT = 21  # enum bpf_attach_type (linux/bpf.h)
 
 
@@ -344,6 +346,7 @@ def load(config: DatapathConfig) -> LoadReport:
             f"cannot create {config.pin_dir} ({exc.strerror})",
             "run the agent as the owner of the bpffs mount, or as root",
         ) from exc
+    _mark_proxy_ports(config)
     report = LoadReport()
     for path in objects.values():
         try:
@@ -356,6 +359,27 @@ def load(config: DatapathConfig) -> LoadReport:
     _drop_retired(config)
     log.info("datapath_loaded", created=report.created, updated=report.updated)
     return report
+
+
+def _mark_proxy_ports(config: DatapathConfig) -> None:
+    """Before new programs attach to maps an older agent pinned: mark the
+    proxy ports of its L7 redirects as such (NM_PORT_PROXY), which sockops
+    requires before it files a steered connection's original destination.
+    The applier marks them too, but only at the next plan."""
+    ports_pin, redir_pin = (
+        config.maps_dir / pinned.PEER_PORTS.name,
+        config.maps_dir / pinned.L7REDIR.name,
+    )
+    if not (ports_pin.exists() and redir_pin.exists()):
+        return
+    with pinned.open_map(config.maps_dir, pinned.L7REDIR) as redirs:
+        proxy_ports = {socket.ntohs(v.as_tuple()[1]) for _, v in redirs.items().values()}
+    with pinned.open_map(config.maps_dir, pinned.PEER_PORTS) as ports:
+        for port in sorted(proxy_ports):
+            found = ports.lookup(U32(port))
+            have = found.as_tuple()[0] if found is not None else 0
+            if not have & PORT_PROXY:
+                ports.update(U32(port), U8(have | PORT_PROXY))
 
 
 def _drop_retired(config: DatapathConfig) -> None:

@@ -55,12 +55,13 @@ static __always_inline void nm_file_origdst(struct bpf_sock_ops *skops, __u64 co
 static __always_inline void nm_on_connect(struct bpf_sock_ops *skops)
 {
 	struct nm_revnat_key rkey = {};
+	__u8 ports = nm_peer_port_bits(bpf_ntohs(nm_remote_port(skops)));
 	__u64 cookie;
 
 	/* Translated and steered sockets have a backend's or a proxy's port
 	 * as their peer: every other connect stops at one array read, with
 	 * no cookie and no hash lookup. */
-	if (!nm_maybe_translated(nm_remote_port(skops)))
+	if (!ports)
 		return;
 	cookie = bpf_get_socket_cookie(skops);
 	/* A blocking connect() the peer refuses has its peer port cleared
@@ -69,8 +70,9 @@ static __always_inline void nm_on_connect(struct bpf_sock_ops *skops)
 	nm_revnat_key_of(skops, cookie, &rkey);
 	if (bpf_map_lookup_elem(&nm_revnat_v1, &rkey))
 		nm_watch_state(skops, true);
-
-	nm_file_origdst(skops, cookie);
+	/* Only a connect to a proxy port can have been steered. */
+	if (ports & NM_PORT_PROXY)
+		nm_file_origdst(skops, cookie);
 }
 
 /* Envoy's side of a steered connection: its nm_origdst_v1 entry must live
@@ -128,7 +130,7 @@ int nm_sockops(struct bpf_sock_ops *skops)
 		/* A dual-stack socket steered as ::ffff:<proxy>: IPv4 on the wire,
 		 * so its IPv4 halves (local_ip4/port) are what Envoy sees. */
 		else if (skops->family == NM_AF_INET6 &&
-			 nm_maybe_translated(nm_remote_port(skops)))
+			 nm_is_proxy_port(bpf_ntohs(nm_remote_port(skops))))
 			nm_file_origdst(skops, bpf_get_socket_cookie(skops));
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:

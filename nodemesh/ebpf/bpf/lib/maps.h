@@ -97,21 +97,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nm_peer_ports_v1 SEC(".maps");
 
-static __always_inline bool nm_maybe_translated(__be16 peer_port)
+/* NM_PORT_* bits of a port (host order); 0: no backend or proxy uses it. */
+static __always_inline __u8 nm_peer_port_bits(__u32 port)
 {
-	__u32 port = bpf_ntohs(peer_port);
 	const __u8 *hit = bpf_map_lookup_elem(&nm_peer_ports_v1, &port);
 
-	return hit && *hit;
+	return hit ? *hit : 0;
 }
 
-/* A port some L7 redirect sends to: only then can an accepted socket on it
- * be the node Envoy's side of a steered connection. */
+static __always_inline bool nm_maybe_translated(__be16 peer_port)
+{
+	return nm_peer_port_bits(bpf_ntohs(peer_port)) != 0;
+}
+
+/* A port some L7 redirect sends to: only then can a socket with it as its
+ * peer be steered, or one accepted on it be the node Envoy's side. */
 static __always_inline bool nm_is_proxy_port(__u32 port)
 {
-	const __u8 *hit = bpf_map_lookup_elem(&nm_peer_ports_v1, &port);
-
-	return hit && (*hit & NM_PORT_PROXY);
+	return nm_peer_port_bits(port) & NM_PORT_PROXY;
 }
 
 /* IPv6: declared by every object too, so each one pins the same set. */
