@@ -72,6 +72,15 @@ class ServerSettings:
     # every 30 s with 15 % jitter, so an idle Envoy was cut off every 2-3 min.
     # Must stay below that interval (tests/xds/server/test_ads_keepalive.py).
     client_ping_min_interval_seconds: float = 10.0
+    # Streams gRPC core has accepted but grpc.aio has not yet handed to a
+    # handler. grpc.aio asks core for one call at a time, so a burst of new
+    # streams (every Envoy reconnecting after a restart) queues in core.
+    # Core's own default drops queued calls at random beyond 1,000 and all
+    # beyond 3,000, silently: the client sees CANCELLED, or INTERNAL on its
+    # next write, and nothing is logged. That made 10,000 streams never sync
+    # (docs/benchmarks.md, "Why 10,000 streams never synced"). A call never
+    # waits longer than gRPC's 30 s unrequested-call limit either way.
+    max_pending_streams: int = 65_536
 
 
 def _passthrough(payload: bytes) -> bytes:
@@ -150,6 +159,9 @@ class AdsServer:
         options = [
             ("grpc.max_receive_message_length", self.settings.max_receive_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Soft limit = hard limit: no random early drop below it.
+            ("grpc.server.max_pending_requests", self.settings.max_pending_streams),
+            ("grpc.server.max_pending_requests_hard_limit", self.settings.max_pending_streams),
         ]
         if self.settings.keepalive_seconds is not None:
             options += [
