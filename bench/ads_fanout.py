@@ -115,6 +115,14 @@ async def _client_stream(stub: Any, api: str, node_id: str, eds_names: list[str]
     del queue
 
 
+_STARTED = time.monotonic()
+
+
+def _uptime() -> float:
+    """Seconds since this client process started (dates each reconnect)."""
+    return time.monotonic() - _STARTED
+
+
 async def _reconnecting_stream(stub: Any, api: str, node_id: str, eds_names: list[str]) -> None:
     """One client stream that, like Envoy, opens again after a backoff when
     the server ends it. (Before, one failed stream failed its worker's task
@@ -125,9 +133,12 @@ async def _reconnecting_stream(stub: Any, api: str, node_id: str, eds_names: lis
         try:
             await _client_stream(stub, api, node_id, eds_names)
         except grpc.aio.AioRpcError as exc:
-            print(f"RECONNECT {node_id} {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(
+                f"RECONNECT {node_id} {exc.code().name}: {exc.details()} at {_uptime():.1f}s",
+                file=sys.stderr,
+            )
         except asyncio.InvalidStateError as exc:  # grpc.aio: a write after the call ended
-            print(f"RECONNECT {node_id} {exc}", file=sys.stderr)
+            print(f"RECONNECT {node_id} {exc} at {_uptime():.1f}s", file=sys.stderr)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 4.0)
 

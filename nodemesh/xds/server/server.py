@@ -78,9 +78,13 @@ class ServerSettings:
     # Core's own default drops queued calls at random beyond 1,000 and all
     # beyond 3,000, silently: the client sees CANCELLED, or INTERNAL on its
     # next write, and nothing is logged. That made 10,000 streams never sync
-    # (docs/benchmarks.md, "Why 10,000 streams never synced"). A call never
-    # waits longer than gRPC's 30 s unrequested-call limit either way.
+    # (docs/benchmarks.md, "Why 10,000 streams never synced").
     max_pending_streams: int = 65_536
+    # How long such a stream may wait; core cancels it after that, as
+    # silently. gRPC's 30 s default was too short while the server took in
+    # 10,000 streams on a loaded machine, and each cancelled stream came
+    # back as a reconnect at the end of the queue.
+    max_pending_seconds: int = 300
 
 
 def _passthrough(payload: bytes) -> bytes:
@@ -162,6 +166,7 @@ class AdsServer:
             # Soft limit = hard limit: no random early drop below it.
             ("grpc.server.max_pending_requests", self.settings.max_pending_streams),
             ("grpc.server.max_pending_requests_hard_limit", self.settings.max_pending_streams),
+            ("grpc.server_max_unrequested_time_in_server", self.settings.max_pending_seconds),
         ]
         if self.settings.keepalive_seconds is not None:
             options += [
