@@ -218,7 +218,7 @@ def report(results: list[Result], args: Any) -> None:
         f"load average {os.getloadavg()[0]:.1f} at the end"
     )
     columns = [f"{r.server}@{r.streams}" for r in results]
-    print(f"{'':46}" + "".join(f"{c:>22}" for c in columns))
+    print(f"{'':46}" + "".join(f"{c:>24}" for c in columns))
     rows = [
         ("initial sync incl. client start-up (s)", "initial_sync", ".3f"),
         ("full config push, all ACKed (s)", "full_push", ".3f"),
@@ -235,7 +235,7 @@ def report(results: list[Result], args: Any) -> None:
             if value is not None and "(ms)" in label:
                 value *= 1000
             values.append(_fmt(value, spec))
-        print(f"{label:46}" + "".join(f"{v:>22}" for v in values))
+        print(f"{label:46}" + "".join(f"{v:>24}" for v in values))
     for r in results:
         if r.failure:
             print(f"{r.server}@{r.streams}: FAILED: {r.failure}")

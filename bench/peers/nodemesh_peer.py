@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import structlog
-from prometheus_client import REGISTRY
 
+from bench.ads_fanout import acked
 from bench.peers.export import load
 from nodemesh.xds.cache import SnapshotCache
 from nodemesh.xds.server import AdsServer, ServerSettings, StreamSettings
@@ -49,11 +49,9 @@ async def serve(coalesce: float) -> None:
                 cache.set_default_snapshot(cache.build_snapshot(resources, version))
                 print(f"ok {version} {parsed:f} {parsed_cpu:f}", flush=True)
             elif command == "acks":
-                labels = {"type": SHORT_NAMES.get(argument, argument)}
-                # The server records on the default registry (nodemesh.xds.metrics);
+                # The server records on module-level metrics (nodemesh.xds.metrics);
                 # this process serves one server, so the total is its own.
-                count = REGISTRY.get_sample_value("nodemesh_xds_acks_total", labels) or 0
-                print(int(count), flush=True)
+                print(int(acked(SHORT_NAMES.get(argument, argument))), flush=True)
             else:
                 print(f"error unknown command {command!r}", flush=True)
     finally:

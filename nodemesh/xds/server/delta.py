@@ -44,6 +44,11 @@ class DeltaStream(AdsStream):
                 self._after_nack(state)
             else:
                 self.on_ack(state, nonce, full_state=False)
+        subscribing = request.resource_names_subscribe or request.resource_names_unsubscribe
+        if not first and not subscribing:
+            # A plain ACK or NACK, what every stream sends after every push:
+            # no subscription to look at.
+            return False
         # 2. Subscriptions. The legacy wildcard is an empty subscribe list on
         #    the first request of LDS/CDS; "*" subscribes to the wildcard
         #    explicitly and unsubscribing "*" ends it.
