@@ -164,6 +164,8 @@ def clients(port: int, api: str, streams: int, workers: int, services: int) -> I
 
 def measure(name: str, argv: list[str], files: list[Path], args: Any, streams: int) -> Result:
     result = Result(name, streams)
+    # The client processes print each reconnect on this stderr: say whose.
+    print(f"MEASURE {name}@{streams}", file=sys.stderr, flush=True)
     peer = Peer(argv)
     try:
         peer.load(files[0])

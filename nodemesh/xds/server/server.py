@@ -81,9 +81,9 @@ class ServerSettings:
     # (docs/benchmarks.md, "Why 10,000 streams never synced").
     max_pending_streams: int = 65_536
     # How long such a stream may wait; core cancels it after that, as
-    # silently. gRPC's 30 s default was too short while the server took in
-    # 10,000 streams on a loaded machine, and each cancelled stream came
-    # back as a reconnect at the end of the queue.
+    # silently, and it only comes back as a reconnect at the end of the
+    # queue. gRPC's default is 30 s; taking in 10,000 streams on a loaded
+    # machine can take longer.
     max_pending_seconds: int = 300
 
 
