@@ -4,13 +4,16 @@ logging and metrics.
 
 Each stream runs two named tasks in a TaskGroup:
 - the reader applies client requests to per-type state and wakes the sender;
-- the sender waits for a wake-up, lets a burst of snapshot changes settle
-  (bounded by `coalesce_delay`), then walks the types in make-before-break
+- the sender waits for a wake-up, then walks the types in make-before-break
   order and writes at most one response per type, built from the latest
-  snapshot at that moment. Nothing is queued: while a write is blocked on a
-  slow client, newer snapshots only mark the stream dirty, and the next
-  round sends the latest state. A write that does not complete within
-  `send_timeout` closes the stream (RESOURCE_EXHAUSTED).
+  snapshot at that moment. Snapshot changes are paced by `coalesce_delay`
+  with a leading edge: the first change after a quiet window is pushed at
+  once, and every change within the window that follows rides in one
+  trailing round at its end (so a burst costs at most two rounds, and an
+  isolated change no fixed delay). Nothing is queued: while a write is
+  blocked on a slow client, newer snapshots only mark the stream dirty, and
+  the next round sends the latest state. A write that does not complete
+  within `send_timeout` closes the stream (RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -64,8 +67,11 @@ SERVING_TYPES = (CLUSTER, LISTENER, ROUTE)
 class StreamSettings:
     """Per-stream limits and timing.
 
-    coalesce_delay: a burst of snapshot changes within this window becomes
-        one push (istiod debounces similarly, 100 ms by default).
+    coalesce_delay: the pacing window for snapshot changes. The first
+        change after a window without a snapshot round is pushed at once
+        (leading edge); changes within the window that follows become one
+        trailing push at its end. istiod waits 100 ms before every push;
+        go-control-plane pushes at once, paced only by the client's ACKs.
     send_timeout: a client that has not taken a response off the wire
         within this time is disconnected rather than buffered for.
     max_names: bound on resource names one stream may subscribe to, across
@@ -122,7 +128,10 @@ class AdsStream(ABC):
         self.held_names = 0  # names subscribed when the stream ended
         self._context = context
         self._wake = asyncio.Event()
-        self._changed_at: float | None = None
+        # A snapshot change not yet pushed, and when the last round caused
+        # by one started (loop time): see `_pace`.
+        self._changed = False
+        self._pushed_at: float | None = None
         self._cancel_watch: Callable[[], None] | None = None
         self._nonces = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -252,8 +261,7 @@ class AdsStream(ABC):
         check_name_bound((s.names for s in self.states.values()), self.settings)
 
     def _on_snapshot(self) -> None:
-        if self._changed_at is None:
-            self._changed_at = asyncio.get_running_loop().time()
+        self._changed = True
         self._wake.set()
 
     def wake(self) -> None:
@@ -263,18 +271,12 @@ class AdsStream(ABC):
     # -- sending -----------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._ending:
             await self._wake.wait()
             if self._ending:
                 return
-            if self._changed_at is not None:
-                # Coalesce: the first change of a burst starts the clock; every
-                # later change within the window rides along for free.
-                remaining = self._changed_at + self.settings.coalesce_delay - loop.time()
-                if remaining > 0:
-                    await asyncio.sleep(remaining)
-                self._changed_at = None
+            if self._changed:
+                await self._pace()
             self._wake.clear()
             snapshot = self.source.snapshot(self.node_key)
             if snapshot is None:
@@ -286,6 +288,23 @@ class AdsStream(ABC):
                 if self._ending:
                     return
                 await self._push(self.states[type_url], snapshot)
+
+    async def _pace(self) -> None:
+        """Hold a round caused by snapshot changes to one per `coalesce_delay`.
+
+        Leading edge: when the last such round started a whole window ago
+        (or never), this one starts now. Otherwise it waits for that window
+        to end, and every change arriving meanwhile rides along: a burst is
+        one round at once plus at most one trailing round per window."""
+        loop = asyncio.get_running_loop()
+        if self._pushed_at is not None:
+            remaining = self._pushed_at + self.settings.coalesce_delay - loop.time()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+        # Cleared before the round reads the snapshot: a change from here on
+        # is newer than what this round sends, so it owes a round of its own.
+        self._changed = False
+        self._pushed_at = loop.time()
 
     async def _push(self, state: TypeState, snapshot: Snapshot) -> None:
         # A helper of its own so the response bytes die with its frame: a
