@@ -58,7 +58,7 @@ def _version(step: int) -> dict[str, Any]:
 def _weight_of_b(resp: Any) -> int:
     vhost = decode_resources(resp)["routes"].virtual_hosts[0]
     clusters = vhost.routes[0].route.weighted_clusters.clusters
-    return next(c.weight.value for c in clusters if c.name == "b")
+    return int(next(c.weight.value for c in clusters if c.name == "b"))
 
 
 async def test_isolated_change_is_pushed_without_waiting_the_window(
