@@ -48,7 +48,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         "--push-delay",
         type=float,
         default=DEFAULT_PUSH_DELAY,
-        help="coalescing window for bursts of changes, seconds",
+        help="pacing window, seconds: a change after a quiet window is pushed at once, "
+        "later ones in the window together at its end",
     )
     serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM)")
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM, unencrypted)")

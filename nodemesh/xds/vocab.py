@@ -52,8 +52,9 @@ OTHER_TYPE_LABEL = "other"
 
 # Where `nodemesh serve` listens for ADS unless told otherwise.
 DEFAULT_XDS_ADDRESS = "127.0.0.1:18000"
-# Coalescing window for bursts of model changes, seconds (istiod debounces
-# similarly, 100 ms by default).
+# Pacing window for model changes, seconds: the first change after a quiet
+# window is pushed at once, the rest of a burst together at the window's end
+# (StreamSettings.coalesce_delay; istiod delays every push by 100 ms).
 DEFAULT_PUSH_DELAY = 0.1
 
 

@@ -6,13 +6,11 @@ Each stream runs two named tasks in a TaskGroup:
 - the reader applies client requests to per-type state and wakes the sender;
 - the sender waits for a wake-up, then walks the types in make-before-break
   order and writes at most one response per type, built from the latest
-  snapshot at that moment. Snapshot changes are paced by `coalesce_delay`
-  with a leading edge: the first change after a quiet window is pushed at
-  once, and every change within the window that follows rides in one
-  trailing round at its end (so a burst costs at most two rounds, and an
-  isolated change no fixed delay). Nothing is queued: while a write is
-  blocked on a slow client, newer snapshots only mark the stream dirty, and
-  the next round sends the latest state. A write that does not complete
+  snapshot at that moment. Rounds caused by snapshot changes are paced
+  (pacing.py): the first change after a quiet window is pushed at once,
+  the rest of a burst in one trailing round. Nothing is queued: while a
+  write is blocked on a slow client, newer snapshots only mark the stream
+  dirty, and the next round sends the latest state. A write that does not complete
   within `send_timeout` closes the stream (RESOURCE_EXHAUSTED).
 """
 
@@ -51,6 +49,7 @@ from nodemesh.xds.server.callbacks import (
 from nodemesh.xds.server.errors import ClientTooSlow, XdsServerError
 from nodemesh.xds.server.identity import NodeIdentityRule, check_node_identity
 from nodemesh.xds.server.limits import check_name_bound, check_type_url, checked_node
+from nodemesh.xds.server.pacing import Pacer
 from nodemesh.xds.server.state import Inflight, TypeState
 from nodemesh.xds.vocab import DEFAULT_PUSH_DELAY
 
@@ -128,10 +127,7 @@ class AdsStream(ABC):
         self.held_names = 0  # names subscribed when the stream ended
         self._context = context
         self._wake = asyncio.Event()
-        # A snapshot change not yet pushed, and when the last round caused
-        # by one started (loop time): see `_pace`.
-        self._changed = False
-        self._pushed_at: float | None = None
+        self._pacer = Pacer(settings.coalesce_delay)
         self._cancel_watch: Callable[[], None] | None = None
         self._nonces = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -261,7 +257,7 @@ class AdsStream(ABC):
         check_name_bound((s.names for s in self.states.values()), self.settings)
 
     def _on_snapshot(self) -> None:
-        self._changed = True
+        self._pacer.changed()
         self._wake.set()
 
     def wake(self) -> None:
@@ -275,8 +271,8 @@ class AdsStream(ABC):
             await self._wake.wait()
             if self._ending:
                 return
-            if self._changed:
-                await self._pace()
+            if self._pacer.pending:
+                await self._pacer.wait(self._unanswered)
             self._wake.clear()
             snapshot = self.source.snapshot(self.node_key)
             if snapshot is None:
@@ -289,22 +285,9 @@ class AdsStream(ABC):
                     return
                 await self._push(self.states[type_url], snapshot)
 
-    async def _pace(self) -> None:
-        """Hold a round caused by snapshot changes to one per `coalesce_delay`.
-
-        Leading edge: when the last such round started a whole window ago
-        (or never), this one starts now. Otherwise it waits for that window
-        to end, and every change arriving meanwhile rides along: a burst is
-        one round at once plus at most one trailing round per window."""
-        loop = asyncio.get_running_loop()
-        if self._pushed_at is not None:
-            remaining = self._pushed_at + self.settings.coalesce_delay - loop.time()
-            if remaining > 0:
-                await asyncio.sleep(remaining)
-        # Cleared before the round reads the snapshot: a change from here on
-        # is newer than what this round sends, so it owes a round of its own.
-        self._changed = False
-        self._pushed_at = loop.time()
+    def _unanswered(self) -> bool:
+        """The latest response of some type awaits its ACK or NACK."""
+        return any(state.nonce in state.inflight for state in self.states.values())
 
     async def _push(self, state: TypeState, snapshot: Snapshot) -> None:
         # A helper of its own so the response bytes die with its frame: a
@@ -365,6 +348,7 @@ class AdsStream(ABC):
             latency=time.monotonic() - done.sent_at if done is not None else None,
         )
         self.log.info("xds_ack", type_url=state.type_url, version=state.acked_version, nonce=nonce)
+        self._pacer.answered()
         if state.type_url in SERVING_TYPES and self._holding:
             # Held removals may now be safe (make-before-break).
             self.wake()
@@ -387,6 +371,7 @@ class AdsStream(ABC):
         self.log.warning(
             "xds_nack", type_url=state.type_url, version=version, nonce=nonce, error=message
         )
+        self._pacer.answered()
 
     def routes_converged(self, snapshot: Snapshot) -> bool:
         """True when the client has ACKed the current listeners and routes it

@@ -3,7 +3,9 @@
 The first change after a quiet window is pushed at once; changes within the
 window that follows ride in one trailing round. The "at once" tests use a
 window of an hour: were the push held for the window, `recv` would time out
-(ads_harness.TIMEOUT) and the test fail.
+(ads_harness.TIMEOUT) and the test fail. A change right after an ACK (the
+ACK possibly still on the wire) is covered by test_ads_held_removal.py and
+test_ads_ack_nack.py, which publish right after acking.
 """
 
 from __future__ import annotations
@@ -151,4 +153,23 @@ async def test_held_removal_is_released_without_waiting_the_window(
         assert names_of(final) == ["b"]
     else:
         assert list(final.removed_resources) == ["a"]
+    await client.close()
+
+
+async def test_a_change_waits_for_an_answer_at_most_one_window(
+    make_harness: MakeHarness, api: str
+) -> None:
+    """A change waits for the client to answer its last response (an ACK on
+    the wire must not cross the new one), but a client that never answers
+    still gets the change, one window later."""
+    harness = await make_harness(coalesce_delay=0.5)
+    publish(harness.cache, "node-1", mesh(clusters=("a",)), "v1")
+    client = await harness.client(api)
+    await (client.request(CLUSTER) if api == "sotw" else client.request(CLUSTER, subscribe=["*"]))
+    first = await client.recv()  # never ACKed
+    publish(harness.cache, "node-1", mesh(clusters=("a", "z")), "v2")
+    pushed = await client.recv()
+    assert pushed.nonce != first.nonce
+    assert "z" in names_of(pushed)
+    assert harness.server.clients()[0].types[CLUSTER].pending  # still unanswered
     await client.close()
