@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nodemesh.xds.cache import CLUSTER, ENDPOINT, SnapshotCache
-from tests.xds.server.ads_harness import Harness, mesh, names_of, publish
+from tests.xds.server.ads_harness import Harness, mesh, names_of, publish, wait_until
 
 
 async def test_sotw_cds_absence_is_deletion(harness: Harness) -> None:
@@ -91,6 +91,12 @@ async def test_delta_unsubscribed_name_gets_no_updates(harness: Harness) -> None
     first = await client.recv()
     await client.ack(first)
     await client.request(ENDPOINT, unsubscribe=["b"])
+    # The change below is pushed at once (leading edge): the request must
+    # have landed first, or the push rightly goes to the old subscription.
+    await wait_until(
+        lambda: harness.server.clients()[0].types[ENDPOINT].subscribed == ("a",),
+        what="b unsubscribed",
+    )
     changed = mesh(clusters=("a", "b"), port=1)
     changed[ENDPOINT] = {
         "a": mesh(clusters=("z", "a"))[ENDPOINT]["a"],

@@ -122,6 +122,15 @@ async def test_delta_unsubscribing_star_ends_the_wildcard(harness: Harness) -> N
     assert names_of(first) == ["a", "b"]
     await client.ack(first)
     await client.request(CLUSTER, subscribe=["a"], unsubscribe=["*"])
+    # The change below is pushed at once (leading edge): the request must
+    # have landed first, or the push rightly goes to the old subscription.
+    await wait_until(
+        lambda: (
+            harness.server.clients()[0].types[CLUSTER].subscribed == ("a",)
+            and not harness.server.clients()[0].types[CLUSTER].wildcard
+        ),
+        what="wildcard ended",
+    )
     # a new cluster no longer arrives; a change to the named one does
     resources = mesh(clusters=("a", "b", "c"))
     narrow(resources[CLUSTER]["a"], cluster_pb2.Cluster).connect_timeout.seconds = 7
