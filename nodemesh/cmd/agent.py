@@ -68,6 +68,19 @@ def _datapath(pins: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="report allowed policy verdicts in the event ring too (denied ones always are)",
     )
+    p.add_argument(
+        "--service-events",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="report service translations, L7 steering and zero-backend refusals "
+        "in the event ring (flows of type translated, to-proxy, no-backend)",
+    )
+    p.add_argument(
+        "--service-events-sample-every",
+        type=int,
+        default=1,
+        help="report one translation or steering in N, at random (refusals: every one)",
+    )
     return p
 
 

@@ -21,6 +21,7 @@ from nodemesh.ebpf import (
     applier,
     dump,
     dump_policy,
+    events,
     loader,
     planner,
     policy_apply,
@@ -89,6 +90,8 @@ def _settings(args: argparse.Namespace, pods: PodCgroups) -> AgentSettings:
         proxy_pod(args),
         host_ips=tuple(args.host_ip or ()),
         policy_events_allowed=args.policy_events_allowed,
+        service_events=args.service_events,
+        service_events_sample_every=args.service_events_sample_every,
     )
 
 
@@ -250,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
         removed = loader.cleanup(config)
         print(f"removed {len(removed)} pins under {config.pin_dir}")
         return 0
+    if args.service_events_sample_every < 1:
+        raise UsageError("--service-events-sample-every: must be at least 1")
     pods = pod_cgroups(args)
     config = _config(args, pods)
     if args.action == "run":
@@ -267,6 +272,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     loader.load(config)
     policy_apply.set_events_allowed(config.maps_dir, args.policy_events_allowed)
+    events.set_service_events(
+        config.maps_dir, args.service_events, args.service_events_sample_every
+    )
     if args.model_dir is not None:
         # Through the agent: the model's L3/L4 policy goes in with its plan.
         store, _ = _store_from_dir(args.model_dir)

@@ -1,8 +1,10 @@
 """The datapath's event ring (`nm_events_v1`, bpf/lib/events.h), read from Python.
 
-One event layout for every kind of event (`Event.type`): policy verdicts now;
-service translation, L7 steering and zero-backend refusals are reserved type
-numbers for the flow work (issue 13), which can reuse `Reader` as it is.
+One event layout for every kind of event (`Event.type`): policy verdicts,
+service translation (VIP -> backend), L7 steering to the node Envoy and
+zero-backend refusals. The service events are switched and sampled by
+`set_service_events` (nm_events_config_v1); policy verdicts by
+policy_apply.set_events_allowed.
 
 `Reader` wraps libbpf's ring_buffer API (ring_buffer__new/poll/free) through
 ctypes: `poll()` calls the handler once per event, in order. A failed
@@ -19,9 +21,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from nodemesh.ebpf import libbpf
+from nodemesh.ebpf import libbpf, pinned
 from nodemesh.ebpf.errors import MapError
-from nodemesh.ebpf.mirrors import IP6, Mirror, ip_str, port_host
+from nodemesh.ebpf.mirrors import IP6, U32, U64, EventsConfig, Mirror, ip_str, port_host
 
 
 class EventType(IntEnum):
@@ -39,6 +41,26 @@ class Direction(IntEnum):
 class Verdict(IntEnum):
     ALLOWED = 1
     DENIED = 2
+
+
+class Reason(IntEnum):
+    """nm_event.reason of a NO_BACKEND event (enum nm_event_reason)."""
+
+    NO_BACKENDS = 1  # the Service has zero backends
+    BACKEND_GONE = 2  # the picked backend went while the agent shrank the Service
+
+
+SERVICE_EVENTS = 1  # NM_EVENTS_CFG_SERVICE
+
+
+def set_service_events(maps_dir: Path, on: bool, sample_every: int = 1) -> None:
+    """Report translation, steering and refusal events (`on`), keeping one
+    translation or steering event in `sample_every` (refusals: all)."""
+    if sample_every < 1:
+        raise MapError(f"nm_events_config_v1: sample_every must be at least 1, got {sample_every}")
+    with pinned.open_map(maps_dir, pinned.EVENTS_CONFIG) as m:
+        flags = SERVICE_EVENTS if on else 0
+        m.update(U32(0), EventsConfig(flags=flags, sample_every=sample_every))
 
 
 class Event(Mirror):
@@ -224,8 +246,5 @@ def read_percpu(fd: int, key: Mirror, value_type: type[Mirror]) -> list[Mirror]:
 
 def lost(maps_dir: Path) -> int:
     """Events the kernel could not put in the ring (summed over CPUs)."""
-    from nodemesh.ebpf import pinned
-    from nodemesh.ebpf.mirrors import U32, U64
-
     with pinned.open_map(maps_dir, pinned.EVENTS_LOST) as m:
         return sum(int(v.as_tuple()[0]) for v in read_percpu(m.fd, U32(0), U64))

@@ -278,6 +278,16 @@ class PolicyConfig(Mirror):
     )
 
 
+class EventsConfig(Mirror):
+    """struct nm_events_config (bpf/lib/events.h)."""
+
+    C_STRUCT = "nm_events_config"
+    _fields_ = (
+        ("flags", ctypes.c_uint32),
+        ("sample_every", ctypes.c_uint32),
+    )
+
+
 ALL_MIRRORS: tuple[type[Mirror], ...] = (
     ServiceKey,
     ServiceValue,
@@ -297,4 +307,5 @@ ALL_MIRRORS: tuple[type[Mirror], ...] = (
     PolicyValue,
     PolicyStats,
     PolicyConfig,
+    EventsConfig,
 )

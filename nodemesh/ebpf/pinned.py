@@ -15,6 +15,7 @@ from nodemesh.ebpf.mirrors import (
     U32,
     U64,
     Config,
+    EventsConfig,
     IdentityValue,
     IpcacheKey,
     L7RedirKey,
@@ -66,6 +67,8 @@ POLICY_STATS = MapSpec("nm_policy_stats_v1", U32, PolicyStats, 16384)
 POLICY_CONFIG = MapSpec("nm_policy_config_v1", U32, PolicyConfig, 1)
 UDP_PEERS = MapSpec("nm_udp_peers_v1", RevNatKey, U32, 65536)
 EVENTS_LOST = MapSpec("nm_events_lost_v1", U32, U64, 1)
+# Which service events (translation, steering, refusal) the kernel reports.
+EVENTS_CONFIG = MapSpec("nm_events_config_v1", U32, EventsConfig, 1)
 # Port (host order) -> nonzero if a backend or proxy uses it (only grows).
 PEER_PORTS = MapSpec("nm_peer_ports_v1", U32, U8, 65536)
 
@@ -86,6 +89,7 @@ ALL_MAPS = (
     POLICY_CONFIG,
     UDP_PEERS,
     EVENTS_LOST,
+    EVENTS_CONFIG,
     PEER_PORTS,
 )
 # The event ring (bpf/lib/events.h): no key or value, read with events.Reader.

@@ -1,6 +1,6 @@
 """Kernel datapath events -> L3/L4 flows.
 
-The datapath's event ring (`nm_events_v1`, branch h-policy: bpf/lib/events.h,
+The datapath's event ring (`nm_events_v1`: bpf/lib/events.h,
 nodemesh/ebpf/events.py) carries one fixed struct per event. This module
 turns a decoded event into a flow, enriched from the model. It depends on
 the event's shape only (`KernelEvent`, a Protocol that ebpf's DecodedEvent
@@ -8,7 +8,9 @@ satisfies), not on nodemesh.ebpf: both are layer 1, and the agent (layer
 3+) joins them by passing the reader's events here.
 
 Event types (enum nm_event_type): 1 policy verdict, 2 translation (VIP ->
-backend), 3 L7 steering to the node Envoy, 4 zero-backend refusal.
+backend), 3 L7 steering to the node Envoy, 4 zero-backend refusal, whose
+`reason` (enum nm_event_reason) says why: 1 the Service has no backends, 2
+the backend picked went away while the agent shrank the Service.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from nodemesh.flows.enrich import Resolver, Who
 
 POLICY, TRANSLATION, L7_STEER, NO_BACKEND = 1, 2, 3, 4
 _ALLOWED, _DENIED = 1, 2
+_NO_BACKENDS, _BACKEND_GONE = 1, 2
+_REFUSALS = {
+    _NO_BACKENDS: (flow_pb2.NO_SERVICE, "the Service has no backends"),
+    _BACKEND_GONE: (flow_pb2.BACKEND_REMOVED, "its backend went away as the Service shrank"),
+}
 _TCP, _UDP = 6, 17
 _KINDS = {
     POLICY: flow_pb2.POLICY_VERDICT,
@@ -57,6 +64,8 @@ class KernelEvent(Protocol):
     def src_identity(self) -> int: ...
     @property
     def dst_identity(self) -> int: ...
+    @property
+    def reason(self) -> int: ...
 
 
 class UnknownEvent(ValueError):
@@ -87,6 +96,20 @@ def _verdict(event: KernelEvent) -> int:
     return int(flow_pb2.FORWARDED)
 
 
+def _refusal(reason: int) -> tuple[int, str]:
+    """The drop reason and its words; a reason from a newer datapath by number."""
+    known = _REFUSALS.get(reason)
+    return known if known is not None else (flow_pb2.NO_SERVICE, f"no backend (reason {reason})")
+
+
+def _drop_reason(event: KernelEvent) -> int:
+    if event.type == NO_BACKEND:
+        return int(_refusal(event.reason)[0])
+    if event.type == POLICY and event.verdict != _ALLOWED:
+        return int(flow_pb2.POLICY_DENIED)
+    return int(flow_pb2.DROP_REASON_UNKNOWN)
+
+
 def kernel_flow(
     event: KernelEvent, resolver: Resolver, node_name: str, wall_offset_ns: int | None = None
 ) -> flow_pb2.Flow:
@@ -96,6 +119,7 @@ def kernel_flow(
     offset = _wall_offset_ns() if wall_offset_ns is None else wall_offset_ns
     flow = flow_pb2.Flow(Type=flow_pb2.L3_L4, node_name=node_name, kernel_event=kind)
     flow.verdict = _verdict(event)
+    flow.drop_reason_desc = _drop_reason(event)
     flow.time.FromNanoseconds(event.timestamp_ns + offset)
     flow.IP.source, flow.IP.destination = event.saddr, event.daddr
     flow.IP.ipv6 = ":" in event.daddr
@@ -124,7 +148,8 @@ def _summary(event: KernelEvent, flow: flow_pb2.Flow) -> str:
     if event.type == L7_STEER:
         return f"{proto} {vip}{named} steered to the node Envoy at {backend}"
     if event.type == NO_BACKEND:
-        return f"{proto} {vip}{named} refused: no backend"
+        why = _refusal(event.reason)[1]
+        return f"{proto} {vip}{named} refused: {why}"
     allowed = "allowed" if event.verdict == _ALLOWED else "denied"
     return f"{proto} {backend} policy {allowed} (identity {event.src_identity} -> " + (
         f"{event.dst_identity})"

@@ -42,7 +42,15 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from nodemesh._gen.nodemesh.v1 import datapath_pb2 as pb
-from nodemesh.ebpf import applier, loader, planner, policy_apply, policy_incremental, policy_plan
+from nodemesh.ebpf import (
+    applier,
+    events,
+    loader,
+    planner,
+    policy_apply,
+    policy_incremental,
+    policy_plan,
+)
 from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
 from nodemesh.ebpf.policy_metrics import COLLECTOR
@@ -81,6 +89,10 @@ class AgentSettings:
     host_ips: tuple[str, ...] = ()
     # Report allowed policy verdicts in the event ring too (denied always are).
     policy_events_allowed: bool = False
+    # Service translation, L7 steering and refusal events; one translation
+    # or steering in `service_events_sample_every` (refusals: all).
+    service_events: bool = True
+    service_events_sample_every: int = 1
 
 
 # Waits until Envoy `node_id` has ACKed the published model, or raises
@@ -124,8 +136,10 @@ class DatapathAgent:
         if self.proxy is not None:
             warn_without_migrate_req()
         report = loader.load(self.settings.config)
-        policy_apply.set_events_allowed(
-            self.settings.config.maps_dir, self.settings.policy_events_allowed
+        cfg = self.settings
+        policy_apply.set_events_allowed(cfg.config.maps_dir, cfg.policy_events_allowed)
+        events.set_service_events(
+            cfg.config.maps_dir, cfg.service_events, cfg.service_events_sample_every
         )
         return report
 

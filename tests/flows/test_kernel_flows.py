@@ -31,6 +31,7 @@ class Event:
     verdict: int = 0
     src_identity: int = 0
     dst_identity: int = 0
+    reason: int = 0
 
 
 def _model_with_vip() -> MeshModel:
@@ -48,7 +49,7 @@ def test_each_event_type_becomes_its_flow() -> None:
     for event in (
         Event(type=2),
         Event(type=3, daddr="127.0.0.1", dport=15001),
-        Event(type=4, daddr="10.96.0.11", dport=80, proto=17),
+        Event(type=4, daddr="10.96.0.11", dport=80, proto=17, reason=1),
         Event(type=1, verdict=2, src_identity=1234, dst_identity=5678),
     ):
         flows.kernel_event(event)
@@ -68,6 +69,26 @@ def test_each_event_type_becomes_its_flow() -> None:
     assert translated.summary == "TCP 10.96.0.11:80 -> 10.0.2.1:8080 (default/httpbin-v1)"
     assert got[2].l4.WhichOneof("protocol") == "UDP"
     assert got[3].source.identity == 1234 and got[3].destination.identity == 5678
+    assert got[3].drop_reason_desc == flow_pb2.POLICY_DENIED
+
+
+def test_a_refusal_says_why() -> None:
+    flows = collector()
+    for reason in (1, 2, 7):
+        flows.kernel_event(Event(type=4, daddr="10.96.0.11", dport=80, reason=reason))
+    got = flows.ring.recent()
+    assert [f.drop_reason_desc for f in got] == [
+        flow_pb2.NO_SERVICE,
+        flow_pb2.BACKEND_REMOVED,
+        flow_pb2.NO_SERVICE,
+    ]
+    assert [f.summary for f in got] == [
+        "TCP 10.96.0.11:80 (default/httpbin-v1) refused: the Service has no backends",
+        "TCP 10.96.0.11:80 (default/httpbin-v1) refused: its backend went away as the "
+        "Service shrank",
+        "TCP 10.96.0.11:80 (default/httpbin-v1) refused: no backend (reason 7)",
+    ]
+    assert got[0].verdict == flow_pb2.DROPPED
 
 
 def test_an_unknown_event_type_is_counted_and_skipped() -> None:

@@ -16,6 +16,25 @@ static __always_inline int nm_refuse(void)
 	return NM_SYS_REJECT;
 }
 
+/* A service event for user space (events.h): `fe` is the VIP asked for,
+ * dst:dport where the socket goes instead (the VIP itself for a refusal). */
+static __always_inline void nm_svc_event4(__u64 cookie, const struct nm_service_key *fe,
+					  const __be32 *dst, __be16 dport,
+					  const struct nm_identity_value *ep, __u8 type, __u32 reason)
+{
+	struct nm_svc_flow f = {};
+
+	f.cookie = cookie;
+	f.orig = &fe->vip;
+	f.dst = dst;
+	f.orig_port = fe->port;
+	f.dport = dport;
+	f.family = NM_AF_INET;
+	f.proto = fe->proto;
+	f.src_identity = ep ? ep->identity : 0;
+	nm_service_event(&f, type, reason);
+}
+
 static __always_inline void nm_remember_vip(__u64 cookie, __be32 peer, __be16 peer_port,
 					    const struct nm_service_key *fe)
 {
@@ -57,6 +76,7 @@ static __always_inline int nm_sock4_steer(struct bpf_sock_addr *ctx, __u64 cooki
 	}
 	nm_l7_steer(cookie, fe, redir);
 	nm_remember_vip(cookie, redir->proxy_addr, redir->proxy_port, fe);
+	nm_svc_event4(cookie, fe, &redir->proxy_addr, redir->proxy_port, ep, NM_EVENT_L7_STEER, 0);
 	ctx->user_ip4 = redir->proxy_addr;
 	ctx->user_port = redir->proxy_port;
 	return NM_SYS_PROCEED;
@@ -95,19 +115,26 @@ static __always_inline int nm_sock4_xlate(struct bpf_sock_addr *ctx, bool is_con
 			return nm_sock4_steer(ctx, cookie, &key, frontend, redir, ep);
 	}
 
-	if (frontend->count == 0)
+	if (frontend->count == 0) {
+		nm_svc_event4(cookie, &key, &key.vip, key.port, ep, NM_EVENT_NO_BACKEND,
+			      NM_REASON_NO_BACKENDS);
 		return nm_refuse();
+	}
 	key.slot = nm_pick_slot(frontend->count, cookie, !is_connect);
 	backend = bpf_map_lookup_elem(&nm_services_v1, &key);
-	if (!backend)
+	if (!backend) {
 		/* Only while the agent shrinks a service; the next connect
 		 * sees the new count. */
+		nm_svc_event4(cookie, &key, &key.vip, key.port, ep, NM_EVENT_NO_BACKEND,
+			      NM_REASON_BACKEND_GONE);
 		return nm_refuse();
+	}
 	if (ep && !nm_egress4_allowed(ctx, ep, backend->addr, backend->port, key.vip, key.port,
 				      proto))
 		return nm_deny();
 
 	nm_remember_vip(cookie, backend->addr, backend->port, &key);
+	nm_svc_event4(cookie, &key, &backend->addr, backend->port, ep, NM_EVENT_TRANSLATION, 0);
 	ctx->user_ip4 = backend->addr;
 	ctx->user_port = backend->port;
 	return NM_SYS_PROCEED;

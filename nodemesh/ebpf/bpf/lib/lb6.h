@@ -27,6 +27,24 @@ static __always_inline void nm_remember_vip6(__u64 cookie, const __be32 peer[4],
 	bpf_map_update_elem(&nm_revnat6_v1, &key, &orig, BPF_ANY);
 }
 
+/* An IPv6 service event (see nm_svc_event4). */
+static __always_inline void nm_svc_event6(__u64 cookie, const struct nm_service6_key *fe,
+					  const __be32 *dst, __be16 dport,
+					  const struct nm_identity_value *ep, __u8 type, __u32 reason)
+{
+	struct nm_svc_flow f = {};
+
+	f.cookie = cookie;
+	f.orig = fe->vip;
+	f.dst = dst;
+	f.orig_port = fe->port;
+	f.dport = dport;
+	f.family = NM_AF_INET6;
+	f.proto = fe->proto;
+	f.src_identity = ep ? ep->identity : 0;
+	nm_service_event(&f, type, reason);
+}
+
 /* ::ffff:VIP -> ::ffff:Envoy if an L7 redirect covers this client (nm_sockops
  * files the original destination at the SYN, as for connect4). */
 static __always_inline int nm_sock6_steer_mapped(struct bpf_sock_addr *ctx, __u64 cookie,
@@ -54,6 +72,9 @@ static __always_inline int nm_sock6_steer_mapped(struct bpf_sock_addr *ctx, __u6
 	peer[2] = bpf_htonl(0xffff);
 	peer[3] = redir->proxy_addr;
 	nm_remember_vip6(cookie, peer, redir->proxy_port, dst, key->port);
+	/* Reported as IPv4: it is IPv4 on the wire. */
+	nm_svc_event4(cookie, key, &redir->proxy_addr, redir->proxy_port, ep, NM_EVENT_L7_STEER,
+		      0);
 	ctx->user_ip6[3] = redir->proxy_addr;
 	ctx->user_port = redir->proxy_port;
 	return NM_SYS_PROCEED;
@@ -86,17 +107,24 @@ static __always_inline int nm_sock6_xlate_mapped(struct bpf_sock_addr *ctx, __be
 		if (steered >= 0)
 			return steered;
 	}
-	if (frontend->count == 0)
+	if (frontend->count == 0) {
+		nm_svc_event4(cookie, &key, &key.vip, key.port, ep, NM_EVENT_NO_BACKEND,
+			      NM_REASON_NO_BACKENDS);
 		return nm_refuse();
+	}
 	key.slot = nm_pick_slot(frontend->count, cookie, !is_connect);
 	backend = bpf_map_lookup_elem(&nm_services_v1, &key);
-	if (!backend)
+	if (!backend) {
+		nm_svc_event4(cookie, &key, &key.vip, key.port, ep, NM_EVENT_NO_BACKEND,
+			      NM_REASON_BACKEND_GONE);
 		return nm_refuse();
+	}
 	if (ep && !nm_egress4_allowed(ctx, ep, backend->addr, backend->port, dst[3], key.port, proto))
 		return nm_deny();
 	peer[2] = bpf_htonl(0xffff);
 	peer[3] = backend->addr;
 	nm_remember_vip6(cookie, peer, backend->port, dst, key.port);
+	nm_svc_event4(cookie, &key, &backend->addr, backend->port, ep, NM_EVENT_TRANSLATION, 0);
 	ctx->user_ip6[3] = backend->addr;
 	ctx->user_port = backend->port;
 	return NM_SYS_PROCEED;
@@ -130,17 +158,24 @@ static __always_inline int nm_sock6_xlate(struct bpf_sock_addr *ctx, bool is_con
 			return nm_deny();
 		return NM_SYS_PROCEED;
 	}
-	if (frontend->count == 0)
-		return nm_refuse();
 	cookie = bpf_get_socket_cookie(ctx);
+	if (frontend->count == 0) {
+		nm_svc_event6(cookie, &key, key.vip, key.port, ep, NM_EVENT_NO_BACKEND,
+			      NM_REASON_NO_BACKENDS);
+		return nm_refuse();
+	}
 	key.slot = nm_pick_slot(frontend->count, cookie, !is_connect);
 	backend = bpf_map_lookup_elem(&nm_services6_v1, &key);
-	if (!backend)
+	if (!backend) {
 		/* Only while the agent shrinks a service. */
+		nm_svc_event6(cookie, &key, key.vip, key.port, ep, NM_EVENT_NO_BACKEND,
+			      NM_REASON_BACKEND_GONE);
 		return nm_refuse();
+	}
 	if (!nm_egress6_allowed(ctx, ep, backend->port, proto))
 		return nm_deny();
 	nm_remember_vip6(cookie, backend->addr, backend->port, dst, key.port);
+	nm_svc_event6(cookie, &key, backend->addr, backend->port, ep, NM_EVENT_TRANSLATION, 0);
 	ctx->user_ip6[0] = backend->addr[0];
 	ctx->user_ip6[1] = backend->addr[1];
 	ctx->user_ip6[2] = backend->addr[2];
