@@ -40,7 +40,7 @@ from nodemesh.node.proxy_follow import ProxyPod
 from nodemesh.sources.files import FileSource
 from nodemesh.wiring.agent import NodeAgent
 from nodemesh.wiring.controlplane import ControlPlaneConfig
-from nodemesh.wiring.flows import follow_kernel_events
+from nodemesh.wiring.flows import CgroupPods, follow_kernel_events
 from nodemesh.xds.translate import TranslateOptions
 
 log = structlog.get_logger("nodemesh.cmd.agent")
@@ -192,6 +192,7 @@ async def _serve_with_xds(args: argparse.Namespace, pods: PodCgroups) -> None:
         print("agent ready", flush=True)
 
     flows = flow_server(args, als_socket, lambda: agent.plane.model)
+    flows.collector.cgroup_pods = CgroupPods(pods, lambda: agent.plane.model)
     await flows.start()
     try:
         async with asyncio.TaskGroup() as tg:

@@ -22,7 +22,7 @@ from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf.message import DecodeError
 
 from nodemesh._gen.nodemesh.v1 import flow_pb2
-from nodemesh.flows.enrich import Resolver
+from nodemesh.flows.enrich import Resolver, Who
 from nodemesh.flows.kernel import KernelEvent, UnknownEvent, kernel_flow
 from nodemesh.flows.l7 import http_flow
 from nodemesh.flows.metrics import LOST, FlowMetrics
@@ -30,6 +30,8 @@ from nodemesh.flows.ring import FlowRing
 from nodemesh.model.snapshot import MeshModel
 
 log = structlog.get_logger(__name__)
+
+_UNSPECIFIED = ("0.0.0.0", "::")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,15 @@ class FlowCollector:
         self.access_log_entries = 0
         self.unknown_kernel_events = 0
         self._wall_offset = time.time_ns() - time.monotonic_ns()
+        # Cgroup id -> pod "namespace/name" on this node (the agent's, from
+        # the datapath): who made a kernel event that has no source address.
+        self.cgroup_pods: Callable[[int], str | None] | None = None
+
+    def _client(self, event: KernelEvent, resolver: Resolver) -> Who | None:
+        if self.cgroup_pods is None or event.saddr not in _UNSPECIFIED:
+            return None
+        pod = self.cgroup_pods(event.cgroup_id)
+        return resolver.pod(pod, event.saddr) if pod is not None else None
 
     def resolver(self) -> Resolver:
         model = self._model()
@@ -79,8 +90,10 @@ class FlowCollector:
 
     def kernel_event(self, event: KernelEvent) -> None:
         """One decoded datapath event (the agent's ring reader calls this)."""
+        resolver = self.resolver()
         try:
-            flow = kernel_flow(event, self.resolver(), self.options.node_name, self._wall_offset)
+            client = self._client(event, resolver)
+            flow = kernel_flow(event, resolver, self.options.node_name, self._wall_offset, client)
         except UnknownEvent as exc:
             self.unknown_kernel_events += 1
             log.warning("unknown_kernel_event", error=str(exc))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nodemesh.model.objects import Deployment, Pod, ServiceName
 from nodemesh.model.snapshot import MeshModel
@@ -66,6 +66,7 @@ class Resolver:
         for deployment in model.deployments:
             by_ns.setdefault(deployment.ref.namespace, []).append(deployment)
         self._pods: dict[str, Who] = {}
+        self._pods_by_name: dict[str, Who] = {}
         self.pod_names: set[tuple[str, str]] = {(p.ref.namespace, p.ref.name) for p in model.pods}
         self.workload_names = {d.ref.name for d in model.deployments}
         for pod in model.pods:
@@ -106,15 +107,17 @@ class Resolver:
 
     def _add_pod(self, pod: Pod, deployments: Iterable[Deployment]) -> None:
         labels = dict(pod.labels)
+        who = Who(
+            "",
+            pod.ref.namespace,
+            pod.ref.name,
+            _workload_of(labels, deployments),
+            None,
+            tuple(f"k8s:{k}={v}" for k, v in pod.labels),
+        )
+        self._pods_by_name[f"{pod.ref.namespace}/{pod.ref.name}"] = who
         for ip in pod.ips:
-            self._pods[ip] = Who(
-                ip,
-                pod.ref.namespace,
-                pod.ref.name,
-                _workload_of(labels, deployments),
-                None,
-                tuple(f"k8s:{k}={v}" for k, v in pod.labels),
-            )
+            self._pods[ip] = replace(who, address=ip)
 
     def unknown_pods(self, patterns: Iterable[str]) -> list[str]:
         """The pod filters ("ns/name" or "name") that name no pod the model knows."""
@@ -133,6 +136,11 @@ class Resolver:
     def service_at(self, address: str, port: int) -> ServiceName | None:
         """The Service whose cluster IP and port these are."""
         return self._vips.get((address, port))
+
+    def pod(self, key: str, address: str = "") -> Who | None:
+        """Pod "namespace/name" (a kernel event's client, found by its cgroup)."""
+        known = self._pods_by_name.get(key)
+        return replace(known, address=address) if known is not None else None
 
     def source(self, address: str) -> Who:
         """A client: a pod by its IP, else a reserved identity."""

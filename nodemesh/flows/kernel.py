@@ -45,6 +45,8 @@ class KernelEvent(Protocol):
     @property
     def timestamp_ns(self) -> int: ...
     @property
+    def cgroup_id(self) -> int: ...
+    @property
     def saddr(self) -> str: ...
     @property
     def sport(self) -> int: ...
@@ -111,8 +113,14 @@ def _drop_reason(event: KernelEvent) -> int:
 
 
 def kernel_flow(
-    event: KernelEvent, resolver: Resolver, node_name: str, wall_offset_ns: int | None = None
+    event: KernelEvent,
+    resolver: Resolver,
+    node_name: str,
+    wall_offset_ns: int | None = None,
+    client: Who | None = None,
 ) -> flow_pb2.Flow:
+    """`client`: the source pod when the caller knows it better than the
+    event's address does (at connect() there is no source address yet)."""
     kind = _KINDS.get(event.type)
     if kind is None:
         raise UnknownEvent(f"kernel event type {event.type}")
@@ -125,7 +133,7 @@ def kernel_flow(
     flow.IP.ipv6 = ":" in event.daddr
     ports = flow.l4.UDP if event.proto == _UDP else flow.l4.TCP
     ports.source_port, ports.destination_port = event.sport, event.dport
-    source = resolver.source(event.saddr)
+    source = client if client is not None else resolver.source(event.saddr)
     destination = resolver.backend(event.daddr, event.dport)
     _fill(flow.source, source, event.src_identity)
     _fill(flow.destination, destination, event.dst_identity)

@@ -21,6 +21,7 @@ class Event:
 
     type: int = 2
     timestamp_ns: int = 1_000_000
+    cgroup_id: int = 0
     saddr: str = CLIENT_IP
     sport: int = 40000
     daddr: str = V1[0]
@@ -101,3 +102,15 @@ def test_kernel_loss_is_counted() -> None:
     flows = collector()
     flows.lost_kernel(7)
     assert flows.lost_kernel_events == 7
+
+
+def test_a_client_without_an_address_is_found_by_its_cgroup() -> None:
+    flows = collector()
+    flows.cgroup_pods = {77: "default/curl-1"}.get
+    flows.kernel_event(Event(saddr="0.0.0.0", cgroup_id=77))
+    flows.kernel_event(Event(saddr="0.0.0.0", cgroup_id=78))
+    found, unknown = flows.ring.recent()
+    assert (found.source.namespace, found.source.pod_name) == ("default", "curl-1")
+    assert "k8s:app=curl" in found.source.labels
+    assert text.source(found) == "default/curl-1"
+    assert unknown.source.pod_name == ""
