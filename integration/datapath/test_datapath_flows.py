@@ -39,7 +39,7 @@ def drain(maps_dir: Path) -> list[DecodedEvent]:
     """Everything in the ring now, in order."""
     got: list[DecodedEvent] = []
     with events.Reader(maps_dir, got.append) as reader:
-        while reader.poll(0):
+        while reader.consume():
             pass
     return got
 

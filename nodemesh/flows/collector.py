@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from envoy.service.accesslog.v3 import als_pb2
@@ -32,6 +33,7 @@ from nodemesh.model.snapshot import MeshModel
 log = structlog.get_logger(__name__)
 
 _UNSPECIFIED = ("0.0.0.0", "::")
+_MAX_TEMPLATES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,11 @@ class FlowCollector:
         # Cgroup id -> pod "namespace/name" on this node (the agent's, from
         # the datapath): who made a kernel event that has no source address.
         self.cgroup_pods: Callable[[int], str | None] | None = None
+        # Event key -> (a flow made for it, the source port's field): events
+        # that differ only in time, socket and source port (every connect of
+        # one pod to one backend) copy it instead of resolving again.
+        # Per resolver (model version); bounded.
+        self._templates: dict[bytes, tuple[flow_pb2.Flow, Any]] = {}
 
     def _client(self, event: KernelEvent, resolver: Resolver) -> Who | None:
         if self.cgroup_pods is None or event.saddr not in _UNSPECIFIED:
@@ -78,6 +85,7 @@ class FlowCollector:
             model = MeshModel(version="", generation=0)
         if self._resolver is None or self._resolver.version != model.version:
             self._resolver = Resolver(model)
+            self._templates.clear()
         return self._resolver
 
     def add(self, flow: flow_pb2.Flow) -> None:
@@ -91,6 +99,14 @@ class FlowCollector:
     def kernel_event(self, event: KernelEvent) -> None:
         """One decoded datapath event (the agent's ring reader calls this)."""
         resolver = self.resolver()
+        cached = self._templates.get(event.key) if event.key else None
+        if cached is not None:
+            flow = flow_pb2.Flow()
+            flow.CopyFrom(cached[0])
+            flow.time.FromNanoseconds(event.timestamp_ns + self._wall_offset)
+            getattr(flow.l4, cached[1]).source_port = event.sport
+            self.add(flow)
+            return
         try:
             client = self._client(event, resolver)
             flow = kernel_flow(event, resolver, self.options.node_name, self._wall_offset, client)
@@ -98,6 +114,13 @@ class FlowCollector:
             self.unknown_kernel_events += 1
             log.warning("unknown_kernel_event", error=str(exc))
             return
+        # A client the cgroup index may learn later (a new container) is not
+        # remembered unresolved.
+        unresolved = self.cgroup_pods is not None and event.saddr in _UNSPECIFIED and not client
+        if event.key and not unresolved:
+            if len(self._templates) >= _MAX_TEMPLATES:
+                self._templates.clear()
+            self._templates[event.key] = (flow, flow.l4.WhichOneof("protocol"))
         self.add(flow)
 
     def lost_kernel(self, count: int) -> None:

@@ -68,6 +68,11 @@ class KernelEvent(Protocol):
     def dst_identity(self) -> int: ...
     @property
     def reason(self) -> int: ...
+    @property
+    def key(self) -> bytes:
+        """Equal for events that differ only in time, socket and source
+        port; empty: do not cache."""
+        ...
 
 
 class UnknownEvent(ValueError):

@@ -33,6 +33,7 @@ class Event:
     src_identity: int = 0
     dst_identity: int = 0
     reason: int = 0
+    key: bytes = b""
 
 
 def _model_with_vip() -> MeshModel:
@@ -114,3 +115,19 @@ def test_a_client_without_an_address_is_found_by_its_cgroup() -> None:
     assert "k8s:app=curl" in found.source.labels
     assert text.source(found) == "default/curl-1"
     assert unknown.source.pod_name == ""
+
+
+def test_events_alike_but_for_time_and_port_share_one_resolution() -> None:
+    models = [_model_with_vip()]
+    flows = FlowCollector(CollectorOptions("n"), lambda: models[-1])
+    flows.kernel_event(Event(key=b"k", sport=1, timestamp_ns=1_000))
+    flows.kernel_event(Event(key=b"k", sport=2, timestamp_ns=2_000))
+    first, second = flows.ring.recent()
+    assert first is not second
+    assert [f.l4.TCP.source_port for f in (first, second)] == [1, 2]
+    assert second.time.ToNanoseconds() - first.time.ToNanoseconds() == 1_000
+    assert second.destination.pod_name == "httpbin-v1-a"
+    # A new model version resolves again (the backend's pod is gone from it).
+    models.append(mesh_model([service("httpbin-v1", 80, ip="10.96.0.11")], version="v2"))
+    flows.kernel_event(Event(key=b"k", sport=3))
+    assert flows.ring.recent()[-1].destination.pod_name == ""
