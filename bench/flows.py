@@ -1,15 +1,28 @@
-"""Flow pipeline benchmark: ingest rate, node-Envoy latency with ALS on/off,
-agent RSS with a full ring and 100 followers. One run prints all three side
-by side with their targets.
+"""Flow pipeline benchmark: ingest rates (kernel events and ALS), the kernel
+path with service events on/off, node-Envoy latency with ALS on/off, agent
+RSS with a full ring and 100 followers. One run prints them side by side
+with their targets. Run as root (the kernel parts load BPF in a test-made
+netns and a private bpffs):
 
     .venv/bin/python -m bench.flows [--entries 200000] [--requests 2000]
+        [--kernel-events 200000] [--rates 10000,25000,50000,100000,200000]
+        [--connects 2000 --rounds 6] [--only kernel|als]
 
-- ingest: StreamAccessLogsMessages of 100 HTTP entries each (as Envoy batches
-  them), decoded, enriched and put in a 4,096-flow ring by one thread on one
-  core (the agent's event loop), with one follower reading. Target for
-  kernel events is 200,000 events/s; kernel events are not decoded yet, so
-  the ALS path is what this measures. Where loss starts: the ingest rate at
-  which a follower that drains 1,024 flows per wakeup starts losing flows.
+- kernel ingest (bench/kernel_events.py): a BPF program run with
+  BPF_PROG_TEST_RUN writes the datapath's own struct nm_event into the
+  datapath's own ring; the agent's reader (events.Reader -> FlowCollector,
+  enriched from the canary model) drains it on this thread. Target 200,000
+  events/s on one core (per CPU second of the reader). Where loss starts:
+  a separate process pumps events at each offered rate for a few seconds
+  while the agent's own loop (wiring.flows.follow_kernel_events) reads;
+  received + lost = sent, exactly.
+- kernel path (bench/kernel_path.py): connect() p99 to a translated VIP
+  with service events on and off, rounds alternating (target on/off <=
+  1.05), and nm_connect4's mean run time from kernel.bpf_stats_enabled.
+- ALS ingest: StreamAccessLogsMessages of 100 HTTP entries each (as Envoy
+  batches them), decoded, enriched and put in a 4,096-flow ring by one
+  thread on one core (the agent's event loop), with one follower reading;
+  the follower's loss when it drains 1,000 flows per wakeup.
 - p99: a real Envoy serving the canary, the same request loop with the
   translator's access log on and off (target on/off <= 1.10).
 - RSS: a child process running the agent's FlowServer, ring filled (4,096),
@@ -154,27 +167,95 @@ async def agent_rss(followers: int = 100) -> tuple[int, int]:
             await child.wait()
 
 
+def _kernel_rows(args: argparse.Namespace) -> list[str]:
+    from bench import kernel_events, kernel_path
+
+    with kernel_events.private_bpffs() as fs:
+        maps = fs / "maps"
+        maps.mkdir()
+        pump = kernel_events.Pump(maps)
+        rate = kernel_events.ingest(maps, pump, args.kernel_events)
+        pump.close()
+        offered = [kernel_events.offered(maps, r, args.seconds) for r in args.rates]
+    path = kernel_path.measure(args.rounds, args.connects)
+    onset = next((o.rate for o in offered if o.lost), None)
+    rows = [
+        _row(
+            "kernel ingest, per CPU second (events/s)", f"{rate.per_cpu_second:,.0f}", ">= 200,000"
+        ),
+        _row("kernel ingest, wall clock (events/s)", f"{rate.per_wall_second:,.0f}", "-"),
+    ]
+    for o in offered:
+        shown = f"{o.received:,} read, {o.lost:,} lost"
+        rows.append(_row(f"  offered {o.rate:,}/s for {args.seconds:g} s", shown, "-"))
+    shown = f"{onset:,}/s" if onset else f"none up to {max(args.rates):,}/s"
+    rows.append(_row("  loss starts at (offered events/s)", shown, "-"))
+    for on in (False, True):
+        label = "on" if on else "off"
+        rows.append(
+            _row(f"connect() p99 to a VIP, events {label} (us)", f"{path.p99_us[on]:.0f}", "-")
+        )
+    rounds = ", ".join(
+        f"{a / b:.2f}" for a, b in zip(path.p99_rounds[True], path.p99_rounds[False], strict=True)
+    )
+    ratio = path.p99_us[True] / path.p99_us[False]
+    rows.append(_row("  on / off (median of rounds)", f"{ratio:.2f}", "<= 1.05"))
+    rows.append(_row("  per round", rounds, "-"))
+    for on in (False, True):
+        label = "on" if on else "off"
+        rows.append(
+            _row(f"nm_connect4 mean run, events {label} (ns)", f"{path.hook_ns[on]:.0f}", "-")
+        )
+    return rows
+
+
+def _als_rows(args: argparse.Namespace) -> list[str]:
+    rate, cpu_rate, lost = ingest(args.entries)
+    p99 = asyncio.run(envoy_p99(args.requests))
+    idle, full = asyncio.run(agent_rss())
+    ratio = p99[True] / p99[False]
+    return [
+        _row("ALS ingest, wall clock (events/s)", f"{rate:,.0f}", "-"),
+        _row("ALS ingest, per CPU second (events/s)", f"{cpu_rate:,.0f}", "-"),
+        _row("  lost by a follower draining per 1,000", f"{lost:,}", "-"),
+        _row("node-Envoy p99, ALS off (ms)", f"{p99[False] * 1000:.2f}", "-"),
+        _row("node-Envoy p99, ALS on (ms)", f"{p99[True] * 1000:.2f}", "-"),
+        _row("  on / off", f"{ratio:.2f}", "<= 1.10"),
+        _row("agent RSS idle (MiB)", f"{idle / 1024:.1f}", "-"),
+        _row("agent RSS, full ring + 100 followers (MiB)", f"{full / 1024:.1f}", "-"),
+    ]
+
+
+def _row(measure: str, value: str, target: str) -> str:
+    return f"{measure:<46} {value:>28} {target:>12}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=200_000)
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--kernel-events", type=int, default=200_000)
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [int(r) for r in text.split(",")],
+        default=[10_000, 25_000, 50_000, 100_000, 200_000],
+    )
+    parser.add_argument("--seconds", type=float, default=2.0, help="per offered rate")
+    parser.add_argument("--connects", type=int, default=2000, help="per kernel-path round")
+    parser.add_argument("--rounds", type=int, default=6, help="kernel-path rounds (on and off)")
+    parser.add_argument("--only", choices=["kernel", "als"])
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     load = os.getloadavg()
-    rate, cpu_rate, lost = ingest(args.entries)
-    p99 = asyncio.run(envoy_p99(args.requests))
-    idle, full = asyncio.run(agent_rss())
-    print(f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f}")
-    print(f"{'measure':<44} {'value':>14} {'target':>14}")
-    print(f"{'ALS ingest, wall clock (events/s)':<44} {rate:>14,.0f} {'-':>14}")
-    print(f"{'ALS ingest, per CPU second (events/s)':<44} {cpu_rate:>14,.0f} {'>= 200,000':>14}")
-    print(f"{'  lost by a follower draining per 1,000':<44} {lost:>14,} {'-':>14}")
-    print(f"{'node-Envoy p99, ALS off (ms)':<44} {p99[False] * 1000:>14.2f} {'-':>14}")
-    print(f"{'node-Envoy p99, ALS on (ms)':<44} {p99[True] * 1000:>14.2f} {'-':>14}")
-    ratio = p99[True] / p99[False]
-    print(f"{'  on / off':<44} {ratio:>14.2f} {'<= 1.10':>14}")
-    print(f"{'agent RSS idle (MiB)':<44} {idle / 1024:>14.1f} {'-':>14}")
-    print(f"{'agent RSS, full ring + 100 followers (MiB)':<44} {full / 1024:>14.1f} {'-':>14}")
+    rows = [] if args.only == "als" else _kernel_rows(args)
+    rows += [] if args.only == "kernel" else _als_rows(args)
+    after = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} cores, shared; load average {load[0]:.1f} / {load[1]:.1f} "
+        f"before, {after[0]:.1f} after"
+    )
+    print(_row("measure", "value", "target"))
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 
 struct nm_pump_args {
 	__u32 count;
-	__u32 seq; /* varies the source port, as distinct connections would */
+	__u32 seq; /* varies the cookie, as distinct sockets would */
 };
 
 static __always_inline void nm_pump_one(__u32 i, const struct nm_pump_args *args)
@@ -22,7 +22,6 @@ static __always_inline void nm_pump_one(__u32 i, const struct nm_pump_args *args
 	ev->cookie = args->seq + i;
 	ev->orig_daddr[0] = bpf_htonl(0x0a60000a); /* 10.96.0.10 */
 	ev->daddr[0] = bpf_htonl(0x0a000202);      /* 10.0.2.2 */
-	ev->sport = bpf_htons(32768 + ((args->seq + i) & 0x3fff));
 	ev->orig_dport = bpf_htons(80);
 	ev->dport = bpf_htons(8080);
 	ev->family = NM_AF_INET;

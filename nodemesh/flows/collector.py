@@ -67,11 +67,12 @@ class FlowCollector:
         # Cgroup id -> pod "namespace/name" on this node (the agent's, from
         # the datapath): who made a kernel event that has no source address.
         self.cgroup_pods: Callable[[int], str | None] | None = None
-        # Event key -> (a flow made for it, the source port's field): events
+        # Event key -> (a flow made for it, the source port's field, its
+        # flows counter, its source port): events
         # that differ only in time, socket and source port (every connect of
         # one pod to one backend) copy it instead of resolving again.
         # Per resolver (model version); bounded.
-        self._templates: dict[bytes, tuple[flow_pb2.Flow, Any]] = {}
+        self._templates: dict[bytes, tuple[flow_pb2.Flow, Any, Any, int]] = {}
 
     def _client(self, event: KernelEvent, resolver: Resolver) -> Who | None:
         if self.cgroup_pods is None or event.saddr not in _UNSPECIFIED:
@@ -90,6 +91,10 @@ class FlowCollector:
 
     def add(self, flow: flow_pb2.Flow) -> None:
         self.metrics.observe(flow)
+        self._keep(flow)
+
+    def _keep(self, flow: flow_pb2.Flow) -> None:
+        """Into the ring, unless sampled out (the metrics counted it already)."""
         self._tick += 1
         if self._tick % self.options.sample_every:
             self.sampled_out += 1
@@ -101,11 +106,15 @@ class FlowCollector:
         resolver = self.resolver()
         cached = self._templates.get(event.key) if event.key else None
         if cached is not None:
+            template = cached[0]
             flow = flow_pb2.Flow()
-            flow.CopyFrom(cached[0])
-            flow.time.FromNanoseconds(event.timestamp_ns + self._wall_offset)
-            getattr(flow.l4, cached[1]).source_port = event.sport
-            self.add(flow)
+            flow.CopyFrom(template)
+            when = flow.time
+            when.seconds, when.nanos = divmod(event.timestamp_ns + self._wall_offset, 1_000_000_000)
+            if event.sport != cached[3]:  # 0 at connect(), as in the template
+                getattr(flow.l4, cached[1]).source_port = event.sport
+            cached[2].inc()
+            self._keep(flow)
             return
         try:
             client = self._client(event, resolver)
@@ -120,7 +129,9 @@ class FlowCollector:
         if event.key and not unresolved:
             if len(self._templates) >= _MAX_TEMPLATES:
                 self._templates.clear()
-            self._templates[event.key] = (flow, flow.l4.WhichOneof("protocol"))
+            oneof = flow.l4.WhichOneof("protocol")
+            counter = self.metrics.flows_counter(flow)
+            self._templates[event.key] = (flow, oneof, counter, event.sport)
         self.add(flow)
 
     def lost_kernel(self, count: int) -> None:

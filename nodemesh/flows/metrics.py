@@ -87,14 +87,20 @@ class FlowMetrics:
         self._series: dict[tuple[str, ...], tuple[Any, Any]] = {}
         self._flows: dict[tuple[int, int], Any] = {}
 
-    def observe(self, flow: flow_pb2.Flow) -> None:
+    def flows_counter(self, flow: flow_pb2.Flow) -> Any:
+        """The flows-by-type-and-verdict child that counts `flow` (a caller
+        that meets many flows alike keeps it: `observe` for an L3/L4 flow is
+        this and inc())."""
         key = (int(flow.Type), int(flow.verdict))
         counter = self._flows.get(key)
         if counter is None:
             counter = self._flows[key] = FLOWS.labels(
                 type=flow_pb2.FlowType.Name(key[0]), verdict=flow_pb2.Verdict.Name(key[1])
             )
-        counter.inc()
+        return counter
+
+    def observe(self, flow: flow_pb2.Flow) -> None:
+        self.flows_counter(flow).inc()
         if flow.Type != flow_pb2.L7:
             return
         labels = (

@@ -66,6 +66,9 @@ def test_the_key_ignores_time_cookie_and_source_port_only() -> None:
     other = _event(socket.AF_INET, type=2)
     other.timestamp_ns, other.cookie, other.sport_be = 1, 2, port_be(3)
     assert decoder(bytes(base)).key == decoder(bytes(other)).key
+    # The second is copied from the first but for those three fields.
+    assert decoder(bytes(other)) == decode(other)
+    assert decoder(bytes(other)).timestamp_ns == 1 and decoder(bytes(other)).sport == 3
     other.dport_be = port_be(8081)
     assert decoder(bytes(base)).key != decoder(bytes(other)).key
 
