@@ -2,13 +2,16 @@
 sees them: plain L4 connects are "translated" flows from the client pod
 (found by its cgroup: connect() has no source address yet) to the backend
 pod, and a connect to a Service with no backends is a DROPPED "no-backend"
-flow whose summary and drop reason say why.
+flow whose summary and drop reason say why. The agent's admin port serves
+the live service map too (/map/), with those edges.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from .test_datapath_canary import _observe, _pod, _service, _slice
 pytestmark = pytest.mark.privileged
 
 VIP, EMPTY_VIP = "10.96.0.10", "10.96.0.30"
+ADMIN = 19934
 
 
 def _write_model(directory: Path, client: Pod, web: Pod) -> None:
@@ -53,7 +57,7 @@ def _start_agent(node: MeshNode, workdir: Path, model: Path) -> None:
                 f"--model-dir={model}",
                 "--node-name=node-a",
                 f"--xds-socket={workdir / 'xds.sock'}",
-                "--admin=127.0.0.1:0",
+                f"--admin=127.0.0.1:{ADMIN}",
             ),
         ],
         stdout=subprocess.PIPE,
@@ -121,3 +125,37 @@ def test_observe_shows_translations_and_refusals_with_the_reason(
         assert row.endswith(
             f"TCP {EMPTY_VIP}:80 (default/empty) refused: the Service has no backends"
         )
+
+
+def _get(path: str) -> tuple[str, bytes]:
+    """GET on the agent's admin port (loopback in this namespace): final URL, body."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}{path}", timeout=30) as reply:
+        return reply.geturl(), reply.read()
+
+
+def test_the_admin_port_serves_the_service_map(node: MeshNode, workdir: Path) -> None:
+    client, web = node.add_pod("default", "client"), node.add_pod("default", "web")
+    node.server(web, "tcp-server", "80", "web")
+    _write_model(workdir / "model", client, web)
+    _start_agent(node, workdir, workdir / "model")
+    wait_until(
+        lambda: "error" not in node.client(client, "tcp-client", VIP, "80", "1")[0],  # type: ignore[index]
+        what="the web Service translated",
+    )
+    node.client(client, "tcp-client", EMPTY_VIP, "80", "1")
+
+    url, page = _get("/map")
+    assert url.endswith("/map/") and b'<script src="app.js">' in page
+    assert b"EventSource" in _get("/map/app.js")[1]
+
+    def edges() -> dict[tuple[str, str], dict[str, Any]]:
+        graph = json.loads(_get("/map/api/graph")[1])
+        return {(e["source"], e["destination"]): e for e in graph["edges"]}
+
+    def shown() -> bool:
+        now = edges()
+        mine = [e for (source, _), e in now.items() if source == "default/client"]
+        return ("default/client", "default/web") in now and any(e["denied"] for e in mine)
+
+    # The translated connects, and the refused one as a denied (red) edge.
+    wait_until(shown, what="the client's edges on the admin port's map")

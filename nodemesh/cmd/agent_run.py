@@ -32,6 +32,8 @@ from nodemesh.ebpf.endpoints import DirectoryPodCgroups, PodCgroups
 from nodemesh.ebpf.errors import DatapathError, PlanError
 from nodemesh.flows.collector import CollectorOptions, FlowCollector
 from nodemesh.flows.service import FlowServer, FlowServerSettings
+from nodemesh.flows.servicemap import ServiceMap
+from nodemesh.flows.ui import build_app, feed, ring_flows
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
 from nodemesh.node.datapath import AgentSettings, DatapathAgent, DatapathFollower, proxy_pods
@@ -193,6 +195,9 @@ async def _serve_with_xds(args: argparse.Namespace, pods: PodCgroups) -> None:
 
     flows = flow_server(args, als_socket, lambda: agent.plane.model)
     flows.collector.cgroup_pods = CgroupPods(pods, lambda: agent.plane.model)
+    # The live service map on the admin port too (as `observe --ui` serves it).
+    service_map = ServiceMap()
+    agent.plane.admin.pages[MAP_PREFIX] = build_app(service_map)
     await flows.start()
     try:
         async with asyncio.TaskGroup() as tg:
@@ -202,8 +207,13 @@ async def _serve_with_xds(args: argparse.Namespace, pods: PodCgroups) -> None:
                 tg.create_task(datapath.proxy.watch(), name="envoy-pod-watch")
             maps_dir = _config(args, pods).maps_dir
             tg.create_task(follow_kernel_events(maps_dir, flows.collector), name="kernel-flows")
+            map_feed = feed(service_map, ring_flows(flows.collector.ring))
+            tg.create_task(map_feed, name="service-map")
     finally:
         await flows.stop()
+
+
+MAP_PREFIX = "/map/"  # the service map's page on the admin port
 
 
 def flow_server(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import prometheus_client
@@ -62,8 +62,14 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 def build_admin_app(
-    view: AdminView, registry: prometheus_client.CollectorRegistry
+    view: AdminView,
+    registry: prometheus_client.CollectorRegistry,
+    pages: Mapping[str, web.Application] | None = None,
 ) -> web.Application:
+    """`pages`: prefix ("/map/") -> an app served below it (the node agent's
+    service map); "/map" redirects to "/map/" so the page's relative links
+    resolve."""
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -97,6 +103,16 @@ def build_admin_app(
     app.router.add_get("/debug/syncz", syncz)
     app.router.add_get("/debug/config_dump", config_dump)
     app.router.add_get("/metrics", metrics)
+    for prefix, page in (pages or {}).items():
+        bare = prefix.rstrip("/")
+        if bare:
+            # Before the sub-app, which would take "/map" and find nothing.
+
+            async def to_page(_: web.Request, where: str = prefix) -> web.Response:
+                raise web.HTTPFound(where)
+
+            app.router.add_get(bare, to_page)
+        app.add_subapp(prefix, page)
     return app
 
 
@@ -107,13 +123,16 @@ class AdminServer:
     host: str = DEFAULT_ADMIN_HOST
     port: int = DEFAULT_ADMIN_PORT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Extra pages below a prefix (see build_admin_app); set before start().
+    pages: dict[str, web.Application] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     _listener: asyncio.Server | None = None
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with port 0).
         Raises AdminPortError when the address cannot be bound."""
-        self._runner = web.AppRunner(build_admin_app(self.view, self.registry), access_log=None)
+        app = build_admin_app(self.view, self.registry, self.pages)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptErrorsOnce(loop.get_exception_handler()))
