@@ -8,6 +8,8 @@ and counts the entries it could not deliver in its own stats.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -88,6 +90,22 @@ async def test_envoy_serves_with_the_agent_down_and_streams_once_it_is_back(
         # Of the 50 sent while it was down, Envoy delivers what its logger still
         # buffered (7 of them in one run here); the rest are gone.
         assert len(rig.collector.ring) < 70
+        # `observe --status --envoy-admin` shows Envoy's side of that loss.
+        shown = await _observe_status(rig.server.observer_target, rig.envoy.admin_url)
+        failed = [line for line in shown if "connects to the agent failed" in line]
+        assert len(failed) == 1 and int(failed[0].rsplit(": ", 1)[1]) > 0, shown
+        assert any(line.strip().startswith("entries written: ") for line in shown), shown
+
+
+async def _observe_status(observer: str, envoy_admin: str) -> list[str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nodemesh.cmd.main", "observe", f"--server={observer}",
+        "--status", f"--envoy-admin={envoy_admin}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode().splitlines()
 
 
 async def test_a_policy_denial_is_a_dropped_flow_drawn_red(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import grpc
 
 from nodemesh._gen.nodemesh.v1 import flow_pb2, observer_pb2
 from nodemesh.cmd.common import UsageError, split_host_port, until_signalled
+from nodemesh.cmd.observe_envoy import EnvoyAdminError, als_stats, format_als
 from nodemesh.cmd.observe_filters import add_filter_flags, build_filters
 from nodemesh.flows import text
 from nodemesh.flows.service import WARNING_KEY
@@ -46,6 +47,11 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
     observe.add_argument("--since", help="RFC 3339 time, or a duration ago (30s, 5m, 2h)")
     observe.add_argument("--until", help="RFC 3339 time, or a duration ago")
     observe.add_argument("--status", action="store_true", help="ServerStatus: held, seen, lost")
+    observe.add_argument(
+        "--envoy-admin",
+        metavar="HOST:PORT",
+        help="with --status: also the node Envoy's access-log loss, from its admin port",
+    )
     observe.add_argument(
         "--ui", action="store_true", help="serve the live service-map page instead of printing"
     )
@@ -196,8 +202,15 @@ def run_observe(args: argparse.Namespace) -> int:
         request = build_request(args)
         asyncio.run(until_signalled(serve_ui(args.server, request, args.ui_address), "observe-ui"))
         return 0
+    if args.envoy_admin and not args.status:
+        raise UsageError("--envoy-admin: only with --status")
     if args.status:
         print(format_status(asyncio.run(status(args.server))))
+        if args.envoy_admin:
+            try:
+                print(format_als(asyncio.run(als_stats(args.envoy_admin))))
+            except EnvoyAdminError as exc:
+                raise ObserveError(str(exc)) from exc
         return 0
     request = build_request(args)
     asyncio.run(until_signalled(observe(args.server, request, args.output), "observe"))

@@ -17,6 +17,7 @@ from nodemesh.cmd.common import UsageError
 from nodemesh.cmd.main import build_parser
 from nodemesh.cmd.observe import build_request
 from nodemesh.cmd.observe import observe as run
+from nodemesh.cmd.observe_envoy import EnvoyAdminError, als_stats
 from nodemesh.flows.collector import CollectorOptions, FlowCollector
 from nodemesh.flows.service import FlowServer, FlowServerSettings
 from tests.support.flows import V2, als_message, canary_model, http_entry, stream_access_logs
@@ -132,3 +133,15 @@ def test_an_either_side_flag_is_two_filters_and_since_is_a_time() -> None:
     assert [list(f.source_pod) for f in request.whitelist] == [["default/curl"], []]
     assert [list(f.destination_pod) for f in request.whitelist] == [[], ["default/curl"]]
     assert request.HasField("since") and not request.blacklist
+
+
+def test_envoy_admin_without_status_is_a_usage_error() -> None:
+    args = build_parser().parse_args(["observe", "--envoy-admin", "127.0.0.1:9901"])
+    with pytest.raises(UsageError, match="--envoy-admin: only with --status"):
+        args.func(args)
+
+
+async def test_an_unreachable_envoy_admin_names_the_flag() -> None:
+    # Port 1 on loopback: nothing listens there.
+    with pytest.raises(EnvoyAdminError, match=r"--envoy-admin 127\.0\.0\.1:1: "):
+        await als_stats("127.0.0.1:1")
