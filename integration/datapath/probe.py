@@ -234,9 +234,10 @@ def connect_bench(host: str, port: int, count: int) -> None:
         s.connect((host, port))
         samples.append((time.perf_counter_ns() - start) / 1000)
         s.close()  # linger 0: RST, so no TIME_WAIT piles up between runs
-    samples.sort()
-    pick = {"p50": samples[len(samples) // 2], "p99": samples[int(len(samples) * 0.99)]}
-    print(json.dumps(pick), flush=True)
+    ordered = sorted(samples)
+    pick = {"p50": ordered[len(ordered) // 2], "p99": ordered[int(len(ordered) * 0.99)]}
+    # In order, for a caller that pools several runs (bench/kernel_path.py).
+    print(json.dumps({**pick, "samples": [round(s, 1) for s in samples]}), flush=True)
 
 
 def main() -> None:
