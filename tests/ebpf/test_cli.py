@@ -33,3 +33,13 @@ def test_pin_dir_off_bpffs_is_a_missing_prerequisite(
     err = capsys.readouterr().err
     assert "missing:" in err and "not on a BPF filesystem" in err and "fix:" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_zero_service_event_sample_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["agent", "datapath", f"--pin-dir={tmp_path}", "--service-events-sample-every=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--service-events-sample-every: must be at least 1" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
