@@ -9,7 +9,8 @@ redirect to the CEC's listener. The CEC's listener is made one Envoy
 rejects (its filter chains removed after translation: a NACK that
 admission did not predict, which is the case this mechanism exists for).
 Envoy NACKs it; curl must still be served through Envoy on the policy's
-listener, and the kernel keeps steering there. When a later version
+listener, and the kernel keeps steering there, programmed as soon as Envoy
+answered (the follower stops waiting on the NACK). When a later version
 carries a listener Envoy accepts, the redirect moves to it.
 """
 
@@ -119,7 +120,11 @@ async def _scenario(
         config,
         DatapathAgent(settings, DirectoryPodCgroups(node.mesh)),
         "node-a",
-        envoy_sync_timeout=3.0,
+        # Longer than any wait below: the follower must learn of the NACK
+        # from the xDS server and stop waiting at once (before: it waited
+        # this long, and the kernel never followed the NACKed version in
+        # time).
+        envoy_sync_timeout=600.0,
     )
     broken = [True]
     translator = agent.plane.translator
@@ -141,6 +146,9 @@ async def _scenario(
             lambda: _async(agent.follower.datapath.applied_version == model.version),
             "the kernel follows the NACKed version",
         )
+        assert agent.follower.envoy_rejected is not None
+        assert "LDS" in agent.follower.envoy_rejected, agent.follower.envoy_rejected
+        assert not agent.follower.envoy_lagging  # it answered; nothing timed out
         assert _redirect_port(agent) != old_port  # the model moved the redirect
         assert _pinned_ports(datapath) == {old_port}  # the kernel did not
         served = await _get(node, pods["curl"], 20)

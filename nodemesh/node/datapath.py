@@ -13,7 +13,8 @@ version:
    a listener Envoy does not have yet are held back;
 2. the caller publishes the xDS snapshot to the node-local Envoy;
 3. `after_publish` waits (bounded by `envoy_sync_timeout`) until that Envoy
-   has ACKed the version, then
+   has ACKed the version, or has answered it with a NACK (then it stops
+   waiting at once: the rejection is final for this version), then
 4. gives the kernel the full plan, so new redirects start steering only to
    listeners Envoy already serves.
 
@@ -55,6 +56,7 @@ from nodemesh.ebpf.endpoints import PodCgroups
 from nodemesh.ebpf.errors import DatapathError
 from nodemesh.ebpf.policy_metrics import COLLECTOR
 from nodemesh.model.snapshot import MeshModel
+from nodemesh.node.envoy_sync import EnvoyRejected
 from nodemesh.node.proxy_follow import (
     PodPaths,
     ProxyFollower,
@@ -95,8 +97,10 @@ class AgentSettings:
     service_events_sample_every: int = 1
 
 
-# Waits until Envoy `node_id` has ACKed the published model, or raises
-# TimeoutError after `timeout` seconds (`ControlPlane.wait_synced`).
+# Waits until Envoy `node_id` has ACKed the published model; raises
+# `EnvoyRejected` as soon as it has answered every response of that model
+# and NACKed some, or TimeoutError after `timeout` seconds
+# (`ControlPlane.wait_synced`).
 EnvoySynced = Callable[[str, float], Awaitable[None]]
 
 # Names of the listeners Envoy `node_id` holds (has ACKed some version of),
@@ -248,6 +252,7 @@ class DatapathFollower:
     envoy_listeners: EnvoyListeners | None = None
     last_error: str | None = None
     envoy_lagging: bool = False
+    envoy_rejected: str | None = None  # the NACK of the model last followed
     _failed: bool = field(default=False, repr=False)
 
     async def _step(self, step: Callable[[MeshModel], object], model: MeshModel) -> None:
@@ -265,18 +270,7 @@ class DatapathFollower:
         await self._step(self.datapath.stage, model)
 
     async def after_publish(self, model: MeshModel) -> None:
-        if self.envoy_synced is not None:
-            try:
-                await self.envoy_synced(self.envoy_node_id, self.envoy_sync_timeout)
-                self.envoy_lagging = False
-            except TimeoutError:
-                self.envoy_lagging = True
-                log.warning(
-                    "envoy_not_synced_steering_anyway",
-                    envoy_node_id=self.envoy_node_id,
-                    model_version=model.version,
-                    timeout=self.envoy_sync_timeout,
-                )
+        await self._wait_envoy(model)
         served = (
             self.envoy_listeners(self.envoy_node_id) if self.envoy_listeners is not None else None
         )
@@ -285,6 +279,33 @@ class DatapathFollower:
         APPLIES.labels(result="error" if self._failed else "ok").inc()
         if not self._failed:
             self.last_error = None
+
+    async def _wait_envoy(self, model: MeshModel) -> None:
+        """Until Envoy ACKed `model`, NACKed it, or the timeout passed. A
+        NACK ends the wait at once: the commit that follows keeps each
+        redirect whose new listener Envoy does not hold on its previous
+        target (make before break, see `DatapathAgent.commit`)."""
+        self.envoy_lagging, self.envoy_rejected = False, None
+        if self.envoy_synced is None:
+            return
+        try:
+            await self.envoy_synced(self.envoy_node_id, self.envoy_sync_timeout)
+        except EnvoyRejected as exc:
+            self.envoy_rejected = str(exc)
+            log.warning(
+                "envoy_rejected_model",
+                envoy_node_id=self.envoy_node_id,
+                model_version=model.version,
+                error=str(exc),
+            )
+        except TimeoutError:
+            self.envoy_lagging = True
+            log.warning(
+                "envoy_not_synced_steering_anyway",
+                envoy_node_id=self.envoy_node_id,
+                model_version=model.version,
+                timeout=self.envoy_sync_timeout,
+            )
 
     async def follow(self, models: AsyncIterator[MeshModel]) -> None:
         """Both steps for each model of a stream (a process with no xDS)."""
@@ -297,6 +318,7 @@ class DatapathFollower:
             "applied_model_version": self.datapath.applied_version,
             "error": self.last_error,
             "envoy_lagging": self.envoy_lagging,
+            "envoy_rejected": self.envoy_rejected,
             "kept_redirects": dict(self.datapath.kept_redirects),
         }
 
@@ -308,6 +330,10 @@ class DatapathFollower:
             reasons.append(
                 f"datapath: Envoy {self.envoy_node_id!r} had not ACKed the model "
                 "when its redirects were programmed"
+            )
+        if self.envoy_rejected:
+            reasons.append(
+                f"datapath: Envoy {self.envoy_node_id!r} rejected the model: {self.envoy_rejected}"
             )
         for redirect, listener in sorted(self.datapath.kept_redirects.items()):
             reasons.append(

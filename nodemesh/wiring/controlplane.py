@@ -25,6 +25,7 @@ from prometheus_client import Gauge
 from nodemesh.model.objects import Kind, ObjectError, ObjectWarning
 from nodemesh.model.snapshot import MeshModel
 from nodemesh.model.store import MeshStore
+from nodemesh.node.envoy_sync import EnvoyRejected
 from nodemesh.sources.base import Source
 from nodemesh.sources.files import FileSource
 from nodemesh.wiring.admin import DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT, AdminServer
@@ -36,6 +37,7 @@ from nodemesh.xds.server import (
     AdsServer,
     ClientStatus,
     ConfigStatus,
+    ResourceStatus,
     ServerSettings,
     StreamSettings,
     TlsSettings,
@@ -267,14 +269,39 @@ class ControlPlane:
         it is not connected."""
         return self.server.acked_names(node_id, LISTENER)
 
+    def rejection(self, node_id: str) -> str | None:
+        """The NACK of `node_id` when it has answered everything the server
+        holds for it now and rejected some of it (nothing newer is owed: a
+        later version could still be ACKed); else None."""
+        model = self.model
+        if model is None:
+            return None
+        for client in self.server.clients():
+            if client.node_id != node_id or client.snapshot_label != model.version:
+                continue
+            types = client.types.values()
+            if not types or any(t.pending for t in types):
+                continue
+            if not all(_answered(r) for t in types for r in t.resources):
+                continue
+            for t in types:
+                if any(r.status is ConfigStatus.ERROR for r in t.resources):
+                    return f"{t.short_name}: {t.last_nack_error or 'rejected (no message)'}"
+        return None
+
     async def wait_synced(self, node_id: str, timeout: float = 30.0) -> None:
-        """Until `synced(node_id)`; TimeoutError after `timeout` seconds.
-        Woken by the xDS server's callbacks and by publish(), never polled."""
+        """Until `synced(node_id)`; EnvoyRejected as soon as it NACKed the
+        published version (waiting longer cannot bring an ACK); TimeoutError
+        after `timeout` seconds. Woken by the xDS server's callbacks and by
+        publish(), never polled."""
         async with asyncio.timeout(timeout):
             while True:
                 changed = self.sync_signal.changed()
                 if self.synced(node_id):
                     return
+                rejected = self.rejection(node_id)
+                if rejected is not None:
+                    raise EnvoyRejected(rejected)
                 await changed.wait()
 
     # -- AdminView ---------------------------------------------------------------
@@ -351,6 +378,16 @@ def _type_synced(status: TypeStatus) -> bool:
     return not status.pending and all(
         r.status is ConfigStatus.SYNCED for r in status.resources if r.resource is not None
     )
+
+
+def _answered(status: ResourceStatus) -> bool:
+    """The client has answered the server's current version of a resource:
+    ACKed it, or NACKed that very version."""
+    if status.resource is None:
+        return True  # nothing to send (held removals, absent names)
+    if status.status is ConfigStatus.ERROR:
+        return status.sent_version == status.resource.version
+    return status.status is ConfigStatus.SYNCED
 
 
 def _unique(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ class ResourceStatus:
     status: ConfigStatus
     client_status: ClientResourceStatus
     resource: EncodedResource | None  # the server's current resource, if any
+    sent_version: str = ""  # the version last sent to the client ("" if none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ def _resource_status(
         status = ConfigStatus.NOT_SENT
     else:
         status = ConfigStatus.STALE
-    return ResourceStatus(name, acked or sent or "", status, client, current)
+    return ResourceStatus(name, acked or sent or "", status, client, current, sent or "")
 
 
 def frozen_types(types: dict[str, TypeStatus]) -> Mapping[str, TypeStatus]:
