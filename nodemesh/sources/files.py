@@ -5,11 +5,15 @@ starting with "." are editor droppings and skipped) is read as a stream of
 YAML documents. Each poll (0.5 s by default) stats the files and re-reads
 those whose mtime or size changed, or whose mtime is recent enough that a
 same-size rewrite within one timestamp tick could hide; a content hash then
-decides whether anything really changed. No inotify, no extra dependency.
+decides whether anything really changed. On Linux, inotify (`inotify.py`,
+through ctypes) wakes `run()` at once on any change of the directory, so an
+edit reaches the model in milliseconds; polling stays as the fallback.
 
 Writes settle before they are read (`settle_seconds`, 1 s by default): a
-changed file is read only once it has not been written for that long, and a
-vanished file counts as deleted only once it has stayed away that long.
+changed file is read only once it has not been written for that long, or
+(with inotify) once its writer closed it or it was renamed into place, and
+it is not empty; a vanished file counts as deleted only once it has stayed
+away that long.
 Editors and `kubectl cp` truncate and rewrite in place, or delete and
 recreate; without settling, a poll between the two steps saw an empty or
 missing file and withdrew its objects. A file that vanishes and comes back
@@ -35,11 +39,13 @@ Failure handling (docs/semantics.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -47,6 +53,7 @@ import structlog
 from nodemesh.model.store import MeshStore
 from nodemesh.sources.documents import MAX_DIRECTORY_BYTES, Document
 from nodemesh.sources.errors import SourceDirectoryError
+from nodemesh.sources.inotify import DirectoryWatch
 from nodemesh.sources.placement import FileProblem, Placement, place_documents
 from nodemesh.sources.reading import FileState, read_file
 
@@ -144,18 +151,39 @@ class FileSource:
         (errors first, then skipped kinds and duplicates)."""
         return [str(p) for p in self.errors] + [f"warning: {w}" for w in self.warnings]
 
-    async def poll(self) -> bool:
+    async def poll(self, watch: DirectoryWatch | None = None) -> bool:
         """Scan once without blocking the event loop (reading and YAML parsing
-        run in a thread); changed files are read once their writes settled."""
-        scanned = await asyncio.to_thread(self._scan, True)
+        run in a thread); changed files are read once their writes settled
+        (files `watch` saw closed after writing count as settled)."""
+        complete = watch.complete() if watch is not None else {}
+        scanned = await asyncio.to_thread(self._scan, True, complete)
+        if watch is not None:
+            watch.consumed(complete)
         return self._publish(scanned)
 
     async def run(self) -> None:
-        """Poll until cancelled."""
+        """Poll until cancelled: at once on an inotify event, else every
+        `poll_interval` (the fallback, and the clock of the settle window)."""
         log.info("file_source_started", directory=str(self.directory), source=self._source)
-        while True:
-            await self.poll()
-            await asyncio.sleep(self._interval)
+        watch: DirectoryWatch | None = None
+        try:
+            while True:
+                if watch is None and self.directory.is_dir():
+                    watch = DirectoryWatch.open(self.directory)
+                if watch is not None:
+                    watch.changed.clear()  # events from here on wake the next wait
+                await self.poll(watch)
+                if watch is None:
+                    await asyncio.sleep(self._interval)
+                    continue
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow
+                # a cancellation that races the event.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval):
+                        await watch.changed.wait()
+        finally:
+            if watch is not None:
+                watch.close()
 
     def _list(self) -> _Listing | SourceDirectoryError:
         try:
@@ -176,7 +204,9 @@ class FileSource:
                 broken[entry.name] = f"cannot read: {exc.strerror}; skipped"
         return _Listing(sorted(names), broken)
 
-    def _scan(self, settle: bool) -> dict[str, FileState] | SourceDirectoryError:
+    def _scan(
+        self, settle: bool, complete: Mapping[str, int] = MappingProxyType({})
+    ) -> dict[str, FileState] | SourceDirectoryError:
         """New per-file state; reads only the filesystem and this source's own
         bookkeeping (never the store), so it may run in a thread."""
         listing = self._list()
@@ -205,7 +235,14 @@ class FileSource:
                 out[name] = old
                 self._pending.pop(name, None)
                 continue
-            if settle and not self._settled(name, stamp, now - stat.st_mtime_ns / 1e9):
+            written = name in complete and stat.st_size > 0  # closed by its writer
+            if written:
+                self._pending.pop(name, None)
+            if (
+                settle
+                and not written
+                and not self._settled(name, stamp, now - stat.st_mtime_ns / 1e9)
+            ):
                 if old is not None:
                     out[name] = old  # being written: the last content stays
                 continue
