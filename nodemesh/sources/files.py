@@ -85,6 +85,7 @@ class FileSource:
         poll_interval: float = 0.5,
         settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        inotify: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self._store = store
@@ -92,6 +93,7 @@ class FileSource:
         self._interval = poll_interval
         self._settle = settle_seconds
         self._clock = clock
+        self._inotify = inotify  # False: poll only (benchmarks compare both)
         self._files: dict[str, FileState] = {}
         # name -> (stamp seen, or None while missing; since when, by `clock`)
         self._pending: dict[str, tuple[tuple[int, int] | None, float]] = {}
@@ -168,7 +170,7 @@ class FileSource:
         watch: DirectoryWatch | None = None
         try:
             while True:
-                if watch is None and self.directory.is_dir():
+                if watch is None and self._inotify and self.directory.is_dir():
                     watch = DirectoryWatch.open(self.directory)
                 if watch is not None:
                     watch.changed.clear()  # events from here on wake the next wait
