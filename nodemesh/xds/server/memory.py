@@ -9,16 +9,17 @@ hands the free heap pages back. It runs at most once per `interval`, after
 a stream that held at least `min_names` names closed; elsewhere than glibc
 it is a no-op.
 
-glibc also raises its mmap threshold (up to 32 MiB) each time a large
-mmapped block is freed, so after the first big request every later one (a
-100,000-name request is a few MiB) comes from the heap instead, and the heap
-stays fragmented after the stream closes. `fix_mmap_threshold` pins the
-threshold (which turns that adjustment off), so large buffers are mmapped
-and unmapped whole. Measured (docs/benchmarks.md, item 8): 10 streams of
-100,000 names left 12.7 MiB of RSS behind; with the pinned threshold 7.5.
-The rest is CPython's small-object arenas (1 MiB each): a few small objects
-gRPC's call machinery allocates per call outlive the stream and pin one
-arena each (tracemalloc: no nodemesh object outlives its stream).
+What stays after a burst of large streams closed (10 streams of 100,000
+names: about 1 MiB per stream; docs/benchmarks.md, issue 10 item 8) is not
+held by nodemesh: tracemalloc finds no Python object of ours outliving its
+stream, and glibc's in-use bytes grow by under 1 MiB. It is CPython's
+small-object arenas (1 MiB each, freed only when empty): about a dozen small
+objects that gRPC's call machinery allocates per call outlive the call and
+pin one arena each. `PYTHONMALLOC=malloc MALLOC_MMAP_THRESHOLD_=131072`
+(glibc for every object, so `malloc_trim` returns free pages; large
+buffers mmapped) took the remainder from about 7 % of the growth to about
+1 % in one measured run; it is not set here (it costs every allocation, and
+it must be set before the interpreter starts).
 """
 
 from __future__ import annotations
@@ -48,30 +49,9 @@ def _load_trim() -> Callable[[int], int] | None:
     return result
 
 
-M_MMAP_THRESHOLD = -3  # <malloc.h>
-MMAP_THRESHOLD = 128 * 1024  # glibc's own initial value
-
-
-def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Pin glibc's mmap threshold for this process (see the module
-    docstring). False where it could not be set (not glibc)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
-
-
 class HeapTrimmer:
     def __init__(self, min_names: int = 10_000, interval: float = 1.0) -> None:
         self._trim = _load_trim()
-        if self._trim is not None:
-            fix_mmap_threshold()
         self._min_names = min_names
         self._interval = interval
         self._scheduled = False
