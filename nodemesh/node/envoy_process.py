@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -146,14 +148,35 @@ class EnvoyProcess:
         return values
 
     async def wait_for_listener(self, port: int, timeout: float = 30.0) -> None:
-        """Until Envoy has bound a listener on `port` (it reports it in /listeners)."""
+        """Until a listener of Envoy's on `port` accepts connections.
+
+        Envoy lists a listener in /listeners once it is active, but each
+        worker calls listen() on its socket a moment later; a connection in
+        between is refused. So this waits for the listed address to be in
+        LISTEN state too (read from /proc/net/tcp: no connection is made,
+        so no flow or access log records the wait)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            if f":{port}" in await self.admin_get("/listeners"):
+            listed = await self.listener_addresses()
+            if any(p == port and tcp_listening(a, p) for a, p in listed):
                 return
             await asyncio.sleep(0.05)
         raise EnvoyError(f"envoy never bound a listener on port {port}: {self.log_tail()}")
+
+    async def listener_addresses(self) -> list[tuple[str, int]]:
+        """(address, port) of every listener Envoy reports as active."""
+        text = await self.admin_get("/listeners?format=json")
+        try:
+            statuses = json.loads(text).get("listener_statuses", [])
+        except ValueError:
+            return []
+        found = []
+        for status in statuses:
+            socket = status.get("local_address", {}).get("socket_address", {})
+            if "port_value" in socket:
+                found.append((str(socket.get("address", "")), int(socket["port_value"])))
+        return found
 
     async def stop(self) -> None:
         proc = self.process
@@ -176,3 +199,32 @@ class EnvoyProcess:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
+
+
+def tcp_listening(address: str, port: int) -> bool:
+    """Whether a TCP socket of this network namespace listens on address:port
+    (or on the wildcard address of its family), per /proc/net/tcp{,6}."""
+    try:
+        wanted = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    table = "/proc/net/tcp" if wanted.version == 4 else "/proc/net/tcp6"
+    try:
+        lines = Path(table).read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        local, state = fields[1], fields[3]
+        if state != "0A":  # TCP_LISTEN
+            continue
+        hex_address, hex_port = local.split(":")
+        if int(hex_port, 16) != port:
+            continue
+        # The kernel prints the address as 32-bit words in host byte order.
+        raw = bytes.fromhex(hex_address)
+        words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+        bound = ipaddress.ip_address(words)
+        if bound == wanted or bound.is_unspecified:
+            return True
+    return False
