@@ -90,10 +90,20 @@ class ClientStatus:
 
 def type_status(state: TypeState, snapshot: Snapshot | None) -> TypeStatus:
     """Frozen view of one type of one stream against the current snapshot."""
-    resources = snapshot.get(state.type_url) if snapshot is not None else {}
+    resources: Mapping[str, EncodedResource] = {}
+    if snapshot is not None:
+        resources = snapshot.get(state.type_url)
+        if state.wildcard:
+            # What this stream is to hold: the wildcard view leaves out names
+            # served by name only (proxyless targets) unless it also names
+            # them. A resource of the type that it holds but is not entitled
+            # to is on its way out (a held removal), not SYNCED.
+            everything = resources
+            resources = dict(snapshot.wildcard(state.type_url))
+            resources.update((n, everything[n]) for n in state.names if n in everything)
     names = set(state.sent) | set(state.names)
-    if state.wildcard and snapshot is not None:
-        names |= snapshot.wildcard(state.type_url).keys()
+    if state.wildcard:
+        names |= resources.keys()
     nack = state.nack
     return TypeStatus(
         type_url=state.type_url,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,3 +149,39 @@ async def test_delta_wildcard_loses_a_listener_that_becomes_name_only(harness: H
     second = await client.recv()
     assert list(second.removed_resources) == [TARGET] and not second.resources
     await client.close()
+
+
+async def test_sotw_status_of_a_held_cluster_that_became_name_only_is_stale(
+    harness: Harness,
+) -> None:
+    """Envoy still holds a cluster the server now serves by name only (its
+    removal held back, make-before-break): status must not call it SYNCED
+    just because the snapshot still has it for proxyless clients."""
+    resources = with_target()
+    harness.cache.set_default_snapshot(harness.cache.build_snapshot(resources, "v1"))
+    client = await harness.sotw()
+    await client.request(CLUSTER, [])
+    first = await client.recv()
+    assert names_of(first) == ["a", "b", "proxyless-only"]
+    await client.ack(first)
+    harness.cache.hold_removals()
+    try:
+        publish_named_only(harness, resources)
+        want = {"a": "SYNCED", "b": "SYNCED", "proxyless-only": "STALE"}
+        assert await _cluster_status(harness, want) == want
+    finally:
+        harness.cache.release_removals()
+    await client.close()
+
+
+async def _cluster_status(harness: Harness, want: dict[str, str]) -> dict[str, str]:
+    """Each CDS resource's status: `want` once reached (the ACK is processed
+    asynchronously), else the last seen."""
+    found: dict[str, str] = {}
+    for _ in range(500):
+        [stream] = harness.server.clients()
+        found = {r.name: r.status.name for r in stream.types[CLUSTER].resources}
+        if found == want:
+            return found
+        await asyncio.sleep(0.01)
+    return found
