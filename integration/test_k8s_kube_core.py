@@ -21,7 +21,7 @@ from nodemesh.k8s_watch.settings import WatchSettings
 ROOT = Path(__file__).resolve().parents[1]
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
 CCEC = find_type("cilium.io", "v2", "ciliumclusterwideenvoyconfigs")
-EVENTS = find_type("", "v1", "events")
+EVENTS = find_type("events.k8s.io", "v1", "events")
 assert CEC and CCEC and EVENTS
 
 
@@ -70,18 +70,18 @@ async def test_patch_status_of_a_missing_object_is_rejected(
 async def test_create_event_in_a_namespace(api: tuple[ApiServerDouble, KubeApi]) -> None:
     double, kube = api
     event = {
-        "apiVersion": "v1",
+        "apiVersion": "events.k8s.io/v1",
         "kind": "Event",
         "metadata": {"name": "split.1", "namespace": "shop"},
-        "involvedObject": {"kind": "CiliumEnvoyConfig", "namespace": "shop", "name": "split"},
+        "regarding": {"kind": "CiliumEnvoyConfig", "namespace": "shop", "name": "split"},
         "reason": "ParseError",
-        "message": "spec.resources[0]: not an Envoy resource",
+        "note": "spec.resources[0]: not an Envoy resource",
         "type": "Warning",
     }
     await kube.create_event("shop", event)
     stored = double.store.get(EVENTS, "shop", "split.1")
     assert stored["reason"] == "ParseError"
-    assert stored["involvedObject"]["name"] == "split"
+    assert stored["regarding"]["name"] == "split"
 
 
 async def test_list_page_of_a_cluster_scoped_kind(

@@ -29,7 +29,7 @@ from tests.support.polling import wait_until_async
 pytestmark = pytest.mark.envoy
 
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
-EVENTS = find_type("", "v1", "events")
+EVENTS = find_type("events.k8s.io", "v1", "events")
 assert CEC and EVENTS
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
 
@@ -145,8 +145,7 @@ async def test_envoy_nack_becomes_the_programmed_condition(
         def nack_event() -> bool:
             events = double.store.items(EVENTS)
             return any(
-                (e["involvedObject"]["name"], e["reason"], e["type"])
-                == ("busy", "EnvoyNACK", "Warning")
+                (e["regarding"]["name"], e["reason"], e["type"]) == ("busy", "EnvoyNACK", "Warning")
                 for e in events
             )
 

@@ -23,7 +23,7 @@ from tests.support.polling import wait_until_async
 SVC = find_type("", "v1", "services")
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
 CNP = find_type("cilium.io", "v2", "ciliumnetworkpolicies")
-EVENTS = find_type("", "v1", "events")
+EVENTS = find_type("events.k8s.io", "v1", "events")
 assert SVC and CEC and CNP and EVENTS
 
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -99,7 +99,7 @@ def _conditions(double: ApiServerDouble, name: str) -> dict[str, dict[str, Any]]
 
 
 def _events(double: ApiServerDouble, name: str) -> list[dict[str, Any]]:
-    return [e for e in double.store.items(EVENTS) if e["involvedObject"]["name"] == name]
+    return [e for e in double.store.items(EVENTS) if e["regarding"]["name"] == name]
 
 
 def _status_patches(double: ApiServerDouble, name: str) -> int:
@@ -127,11 +127,8 @@ async def test_bad_cec_gets_conditions_and_events(
     await wait_until_async(lambda: len(_events(double, "bad")) >= 2)
     warning = next(e for e in _events(double, "bad") if e["reason"] == "ServiceNotFound")
     assert warning["type"] == "Warning"
-    assert (
-        warning["involvedObject"]["uid"]
-        == double.store.get(CEC, "default", "bad")["metadata"]["uid"]
-    )
-    assert "no-such-service" in warning["message"]
+    assert warning["regarding"]["uid"] == double.store.get(CEC, "default", "bad")["metadata"]["uid"]
+    assert "no-such-service" in warning["note"]
 
 
 async def test_status_writes_do_not_loop_and_fixes_show(
@@ -202,8 +199,8 @@ async def test_malformed_service_gets_an_event_and_the_rest_flows(
     event = _events(double, "broken")[0]
     assert (event["type"], event["reason"]) == ("Warning", "InvalidObject")
     uid = double.store.get(SVC, "default", "broken")["metadata"]["uid"]
-    assert event["involvedObject"]["uid"] == uid, "kubectl describe finds it by uid"
-    assert "spec.ports[0].port" in event["message"]
+    assert event["regarding"]["uid"] == uid, "kubectl describe finds it by uid"
+    assert "spec.ports[0].port" in event["note"]
     broken = copy.deepcopy(double.store.get(SVC, "default", "broken"))
     broken["spec"]["ports"] = [{"port": 80}]
     double.store.update(SVC, broken)

@@ -139,3 +139,33 @@ def forbidden(kube: KubeCluster, user: str = AGENT_USER, since: int = 0) -> list
         reason = e.get("annotations", {}).get("authorization.k8s.io/reason", "")
         out.append(f"{e['verb']} {e['requestURI']} at {e['stageTimestamp']} ({reason})")
     return out
+
+
+def event_v1(kube: KubeCluster, name: str, reason: str, namespace: str = "default") -> Any:
+    """The Event about `name` with `reason`, as `kubectl get
+    events.v1.events.k8s.io -o yaml` shows it to an operator (None if none yet)."""
+    out = kube.kubectl("get", "events.v1.events.k8s.io", "-n", namespace, "-o", "yaml").stdout
+    items = yaml.safe_load(out)["items"]
+    return next(
+        (e for e in items if e["regarding"]["name"] == name and e["reason"] == reason), None
+    )
+
+
+def assert_created_as_events_v1(kube: KubeCluster, event: dict[str, Any], since: int) -> None:
+    """`event` was written through events.k8s.io/v1, not the legacy core API:
+    the fields only that version sets, and every Event the agent's account
+    created since audit line `since` went to /apis/events.k8s.io/v1."""
+    assert event["eventTime"] and event["action"], event
+    assert (event["reportingController"], event["regarding"]["uid"] != "") == ("nodemesh", True)
+    legacy = ("deprecatedCount", "deprecatedSource", "deprecatedFirstTimestamp")
+    assert not any(event.get(k) for k in legacy), {k: event.get(k) for k in legacy}
+    creates = [
+        e
+        for e in kube.audit_events(AGENT_USER, since)
+        if e["verb"] == "create" and e.get("objectRef", {}).get("resource") == "events"
+    ]
+    assert creates, "the agent's account created the Events"
+    refused = [e["requestURI"] for e in creates if e["responseStatus"]["code"] != 201]
+    assert refused == [], refused
+    paths = {e["requestURI"].split("/namespaces/")[0] for e in creates}
+    assert paths == {"/apis/events.k8s.io/v1"}, paths

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import yaml
 
-from integration.cluster.cluster_support import AGENT_SA, apply_article, conditions, kget, wait_for
+from integration.cluster.cluster_support import (
+    AGENT_SA,
+    apply_article,
+    assert_created_as_events_v1,
+    conditions,
+    event_v1,
+    wait_for,
+)
 from integration.cluster.kube_cluster import KubeCluster, free_port
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.settings import WatchSettings
@@ -121,6 +128,7 @@ async def _programmed(kube: KubeCluster, name: str, what: str, want: str) -> dic
 
 async def test_envoy_nack_becomes_the_programmed_condition(mesh: KubeCluster) -> None:
     split = "httpbin-traffic-split"
+    audit_from = mesh.audit_mark()
     await _programmed(mesh, split, "the article's CEC is Accepted and Programmed", "True")
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
@@ -134,19 +142,22 @@ async def test_envoy_nack_becomes_the_programmed_condition(mesh: KubeCluster) ->
             mesh, "busy", "Envoy's NACK in the CEC's status", "EnvoyNACK"
         )
         assert programmed["status"] == "False"
+        busy = conditions(mesh, "cec", "busy")
+        assert programmed["observedGeneration"] == busy["_generation"]
+        yaml_out = mesh.kubectl("get", "cec", "busy", "-o", "yaml").stdout
+        assert "reason: EnvoyNACK" in yaml_out, yaml_out
         assert "node node-a rejected Listener" in programmed["message"]
         assert str(busy_port) in programmed["message"], "Envoy's own message names the address"
         assert conditions(mesh, "cec", "busy")["Accepted"]["status"] == "True"
 
-        def nack_event() -> bool:
-            events = kget(mesh, "events.v1.events.k8s.io", "-n", "default")["items"]
-            return any(
-                (e["regarding"]["name"], e["reason"], e["type"]) == ("busy", "EnvoyNACK", "Warning")
-                for e in events
-            )
-
-        # The Event follows the status write; `kubectl events` shows it too.
-        await asyncio.to_thread(wait_for, nack_event, "a Warning Event with the NACK")
+        # The Event follows the status write: read back as an operator does,
+        # with `kubectl get -o yaml` and `kubectl events`.
+        event = await asyncio.to_thread(
+            wait_for, lambda: event_v1(mesh, "busy", "EnvoyNACK"), "a Warning Event with the NACK"
+        )
+        assert (event["type"], event["action"]) == ("Warning", "Programmed")
+        assert str(busy_port) in event["note"] and event["reportingInstance"] == "node-a"
+        assert_created_as_events_v1(mesh, event, audit_from)
         listed = mesh.kubectl("events", "-n", "default", "--for", "ciliumenvoyconfig/busy").stdout
         assert "EnvoyNACK" in listed, listed
         # The other CEC is untouched by the neighbour's NACK.

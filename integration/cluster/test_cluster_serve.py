@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pytest
 
@@ -17,7 +17,9 @@ from integration.cluster.cluster_support import (
     AGENT_USER,
     admin_get,
     apply_article,
+    assert_created_as_events_v1,
     conditions,
+    event_v1,
     forbidden,
     kget,
     nodemesh,
@@ -138,19 +140,13 @@ def test_bad_cec_gets_conditions_with_observed_generation_and_events(
     yaml_out = deployed.kubectl("get", "cec", "bad-backend", "-o", "yaml").stdout
     assert "reason: ServiceNotFound" in yaml_out and "observedGeneration: 1" in yaml_out
 
-    def warning() -> dict[str, Any] | None:
-        events = kget(deployed, "events.v1.events.k8s.io", "-n", "default")["items"]
-        return next(
-            (
-                e
-                for e in events
-                if e["regarding"]["name"] == "bad-backend" and e["reason"] == "ServiceNotFound"
-            ),
-            None,
-        )
-
-    event = wait_for(warning, "a ServiceNotFound Event for the bad CEC")
+    event = wait_for(
+        lambda: event_v1(deployed, "bad-backend", "ServiceNotFound"),
+        "a ServiceNotFound Event for the bad CEC",
+    )
     assert event["type"] == "Warning" and event["regarding"]["kind"] == "CiliumEnvoyConfig"
+    assert event["action"] == "Accepted" and "default/no-such-service" in event["note"]
+    assert_created_as_events_v1(deployed, event, served.audit_from)
     listed = deployed.kubectl(
         "events", "-n", "default", "--for", "ciliumenvoyconfig/bad-backend"
     ).stdout

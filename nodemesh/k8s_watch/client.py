@@ -247,10 +247,11 @@ class KubeApi:
                     yield buffer
 
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """POST an `events.k8s.io/v1` Event (the reporter builds that version's body)."""
         with translate_errors(f"create event in {namespace}"):
             await self._request(
                 "POST",
-                "/api/v1/namespaces/{namespace}/events",
+                "/apis/events.k8s.io/v1/namespaces/{namespace}/events",
                 [],
                 path_params={"namespace": namespace},
                 body=body,

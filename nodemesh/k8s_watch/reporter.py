@@ -37,6 +37,11 @@ from nodemesh.model.snapshot import MeshModel
 
 log = structlog.get_logger("nodemesh.k8s_watch.status")
 
+# events.k8s.io/v1 Event fields: the controller (a qualified name) and the
+# note's limit in bytes, as the API server validates them.
+REPORTING_CONTROLLER = "nodemesh"
+NOTE_LIMIT = 1024
+
 WRITES = Counter(
     "nodemesh_k8s_status_writes_total", "Status patches and Events written", ["what", "result"]
 )
@@ -176,7 +181,12 @@ class StatusReporter:
                 WRITES.labels("status", "refused").inc()
             for cond in changed:
                 await self._event(
-                    ref, meta, cond.reason, f"{cond.type}: {cond.message}", cond.status == "True"
+                    ref,
+                    meta,
+                    cond.reason,
+                    f"{cond.type}: {cond.message}",
+                    cond.status == "True",
+                    action=cond.type,
                 )
                 out.events += 1
         except ApiUnavailable as exc:
@@ -216,16 +226,30 @@ class StatusReporter:
         WRITES.labels("status", "ok").inc()
 
     async def _event(
-        self, ref: ObjectRef, meta: ObjectMeta, reason: str, message: str, normal: bool
+        self,
+        ref: ObjectRef,
+        meta: ObjectMeta,
+        reason: str,
+        message: str,
+        normal: bool,
+        action: str = "Validate",
     ) -> None:
+        """An `events.k8s.io/v1` Event: what `kubectl events` and `kubectl
+        describe` show. The API server validates this version strictly
+        (eventTime with microseconds, reportingController, reportingInstance,
+        action; no legacy count or source), so the body carries exactly those."""
         spec = spec_for_kind(ref.kind)
         assert spec is not None
-        now = _timestamp()
         # Events about cluster-scoped objects live in "default", as kubectl expects.
         namespace = ref.namespace or "default"
         body = {
-            "metadata": {"generateName": f"{ref.name}.", "namespace": namespace},
-            "involvedObject": {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            # Named as client-go's recorder names them: the server validates a
+            # generateName as a whole DNS subdomain, so "name." would be refused.
+            "metadata": {"name": f"{ref.name[:230]}.{time.time_ns():x}", "namespace": namespace},
+            "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "regarding": {
                 "apiVersion": spec.api_version,
                 "kind": ref.kind.value,
                 "name": ref.name,
@@ -233,14 +257,12 @@ class StatusReporter:
                 "uid": meta.uid,
             },
             "reason": reason,
-            "message": message[:1024],
+            "action": action,
+            # The server caps the note at 1 KiB, counted in bytes.
+            "note": message.encode()[:NOTE_LIMIT].decode(errors="ignore"),
             "type": "Normal" if normal else "Warning",
-            "source": {"component": "nodemesh", "host": self.node},
-            "reportingComponent": "nodemesh",
-            "reportingInstance": self.node,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
+            "reportingController": REPORTING_CONTROLLER,
+            "reportingInstance": self.node[:128],
         }
         await self._api.create_event(namespace, body)
         WRITES.labels("event", "ok").inc()

@@ -74,7 +74,7 @@ def test_rbac_grants_exactly_what_is_watched_plus_status_and_events() -> None:
     for spec in default_resources():
         if spec.status_is_ours:
             assert grants.pop((spec.group, f"{spec.plural}/status")) == {"patch"}
-    assert grants.pop(("", "events")) == {"create"}
+    assert grants.pop(("events.k8s.io", "events")) == {"create"}
     assert grants == {}, "nothing beyond what is watched, status and events"
 
 

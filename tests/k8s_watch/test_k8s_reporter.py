@@ -5,6 +5,7 @@ Models come from the real MeshStore; the API side records what would be sent
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,7 +130,7 @@ async def test_another_nodes_nack_is_left_for_that_node_to_clear() -> None:
     assert "node node-a rejected" in conds["Programmed"]["message"]
     event = api.events[-1]
     assert event["type"] == "Warning" and event["reason"] == "EnvoyNACK"
-    assert event["involvedObject"]["uid"] == "uid-1"
+    assert event["regarding"]["uid"] == "uid-1"
 
 
 async def test_objects_not_from_the_api_server_are_not_reported() -> None:
@@ -160,8 +161,8 @@ async def test_rejected_service_gets_one_event_per_distinct_error() -> None:
     for _ in range(3):
         await reporter.reconcile(broken)
     (event,) = api.events
-    assert (event["reason"], event["involvedObject"]["kind"]) == ("InvalidObject", "Service")
-    assert event["message"].startswith("spec.ports[0].port")
+    assert (event["reason"], event["regarding"]["kind"]) == ("InvalidObject", "Service")
+    assert event["note"].startswith("spec.ports[0].port")
     await reporter.reconcile(_service_model(80))  # fixed
     await reporter.reconcile(broken)  # broken again: a new Event
     assert len(api.events) == 2
@@ -273,8 +274,8 @@ async def test_bad_network_policy_gets_a_warning_event() -> None:
     model = _policy_model("NetworkPolicy", 99999).build()
     await reporter.reconcile(model)
     (event,) = api.events
-    assert (event["reason"], event["involvedObject"]["kind"]) == ("InvalidObject", "NetworkPolicy")
-    assert "spec.ingress[0].ports[0].port" in event["message"] and event["type"] == "Warning"
+    assert (event["reason"], event["regarding"]["kind"]) == ("InvalidObject", "NetworkPolicy")
+    assert "spec.ingress[0].ports[0].port" in event["note"] and event["type"] == "Warning"
 
 
 async def test_bad_cilium_network_policy_gets_a_condition() -> None:
@@ -285,3 +286,20 @@ async def test_bad_cilium_network_policy_gets_a_condition() -> None:
     accepted = next(c for c in body["status"]["conditions"] if c["type"] == "Accepted")
     assert name == "pol" and accepted["status"] == "False"
     assert "toPorts[0].ports[0].port" in accepted["message"]
+
+
+async def test_events_are_events_k8s_io_v1_as_the_server_validates_them() -> None:
+    """The strict rules the API server applies to events.k8s.io/v1 creates:
+    eventTime with microseconds, reportingController/Instance and action set,
+    none of the legacy fields, a note of at most 1 KiB in bytes (an Envoy
+    NACK message may be longer, and not ASCII)."""
+    reporter, api, _, _ = _reporter()
+    nack = NackReport("node-a", ROUTE, ("default/cec/r",), "é" * 2000)
+    await reporter.reconcile(_model(service_exists=True), [nack])
+    event = next(e for e in api.events if e["reason"] == "EnvoyNACK")
+    assert (event["apiVersion"], event["kind"]) == ("events.k8s.io/v1", "Event")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", event["eventTime"])
+    assert event["reportingController"] == "nodemesh" and event["reportingInstance"] == "node-a"
+    assert event["action"] == "Programmed" and event["regarding"]["uid"] == "uid-1"
+    assert not {"involvedObject", "message", "count", "source", "firstTimestamp"} & set(event)
+    assert 1000 < len(event["note"].encode()) <= 1024 and event["note"].endswith("é")
