@@ -12,8 +12,11 @@ from typing import Any
 from integration.apiserver_double import ApiServerDouble
 from integration.apiserver_double.synthetic import endpoint_slice, service
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
+from nodemesh.k8s_watch.conditions import NackReport
 from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.settings import WatchSettings
+from nodemesh.model.store import MeshStore
+from nodemesh.xds.translate.envoy_config import validate_envoy_config
 
 Raw = dict[str, Any]
 
@@ -98,3 +101,26 @@ async def running_source(
         await api_client.close()
         if not task.cancelled() and task.exception() is not None:
             raise AssertionError("the watch source failed") from task.exception()
+
+
+@dataclass
+class Nacks:
+    """A NackSource the test fills: the seam where XdsNacks reports what the
+    real Envoys rejected (for NACKs nodemesh's valid output cannot provoke)."""
+
+    reports: list[NackReport] = field(default_factory=list)
+
+    def nacks(self) -> Iterable[NackReport]:
+        return list(self.reports)
+
+
+class CountingStore(MeshStore):
+    """The real store, counting what the watcher applies to it."""
+
+    def __init__(self) -> None:
+        super().__init__(validators=[validate_envoy_config])
+        self.applied: list[tuple[str, str]] = []
+
+    def apply(self, source: str, raw: Mapping[str, Any]) -> None:
+        self.applied.append((raw["kind"], raw["metadata"]["name"]))
+        super().apply(source, raw)

@@ -20,8 +20,7 @@ import yaml
 
 from integration.cluster.cluster_support import AGENT_SA, forbidden, kget, wait_for
 from integration.cluster.kube_cluster import KubeCluster
-from integration.k8s_support import FAST
-from integration.test_k8s_status import CountingStore, Nacks
+from integration.k8s_support import FAST, CountingStore, Nacks
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.conditions import NackReport
 from nodemesh.k8s_watch.source import KubernetesSource
