@@ -124,3 +124,34 @@ class CountingStore(MeshStore):
     def apply(self, source: str, raw: Mapping[str, Any]) -> None:
         self.applied.append((raw["kind"], raw["metadata"]["name"]))
         super().apply(source, raw)
+
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+
+
+def busy_cec(port: int) -> dict[str, Any]:
+    """A listener on a port another process holds: only Envoy can find out."""
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+        },
+    }
+    hcm = {
+        "@type": HCM + "HttpConnectionManager",
+        "stat_prefix": "busy",
+        "route_config": {"name": "busy-route", "virtual_hosts": []},
+        "http_filters": [router],
+    }
+    listener = {
+        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "name": "busy-listener",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}],
+    }
+    return {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumEnvoyConfig",
+        "metadata": {"name": "busy", "namespace": "default"},
+        "spec": {"resources": [listener]},
+    }

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from integration.apiserver_double import ApiServerDouble
+from integration.apiserver_double import ApiServerDouble, find_type
+from integration.k8s_support import busy_cec
 from integration.local_mesh import free_port, private_loopback
-from integration.test_k8s_nack import CEC, _busy_cec, _conditions
 from nodemesh.cmd.demo.run import EXAMPLES
 from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
 from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig, KubernetesConfig
@@ -29,6 +29,8 @@ from nodemesh.xds.vocab import LISTENER
 
 pytestmark = pytest.mark.envoy
 
+CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
+assert CEC
 BOUND = 1.0  # seconds, from the NACK's arrival to the condition in the API server
 
 
@@ -75,6 +77,11 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[ApiServerDouble, Contro
         assert task.cancelled() or task.exception() is None, task.exception()
 
 
+def _conditions(double: ApiServerDouble, name: str) -> dict[str, Any]:
+    obj = double.store.get(CEC, "default", name)
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+
+
 def _programmed_reason(double: ApiServerDouble, name: str) -> Any:
     return _conditions(double, name).get("Programmed", {}).get("reason")
 
@@ -89,7 +96,7 @@ async def test_nack_reaches_programmed_within_one_second(
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     try:
-        double.store.create(CEC, _busy_cec(holder.getsockname()[1]))
+        double.store.create(CEC, busy_cec(holder.getsockname()[1]))
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(60):  # the retry is an hour: only callbacks can do it
             # polling the double's store: it offers nothing to wait on

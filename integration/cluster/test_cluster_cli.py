@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from integration.cluster.cluster_support import AGENT_SA, apply_article, kget, wait_for
-from integration.cluster.kube_cluster import KubeCluster
+from integration.cluster.cluster_support import AGENT_SA, AGENT_USER, apply_article, kget, wait_for
+from integration.cluster.kube_cluster import KubeCluster, free_port
 
 pytestmark = pytest.mark.k8s
 
@@ -45,11 +45,25 @@ def test_k8s_watch_once_with_the_agents_kubeconfig(deployed: KubeCluster) -> Non
     apply_article(deployed)
     kubeconfig = deployed.service_account_kubeconfig(*AGENT_SA)
     services = len(kget(deployed, "services", "-A")["items"])
+    mark = deployed.audit_mark()
     done = k8s_watch("--kubeconfig", str(kubeconfig))
     assert done.returncode == 0, done.stderr
     seen = counts(done.stdout)
     assert seen["services"] == services, done.stdout
     assert seen["envoy configs"] >= 1, done.stdout
+    verbs = {e["verb"] for e in deployed.audit_events(AGENT_USER, since=mark)}
+    assert verbs == {"list", "watch"}, "the kubeconfig's account, and read-only by default"
+
+
+def test_unreachable_server_says_why(deployed: KubeCluster) -> None:
+    """The kubeconfig names a port where no API server listens (it stopped)."""
+    kubeconfig = deployed.service_account_kubeconfig(
+        *AGENT_SA, server=f"https://127.0.0.1:{free_port()}"
+    )
+    done = k8s_watch("--kubeconfig", str(kubeconfig), "--timeout", "2")
+    assert done.returncode == 1, done.stderr
+    assert "not synced after 2 s" in done.stderr and "ApiUnavailable" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_node_flag_watches_only_that_nodes_pods(deployed: KubeCluster) -> None:

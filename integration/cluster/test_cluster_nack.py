@@ -1,5 +1,6 @@
-"""The whole reporting chain, real at every step, now with the real API server
-(ported from integration/test_k8s_nack.py): a CiliumEnvoyConfig applied with
+"""The whole reporting chain, real at every step, with the real API server
+(the port of the double's test_k8s_nack.py, now gone), through the wiring
+`nodemesh serve --kubernetes` uses: a CiliumEnvoyConfig applied with
 kubectl -> watcher (the agent's ServiceAccount token) -> store -> translator
 -> ADS -> a real Envoy that rejects it -> its NACK, with Envoy's own message
 and the node, written back as the CEC's Programmed condition and a Warning
@@ -25,97 +26,47 @@ from integration.cluster.cluster_support import (
     wait_for,
 )
 from integration.cluster.kube_cluster import KubeCluster, free_port
-from nodemesh.k8s_watch.client import KubeApi, make_api_client
-from nodemesh.k8s_watch.settings import WatchSettings
-from nodemesh.k8s_watch.source import KubernetesSource
+from integration.k8s_support import busy_cec
+from integration.local_mesh import private_loopback
 from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
-from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig
-from nodemesh.wiring.nacks import XdsNacks
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig, KubernetesConfig
 from nodemesh.xds.translate import TranslateOptions
 
 pytestmark = [pytest.mark.envoy, pytest.mark.k8s]
-FAST = WatchSettings(backoff_initial=0.05, backoff_max=1.0, connect_timeout=2.0)
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-
-
-def _busy_cec(port: int) -> dict[str, Any]:
-    """A listener on a port another process holds: only Envoy can find out."""
-    router = {
-        "name": "envoy.filters.http.router",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-        },
-    }
-    hcm = {
-        "@type": HCM + "HttpConnectionManager",
-        "stat_prefix": "busy",
-        "route_config": {"name": "busy-route", "virtual_hosts": []},
-        "http_filters": [router],
-    }
-    listener = {
-        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
-        "name": "busy-listener",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}],
-    }
-    return {
-        "apiVersion": "cilium.io/v2",
-        "kind": "CiliumEnvoyConfig",
-        "metadata": {"name": "busy", "namespace": "default"},
-        "spec": {"resources": [listener]},
-    }
-
-
-def private_loopback() -> str:
-    """Our own loopback address: another test's Envoy may serve the same
-    canary listener port on 127.0.0.1 (deterministic ports, SO_REUSEPORT)."""
-    import random
-
-    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
 
 
 @pytest.fixture
 async def mesh(deployed: KubeCluster, tmp_path: Path) -> AsyncIterator[KubeCluster]:
+    """`nodemesh serve --kubernetes`'s wiring, in process, as deploy/'s
+    account. The reporter's retry is an hour: every condition and Event
+    below can only come from the model and xDS callbacks waking it."""
     await asyncio.to_thread(apply_article, deployed)
     kubeconfig = await asyncio.to_thread(deployed.service_account_kubeconfig, *AGENT_SA)
     xds_port = free_port()
+    k8s = KubernetesConfig(kubeconfig=str(kubeconfig), reporter="node-a", status_retry=3600)
     plane = ControlPlane(
         ControlPlaneConfig(
+            kubernetes=k8s,
             xds_tcp=f"127.0.0.1:{xds_port}",
             admin_port=0,
             translate=TranslateOptions(listener_address=private_loopback()),
         )
     )
-    client = await make_api_client(kubeconfig=str(kubeconfig))
-    k8s = KubernetesSource(
-        KubeApi(client, FAST),
-        plane.store,
-        node="node-a",
-        settings=FAST,
-        nacks=XdsNacks(plane.server.clients),
-        translation_errors=lambda: plane.translation.errors if plane.translation else (),
-        retry_interval=0.3,
-    )
     envoy = EnvoyProcess(
         tmp_path / "envoy", render_bootstrap(xds_tcp=("127.0.0.1", xds_port)), "node-a"
     )
-    tasks = [
-        asyncio.create_task(plane.run(), name="control-plane"),
-        asyncio.create_task(k8s.run(), name="k8s-source"),
-    ]
+    task = asyncio.create_task(plane.run(), name="control-plane")
     try:
-        await k8s.watch.wait_synced(60)
+        await asyncio.wait_for(plane.ready.wait(), 60)
         await envoy.start()
+        await plane.wait_synced("node-a", 60)
         yield deployed
     finally:
         await envoy.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
-        await client.close()
+        task.cancel()
+        await asyncio.wait([task])
         await asyncio.to_thread(deployed.kubectl, "delete", "cec", "busy", "--ignore-not-found")
-        for task in tasks:
-            assert task.cancelled() or task.exception() is None, task.exception()
+        assert task.cancelled() or task.exception() is None, task.exception()
 
 
 async def _programmed(kube: KubeCluster, name: str, what: str, want: str) -> dict[str, Any]:
@@ -136,7 +87,7 @@ async def test_envoy_nack_becomes_the_programmed_condition(mesh: KubeCluster) ->
     busy_port = holder.getsockname()[1]
     try:
         await asyncio.to_thread(
-            mesh.kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(_busy_cec(busy_port))
+            mesh.kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(busy_cec(busy_port))
         )
         programmed = await _programmed(
             mesh, "busy", "Envoy's NACK in the CEC's status", "EnvoyNACK"
