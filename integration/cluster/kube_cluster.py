@@ -368,4 +368,26 @@ def apply_deploy(kube: KubeCluster) -> None:
         "kustomize", "--load-restrictor=LoadRestrictionsNone", str(REPO / "deploy")
     ).stdout
     kube.kubectl("apply", "-f", "-", stdin=rendered)
-    kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    wait_established(kube)
+
+
+def wait_established(kube: KubeCluster, timeout: float = 60.0) -> None:
+    """Every CRD Established. Not `kubectl wait --for=condition=Established`:
+    it fails at once ("accessor error: <nil>") on a CRD created so recently
+    that the server has not written its status yet, instead of waiting."""
+    deadline = time.monotonic() + timeout
+    pending: list[str] = []
+    while time.monotonic() < deadline:
+        crds = json.loads(kube.kubectl("get", "crd", "-o", "json").stdout)["items"]
+        pending = [
+            c["metadata"]["name"]
+            for c in crds
+            if not any(
+                (k.get("type"), k.get("status")) == ("Established", "True")
+                for k in (c.get("status") or {}).get("conditions") or []
+            )
+        ]
+        if not pending:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"CRDs not Established after {timeout:g} s: {pending}")

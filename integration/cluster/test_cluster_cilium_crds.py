@@ -26,7 +26,7 @@ from integration.cluster.cluster_support import (
     version_services,
     wait_for,
 )
-from integration.cluster.kube_cluster import REPO, KubeCluster, free_port
+from integration.cluster.kube_cluster import REPO, KubeCluster, free_port, wait_established
 
 pytestmark = pytest.mark.k8s
 
@@ -68,12 +68,12 @@ def cilium_cluster() -> Iterator[KubeCluster]:
             # Server-side: Cilium's CRDs exceed the 256 KiB annotation that
             # client-side apply would add.
             kube.kubectl("apply", "--server-side", "-f", str(crds / f"{kind}.yaml"))
-        kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        wait_established(kube)
         # The Gateway API CRDs nodemesh also watches: a Cilium cluster has
         # them from Gateway API's own release, which deploy/crds copies.
         for gateway in sorted((REPO / "deploy" / "crds").glob("gateway.networking.k8s.io_*.yaml")):
             kube.kubectl("apply", "--server-side", "-f", str(gateway))
-        kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        wait_established(kube)
         for part in ("namespace.yaml", "rbac.yaml"):
             kube.kubectl("apply", "-f", str(REPO / "deploy" / part))
         yield kube

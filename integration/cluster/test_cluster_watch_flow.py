@@ -52,6 +52,12 @@ def flow(deployed: KubeCluster) -> Iterator[Path]:
     """Seven Services in a namespace of their own; the agent's kubeconfig."""
     deployed.kubectl("create", "namespace", NS)
     try:
+        # Pods are refused until the controllers made the namespace's default
+        # ServiceAccount.
+        wait_for(
+            lambda: deployed.kubectl("get", "sa", "default", "-n", NS, check=False).returncode == 0,
+            f"the default ServiceAccount in {NS}",
+        )
         deployed.kubectl("apply", "-f", "-", stdin=_services(range(7)))
         yield deployed.service_account_kubeconfig(*AGENT_SA)
     finally:
