@@ -52,8 +52,12 @@ def flow(deployed: KubeCluster) -> Iterator[Path]:
     """Seven Services in a namespace of their own; the agent's kubeconfig."""
     deployed.kubectl("create", "namespace", NS)
     try:
-        # Pods are refused until the controllers made the namespace's default
-        # ServiceAccount.
+        # Pods are refused until the namespace has its default ServiceAccount.
+        # The controllers make it, but after the API server restarts earlier
+        # in a full run they were seen to take over a minute: make it here.
+        account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}
+        # Unchecked: the controller may create it between apply's get and create.
+        deployed.kubectl("apply", "-n", NS, "-f", "-", stdin=yaml.safe_dump(account), check=False)
         wait_for(
             lambda: deployed.kubectl("get", "sa", "default", "-n", NS, check=False).returncode == 0,
             f"the default ServiceAccount in {NS}",
