@@ -330,6 +330,15 @@ class AdsServer:
             await stream.run(requests)
         except asyncio.CancelledError:
             raise
+        except grpc.aio.AbortError:
+            raise  # an abort already chose the status; gRPC unwinds with it
+        except grpc.aio.BaseError as exc:
+            # gRPC's own call failed under the stream: the client reset or
+            # left while a message was in flight, and gRPC fails that
+            # operation before it cancels this handler. A transport event,
+            # not a server fault, and there is nobody to send a status to.
+            self._streams.pop(stream.stream_id, None)
+            stream.log.warning("xds_stream_transport_error", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             self._streams.pop(stream.stream_id, None)
             code, message = grpc_status_for(exc)
