@@ -7,15 +7,20 @@ import copy
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from integration.apiserver_double import ApiServerDouble
 from integration.apiserver_double.synthetic import endpoint_slice, service
+from integration.local_mesh import free_port, private_loopback
 from nodemesh.k8s_watch.client import KubeApi, make_api_client
 from nodemesh.k8s_watch.conditions import NackReport
 from nodemesh.k8s_watch.informer_set import InformerSet
 from nodemesh.k8s_watch.settings import WatchSettings
 from nodemesh.model.store import MeshStore
+from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
+from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig, KubernetesConfig
+from nodemesh.xds.translate import TranslateOptions
 from nodemesh.xds.translate.envoy_config import validate_envoy_config
 
 Raw = dict[str, Any]
@@ -155,3 +160,32 @@ def busy_cec(port: int) -> dict[str, Any]:
         "metadata": {"name": "busy", "namespace": "default"},
         "spec": {"resources": [listener]},
     }
+
+
+@asynccontextmanager
+async def serving_with_envoy(
+    kubernetes: KubernetesConfig, workdir: Path, node: str = "node-a"
+) -> AsyncIterator[ControlPlane]:
+    """`nodemesh serve --kubernetes`'s wiring in process, synced with a real
+    node Envoy for `node`; the control plane must end without an error."""
+    xds_port = free_port()
+    plane = ControlPlane(
+        ControlPlaneConfig(
+            kubernetes=kubernetes,
+            xds_tcp=f"127.0.0.1:{xds_port}",
+            admin_port=0,
+            translate=TranslateOptions(listener_address=private_loopback()),
+        )
+    )
+    envoy = EnvoyProcess(workdir, render_bootstrap(xds_tcp=("127.0.0.1", xds_port)), node)
+    task = asyncio.create_task(plane.run(), name="control-plane")
+    try:
+        await asyncio.wait_for(plane.ready.wait(), 60)
+        await envoy.start()
+        await plane.wait_synced(node, 60)
+        yield plane
+    finally:
+        await envoy.stop()
+        task.cancel()
+        await asyncio.wait([task])
+    assert task.cancelled() or task.exception() is None, task.exception()

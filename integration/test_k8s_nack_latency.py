@@ -20,13 +20,10 @@ import pytest
 import yaml
 
 from integration.apiserver_double import ApiServerDouble, find_type
-from integration.k8s_support import busy_cec
-from integration.local_mesh import free_port, private_loopback
+from integration.k8s_support import busy_cec, serving_with_envoy
 from nodemesh.cmd.demo.run import EXAMPLES
-from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
-from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig, KubernetesConfig
+from nodemesh.wiring.controlplane import ControlPlane, KubernetesConfig
 from nodemesh.xds.server import RequestInfo, RequestKind, StreamInfo, XdsCallbacks
-from nodemesh.xds.translate import TranslateOptions
 from nodemesh.xds.vocab import LISTENER
 
 pytestmark = pytest.mark.envoy
@@ -52,30 +49,12 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[ApiServerDouble, Contro
     for path in sorted(Path(EXAMPLES).glob("*.yaml")):
         double.store.load(d for d in yaml.safe_load_all(path.read_text()) if d)
     await double.start()
-    xds_port = free_port()
-    plane = ControlPlane(
-        ControlPlaneConfig(
-            kubernetes=KubernetesConfig(server=double.url, reporter="node-a", status_retry=3600),
-            xds_tcp=f"127.0.0.1:{xds_port}",
-            admin_port=0,
-            translate=TranslateOptions(listener_address=private_loopback()),
-        )
-    )
-    envoy = EnvoyProcess(
-        tmp_path / "envoy", render_bootstrap(xds_tcp=("127.0.0.1", xds_port)), "node-a"
-    )
-    task = asyncio.create_task(plane.run(), name="control-plane")
+    k8s = KubernetesConfig(server=double.url, reporter="node-a", status_retry=3600)
     try:
-        await asyncio.wait_for(plane.ready.wait(), 60)
-        await envoy.start()
-        await plane.wait_synced("node-a", 60)
-        yield double, plane
+        async with serving_with_envoy(k8s, tmp_path / "envoy") as plane:
+            yield double, plane
     finally:
-        await envoy.stop()
-        task.cancel()
-        await asyncio.wait([task])
         await double.stop()
-        assert task.cancelled() or task.exception() is None, task.exception()
 
 
 def _conditions(double: ApiServerDouble, name: str) -> dict[str, Any]:

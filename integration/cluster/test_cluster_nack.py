@@ -25,12 +25,9 @@ from integration.cluster.cluster_support import (
     event_v1,
     wait_for,
 )
-from integration.cluster.kube_cluster import KubeCluster, free_port
-from integration.k8s_support import busy_cec
-from integration.local_mesh import private_loopback
-from nodemesh.node.envoy_process import EnvoyProcess, render_bootstrap
-from nodemesh.wiring.controlplane import ControlPlane, ControlPlaneConfig, KubernetesConfig
-from nodemesh.xds.translate import TranslateOptions
+from integration.cluster.kube_cluster import KubeCluster
+from integration.k8s_support import busy_cec, serving_with_envoy
+from nodemesh.wiring.controlplane import KubernetesConfig
 
 pytestmark = [pytest.mark.envoy, pytest.mark.k8s]
 
@@ -42,31 +39,12 @@ async def mesh(deployed: KubeCluster, tmp_path: Path) -> AsyncIterator[KubeClust
     below can only come from the model and xDS callbacks waking it."""
     await asyncio.to_thread(apply_article, deployed)
     kubeconfig = await asyncio.to_thread(deployed.service_account_kubeconfig, *AGENT_SA)
-    xds_port = free_port()
     k8s = KubernetesConfig(kubeconfig=str(kubeconfig), reporter="node-a", status_retry=3600)
-    plane = ControlPlane(
-        ControlPlaneConfig(
-            kubernetes=k8s,
-            xds_tcp=f"127.0.0.1:{xds_port}",
-            admin_port=0,
-            translate=TranslateOptions(listener_address=private_loopback()),
-        )
-    )
-    envoy = EnvoyProcess(
-        tmp_path / "envoy", render_bootstrap(xds_tcp=("127.0.0.1", xds_port)), "node-a"
-    )
-    task = asyncio.create_task(plane.run(), name="control-plane")
     try:
-        await asyncio.wait_for(plane.ready.wait(), 60)
-        await envoy.start()
-        await plane.wait_synced("node-a", 60)
-        yield deployed
+        async with serving_with_envoy(k8s, tmp_path / "envoy"):
+            yield deployed
     finally:
-        await envoy.stop()
-        task.cancel()
-        await asyncio.wait([task])
         await asyncio.to_thread(deployed.kubectl, "delete", "cec", "busy", "--ignore-not-found")
-        assert task.cancelled() or task.exception() is None, task.exception()
 
 
 async def _programmed(kube: KubeCluster, name: str, what: str, want: str) -> dict[str, Any]:
