@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -12,13 +13,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 
 from integration.cluster.kube_cluster import REPO, KubeCluster
+from integration.k8s_support import FAST, CountingStore, Nacks
+from nodemesh.k8s_watch.client import KubeApi, make_api_client
+from nodemesh.k8s_watch.source import KubernetesSource
 
 T = TypeVar("T")
 CANARY = REPO / "examples" / "canary"
@@ -169,3 +173,31 @@ def assert_created_as_events_v1(kube: KubeCluster, event: dict[str, Any], since:
     assert refused == [], refused
     paths = {e["requestURI"].split("/namespaces/")[0] for e in creates}
     assert paths == {"/apis/events.k8s.io/v1"}, paths
+
+
+@contextlib.asynccontextmanager
+async def agent_status_source(
+    kube: KubeCluster,
+) -> AsyncIterator[tuple[KubernetesSource, Nacks]]:
+    """A synced KubernetesSource as deploy/'s agent account, reporting status
+    for node-a; ended and checked for errors on exit."""
+    kubeconfig = await asyncio.to_thread(kube.service_account_kubeconfig, *AGENT_SA)
+    client = await make_api_client(kubeconfig=str(kubeconfig))
+    nacks = Nacks()
+    source = KubernetesSource(
+        KubeApi(client, FAST),
+        CountingStore(),
+        node="node-a",
+        settings=FAST,
+        nacks=nacks,
+        retry_interval=0.2,
+    )
+    task = asyncio.create_task(source.run(), name="k8s-source")
+    try:
+        await source.watch.wait_synced(60)
+        yield source, nacks
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+        await client.close()
+    assert task.cancelled(), task.exception()

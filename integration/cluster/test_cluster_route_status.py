@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from integration.cluster.cluster_support import AGENT_SA, forbidden, kget, wait_for
+from integration.cluster.cluster_support import agent_status_source, forbidden, kget, wait_for
 from integration.cluster.kube_cluster import KubeCluster
-from integration.k8s_support import FAST, CountingStore, Nacks
-from nodemesh.k8s_watch.client import KubeApi, make_api_client
+from integration.k8s_support import Nacks
 from nodemesh.k8s_watch.conditions import NackReport
 from nodemesh.k8s_watch.source import KubernetesSource
 from nodemesh.model.gamma import CONTROLLER_NAME
@@ -76,25 +75,10 @@ def _services() -> str:
 @pytest.fixture
 async def mesh(deployed: KubeCluster) -> AsyncIterator[tuple[KubeCluster, KubernetesSource, Nacks]]:
     await asyncio.to_thread(deployed.kubectl, "apply", "-f", "-", stdin=_services())
-    kubeconfig = await asyncio.to_thread(deployed.service_account_kubeconfig, *AGENT_SA)
-    client = await make_api_client(kubeconfig=str(kubeconfig))
-    nacks = Nacks()
-    source = KubernetesSource(
-        KubeApi(client, FAST),
-        CountingStore(),
-        node="node-a",
-        settings=FAST,
-        nacks=nacks,
-        retry_interval=0.2,
-    )
-    task = asyncio.create_task(source.run(), name="k8s-source")
     try:
-        await source.watch.wait_synced(60)
-        yield deployed, source, nacks
+        async with agent_status_source(deployed) as (source, nacks):
+            yield deployed, source, nacks
     finally:
-        task.cancel()
-        await asyncio.wait([task])
-        await client.close()
         await asyncio.to_thread(deployed.kubectl, "delete", "namespace", NS, "--wait=false")
 
 

@@ -20,15 +20,14 @@ import pytest
 import yaml
 
 from integration.cluster.cluster_support import (
-    AGENT_SA,
     AGENT_USER,
+    agent_status_source,
     conditions,
     event_v1,
     wait_for,
 )
 from integration.cluster.kube_cluster import KubeCluster
-from integration.k8s_support import FAST, CountingStore, Nacks
-from nodemesh.k8s_watch.client import KubeApi, make_api_client
+from integration.k8s_support import CountingStore, Nacks
 from nodemesh.k8s_watch.conditions import NackReport
 from nodemesh.k8s_watch.source import KubernetesSource
 from tests.support import factory
@@ -64,27 +63,11 @@ async def mesh(deployed: KubeCluster) -> AsyncIterator[Mesh]:
     await asyncio.to_thread(
         _apply, deployed, namespace, _service(ns, "frontend"), _service(ns, "backend")
     )
-    kubeconfig = await asyncio.to_thread(deployed.service_account_kubeconfig, *AGENT_SA)
-    client = await make_api_client(kubeconfig=str(kubeconfig))
-    nacks = Nacks()
-    source = KubernetesSource(
-        KubeApi(client, FAST),
-        CountingStore(),
-        node="node-a",
-        settings=FAST,
-        nacks=nacks,
-        retry_interval=0.2,
-    )
-    task = asyncio.create_task(source.run(), name="k8s-source")
     try:
-        await source.watch.wait_synced(60)
-        yield Mesh(deployed, source, nacks, ns)
+        async with agent_status_source(deployed) as (source, nacks):
+            yield Mesh(deployed, source, nacks, ns)
     finally:
-        task.cancel()
-        await asyncio.wait([task])
-        await client.close()
         await asyncio.to_thread(deployed.kubectl, "delete", "namespace", ns, "--wait=false")
-        assert task.cancelled(), task.exception()
 
 
 async def _until(mesh: Mesh, name: str, check: Any, what: str) -> dict[str, Any]:
