@@ -53,6 +53,16 @@ class Pod:
         return f"{self.namespace}/{self.name}"
 
 
+def wait_agent_ready(agent: subprocess.Popen[str]) -> None:
+    """Until a `nodemesh agent` started with stdout piped (text, stderr
+    merged) says "agent ready"; if it exits first, fail with what it said."""
+    assert agent.stdout is not None
+    said: list[str] = []
+    while (line := agent.stdout.readline()) and line.strip() != "agent ready":
+        said.append(line)
+    assert line, "agent exited before ready: " + "".join(said[-10:])
+
+
 def sysctl_in(ns: str, key: str, value: str) -> None:
     path = "/proc/sys/" + key.replace(".", "/")
     script = f"open({path!r}, 'w').write({value!r})"

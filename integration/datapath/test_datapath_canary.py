@@ -32,7 +32,7 @@ from nodemesh.node.envoy_process import find_envoy_binary, render_bootstrap
 from tests.support import factory
 from tests.support.polling import wait_until
 
-from .node import MeshNode, Pod
+from .node import MeshNode, Pod, wait_agent_ready
 from .test_datapath_agent import LEAST, agent_argv
 
 pytestmark = [pytest.mark.privileged, pytest.mark.envoy]
@@ -126,11 +126,7 @@ def test_article_canary_split_for_curl_only(node: MeshNode, workdir: Path) -> No
         text=True,
     )
     node.procs.append(agent)
-    assert agent.stdout is not None
-    said: list[str] = []
-    while (line := agent.stdout.readline()) and line.strip() != "agent ready":
-        said.append(line)
-    assert line, "agent exited before ready: " + "".join(said[-10:])
+    wait_agent_ready(agent)
     bootstrap = workdir / "envoy.yaml"
     bootstrap.write_text(yaml.safe_dump(render_bootstrap(xds_socket=sock, admin_port=ADMIN)))
     node.spawn(

@@ -21,7 +21,7 @@ import yaml
 from tests.support import factory
 from tests.support.polling import wait_until
 
-from .node import MeshNode, Pod
+from .node import MeshNode, Pod, wait_agent_ready
 from .test_datapath_agent import LEAST, agent_argv
 from .test_datapath_canary import _observe, _pod, _service, _slice
 
@@ -65,11 +65,7 @@ def _start_agent(node: MeshNode, workdir: Path, model: Path) -> None:
         text=True,
     )
     node.procs.append(agent)
-    assert agent.stdout is not None
-    said: list[str] = []
-    while (line := agent.stdout.readline()) and line.strip() != "agent ready":
-        said.append(line)
-    assert line, "agent exited before ready: " + "".join(said[-10:])
+    wait_agent_ready(agent)
 
 
 def _table(observer: Path, *args: str) -> list[str]:
