@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -189,3 +192,15 @@ async def serving_with_envoy(
         task.cancel()
         await asyncio.wait([task])
     assert task.cancelled() or task.exception() is None, task.exception()
+
+
+def admin_get(admin: str, path: str) -> tuple[int, Any]:
+    """GET a nodemesh admin endpoint: (status, JSON body); (0, None) when
+    nothing answers yet."""
+    try:
+        with urllib.request.urlopen(f"http://{admin}{path}", timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+    except OSError:
+        return 0, None

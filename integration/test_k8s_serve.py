@@ -5,9 +5,6 @@ outage leaves the last config serving while readiness says why."""
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,22 +13,13 @@ import pytest
 import yaml
 
 from integration.apiserver_double import ApiServerDouble, find_type
+from integration.k8s_support import admin_get
 from integration.local_mesh import free_port, serve_process
 from nodemesh.cmd.demo.run import EXAMPLES
 from tests.support.polling import wait_until_async
 
 CEC = find_type("cilium.io", "v2", "ciliumenvoyconfigs")
 assert CEC
-
-
-def admin_get(admin: str, path: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(f"http://{admin}{path}", timeout=10) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-    except OSError:
-        return 0, None
 
 
 async def until(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:

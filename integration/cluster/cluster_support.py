@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -106,16 +104,6 @@ def nodemesh(log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-
-
-def admin_get(admin: str, path: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(f"http://{admin}{path}", timeout=10) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-    except OSError:
-        return 0, None
 
 
 def conditions(

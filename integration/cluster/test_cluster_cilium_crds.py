@@ -19,7 +19,6 @@ from integration.cluster.cluster_support import (
     AGENT_SA,
     AGENT_USER,
     CANARY,
-    admin_get,
     forbidden,
     kget,
     nodemesh,
@@ -27,6 +26,7 @@ from integration.cluster.cluster_support import (
     wait_for,
 )
 from integration.cluster.kube_cluster import REPO, KubeCluster, free_port, wait_established
+from integration.k8s_support import admin_get
 
 pytestmark = pytest.mark.k8s
 

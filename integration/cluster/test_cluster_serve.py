@@ -15,7 +15,6 @@ import pytest
 from integration.cluster.cluster_support import (
     AGENT_SA,
     AGENT_USER,
-    admin_get,
     apply_article,
     assert_created_as_events_v1,
     conditions,
@@ -26,6 +25,7 @@ from integration.cluster.cluster_support import (
     wait_for,
 )
 from integration.cluster.kube_cluster import KubeCluster, free_port
+from integration.k8s_support import admin_get
 
 pytestmark = pytest.mark.k8s
 
