@@ -223,6 +223,14 @@ class Snapshot:
             self._wildcard[type_url] = view
         return view
 
+    def wildcard_and(self, type_url: str, names: Iterable[str]) -> Mapping[str, EncodedResource]:
+        """What a wildcard subscription that also names `names` holds: the
+        wildcard view plus those of the names served by name only."""
+        view = self.wildcard(type_url)
+        everything = self.get(type_url)
+        named = {n: everything[n] for n in names if n in everything and n not in view}
+        return {**view, **named} if named else view
+
     def served(self, type_url: str, names: Iterable[str]) -> Mapping[str, EncodedResource]:
         """The wildcard view plus `names` (those that exist): what a client
         subscribed to the wildcard and to `names` is served."""

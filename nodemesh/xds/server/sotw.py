@@ -135,8 +135,7 @@ class SotwStream(AdsStream):
                     snapshot.type_version(type_url),
                     shared=True,
                 )
-            extra = snapshot.named_view(type_url, state.names_key & hidden).resources
-            resources = {**snapshot.wildcard(type_url), **extra}
+            resources = snapshot.wildcard_and(type_url, state.names_key & hidden)
             versions = {n: r.version for n, r in resources.items()}
             return _View(resources, versions, view_version(resources.values()), shared=False)
         view = snapshot.named_view(type_url, state.names_key)

@@ -98,9 +98,7 @@ def type_status(state: TypeState, snapshot: Snapshot | None) -> TypeStatus:
             # served by name only (proxyless targets) unless it also names
             # them. A resource of the type that it holds but is not entitled
             # to is on its way out (a held removal), not SYNCED.
-            everything = resources
-            resources = dict(snapshot.wildcard(state.type_url))
-            resources.update((n, everything[n]) for n in state.names if n in everything)
+            resources = snapshot.wildcard_and(state.type_url, state.names)
     names = set(state.sent) | set(state.names)
     if state.wildcard:
         names |= resources.keys()

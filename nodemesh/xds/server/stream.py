@@ -435,12 +435,11 @@ class AdsStream(ABC):
     @staticmethod
     def desired_versions(state: TypeState, snapshot: Snapshot) -> dict[str, str]:
         """name -> version the client should hold for `state`'s subscription."""
-        resources = snapshot.get(state.type_url)
-        wanted: dict[str, str] = {}
         if state.wildcard:
-            wanted = {n: r.version for n, r in snapshot.wildcard(state.type_url).items()}
-        wanted.update((n, resources[n].version) for n in state.names if n in resources)
-        return wanted
+            held = snapshot.wildcard_and(state.type_url, state.names)
+            return {n: r.version for n, r in held.items()}
+        resources = snapshot.get(state.type_url)
+        return {n: resources[n].version for n in state.names if n in resources}
 
     # -- cluster warming ------------------------------------------------------------
 
