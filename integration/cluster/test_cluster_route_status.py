@@ -79,7 +79,12 @@ async def mesh(deployed: KubeCluster) -> AsyncIterator[tuple[KubeCluster, Kubern
         async with agent_status_source(deployed) as (source, nacks):
             yield deployed, source, nacks
     finally:
-        await asyncio.to_thread(deployed.kubectl, "delete", "namespace", NS, "--wait=false")
+        # Wait until it is gone: a later test's `nodemesh serve` would
+        # otherwise see its objects and be refused Events (403) while the
+        # namespace terminates, which the audit checks count.
+        await asyncio.to_thread(
+            deployed.kubectl, "delete", "namespace", NS, "--wait=true", "--timeout=120s"
+        )
 
 
 def _parents(kube: KubeCluster) -> list[dict[str, Any]]:

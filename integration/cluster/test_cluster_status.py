@@ -67,7 +67,12 @@ async def mesh(deployed: KubeCluster) -> AsyncIterator[Mesh]:
         async with agent_status_source(deployed) as (source, nacks):
             yield Mesh(deployed, source, nacks, ns)
     finally:
-        await asyncio.to_thread(deployed.kubectl, "delete", "namespace", ns, "--wait=false")
+        # Wait until it is gone: a later test's `nodemesh serve` would
+        # otherwise see its objects and be refused Events (403) while the
+        # namespace terminates, which the audit checks count.
+        await asyncio.to_thread(
+            deployed.kubectl, "delete", "namespace", ns, "--wait=true", "--timeout=120s"
+        )
 
 
 async def _until(mesh: Mesh, name: str, check: Any, what: str) -> dict[str, Any]:

@@ -65,7 +65,9 @@ def flow(deployed: KubeCluster) -> Iterator[Path]:
         deployed.kubectl("apply", "-f", "-", stdin=_services(range(7)))
         yield deployed.service_account_kubeconfig(*AGENT_SA)
     finally:
-        deployed.kubectl("delete", "namespace", NS, "--wait=false")
+        # Gone before the next test, whose audit checks a terminating
+        # namespace's 403s would disturb.
+        deployed.kubectl("delete", "namespace", NS, "--wait=true", "--timeout=120s")
 
 
 def _services(names: range | Sequence[int], port: int = 80) -> str:
